@@ -1,0 +1,1 @@
+"""The durable registry's schema (SQLAlchemy 2). Changes go through Alembic only."""

@@ -1,0 +1,213 @@
+"""SQLAlchemy models of the registry.
+
+Every table that operators update carries ``row_version`` (SQLAlchemy's
+``version_id_col``): it is the ETag of the REST API, and a stale write fails
+instead of silently overwriting another operator's change.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import enum
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+__all__ = [
+    "ApiToken",
+    "AuditEntry",
+    "Base",
+    "Deployment",
+    "Model",
+    "ModelFormat",
+    "ModelVariant",
+    "ModelVersion",
+    "Region",
+    "RegionStatus",
+    "utcnow",
+]
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+NAMING = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class Base(DeclarativeBase):
+    metadata = sa.MetaData(naming_convention=NAMING)
+    type_annotation_map = {
+        dt.datetime: sa.DateTime(timezone=True),
+        dict[str, Any]: sa.JSON,
+        list[Any]: sa.JSON,
+    }
+
+
+class ModelFormat(enum.StrEnum):
+    ONNX = "onnx"
+    TORCHSCRIPT = "torchscript"
+
+
+class RegionStatus(enum.StrEnum):
+    ACTIVE = "active"
+    DRAINING = "draining"
+    DISABLED = "disabled"
+
+
+class _Versioned:
+    """Columns every operator-editable row has."""
+
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[dt.datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+    row_version: Mapped[int] = mapped_column(default=1)
+
+
+class Model(_Versioned, Base):
+    __tablename__ = "models"
+    __mapper_args__ = {"version_id_col": "row_version"}
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(sa.String(128), unique=True)
+    description: Mapped[str] = mapped_column(sa.String(1024), default="")
+
+    versions: Mapped[list[ModelVersion]] = relationship(
+        back_populates="model", cascade="all, delete-orphan", order_by="ModelVersion.id"
+    )
+
+
+class ModelVersion(_Versioned, Base):
+    __tablename__ = "model_versions"
+    __table_args__ = (
+        sa.UniqueConstraint("model_id", "version", name="uq_model_versions_model_version"),
+    )
+    __mapper_args__ = {"version_id_col": "row_version"}
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    model_id: Mapped[int] = mapped_column(
+        sa.ForeignKey("models.id", ondelete="CASCADE"), index=True
+    )
+    version: Mapped[str] = mapped_column(sa.String(64))
+    format: Mapped[ModelFormat] = mapped_column(
+        sa.Enum(ModelFormat, name="model_format", values_callable=lambda e: [m.value for m in e])
+    )
+    # signature: [{"name": str, "datatype": "FP32", "shape": [-1, 4]}]
+    inputs: Mapped[list[Any]] = mapped_column(default=list)
+    outputs: Mapped[list[Any]] = mapped_column(default=list)
+    # artifact: set once uploaded and verified
+    artifact_uri: Mapped[str | None] = mapped_column(sa.String(1024), default=None)
+    artifact_sha256: Mapped[str | None] = mapped_column(sa.String(64), default=None)
+    artifact_size: Mapped[int | None] = mapped_column(sa.BigInteger, default=None)
+
+    model: Mapped[Model] = relationship(back_populates="versions")
+    variants: Mapped[list[ModelVariant]] = relationship(
+        back_populates="model_version", cascade="all, delete-orphan", order_by="ModelVariant.id"
+    )
+    deployments: Mapped[list[Deployment]] = relationship(back_populates="model_version")
+
+
+class ModelVariant(Base):
+    """A quantized (or otherwise converted) form of one model version, e.g. ``int8``."""
+
+    __tablename__ = "model_variants"
+    __table_args__ = (
+        sa.UniqueConstraint("model_version_id", "name", name="uq_model_variants_version_name"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    model_version_id: Mapped[int] = mapped_column(
+        sa.ForeignKey("model_versions.id", ondelete="CASCADE"), index=True
+    )
+    name: Mapped[str] = mapped_column(sa.String(32))
+    description: Mapped[str] = mapped_column(sa.String(1024), default="")
+    # measured against the base version on sample inputs, when known
+    max_abs_error: Mapped[float | None] = mapped_column(default=None)
+    artifact_uri: Mapped[str | None] = mapped_column(sa.String(1024), default=None)
+    artifact_sha256: Mapped[str | None] = mapped_column(sa.String(64), default=None)
+    artifact_size: Mapped[int | None] = mapped_column(sa.BigInteger, default=None)
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+    model_version: Mapped[ModelVersion] = relationship(back_populates="variants")
+
+
+class Region(_Versioned, Base):
+    __tablename__ = "regions"
+    __mapper_args__ = {"version_id_col": "row_version"}
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(sa.String(64), unique=True)
+    provider: Mapped[str] = mapped_column(sa.String(32), default="")
+    lat: Mapped[float]
+    lon: Mapped[float]
+    gpu_type: Mapped[str] = mapped_column(sa.String(64), default="")
+    gpu_count: Mapped[int] = mapped_column(default=0)
+    status: Mapped[RegionStatus] = mapped_column(
+        sa.Enum(RegionStatus, name="region_status", values_callable=lambda e: [m.value for m in e]),
+        default=RegionStatus.ACTIVE,
+    )
+    # the agent credential: shown once at creation, stored as sha256
+    agent_credential_hash: Mapped[str] = mapped_column(sa.String(64), unique=True)
+
+    deployments: Mapped[list[Deployment]] = relationship(back_populates="region")
+
+
+class Deployment(_Versioned, Base):
+    """A model version placed in a region."""
+
+    __tablename__ = "deployments"
+    __table_args__ = (
+        sa.UniqueConstraint("model_version_id", "region_id", name="uq_deployments_version_region"),
+        sa.CheckConstraint("min_replicas >= 0", name="min_replicas_nonnegative"),
+        sa.CheckConstraint("max_replicas >= min_replicas", name="max_at_least_min"),
+        sa.CheckConstraint("traffic_weight >= 0", name="weight_nonnegative"),
+    )
+    __mapper_args__ = {"version_id_col": "row_version"}
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    model_version_id: Mapped[int] = mapped_column(
+        sa.ForeignKey("model_versions.id", ondelete="RESTRICT"), index=True
+    )
+    region_id: Mapped[int] = mapped_column(
+        sa.ForeignKey("regions.id", ondelete="RESTRICT"), index=True
+    )
+    variant: Mapped[str | None] = mapped_column(sa.String(32), default=None)
+    min_replicas: Mapped[int] = mapped_column(default=1)
+    max_replicas: Mapped[int] = mapped_column(default=1)
+    traffic_weight: Mapped[float] = mapped_column(default=1.0)
+
+    model_version: Mapped[ModelVersion] = relationship(back_populates="deployments")
+    region: Mapped[Region] = relationship(back_populates="deployments")
+
+
+class ApiToken(Base):
+    __tablename__ = "api_tokens"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(sa.String(128))
+    token_hash: Mapped[str] = mapped_column(sa.String(64), unique=True)
+    # space-separated subset of: admin read agent
+    scopes: Mapped[str] = mapped_column(sa.String(64))
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    created_by: Mapped[str] = mapped_column(sa.String(128), default="")
+    revoked_at: Mapped[dt.datetime | None] = mapped_column(default=None)
+
+
+class AuditEntry(Base):
+    """Who changed what, when. Written in the same transaction as the change."""
+
+    __tablename__ = "audit_log"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    at: Mapped[dt.datetime] = mapped_column(default=utcnow, index=True)
+    actor: Mapped[str] = mapped_column(sa.String(128))
+    action: Mapped[str] = mapped_column(sa.String(32))  # create | update | delete | ...
+    entity: Mapped[str] = mapped_column(sa.String(32))  # model | model_version | region | ...
+    entity_key: Mapped[str] = mapped_column(sa.String(256))
+    detail: Mapped[dict[str, Any]] = mapped_column(default=dict)

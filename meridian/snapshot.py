@@ -1,0 +1,149 @@
+"""The routing snapshot: everything a router needs to choose a region, nothing more.
+
+The control plane's leader publishes a new snapshot whenever the fleet changes
+(region or worker state, deployments, load); routers follow it through the
+coordination backend (etcd watch / in-process) or the HTTP long-poll, and keep
+the last good one on disk. It is plain data with a stable JSON form.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import orjson
+
+__all__ = [
+    "DeploymentRoute",
+    "HealthState",
+    "RegionView",
+    "RoutingSnapshot",
+    "WorkerView",
+]
+
+
+class HealthState(enum.StrEnum):
+    """State of a worker or a region. Only ``healthy`` and ``degraded`` receive traffic."""
+
+    HEALTHY = "healthy"
+    DEGRADED = "degraded"
+    DOWN = "down"
+    DRAINING = "draining"
+
+    @property
+    def routable(self) -> bool:
+        return self in (HealthState.HEALTHY, HealthState.DEGRADED)
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerView:
+    """One worker as the router sees it."""
+
+    worker_id: str
+    endpoint: str  # base URL of the worker's OIP v2 REST server, e.g. http://127.0.0.1:8101
+    state: HealthState
+    models: tuple[
+        str, ...
+    ]  # loaded model keys "name:version" (variant-free: the router routes by model)
+    queue_depth: int = 0
+    in_flight: int = 0
+    throughput_rps: float = 0.0  # recent served requests per second
+    latency_p50_ms: float = 0.0
+    grpc_endpoint: str = ""  # host:port of the worker's OIP v2 gRPC server, if any
+
+
+@dataclass(frozen=True, slots=True)
+class RegionView:
+    """One region: where it is, how healthy and how loaded."""
+
+    name: str
+    state: HealthState
+    lat: float
+    lon: float
+    gpu_type: str = ""
+    gpu_count: int = 0
+    healthy_gpus: int = 0
+    capacity_rps: float = 0.0  # sustainable requests/s over all ready workers
+    queue_depth: int = 0
+    in_flight: int = 0
+    workers: tuple[WorkerView, ...] = ()
+
+    def serves(self, model: str) -> bool:
+        """True when a routable worker in this region has any version of ``model`` loaded."""
+        prefix = model + ":"
+        return any(
+            w.state.routable and any(m == model or m.startswith(prefix) for m in w.models)
+            for w in self.workers
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class DeploymentRoute:
+    """A model version placed in a region with a traffic weight (canary splits)."""
+
+    model: str
+    version: str
+    region: str
+    weight: float = 1.0
+    variant: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class RoutingSnapshot:
+    """A versioned, immutable view of the fleet. ``version`` only ever grows."""
+
+    version: int
+    generated_at: float  # wall-clock seconds since the epoch (for age across hosts)
+    regions: tuple[RegionView, ...] = ()
+    deployments: tuple[DeploymentRoute, ...] = ()
+    _by_name: dict[str, RegionView] = field(default_factory=dict, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self._by_name.update({r.name: r for r in self.regions})
+
+    def region(self, name: str) -> RegionView | None:
+        return self._by_name.get(name)
+
+    def routable_regions(self) -> Iterable[RegionView]:
+        return (r for r in self.regions if r.state.routable)
+
+    # --- JSON form -------------------------------------------------------------------------
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d.pop("_by_name", None)
+        return d
+
+    def to_json(self) -> bytes:
+        return orjson.dumps(self.to_dict())
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RoutingSnapshot:
+        regions = tuple(
+            RegionView(
+                **{
+                    **r,
+                    "state": HealthState(r["state"]),
+                    "workers": tuple(
+                        WorkerView(
+                            **{**w, "state": HealthState(w["state"]), "models": tuple(w["models"])}
+                        )
+                        for w in r.get("workers", ())
+                    ),
+                }
+            )
+            for r in data.get("regions", ())
+        )
+        deployments = tuple(DeploymentRoute(**d) for d in data.get("deployments", ()))
+        return cls(
+            version=int(data["version"]),
+            generated_at=float(data["generated_at"]),
+            regions=regions,
+            deployments=deployments,
+        )
+
+    @classmethod
+    def from_json(cls, raw: bytes | str) -> RoutingSnapshot:
+        return cls.from_dict(orjson.loads(raw))

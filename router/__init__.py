@@ -1,0 +1,1 @@
+"""The geo-aware router: the end-user endpoint that picks the region answering soonest."""
