@@ -203,6 +203,7 @@ class AuditEntry(Base):
     """Who changed what, when. Written in the same transaction as the change."""
 
     __tablename__ = "audit_log"
+    __table_args__ = (sa.Index("ix_audit_log_entity_key", "entity", "entity_key"),)
 
     id: Mapped[int] = mapped_column(primary_key=True)
     at: Mapped[dt.datetime] = mapped_column(default=utcnow, index=True)
