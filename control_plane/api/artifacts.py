@@ -79,9 +79,9 @@ async def upload_version_artifact(
     name: str,
     version: str,
     request: Request,
-    sha: Sha256Header,
     registry: RegistryDep,
     caller: Admin,
+    sha: Sha256Header = None,
 ) -> VersionPublic:
     result = await _upload(request, registry, name, version, None, sha, caller.name)
     assert isinstance(result, VersionPublic)
@@ -108,9 +108,9 @@ async def upload_variant_artifact(
     version: str,
     variant: str,
     request: Request,
-    sha: Sha256Header,
     registry: RegistryDep,
     caller: Admin,
+    sha: Sha256Header = None,
 ) -> VariantPublic:
     result = await _upload(request, registry, name, version, variant, sha, caller.name)
     assert isinstance(result, VariantPublic)

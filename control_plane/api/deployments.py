@@ -48,9 +48,9 @@ def get_deployment(
 def update_deployment(
     deployment_id: int,
     body: DeploymentUpdate,
+    caller: Admin,
     expected: IfMatch,
     registry: RegistryDep,
-    caller: Admin,
     response: Response,
 ) -> DeploymentPublic:
     updated = registry.update_deployment(
@@ -62,6 +62,6 @@ def update_deployment(
 
 @router.delete("/{deployment_id}", status_code=204)
 def delete_deployment(
-    deployment_id: int, expected: IfMatch, registry: RegistryDep, caller: Admin
+    deployment_id: int, caller: Admin, expected: IfMatch, registry: RegistryDep
 ) -> None:
     registry.delete_deployment(deployment_id, expected_version=expected, actor=caller.name)

@@ -39,9 +39,9 @@ def get_model(
 def update_model(
     name: str,
     body: ModelUpdate,
+    caller: Admin,
     expected: IfMatch,
     registry: RegistryDep,
-    caller: Admin,
     response: Response,
 ) -> ModelPublic:
     model = registry.update_model(name, body, expected_version=expected, actor=caller.name)
@@ -50,5 +50,5 @@ def update_model(
 
 
 @router.delete("/{name}", status_code=204)
-def delete_model(name: str, expected: IfMatch, registry: RegistryDep, caller: Admin) -> None:
+def delete_model(name: str, caller: Admin, expected: IfMatch, registry: RegistryDep) -> None:
     registry.delete_model(name, expected_version=expected, actor=caller.name)

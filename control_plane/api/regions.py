@@ -40,9 +40,9 @@ def get_region(name: str, registry: RegistryDep, _: Reader, response: Response) 
 def update_region(
     name: str,
     body: RegionUpdate,
+    caller: Admin,
     expected: IfMatch,
     registry: RegistryDep,
-    caller: Admin,
     response: Response,
 ) -> RegionPublic:
     region = registry.update_region(name, body, expected_version=expected, actor=caller.name)
@@ -51,7 +51,7 @@ def update_region(
 
 
 @router.delete("/{name}", status_code=204)
-def delete_region(name: str, expected: IfMatch, registry: RegistryDep, caller: Admin) -> None:
+def delete_region(name: str, caller: Admin, expected: IfMatch, registry: RegistryDep) -> None:
     registry.delete_region(name, expected_version=expected, actor=caller.name)
 
 

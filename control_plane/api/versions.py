@@ -42,9 +42,9 @@ def update_version(
     name: str,
     version: str,
     body: VersionUpdate,
+    caller: Admin,
     expected: IfMatch,
     registry: RegistryDep,
-    caller: Admin,
     response: Response,
 ) -> VersionPublic:
     updated = registry.update_version(
@@ -56,6 +56,6 @@ def update_version(
 
 @router.delete("/{version}", status_code=204)
 def delete_version(
-    name: str, version: str, expected: IfMatch, registry: RegistryDep, caller: Admin
+    name: str, version: str, caller: Admin, expected: IfMatch, registry: RegistryDep
 ) -> None:
     registry.delete_version(name, version, expected_version=expected, actor=caller.name)
