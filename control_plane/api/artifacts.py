@@ -11,9 +11,11 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Request, Response
 from fastapi.responses import StreamingResponse
+from starlette.requests import ClientDisconnect
 
 from control_plane.registry import ArtifactInfo
 from control_plane.schemas import VariantPublic, VersionPublic
+from meridian.errors import InvalidInput
 
 from .deps import Admin, CatalogReader, RegistryDep
 
@@ -56,15 +58,18 @@ async def _upload(
     sha: str | None,
     actor: str,
 ) -> VersionPublic | VariantPublic:
-    return await registry.upload_artifact(
-        name,
-        version,
-        variant,
-        request.stream(),
-        declared_sha256=sha,
-        content_length=_content_length(request),
-        actor=actor,
-    )
+    try:
+        return await registry.upload_artifact(
+            name,
+            version,
+            variant,
+            request.stream(),
+            declared_sha256=sha,
+            content_length=_content_length(request),
+            actor=actor,
+        )
+    except ClientDisconnect as exc:
+        raise InvalidInput("the client disconnected before the artifact was complete") from exc
 
 
 async def _download(
