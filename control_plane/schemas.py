@@ -122,7 +122,7 @@ class TensorSpec(_Strict):
     name: str = Field(min_length=1, max_length=128)
     datatype: Datatype
     # -1 marks a dynamic dimension (e.g. the batch)
-    shape: list[Annotated[int, Field(ge=-1)]] = Field(max_length=16)
+    shape: list[Annotated[int, Field(ge=-1, le=2**62)]] = Field(max_length=16)
 
 
 def _unique_names(specs: list[TensorSpec] | None, what: str) -> list[TensorSpec] | None:
@@ -178,7 +178,7 @@ class VersionPublic(BaseModel):
 class VariantCreate(_Strict):
     name: VariantName = Field(description="e.g. int8 (CPU) or fp16 (GPU)")
     description: Description = ""
-    max_abs_error: float | None = Field(default=None, ge=0)
+    max_abs_error: float | None = Field(default=None, ge=0, allow_inf_nan=False)
 
 
 class VariantPublic(BaseModel):
@@ -199,8 +199,8 @@ class VariantPublic(BaseModel):
 class RegionCreate(_Strict):
     name: RegionName
     provider: str = Field(default="", max_length=32)
-    lat: float = Field(ge=-90, le=90)
-    lon: float = Field(ge=-180, le=180)
+    lat: float = Field(ge=-90, le=90, allow_inf_nan=False)
+    lon: float = Field(ge=-180, le=180, allow_inf_nan=False)
     gpu_type: str = Field(default="", max_length=64)
     gpu_count: int = Field(default=0, ge=0, le=1_000_000)
     status: RegionStatus = RegionStatus.ACTIVE

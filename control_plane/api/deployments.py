@@ -6,7 +6,7 @@ from fastapi import APIRouter, Response
 
 from control_plane.schemas import DeploymentCreate, DeploymentPublic, DeploymentUpdate, Page
 
-from .deps import Admin, IfMatch, Paging, Reader, RegistryDep, set_etag
+from .deps import Admin, IfMatch, Paging, Reader, RegistryDep, RowId, set_etag
 
 router = APIRouter(prefix="/deployments", tags=["deployments"])
 
@@ -37,7 +37,7 @@ def list_deployments(
 
 @router.get("/{deployment_id}")
 def get_deployment(
-    deployment_id: int, registry: RegistryDep, _: Reader, response: Response
+    deployment_id: RowId, registry: RegistryDep, _: Reader, response: Response
 ) -> DeploymentPublic:
     found = registry.get_deployment(deployment_id)
     set_etag(response, found.row_version)
@@ -46,7 +46,7 @@ def get_deployment(
 
 @router.patch("/{deployment_id}")
 def update_deployment(
-    deployment_id: int,
+    deployment_id: RowId,
     body: DeploymentUpdate,
     caller: Admin,
     expected: IfMatch,
@@ -62,6 +62,6 @@ def update_deployment(
 
 @router.delete("/{deployment_id}", status_code=204)
 def delete_deployment(
-    deployment_id: int, caller: Admin, expected: IfMatch, registry: RegistryDep
+    deployment_id: RowId, caller: Admin, expected: IfMatch, registry: RegistryDep
 ) -> None:
     registry.delete_deployment(deployment_id, expected_version=expected, actor=caller.name)

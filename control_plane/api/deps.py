@@ -10,7 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Annotated
 
-from fastapi import Depends, Header, Query, Request, Response
+from fastapi import Depends, Header, Path, Query, Request, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from control_plane.registry import Principal, Registry
@@ -31,6 +31,7 @@ __all__ = [
     "Paging",
     "Reader",
     "RegistryDep",
+    "RowId",
     "current_principal",
     "require_scope",
     "set_etag",
@@ -79,6 +80,10 @@ Admin = Annotated[Principal, Depends(require_scope("admin"))]
 Reader = Annotated[Principal, Depends(require_scope("read"))]
 # what region agents need: the catalog and its artifacts
 CatalogReader = Annotated[Principal, Depends(require_scope("read", "agent"))]
+
+
+# a numeric id in a path (deployments, tokens): the range of the id columns
+RowId = Annotated[int, Path(ge=1, le=2**31 - 1)]
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,7 @@ from fastapi import APIRouter
 
 from control_plane.schemas import Page, TokenCreate, TokenCreated, TokenPublic
 
-from .deps import Admin, Paging, RegistryDep
+from .deps import Admin, Paging, RegistryDep, RowId
 
 router = APIRouter(prefix="/tokens", tags=["tokens"])
 
@@ -26,5 +26,5 @@ def list_tokens(
 
 
 @router.delete("/{token_id}", status_code=204)
-def revoke_token(token_id: int, registry: RegistryDep, caller: Admin) -> None:
+def revoke_token(token_id: RowId, registry: RegistryDep, caller: Admin) -> None:
     registry.revoke_token(token_id, actor=caller.name)

@@ -51,6 +51,8 @@ class RegistryBase:
         try:
             with self.db.reads() as session:
                 yield session
+        except sa.exc.DataError as exc:
+            raise InvalidInput("a value is out of range for the registry") from exc
         except sa.exc.OperationalError as exc:
             raise Unavailable("the registry database is unavailable; retry") from exc
 
@@ -69,6 +71,8 @@ class RegistryBase:
                 "the change conflicts with the registry's current state "
                 "(a duplicate, or something still refers to it)"
             ) from exc
+        except sa.exc.DataError as exc:
+            raise InvalidInput("a value is out of range for the registry") from exc
         except sa.exc.OperationalError as exc:
             raise Unavailable("the registry database is busy or unavailable; retry") from exc
 

@@ -14,8 +14,12 @@ from ._base import RegistryBase, deployment_public, new_secret, region_public, s
 AGENT_CREDENTIAL_PREFIX = "mrd_agent"
 
 
-def _deployment_key(row: m.Deployment) -> str:
-    return f"{row.id}:{row.model_version.model.name}:{row.model_version.version}@{row.region.name}"
+def _placement(row: m.Deployment) -> dict[str, str]:
+    return {
+        "model": row.model_version.model.name,
+        "version": row.model_version.version,
+        "region": row.region.name,
+    }
 
 
 class FleetOps(RegistryBase):
@@ -166,7 +170,7 @@ class FleetOps(RegistryBase):
             )
             s.add(row)
             s.flush()
-            self._audit(s, actor, "create", "deployment", _deployment_key(row), data.model_dump())
+            self._audit(s, actor, "create", "deployment", str(row.id), data.model_dump())
             return deployment_public(row)
 
     def list_deployments(
@@ -229,7 +233,8 @@ class FleetOps(RegistryBase):
                 )
             if changed:
                 s.flush()
-                self._audit(s, actor, "update", "deployment", _deployment_key(row), changed)
+                detail = {**_placement(row), **changed}
+                self._audit(s, actor, "update", "deployment", str(row.id), detail)
             return deployment_public(row)
 
     def delete_deployment(
@@ -238,7 +243,7 @@ class FleetOps(RegistryBase):
         with self._write() as s:
             row = self._deployment_row(s, deployment_id)
             self._check_etag(row, expected_version, f"deployment {deployment_id}")
-            key = _deployment_key(row)
+            placement = _placement(row)
             s.delete(row)
             s.flush()
-            self._audit(s, actor, "delete", "deployment", key)
+            self._audit(s, actor, "delete", "deployment", str(deployment_id), placement)

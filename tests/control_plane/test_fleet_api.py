@@ -35,6 +35,10 @@ def test_region_lifecycle_and_filters(api: Api) -> None:
         "/v1/regions", json={"name": unique("r"), "lat": 91, "lon": 0}, headers=api.admin
     )
     assert r.status_code == 422 and "lat" in r.json()["detail"]
+    nan = '{"name": "nan-region", "lat": NaN, "lon": 0}'
+    headers = api.headers(**{"Content-Type": "application/json"})
+    r = api.client.post("/v1/regions", content=nan, headers=headers)
+    assert r.status_code == 422 and "lat" in r.json()["detail"]
     assert (
         api.client.delete(
             f"/v1/regions/{name}", headers=api.headers(**{"If-Match": '"2"'})
@@ -195,3 +199,7 @@ def test_deployment_rules(api: Api) -> None:
         == 204
     )
     assert api.client.get("/v1/deployments/not-a-number", headers=api.admin).status_code == 422
+    assert api.client.get("/v1/deployments/99999999999", headers=api.admin).status_code == 422
+    history = api.ok("GET", f"/v1/audit?entity=deployment&entity_key={dep['id']}")["items"]
+    assert [e["action"] for e in history] == ["delete", "update", "update", "create"]
+    assert history[0]["detail"] == {"model": model, "version": "1", "region": region}
