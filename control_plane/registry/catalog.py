@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import anyio
 import sqlalchemy as sa
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, selectinload
 
 from control_plane import schemas
 from control_plane.artifacts import parse_sha256
@@ -78,7 +78,10 @@ class CatalogOps(RegistryBase):
 
     def list_models(self, *, limit: int, offset: int) -> schemas.Page[schemas.ModelPublic]:
         with self._read() as s:
-            rows, total = self._page(s, sa.select(m.Model).order_by(m.Model.name), limit, offset)
+            query = (
+                sa.select(m.Model).options(selectinload(m.Model.versions)).order_by(m.Model.name)
+            )
+            rows, total = self._page(s, query, limit, offset)
             return schemas.Page(
                 items=[model_public(r) for r in rows], total=total, limit=limit, offset=offset
             )
@@ -146,6 +149,7 @@ class CatalogOps(RegistryBase):
             query = (
                 sa.select(m.ModelVersion)
                 .where(m.ModelVersion.model_id == parent.id)
+                .options(selectinload(m.ModelVersion.variants))
                 .order_by(m.ModelVersion.id)
             )
             rows, total = self._page(s, query, limit, offset)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import sqlalchemy as sa
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, contains_eager
 
 from control_plane import schemas
 from control_plane.db import models as m
@@ -20,6 +22,21 @@ def _placement(row: m.Deployment) -> dict[str, str]:
         "version": row.model_version.version,
         "region": row.region.name,
     }
+
+
+def _deployments_query() -> sa.Select[Any]:
+    """Deployments with their version, model and region loaded in the same query."""
+    return (
+        sa.select(m.Deployment)
+        .join(m.Deployment.model_version)
+        .join(m.ModelVersion.model)
+        .join(m.Deployment.region)
+        .options(
+            contains_eager(m.Deployment.model_version).contains_eager(m.ModelVersion.model),
+            contains_eager(m.Deployment.region),
+        )
+        .order_by(m.Deployment.id)
+    )
 
 
 class FleetOps(RegistryBase):
@@ -182,13 +199,7 @@ class FleetOps(RegistryBase):
         limit: int,
         offset: int,
     ) -> schemas.Page[schemas.DeploymentPublic]:
-        query = (
-            sa.select(m.Deployment)
-            .join(m.ModelVersion)
-            .join(m.Model)
-            .join(m.Region)
-            .order_by(m.Deployment.id)
-        )
+        query = _deployments_query()
         if model is not None:
             query = query.where(m.Model.name == model)
         if version is not None:
@@ -204,7 +215,7 @@ class FleetOps(RegistryBase):
     def all_deployments(self) -> list[schemas.DeploymentPublic]:
         """Every deployment at once (for building the routing snapshot)."""
         with self._read() as s:
-            rows = s.scalars(sa.select(m.Deployment).order_by(m.Deployment.id)).all()
+            rows = s.scalars(_deployments_query()).all()
             return [deployment_public(r) for r in rows]
 
     def get_deployment(self, deployment_id: int) -> schemas.DeploymentPublic:
