@@ -15,7 +15,7 @@ import migrations
 
 from .session import normalize_url
 
-__all__ = ["HEAD", "alembic_config", "current_revision", "downgrade", "upgrade"]
+__all__ = ["HEAD", "alembic_config", "current_revision", "downgrade", "revision", "upgrade"]
 
 HEAD = "head"
 
@@ -34,6 +34,11 @@ def upgrade(url: str, revision: str = HEAD) -> None:
 
 def downgrade(url: str, revision: str = "base") -> None:
     command.downgrade(alembic_config(url), revision)
+
+
+def revision(url: str, message: str, rev_id: str) -> None:
+    """Draft a new revision by comparing the models with a database at head (review it!)."""
+    command.revision(alembic_config(url), message=message, autogenerate=True, rev_id=rev_id)
 
 
 def current_revision(url: str) -> str | None:
