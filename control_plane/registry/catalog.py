@@ -283,7 +283,7 @@ class CatalogOps(RegistryBase):
         with self._read() as s:
             row = self._artifact_row(s, model, version, variant)
             self._refuse_replacement(row, sha, _ref(model, version, variant))
-            version_id = row.id if variant is None else row.model_version_id  # type: ignore[union-attr]
+            version_id = row.model_version_id if isinstance(row, m.ModelVariant) else row.id
             return f"models/{version_id}/{variant or 'base'}/{sha}"
 
     @staticmethod
