@@ -13,7 +13,10 @@ import sys
 from collections.abc import Sequence
 
 # subcommand -> (module, one-line help)
-COMMANDS: dict[str, tuple[str, str]] = {}
+COMMANDS: dict[str, tuple[str, str]] = {
+    "control-plane": ("control_plane.cli", "run the control plane (admin API, registry)"),
+    "token": ("control_plane.token_cli", "create, list or revoke API tokens in the registry"),
+}
 
 
 def build_parser() -> argparse.ArgumentParser:

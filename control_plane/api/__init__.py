@@ -1,0 +1,18 @@
+"""The REST admin API: thin routes over the ``Registry``, all under ``/v1``."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends
+
+from . import artifacts, audit, deployments, models, regions, tokens, variants, versions
+from .deps import current_principal
+
+__all__ = ["api_router"]
+
+
+def api_router() -> APIRouter:
+    """Every ``/v1`` route; each one needs a valid bearer token before anything else."""
+    router = APIRouter(prefix="/v1", dependencies=[Depends(current_principal)])
+    for module in (models, versions, variants, artifacts, regions, deployments, tokens, audit):
+        router.include_router(module.router)
+    return router

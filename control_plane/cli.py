@@ -1,0 +1,64 @@
+"""``meridian control-plane``: run the admin API (embedded SQLite by default)."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+INITIAL_TOKEN_NAME = "initial-admin"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--host", help="listen address (default: MERIDIAN_HTTP_HOST or 127.0.0.1)")
+    parser.add_argument("--port", type=int, help="listen port (MERIDIAN_HTTP_PORT, 8080)")
+    parser.add_argument(
+        "--database-url",
+        help="SQLAlchemy URL (default: a SQLite file in the data dir; "
+        "production: postgresql+psycopg://...)",
+    )
+    parser.add_argument("--data-dir", help="where the SQLite file and artifacts live (./var)")
+    parser.add_argument("--log-level", default="info", help="uvicorn log level")
+
+
+def settings_from_args(args: argparse.Namespace) -> Any:
+    from control_plane.settings import ControlPlaneSettings
+
+    overrides: dict[str, Any] = {}
+    for arg, field in (
+        ("host", "http_host"),
+        ("port", "http_port"),
+        ("database_url", "database_url"),
+        ("data_dir", "data_dir"),
+    ):
+        value = getattr(args, arg, None)
+        if value is not None:
+            overrides[field] = value
+    return ControlPlaneSettings(**overrides)
+
+
+def main(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from control_plane.app import create_app, open_registry, prepare
+    from control_plane.schemas import TokenCreate
+
+    settings = settings_from_args(args)
+    registry = open_registry(settings)
+    try:
+        prepare(settings, registry)
+        url = f"http://{settings.http_host}:{settings.http_port}"
+        print(f"Meridian control plane: {url}  (admin API under {url}/v1, docs at {url}/docs)")
+        print(f"database: {settings.resolved_database_url}")
+        if not registry.has_active_admin_token():
+            created = registry.create_token(
+                TokenCreate(name=INITIAL_TOKEN_NAME, scopes=["admin"]), actor="control-plane"
+            )
+            print("no admin token existed, so one was created; it is shown only this once:")
+            print(f"admin token: {created.token}")
+            print(f"  try: curl -H 'Authorization: Bearer {created.token}' {url}/v1/models")
+        print("", flush=True)
+        app = create_app(settings, registry=registry)
+        uvicorn.run(app, host=settings.http_host, port=settings.http_port, log_level=args.log_level)
+    finally:
+        registry.close()
+    return 0

@@ -1,0 +1,312 @@
+"""What the registry accepts and returns: Create / Update / Public shapes per resource.
+
+Field limits live here, so bad input becomes a 422 that names the field before
+any code runs. The registry core takes and returns these; REST (and later gRPC)
+only convert.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Annotated, Any, Generic, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from control_plane.db.models import ModelFormat, RegionStatus
+
+__all__ = [
+    "DATATYPES",
+    "AuditPublic",
+    "DeploymentCreate",
+    "DeploymentPublic",
+    "DeploymentUpdate",
+    "ModelCreate",
+    "ModelPublic",
+    "ModelUpdate",
+    "Page",
+    "RegionCreate",
+    "RegionCreated",
+    "RegionPublic",
+    "RegionUpdate",
+    "Scope",
+    "TensorSpec",
+    "TokenCreate",
+    "TokenCreated",
+    "TokenPublic",
+    "VariantCreate",
+    "VariantPublic",
+    "VersionCreate",
+    "VersionPublic",
+    "VersionUpdate",
+]
+
+T = TypeVar("T")
+
+# names travel in URL paths (also the OIP ``/v2/models/{name}`` paths): keep them URL-safe
+ModelName = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][\w.-]*$")]
+VersionName = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][\w.-]*$")]
+VariantName = Annotated[str, Field(min_length=1, max_length=32, pattern=r"^[a-z0-9][a-z0-9_-]*$")]
+RegionName = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[a-z0-9][a-z0-9-]*$")]
+Description = Annotated[str, Field(max_length=1024)]
+Scope = Literal["admin", "read", "agent"]
+
+# the Open Inference Protocol (KServe v2) tensor data types
+DATATYPES = (
+    "BOOL",
+    "UINT8",
+    "UINT16",
+    "UINT32",
+    "UINT64",
+    "INT8",
+    "INT16",
+    "INT32",
+    "INT64",
+    "FP16",
+    "FP32",
+    "FP64",
+    "BYTES",
+)
+Datatype = Literal[
+    "BOOL",
+    "UINT8",
+    "UINT16",
+    "UINT32",
+    "UINT64",
+    "INT8",
+    "INT16",
+    "INT32",
+    "INT64",
+    "FP16",
+    "FP32",
+    "FP64",
+    "BYTES",
+]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Page(BaseModel, Generic[T]):
+    items: list[T]
+    total: int
+    limit: int
+    offset: int
+
+
+# --- models -----------------------------------------------------------------
+
+
+class ModelCreate(_Strict):
+    name: ModelName
+    description: Description = ""
+
+
+class ModelUpdate(_Strict):
+    description: Description | None = None
+
+
+class ModelPublic(BaseModel):
+    name: str
+    description: str
+    versions: list[str]
+    created_at: dt.datetime
+    updated_at: dt.datetime
+    row_version: int
+
+
+# --- versions ---------------------------------------------------------------
+
+
+class TensorSpec(_Strict):
+    name: str = Field(min_length=1, max_length=128)
+    datatype: Datatype
+    # -1 marks a dynamic dimension (e.g. the batch)
+    shape: list[Annotated[int, Field(ge=-1, le=2**62)]] = Field(max_length=16)
+
+
+def _unique_names(specs: list[TensorSpec] | None, what: str) -> list[TensorSpec] | None:
+    if specs is not None:
+        names = [s.name for s in specs]
+        if len(names) != len(set(names)):
+            raise ValueError(f"{what} tensor names must be unique")
+    return specs
+
+
+class VersionCreate(_Strict):
+    version: VersionName
+    format: ModelFormat
+    inputs: list[TensorSpec] = Field(min_length=1, max_length=64)
+    outputs: list[TensorSpec] = Field(min_length=1, max_length=64)
+
+    @field_validator("inputs", "outputs")
+    @classmethod
+    def _names(cls, v: list[TensorSpec]) -> list[TensorSpec]:
+        _unique_names(v, "signature")
+        return v
+
+
+class VersionUpdate(_Strict):
+    format: ModelFormat | None = None
+    inputs: list[TensorSpec] | None = Field(default=None, min_length=1, max_length=64)
+    outputs: list[TensorSpec] | None = Field(default=None, min_length=1, max_length=64)
+
+    @field_validator("inputs", "outputs")
+    @classmethod
+    def _names(cls, v: list[TensorSpec] | None) -> list[TensorSpec] | None:
+        return _unique_names(v, "signature")
+
+
+class VersionPublic(BaseModel):
+    model: str
+    version: str
+    format: ModelFormat
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
+    artifact_uri: str | None
+    artifact_sha256: str | None
+    artifact_size: int | None
+    variants: list[str]
+    created_at: dt.datetime
+    updated_at: dt.datetime
+    row_version: int
+
+
+# --- variants ---------------------------------------------------------------
+
+
+class VariantCreate(_Strict):
+    name: VariantName = Field(description="e.g. int8 (CPU) or fp16 (GPU)")
+    description: Description = ""
+    max_abs_error: float | None = Field(default=None, ge=0, allow_inf_nan=False)
+
+
+class VariantPublic(BaseModel):
+    model: str
+    version: str
+    name: str
+    description: str
+    max_abs_error: float | None
+    artifact_uri: str | None
+    artifact_sha256: str | None
+    artifact_size: int | None
+    created_at: dt.datetime
+
+
+# --- regions ----------------------------------------------------------------
+
+
+class RegionCreate(_Strict):
+    name: RegionName
+    provider: str = Field(default="", max_length=32)
+    lat: float = Field(ge=-90, le=90, allow_inf_nan=False)
+    lon: float = Field(ge=-180, le=180, allow_inf_nan=False)
+    gpu_type: str = Field(default="", max_length=64)
+    gpu_count: int = Field(default=0, ge=0, le=1_000_000)
+    status: RegionStatus = RegionStatus.ACTIVE
+
+
+class RegionUpdate(_Strict):
+    provider: str | None = Field(default=None, max_length=32)
+    lat: float | None = Field(default=None, ge=-90, le=90)
+    lon: float | None = Field(default=None, ge=-180, le=180)
+    gpu_type: str | None = Field(default=None, max_length=64)
+    gpu_count: int | None = Field(default=None, ge=0, le=1_000_000)
+    status: RegionStatus | None = None
+
+
+class RegionPublic(BaseModel):
+    name: str
+    provider: str
+    lat: float
+    lon: float
+    gpu_type: str
+    gpu_count: int
+    status: RegionStatus
+    created_at: dt.datetime
+    updated_at: dt.datetime
+    row_version: int
+
+
+class RegionCreated(RegionPublic):
+    """The region and its agent credential, shown this once (only a hash is kept)."""
+
+    agent_credential: str
+
+
+# --- deployments ------------------------------------------------------------
+
+
+class DeploymentCreate(_Strict):
+    model: ModelName
+    version: VersionName
+    region: RegionName
+    variant: VariantName | None = None
+    min_replicas: int = Field(default=1, ge=0, le=10_000)
+    max_replicas: int = Field(default=1, ge=0, le=10_000)
+    traffic_weight: float = Field(default=1.0, ge=0, le=1_000_000)
+
+    @model_validator(mode="after")
+    def _replicas(self) -> DeploymentCreate:
+        if self.max_replicas < self.min_replicas:
+            raise ValueError("max_replicas must be >= min_replicas")
+        return self
+
+
+class DeploymentUpdate(_Strict):
+    variant: VariantName | None = None
+    min_replicas: int | None = Field(default=None, ge=0, le=10_000)
+    max_replicas: int | None = Field(default=None, ge=0, le=10_000)
+    traffic_weight: float | None = Field(default=None, ge=0, le=1_000_000)
+
+
+class DeploymentPublic(BaseModel):
+    id: int
+    model: str
+    version: str
+    region: str
+    variant: str | None
+    min_replicas: int
+    max_replicas: int
+    traffic_weight: float
+    created_at: dt.datetime
+    updated_at: dt.datetime
+    row_version: int
+
+
+# --- tokens and audit -------------------------------------------------------
+
+
+class TokenCreate(_Strict):
+    name: str = Field(min_length=1, max_length=128, pattern=r"^[\w.@:-]+$")
+    scopes: list[Scope] = Field(min_length=1, max_length=3)
+
+    @field_validator("scopes")
+    @classmethod
+    def _dedupe(cls, v: list[Scope]) -> list[Scope]:
+        return sorted(set(v))
+
+
+class TokenPublic(BaseModel):
+    id: int
+    name: str
+    scopes: list[Scope]
+    created_at: dt.datetime
+    created_by: str
+    revoked_at: dt.datetime | None
+
+
+class TokenCreated(TokenPublic):
+    """The token itself, shown this once (only a hash is kept)."""
+
+    token: str
+
+
+class AuditPublic(BaseModel):
+    id: int
+    at: dt.datetime
+    actor: str
+    action: str
+    entity: str
+    entity_key: str
+    detail: dict[str, Any]

@@ -1,0 +1,66 @@
+"""Configuration of the control plane (environment variables prefixed ``MERIDIAN_``)."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+__all__ = ["PLACEHOLDER_SECRETS", "ControlPlaneSettings"]
+
+# values that people paste from examples; refused outside local use
+PLACEHOLDER_SECRETS = frozenset(
+    {"changeme", "change-me", "changethis", "secret", "password", "admin", "token", "test"}
+)
+MIN_SECRET_LENGTH = 16
+
+
+class ControlPlaneSettings(BaseSettings):
+    """Everything the control plane process needs; built once in ``main``, passed down."""
+
+    model_config = SettingsConfigDict(env_prefix="MERIDIAN_", extra="ignore")
+
+    environment: Literal["local", "staging", "production"] = "local"
+    data_dir: Path = Path("./var")
+    # SQLAlchemy URL; default: a SQLite file in data_dir. Production: postgresql+psycopg://...
+    database_url: str | None = None
+    # where the local artifact store keeps model files; default: data_dir/artifacts
+    artifact_dir: Path | None = None
+    max_artifact_bytes: int = Field(default=2 * 1024**3, gt=0)
+    http_host: str = "127.0.0.1"
+    http_port: int = Field(default=8080, ge=0, le=65535)
+    # an admin token ensured in the token table at start (stored as sha256)
+    bootstrap_admin_token: SecretStr | None = None
+    # run ``alembic upgrade head`` when the process starts
+    migrate_on_start: bool = True
+
+    @model_validator(mode="after")
+    def _refuse_placeholder_secrets(self) -> ControlPlaneSettings:
+        if self.bootstrap_admin_token is None:
+            return self
+        value = self.bootstrap_admin_token.get_secret_value()
+        weak = value.strip().lower() in PLACEHOLDER_SECRETS or len(value) < MIN_SECRET_LENGTH
+        if not weak:
+            return self
+        message = (
+            "MERIDIAN_BOOTSTRAP_ADMIN_TOKEN is a placeholder or shorter than "
+            f"{MIN_SECRET_LENGTH} characters; set a random value "
+            '(python3 -c "import secrets; print(secrets.token_urlsafe(32))")'
+        )
+        if self.environment == "local":
+            warnings.warn(message, stacklevel=2)
+            return self
+        raise ValueError(message)
+
+    @property
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'meridian.sqlite').resolve()}"
+
+    @property
+    def resolved_artifact_dir(self) -> Path:
+        return (self.artifact_dir or self.data_dir / "artifacts").resolve()

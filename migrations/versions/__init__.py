@@ -1,0 +1,1 @@
+"""Revisions of the registry schema (loaded by Alembic by path)."""

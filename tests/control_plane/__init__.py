@@ -1,0 +1,1 @@
+"""Tests of the control plane: registry, REST admin API, migrations, durability."""
