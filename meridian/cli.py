@@ -13,7 +13,9 @@ import sys
 from collections.abc import Sequence
 
 # subcommand -> (module, one-line help)
-COMMANDS: dict[str, tuple[str, str]] = {}
+COMMANDS: dict[str, tuple[str, str]] = {
+    "router": ("router.cli", "run the router (the end-user HTTPS endpoint)"),
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
