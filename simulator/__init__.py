@@ -1,1 +1,1 @@
-"""The fleet simulator: replays real traffic on real latency data through the router's own policies."""
+"""The fleet simulator: real traffic on real latency data through the router's own policies."""
