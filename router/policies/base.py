@@ -54,6 +54,9 @@ class FleetTable:
     latency: LatencyModel
     index: dict[str, int] = field(default_factory=dict)
     _rtt_rows: dict[tuple[int, int], FloatArray] = field(default_factory=dict)
+    # the policy's per-region cost (everything but RTT) for one stats state, reused per request
+    base_key: tuple[object, ...] = ()
+    base_costs: FloatArray | None = None
 
     @classmethod
     def build(
@@ -98,23 +101,37 @@ class FleetTable:
 
 
 class RoutingPolicy:
-    """Base class: subclasses give ``region_costs``; ranking, masking and batching live here."""
+    """Base class: subclasses give their costs; ranking, masking and batching live here.
+
+    Most policies cost a region as ``rtt + region_base(...)`` (``rtt_additive``): then
+    ``rank`` computes the per-region part once per stats state and adds each request's
+    RTT row to it. ``refresh_s`` > 0 lets that part be reused for up to ``refresh_s``
+    of router time while the stats move (errors always force a recompute); 0 recomputes
+    whenever the stats change.
+    """
 
     name = "policy"
     sequential = False  # True: the simulator must decide request by request (exact state)
+    rtt_additive = True
 
-    def __init__(self, latency: LatencyModel = FITTED) -> None:
+    def __init__(self, latency: LatencyModel = FITTED, refresh_s: float = 0.0) -> None:
         self.latency = latency
+        self.refresh_s = refresh_s
         self._snapshot: RoutingSnapshot | None = None
         self._tables: dict[str, FleetTable] = {}
 
     # --- the one cost function --------------------------------------------------------------
 
+    def region_base(self, table: FleetTable, stats: RouterStats, now: float) -> FloatArray:
+        """The per-region part of the cost (ms), independent of the client."""
+        return np.zeros(len(table.names))
+
     def region_costs(
         self, table: FleetTable, stats: RouterStats, rtt_ms: FloatArray, now: float
     ) -> FloatArray:
         """Cost (lower is better) of each region, same shape as ``rtt_ms`` ((R,) or (m, R))."""
-        raise NotImplementedError
+        out: FloatArray = rtt_ms + self.region_base(table, stats, now)
+        return out
 
     # --- shared machinery -------------------------------------------------------------------
 
@@ -139,15 +156,30 @@ class RoutingPolicy:
     ) -> list[str]:
         """Candidate regions for ``request``, best first; empty when none can serve it."""
         table = self.table(snapshot, request.model)
-        costs = self.region_costs(table, stats, table.rtt_row(request), now)
-        costs = np.where(self.candidates(table, stats, now), costs, INF)
+        if self.rtt_additive:
+            costs = table.rtt_row(request) + self._cached_base(table, stats, now)
+        else:
+            costs = self.region_costs(table, stats, table.rtt_row(request), now)
+            costs = np.where(self.candidates(table, stats, now), costs, INF)
         for name in request.exclude:
             i = table.index.get(name)
             if i is not None:
                 costs[i] = INF
-        order = np.argsort(costs, kind="stable")
+        order = np.argsort(costs, kind="stable").tolist()
+        finite = int(np.isfinite(costs).sum())
         names = table.names
-        return [names[i] for i in order[: int(np.isfinite(costs).sum())]]
+        return [names[i] for i in order[:finite]]
+
+    def _cached_base(self, table: FleetTable, stats: RouterStats, now: float) -> FloatArray:
+        if self.refresh_s > 0:
+            key: tuple[object, ...] = (id(stats), stats.error_version, int(now / self.refresh_s))
+        else:
+            key = (id(stats), stats.version, now)
+        if table.base_key != key or table.base_costs is None:
+            base = self.region_base(table, stats, now)
+            table.base_costs = np.where(self.candidates(table, stats, now), base, INF)
+            table.base_key = key
+        return table.base_costs
 
     def choose_batch(
         self,

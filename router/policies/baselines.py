@@ -27,11 +27,6 @@ _FULL = 1e6  # added to a full region's cost: it stays a candidate, behind every
 class NearestPolicy(RoutingPolicy):
     name = "nearest"
 
-    def region_costs(
-        self, table: FleetTable, stats: RouterStats, rtt_ms: FloatArray, now: float
-    ) -> FloatArray:
-        return rtt_ms
-
 
 class WaterfallPolicy(RoutingPolicy):
     """Nearest region below ``fill`` x capacity (dispatch rate over the last second)."""
@@ -42,12 +37,9 @@ class WaterfallPolicy(RoutingPolicy):
         super().__init__(latency)
         self.fill = fill
 
-    def region_costs(
-        self, table: FleetTable, stats: RouterStats, rtt_ms: FloatArray, now: float
-    ) -> FloatArray:
+    def region_base(self, table: FleetTable, stats: RouterStats, now: float) -> FloatArray:
         rate = stats.rates(stats.indices(table.names), now)
-        full = rate >= self.fill * table.capacity_rps
-        out: FloatArray = rtt_ms + np.where(full, _FULL, 0.0)
+        out: FloatArray = np.where(rate >= self.fill * table.capacity_rps, _FULL, 0.0)
         return out
 
 
@@ -55,6 +47,7 @@ class RoundRobinPolicy(RoutingPolicy):
     """Rotates over the candidate regions; one cursor per policy object."""
 
     name = "round-robin"
+    rtt_additive = False
 
     def __init__(self, latency: LatencyModel = FITTED) -> None:
         super().__init__(latency)
@@ -77,6 +70,7 @@ class OraclePolicy(RoutingPolicy):
 
     name = "oracle"
     sequential = True
+    rtt_additive = False
 
     def __init__(
         self,

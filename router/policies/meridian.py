@@ -45,8 +45,13 @@ class MeridianPolicy(RoutingPolicy):
 
     name = "meridian"
 
-    def __init__(self, latency: LatencyModel = FITTED, default_service_ms: float = 50.0) -> None:
-        super().__init__(latency)
+    def __init__(
+        self,
+        latency: LatencyModel = FITTED,
+        default_service_ms: float = 50.0,
+        refresh_s: float = 0.0,
+    ) -> None:
+        super().__init__(latency, refresh_s)
         self.default_service_ms = default_service_ms
 
     def region_terms(
@@ -66,11 +71,9 @@ class MeridianPolicy(RoutingPolicy):
         wait = expected_wait_ms(load, table.capacity_rps, service)
         return np.maximum(wait, stats.waits(idx, now)), service
 
-    def region_costs(
-        self, table: FleetTable, stats: RouterStats, rtt_ms: FloatArray, now: float
-    ) -> FloatArray:
+    def region_base(self, table: FleetTable, stats: RouterStats, now: float) -> FloatArray:
         wait, service = self.region_terms(table, stats, now)
-        out: FloatArray = rtt_ms + (wait + service)
+        out: FloatArray = wait + service
         return out
 
     def choose_batch(

@@ -48,6 +48,7 @@ class RouterStats:
     def __init__(self, config: StatsConfig | None = None) -> None:
         self.config = config or StatsConfig()
         self.version = 0  # grows on every change; policies key their caches on it
+        self.error_version = 0  # grows on every recorded error (circuits may have changed)
         self._index: dict[str, int] = {}
         self._index_cache: dict[tuple[str, ...], IntArray] = {}
         self.outstanding = np.zeros(0)
@@ -134,6 +135,8 @@ class RouterStats:
             )
             self.consecutive_errors[idx] = np.where(trip, 0.0, cons)
             self.errors[idx] += failed
+            if bad.any():
+                self.error_version += 1
         self.version += 1
 
     def _decay_rate(self, now: float) -> None:
