@@ -193,16 +193,25 @@ class RoutingPolicy:
 
         ``exclude[i]`` (or -1) is a region request ``i`` must avoid (its failed attempt).
         """
+        allowed = self.candidates(table, stats, now)
+        if self.rtt_additive:
+            base = np.where(allowed, self.region_base(table, stats, now), INF)
+            return self._choose(rtt_ms, base, exclude)
         costs = self.region_costs(table, stats, rtt_ms, now)
-        return self._argmin(costs, self.candidates(table, stats, now), exclude)
+        return self._choose(costs, np.where(allowed, 0.0, INF), exclude)
 
     @staticmethod
-    def _argmin(costs: FloatArray, allowed: BoolArray, exclude: IntArray | None) -> IntArray:
-        costs = np.where(allowed[None, :], costs, INF)
+    def _choose(rtt_ms: FloatArray, base: FloatArray, exclude: IntArray | None) -> IntArray:
+        """argmin over regions of ``rtt_ms + base`` per row (``base`` is INF where barred)."""
+        costs = rtt_ms + base
+        check = not np.isfinite(base).all()
         if exclude is not None:
             rows = np.flatnonzero(exclude >= 0)
-            costs[rows, exclude[rows]] = INF
+            if len(rows):
+                costs[rows, exclude[rows]] = INF
+                check = True
         choice: IntArray = np.argmin(costs, axis=1).astype(np.int64)
-        none = ~np.isfinite(costs[np.arange(len(choice)), choice])
-        choice[none] = -1
+        if check:
+            none = ~np.isfinite(costs[np.arange(len(choice)), choice])
+            choice[none] = -1
         return choice

@@ -18,7 +18,7 @@ from __future__ import annotations
 import numpy as np
 
 from router.latency import FITTED, LatencyModel
-from router.policies.base import FleetTable, FloatArray, IntArray, RoutingPolicy
+from router.policies.base import INF, FleetTable, FloatArray, IntArray, RoutingPolicy
 from router.policies.stats import RouterStats
 
 __all__ = ["MeridianPolicy", "expected_wait_ms"]
@@ -61,10 +61,15 @@ class MeridianPolicy(RoutingPolicy):
         now: float,
         extra_load: FloatArray | None = None,
     ) -> tuple[FloatArray, FloatArray]:
-        """(expected wait, expected service time) per region, in ms."""
+        """(expected wait, expected service time) per region, in ms.
+
+        The service time is the model's expected one: regions differ in how many
+        requests they serve at once (capacity), not in how long one takes; the
+        per-region EWMA of service times mostly measures which requests happened
+        to land there, and ranking on it would chase noise.
+        """
         idx = stats.indices(table.names)
-        observed = stats.service_ms[idx]
-        service = np.where(observed > 0, observed, self.default_service_ms)
+        service = np.full(len(table.names), self.default_service_ms)
         load = np.maximum(table.reported_load, stats.outstanding[idx])
         if extra_load is not None:
             load = load + extra_load
@@ -86,10 +91,11 @@ class MeridianPolicy(RoutingPolicy):
     ) -> IntArray:
         """As one-by-one decisions would: a second pass charges each region half the
         requests the first pass gave it, so a batch does not stampede one region."""
-        allowed = self.candidates(table, stats, now)
-        first = self._argmin(self.region_costs(table, stats, rtt_ms, now), allowed, exclude)
+        allowed = np.where(self.candidates(table, stats, now), 0.0, INF)
+        wait, service = self.region_terms(table, stats, now)
+        first = self._choose(rtt_ms, wait + service + allowed, exclude)
         added = np.bincount(first[first >= 0], minlength=len(table.names)).astype(np.float64)
-        if not added.any():
+        wait2, _ = self.region_terms(table, stats, now, extra_load=added * 0.5)
+        if np.all(wait2 - wait < 0.5):  # the batch moves no region's wait: keep the choice
             return first
-        wait, service = self.region_terms(table, stats, now, extra_load=added * 0.5)
-        return self._argmin(rtt_ms + (wait + service), allowed, exclude)
+        return self._choose(rtt_ms, wait2 + service + allowed, exclude)
