@@ -13,7 +13,9 @@ import sys
 from collections.abc import Sequence
 
 # subcommand -> (module, one-line help)
-COMMANDS: dict[str, tuple[str, str]] = {}
+COMMANDS: dict[str, tuple[str, str]] = {
+    "simulate": ("simulator.cli", "simulate the fleet: every routing policy on real traffic"),
+}
 
 
 def build_parser() -> argparse.ArgumentParser:

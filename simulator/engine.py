@@ -268,7 +268,8 @@ class Simulation:
         lost = placed & (complete > self.fail_at[ci]) & (arrive < self.fail_at[ci])
         ok = placed & ~lost
         sent = np.bincount(ci[routed], minlength=self.n).astype(np.float64)
-        self.stats.record_dispatches(self.sidx, sent, now_s)
+        rtt_sum = np.bincount(ci[routed], weights=2 * half[routed], minlength=self.n).astype(float)
+        self.stats.record_dispatches(self.sidx, sent, now_s, rtt_sum)
         sec = min(int(t0 // 1000.0), len(res.timeline) - 1)
         res.timeline[sec] += sent
         # failures the router sees: connect errors after one RTT; in-flight loss at the failure

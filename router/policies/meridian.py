@@ -4,7 +4,8 @@
 
 The queue wait treats a region as a c-server queue: c = capacity_rps x mean
 service time (replicas x throughput expressed as concurrent servers), loaded with
-n = max(reported queue depth + in-flight, this router's outstanding requests).
+n = max(reported queue depth + in-flight, this router's outstanding requests less
+those still on the wire).
 A request finding all servers busy waits for ``n - c + 1`` completions at the
 region's service rate; on top, the M/M/c mean wait at utilisation n/c
 (Sakasegawa's approximation of Erlang C) charges a nearly saturated region
@@ -27,12 +28,20 @@ RHO_CAP = 0.995  # the M/M/c term is evaluated at most here; beyond it the backl
 
 
 def expected_wait_ms(
-    load: FloatArray, capacity_rps: FloatArray, service_ms: FloatArray
+    load: FloatArray,
+    capacity_rps: FloatArray,
+    service_ms: FloatArray,
+    offered_rps: FloatArray | None = None,
 ) -> FloatArray:
-    """Mean queueing delay (ms) of a request joining a region with ``load`` requests in it."""
+    """Mean queueing delay (ms) of a request joining a region with ``load`` requests in it.
+
+    The M/M/c term is taken at utilisation ``offered_rps / capacity_rps`` when the
+    offered rate is known, else at the occupancy ``load / servers``.
+    """
     cap = np.maximum(capacity_rps, 1e-9)
     servers = np.maximum(cap * service_ms / 1000.0, 1.0)
-    rho = np.minimum(load / servers, RHO_CAP)
+    util = load / servers if offered_rps is None else offered_rps / cap
+    rho = np.minimum(util, RHO_CAP)
     exponent = np.sqrt(2.0 * (servers + 1.0)) - 1.0
     mmc = service_ms * rho**exponent / (servers * (1.0 - rho))
     backlog = np.maximum(load - servers + 1.0, 0.0) * 1000.0 / cap
@@ -50,8 +59,10 @@ class MeridianPolicy(RoutingPolicy):
         latency: LatencyModel = FITTED,
         default_service_ms: float = 50.0,
         refresh_s: float = 0.0,
+        rate_utilization: bool = True,
     ) -> None:
         super().__init__(latency, refresh_s)
+        self.rate_utilization = rate_utilization
         self.default_service_ms = default_service_ms
 
     def region_terms(
@@ -70,10 +81,11 @@ class MeridianPolicy(RoutingPolicy):
         """
         idx = stats.indices(table.names)
         service = np.full(len(table.names), self.default_service_ms)
-        load = np.maximum(table.reported_load, stats.outstanding[idx])
+        load = np.maximum(table.reported_load, stats.in_region(idx, now))
         if extra_load is not None:
             load = load + extra_load
-        wait = expected_wait_ms(load, table.capacity_rps, service)
+        offered = stats.rates(idx, now) if self.rate_utilization else None
+        wait = expected_wait_ms(load, table.capacity_rps, service, offered)
         return np.maximum(wait, stats.waits(idx, now)), service
 
     def region_base(self, table: FleetTable, stats: RouterStats, now: float) -> FloatArray:

@@ -55,6 +55,7 @@ class RouterStats:
         self.rate_rps = np.zeros(0)
         self.wait_ms = np.zeros(0)
         self.service_ms = np.zeros(0)  # 0 = nothing observed yet
+        self.rtt_ms = np.zeros(0)  # EWMA of the RTT of requests sent (their time on the wire)
         self.observed_at = np.zeros(0)
         self.consecutive_errors = np.zeros(0)
         self.errors = np.zeros(0)
@@ -84,6 +85,7 @@ class RouterStats:
             "rate_rps",
             "wait_ms",
             "service_ms",
+            "rtt_ms",
             "observed_at",
             "consecutive_errors",
             "errors",
@@ -96,11 +98,19 @@ class RouterStats:
 
     # --- bulk updates (arrays aligned with ``indices(names)``) --------------------------------
 
-    def record_dispatches(self, idx: IntArray, counts: FloatArray, now: float) -> None:
-        """``counts[i]`` requests were just sent to region ``idx[i]``."""
+    def record_dispatches(
+        self, idx: IntArray, counts: FloatArray, now: float, rtt_sum_ms: FloatArray | None = None
+    ) -> None:
+        """``counts[i]`` requests were just sent to region ``idx[i]`` (RTTs summing to
+        ``rtt_sum_ms[i]``)."""
         self._decay_rate(now)
         self.rate_rps[idx] += counts / self.config.rate_tau_s
         self.outstanding[idx] += counts
+        if rtt_sum_ms is not None:
+            sent = counts > 0
+            j = idx[sent]
+            keep = (1.0 - self.config.ewma_alpha) ** counts[sent]
+            self.rtt_ms[j] = keep * self.rtt_ms[j] + (1 - keep) * (rtt_sum_ms[sent] / counts[sent])
         self.version += 1
 
     def record_results(
@@ -147,8 +157,9 @@ class RouterStats:
 
     # --- per-request updates (the router) -----------------------------------------------------
 
-    def on_dispatch(self, region: str, now: float) -> None:
-        self.record_dispatches(self.indices((region,)), np.ones(1), now)
+    def on_dispatch(self, region: str, now: float, rtt_ms: float = 0.0) -> None:
+        one = np.ones(1)
+        self.record_dispatches(self.indices((region,)), one, now, one * rtt_ms)
 
     def on_success(self, region: str, wait_ms: float, service_ms: float, now: float) -> None:
         """A response: ``wait_ms`` = observed time minus RTT minus the worker's compute time."""
@@ -175,6 +186,12 @@ class RouterStats:
         """Observed wait per region, fading while no new observation arrives."""
         age = np.maximum(now - self.observed_at[idx], 0.0)
         out: FloatArray = self.wait_ms[idx] * np.exp(-age / self.config.wait_decay_s)
+        return out
+
+    def in_region(self, idx: IntArray, now: float) -> FloatArray:
+        """Outstanding requests less those still on the wire (Little's law: rate x RTT)."""
+        on_wire = self.rates(idx, now) * self.rtt_ms[idx] / 1000.0
+        out: FloatArray = np.maximum(self.outstanding[idx] - on_wire, 0.0)
         return out
 
     def circuit_open(self, idx: IntArray, now: float) -> npt.NDArray[np.bool_]:
