@@ -172,9 +172,9 @@ class RoutingPolicy:
 
     def _cached_base(self, table: FleetTable, stats: RouterStats, now: float) -> FloatArray:
         if self.refresh_s > 0:
-            key: tuple[object, ...] = (id(stats), stats.error_version, int(now / self.refresh_s))
+            key: tuple[object, ...] = (stats, stats.error_version, int(now / self.refresh_s))
         else:
-            key = (id(stats), stats.version, now)
+            key = (stats, stats.version, now)
         if table.base_key != key or table.base_costs is None:
             base = self.region_base(table, stats, now)
             table.base_costs = np.where(self.candidates(table, stats, now), base, INF)

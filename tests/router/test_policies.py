@@ -81,14 +81,26 @@ def test_saturated_region_spills_to_next_best() -> None:
     assert NearestPolicy().rank(snap, stats, PARIS, now=0.0)[0] == "eu-central-1"
 
 
-def test_spills_before_full_saturation() -> None:
-    """At 4/5 servers busy the M/M/c charge alone is small; at 5/5 plus backlog it spills."""
+def test_spills_near_saturation_before_a_queue_forms() -> None:
+    """4 of 5 servers busy, no queue: the offered rate decides, through the M/M/c charge."""
+    snap = snapshot(region("eu-central-1", load=4), region("us-east-1"), region("ap-northeast-1"))
     policy = MeridianPolicy()
-    stats = RouterStats()
-    light = snapshot(region("eu-central-1", load=4), region("us-east-1"), region("ap-northeast-1"))
-    heavy = snapshot(region("eu-central-1", load=12), region("us-east-1"), region("ap-northeast-1"))
-    assert policy.rank(light, stats, PARIS, now=0.0)[0] == "eu-central-1"
-    assert policy.rank(heavy, stats, PARIS, now=0.0)[0] == "us-east-1"
+
+    def sent_and_answered(rps: float) -> RouterStats:
+        stats = RouterStats()
+        idx = stats.indices(("eu-central-1",))
+        n = np.array([rps])
+        stats.record_dispatches(idx, n, now=0.0)  # the last second's rate ...
+        stats.record_results(idx, n, np.zeros(1), np.zeros(1), n * 50.0, now=0.0)  # ... all back
+        return stats
+
+    assert policy.rank(snap, sent_and_answered(50.0), PARIS, now=0.0)[0] == "eu-central-1"
+    assert policy.rank(snap, sent_and_answered(99.0), PARIS, now=0.0)[0] == "us-east-1"
+
+
+def test_queued_backlog_spills_even_at_a_modest_rate() -> None:
+    snap = snapshot(region("eu-central-1", load=20), region("us-east-1"), region("ap-northeast-1"))
+    assert MeridianPolicy().rank(snap, RouterStats(), PARIS, now=0.0)[0] == "us-east-1"
 
 
 def test_expected_wait_grows_without_bound_near_saturation() -> None:
