@@ -15,6 +15,7 @@ from collections.abc import Sequence
 # subcommand -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "router": ("router.cli", "run the router (the end-user HTTPS endpoint)"),
+    "simulate": ("simulator.cli", "simulate the fleet: every routing policy on real traffic"),
 }
 
 
