@@ -28,7 +28,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         metavar="DIR",
         help="serve HTTPS with a self-signed pair kept in DIR (made on first use)",
     )
-    p.add_argument("--policy", default="meridian", help="routing policy name")
+    p.add_argument(
+        "--policy",
+        default="meridian",
+        help="routing policy: meridian, nearest, waterfall, round-robin",
+    )
 
 
 def main(args: argparse.Namespace) -> int:
@@ -55,12 +59,12 @@ def main(args: argparse.Namespace) -> int:
 
 
 async def _serve(settings: object, policy: str) -> int:
-    from router.ranking import make_ranker
+    from router.ranking import make_policy
     from router.server import RouterServer
     from router.settings import RouterSettings
 
     assert isinstance(settings, RouterSettings)
-    server = RouterServer(settings, make_ranker(policy))
+    server = RouterServer(settings, make_policy(policy))
     port = await server.start()
     scheme = "https" if settings.tls_cert else "http"
     print(f"router listening on {scheme}://{settings.host}:{port}", flush=True)

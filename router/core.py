@@ -2,8 +2,8 @@
 
 Transports call :meth:`RouterCore.handle` with a parsed request; everything
 below is independent of sockets except the upstream pool. The region choice is
-delegated to a policy object (see :class:`Ranker`), the same one the simulator
-drives.
+delegated to a routing policy object (``router.policies``), the very one the
+fleet simulator drives, over this router's own ``RouterStats``.
 """
 
 from __future__ import annotations
@@ -11,65 +11,34 @@ from __future__ import annotations
 import random
 import time
 from collections import defaultdict
-from collections.abc import Sequence
-from dataclasses import dataclass, field
-from typing import Protocol
 from urllib.parse import urlsplit
 
 import orjson
 
-from meridian.snapshot import RegionView, RoutingSnapshot, WorkerView
+from meridian.snapshot import RoutingSnapshot
 from router.http11 import HOP_BY_HOP, Request, Response
 from router.keys import ApiKeys
-from router.locate import EDGE_HEADER, ClientLocator, Location
+from router.locate import EDGE_HEADER, ClientLocator
+from router.policies import (
+    RouteRequest,
+    RouterStats,
+    RoutingPolicy,
+    StatsConfig,
+    VersionPicker,
+    pick_worker,
+)
 from router.ratelimit import RateLimiter
-from router.resilience import CircuitBreaker, RetryBudget
+from router.resilience import RetryBudget
 from router.settings import RouterSettings
 from router.snapshot_store import SnapshotStore
 from router.upstream import UpstreamError, UpstreamPool
 
-__all__ = ["Ranker", "RouterCore", "RouterStats"]
+__all__ = ["RouterCore"]
 
 JSON = [(b"content-type", b"application/json")]
 SERVER_METADATA = orjson.dumps(
     {"name": "meridian-router", "version": "0.1.0", "extensions": ["binary_tensor_data"]}
 )
-
-
-class Ranker(Protocol):
-    """Orders the regions able to serve ``model`` best first (the routing policy seam)."""
-
-    def rank(
-        self,
-        snapshot: RoutingSnapshot,
-        model: str,
-        version: str | None,
-        client: Location,
-        stats: RouterStats,
-        now: float,
-    ) -> Sequence[RegionView]: ...
-
-
-@dataclass
-class RouterStats:
-    """What this router has observed itself, per region and per worker."""
-
-    ewma_latency_ms: dict[str, float] = field(default_factory=dict)
-    breakers: dict[str, CircuitBreaker] = field(default_factory=dict)
-    outstanding: dict[str, int] = field(default_factory=lambda: defaultdict(int))
-    alpha: float = 0.2
-
-    def observe(self, region: str, latency_ms: float) -> None:
-        prev = self.ewma_latency_ms.get(region)
-        self.ewma_latency_ms[region] = (
-            latency_ms if prev is None else prev + self.alpha * (latency_ms - prev)
-        )
-
-    def breaker(self, region: str, threshold: int, cooldown: float) -> CircuitBreaker:
-        b = self.breakers.get(region)
-        if b is None:
-            b = self.breakers[region] = CircuitBreaker(threshold=threshold, cooldown=cooldown)
-        return b
 
 
 def _error(status: int, message: str, extra: list[tuple[bytes, bytes]] | None = None) -> Response:
@@ -95,7 +64,7 @@ class RouterCore:
         self,
         settings: RouterSettings,
         store: SnapshotStore,
-        ranker: Ranker,
+        policy: RoutingPolicy,
         pool: UpstreamPool,
         limiter: RateLimiter,
         locator: ClientLocator,
@@ -104,13 +73,20 @@ class RouterCore:
     ) -> None:
         self.settings = settings
         self.store = store
-        self.ranker = ranker
+        self.policy = policy
         self.pool = pool
         self.limiter = limiter
         self.locator = locator
         self.keys = keys
         self.rng = rng or random.Random()
-        self.stats = RouterStats()
+        self.stats = RouterStats(
+            StatsConfig(
+                circuit_errors=settings.breaker_threshold,
+                circuit_open_s=settings.breaker_cooldown_s,
+            )
+        )
+        self.outstanding: dict[str, int] = defaultdict(int)  # per worker id
+        self._versions: tuple[RoutingSnapshot | None, VersionPicker | None] = (None, None)
         self.budget = RetryBudget(ratio=settings.retry_ratio)
         self.counters: dict[str, int] = defaultdict(int)
 
@@ -160,60 +136,12 @@ class RouterCore:
 
     # --- routing and failover --------------------------------------------------------------
 
-    def _pick_worker(
-        self, region: RegionView, model: str, version: str | None
-    ) -> WorkerView | None:
-        key = f"{model}:{version}" if version else None
-        prefix = model + ":"
-        candidates = [
-            w
-            for w in region.workers
-            if w.state.routable
-            and any((m == key) if key else (m == model or m.startswith(prefix)) for m in w.models)
-        ]
-        if not candidates:
-            return None
-        if len(candidates) == 1:
-            return candidates[0]
-        a, b = self.rng.sample(candidates, 2)
-        out = self.stats.outstanding
-        load_a = a.queue_depth + a.in_flight + out[a.worker_id]
-        load_b = b.queue_depth + b.in_flight + out[b.worker_id]
-        return a if load_a <= load_b else b
-
-    def _choose_version(self, snap: RoutingSnapshot, model: str) -> str | None:
-        """Split traffic between versions of ``model`` by their deployment weights (canary)."""
-        weights: dict[str, float] = defaultdict(float)
-        for d in snap.deployments:
-            if d.model == model:
-                weights[d.version] += d.weight
-        if len(weights) <= 1:
-            return None
-        total = sum(weights.values())
-        if total <= 0:
-            return None
-        x = self.rng.random() * total
-        for version, w in sorted(weights.items()):
-            x -= w
-            if x < 0:
-                return version
-        return None
-
-    def _with_open_circuits_last(
-        self, ranked: Sequence[RegionView], now: float
-    ) -> list[RegionView]:
-        """Regions whose breaker lets a request through, in rank order; ejected ones after.
-
-        When every region is ejected the router still tries them (best first) rather
-        than refusing outright.
-        """
-        s = self.settings
-        allowed: list[RegionView] = []
-        ejected: list[RegionView] = []
-        for region in ranked:
-            breaker = self.stats.breaker(region.name, s.breaker_threshold, s.breaker_cooldown_s)
-            (allowed if breaker.allows(now) else ejected).append(region)
-        return allowed + ejected
+    def _version_picker(self, snap: RoutingSnapshot) -> VersionPicker:
+        cached_snap, picker = self._versions
+        if cached_snap is not snap or picker is None:
+            picker = VersionPicker(snap)
+            self._versions = (snap, picker)
+        return picker
 
     async def _forward(self, req: Request, model: str, version: str | None, rest: str) -> Response:
         snap = self.store.current
@@ -223,84 +151,92 @@ class RouterCore:
         started = time.monotonic()
         deadline = started + s.total_timeout_s
         self.budget.record_request(started)
-        if version is None and rest == "infer":
-            version = self._choose_version(snap, model)
         client = self.locator.locate(req.client_host, req.header(EDGE_HEADER))
-        ranked = self.ranker.rank(snap, model, version, client, self.stats, started)
+        route = RouteRequest(model, client.lat, client.lon)
+        ranked = self.policy.rank(snap, self.stats, route, started)
+        if not ranked and any(r.serves(model) for r in snap.regions):
+            # every serving region is ejected by its circuit: try them rather than refuse
+            ranked = [r.name for r in snap.routable_regions() if r.serves(model)]
         if not ranked:
-            return _error(
-                404 if not any(r.serves(model) for r in snap.regions) else 503,
-                f"no healthy region serves model '{model}'",
-                [(b"retry-after", b"1")],
+            known = any(r.serves(model) for r in snap.regions) or any(
+                d.model == model for d in snap.deployments
             )
-        upstream_target = f"/v2/models/{model}" + (f"/versions/{version}" if version else "")
-        upstream_target += ("/" + rest) if rest else ""
-        if req.query:
-            upstream_target += "?" + req.query
+            status = 503 if known else 404
+            return _error(status, f"no healthy region serves model '{model}'",
+                          [(b"retry-after", b"1")])  # fmt: skip
         headers = [(k, v) for k, v in req.headers if k not in HOP_BY_HOP]
+        tail = ("/" + rest) if rest else ""
+        query = ("?" + req.query) if req.query else ""
         attempts = 0
         last_error = "no region could be tried"
-        for region in self._with_open_circuits_last(ranked, started):
+        for name in ranked:
             now = time.monotonic()
             if now >= deadline or attempts >= s.max_attempts:
                 break
-            breaker = self.stats.breaker(region.name, s.breaker_threshold, s.breaker_cooldown_s)
-            worker = self._pick_worker(region, model, version)
+            region = snap.region(name)
+            if region is None:
+                continue
+            chosen = version
+            if chosen is None and rest == "infer":
+                dep = self._version_picker(snap).pick(model, name, self.rng)
+                chosen = dep.version if dep is not None else None
+            worker = pick_worker(region, model, self.rng, self.outstanding)
             if worker is None:
                 continue
             if attempts > 0 and not self.budget.try_retry(now):
                 last_error = "retry budget exhausted"
                 break
             attempts += 1
+            target = f"/v2/models/{model}" + (f"/versions/{chosen}" if chosen else "") + tail
             url = urlsplit(worker.endpoint)
             host, port = url.hostname or "127.0.0.1", url.port or 80
-            timeout = min(s.attempt_timeout_s, deadline - now)
-            self.stats.outstanding[worker.worker_id] += 1
+            self.stats.on_dispatch(name, now)
+            self.outstanding[worker.worker_id] += 1
             try:
                 upstream = await self.pool.request(
-                    host, port, req.method, upstream_target, headers, req.body, timeout
-                )
+                    host, port, req.method, target + query, headers, req.body,
+                    min(s.attempt_timeout_s, deadline - now),
+                )  # fmt: skip
             except (UpstreamError, TimeoutError) as exc:
-                breaker.record_failure(time.monotonic())
+                self.stats.on_error(name, time.monotonic())
                 self.counters["upstream_failures"] += 1
-                last_error = f"region {region.name}: {exc or 'timed out'}"
+                last_error = f"region {name}: {exc or 'timed out'}"
                 continue
             finally:
-                self.stats.outstanding[worker.worker_id] -= 1
+                self.outstanding[worker.worker_id] -= 1
+            done = time.monotonic()
             if upstream.status >= 500:
-                breaker.record_failure(time.monotonic())
+                self.stats.on_error(name, done)
                 self.counters["upstream_5xx"] += 1
-                last_error = f"region {region.name} answered {upstream.status}"
+                last_error = f"region {name} answered {upstream.status}"
                 continue
-            breaker.record_success()
-            elapsed_ms = (time.monotonic() - started) * 1000.0
-            self.stats.observe(region.name, elapsed_ms)
+            self.stats.on_success(name, 0.0, (done - now) * 1000.0, done)
             out_headers = [(k, v) for k, v in upstream.headers if k not in HOP_BY_HOP]
-            out_headers.append((b"x-meridian-region", region.name.encode()))
+            out_headers.append((b"x-meridian-region", name.encode()))
             out_headers.append((b"x-meridian-attempts", str(attempts).encode()))
             self.counters["served"] += 1
             return Response(upstream.status, upstream.body, out_headers)
         self.counters["failed"] += 1
         status = 504 if time.monotonic() >= deadline else 502
-        return _error(
-            status,
-            f"all regions failed after {attempts} attempts: {last_error}",
-            [(b"x-meridian-attempts", str(attempts).encode())],
-        )
+        return _error(status, f"all regions failed after {attempts} attempts: {last_error}",
+                      [(b"x-meridian-attempts", str(attempts).encode())])  # fmt: skip
 
     # --- health ------------------------------------------------------------------------------
 
     def _ready(self) -> Response:
         snap = self.store.current
         age = self.store.confirmed_age()
+        now = time.monotonic()
         details = {
             "ready": snap is not None and any(True for _ in snap.routable_regions()),
             "snapshot_version": snap.version if snap else None,
             "snapshot_confirmed_age_s": None if age is None else round(age, 3),
             "routable_regions": [r.name for r in snap.routable_regions()] if snap else [],
             "open_circuits": [
-                name for name, b in self.stats.breakers.items() if b.is_open(time.monotonic())
-            ],
+                r.name for r in snap.regions if self.stats.region(r.name, now).circuit_open
+            ]
+            if snap
+            else [],
             "redis_ok": getattr(self.limiter, "redis_ok", None),
         }
         return Response(200 if details["ready"] else 503, orjson.dumps(details), JSON)

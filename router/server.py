@@ -8,10 +8,11 @@ import logging
 from collections.abc import Coroutine
 from typing import Any
 
-from router.core import Ranker, RouterCore
+from router.core import RouterCore
 from router.http11 import HttpServer, Limits
 from router.keys import ApiKeys
 from router.locate import ClientLocator
+from router.policies import RoutingPolicy
 from router.ratelimit import LocalRateLimiter, RateLimiter, RedisRateLimiter
 from router.settings import RouterSettings
 from router.snapshot_store import HttpSnapshotFollower, SnapshotStore
@@ -29,7 +30,7 @@ class RouterServer:
     def __init__(
         self,
         settings: RouterSettings,
-        ranker: Ranker,
+        policy: RoutingPolicy,
         *,
         store: SnapshotStore | None = None,
         limiter: RateLimiter | None = None,
@@ -48,7 +49,7 @@ class RouterServer:
         self.core = RouterCore(
             settings,
             self.store,
-            ranker,
+            policy,
             UpstreamPool(),
             limiter,
             ClientLocator(settings.default_location, settings.trusted_proxies, settings.geoip_path),

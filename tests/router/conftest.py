@@ -2,32 +2,13 @@
 
 from __future__ import annotations
 
-import math
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 import pytest
 
 from meridian.snapshot import HealthState, RegionView, RoutingSnapshot, WorkerView
-from router.core import RouterStats
 from router.http11 import HttpServer, Request, Response
-from router.locate import Location
-
-
-class DistanceRanker:
-    """Nearest routable region first (a stand-in policy for transport tests)."""
-
-    def rank(
-        self,
-        snapshot: RoutingSnapshot,
-        model: str,
-        version: str | None,
-        client: Location,
-        stats: RouterStats,
-        now: float,
-    ) -> Sequence[RegionView]:
-        regions = [r for r in snapshot.routable_regions() if r.serves(model)]
-        return sorted(regions, key=lambda r: math.hypot(r.lat - client.lat, r.lon - client.lon))
 
 
 @dataclass

@@ -10,9 +10,10 @@ import httpx
 import orjson
 import pytest
 
+from router.policies import NearestPolicy
 from router.server import RouterServer
 from router.settings import RouterSettings
-from tests.router.conftest import DistanceRanker, StandInWorker, snapshot_for
+from tests.router.conftest import StandInWorker, snapshot_for
 
 EDGE = "x-meridian-client-location"
 
@@ -25,7 +26,7 @@ async def router(
     settings = RouterSettings(
         port=0, snapshot_path=tmp_path / "snap.json", max_body_bytes=1024, breaker_threshold=2
     )
-    server = RouterServer(settings, DistanceRanker())
+    server = RouterServer(settings, NearestPolicy())
     server.store.offer(snapshot_for({"near": (near, 10.0, 10.0), "far": (far, 40.0, 40.0)}))
     port = await server.start()
     client = httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", headers={EDGE: "11,11"})
@@ -98,7 +99,7 @@ async def test_saved_snapshot_survives_a_restart(router, tmp_path: Path) -> None
     saved = orjson.loads((tmp_path / "snap.json").read_bytes())
     assert saved["version"] == 1
     again = RouterServer(
-        RouterSettings(port=0, snapshot_path=tmp_path / "snap.json"), DistanceRanker()
+        RouterSettings(port=0, snapshot_path=tmp_path / "snap.json"), NearestPolicy()
     )
     assert again.store.current is not None
     assert again.store.current.version == server.store.current.version
@@ -113,7 +114,7 @@ async def test_api_keys_and_rate_limits(tmp_path: Path, two_workers) -> None:
         orjson.dumps({"keys": [{"name": "acme", "sha256": digest, "rate": 0.1, "burst": 2}]})
     )
     settings = RouterSettings(port=0, snapshot_path=tmp_path / "s.json", api_keys_path=keys)
-    server = RouterServer(settings, DistanceRanker())
+    server = RouterServer(settings, NearestPolicy())
     server.store.offer(snapshot_for({"near": (near, 10.0, 10.0), "far": (far, 40.0, 40.0)}))
     port = await server.start()
     try:
