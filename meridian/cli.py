@@ -16,6 +16,8 @@ from collections.abc import Sequence
 COMMANDS: dict[str, tuple[str, str]] = {
     "control-plane": ("control_plane.cli", "run the control plane (admin API, registry)"),
     "token": ("control_plane.token_cli", "create, list or revoke API tokens in the registry"),
+    "router": ("router.cli", "run the router (the end-user HTTPS endpoint)"),
+    "simulate": ("simulator.cli", "simulate the fleet: every routing policy on real traffic"),
 }
 
 

@@ -1,0 +1,77 @@
+"""``meridian router``: the end-user endpoint."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+from pathlib import Path
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--host", help="listen address (default from settings: 127.0.0.1)")
+    p.add_argument("--port", type=int, help="listen port (default from settings: 8443)")
+    p.add_argument(
+        "--control-plane",
+        action="append",
+        default=None,
+        help="control-plane base URL to follow the snapshot from (repeatable)",
+    )
+    p.add_argument("--token", help="API token (read scope) for the control plane")
+    p.add_argument("--snapshot-path", type=Path, help="where the last good snapshot is kept")
+    p.add_argument("--tls-cert", type=Path)
+    p.add_argument("--tls-key", type=Path)
+    p.add_argument(
+        "--self-signed",
+        type=Path,
+        metavar="DIR",
+        help="serve HTTPS with a self-signed pair kept in DIR (made on first use)",
+    )
+    p.add_argument(
+        "--policy",
+        default="meridian",
+        help="routing policy: meridian, nearest, waterfall, round-robin",
+    )
+
+
+def main(args: argparse.Namespace) -> int:
+    from router.settings import RouterSettings
+
+    overrides: dict[str, object] = {}
+    for field in ("host", "port", "snapshot_path", "tls_cert", "tls_key"):
+        value = getattr(args, field)
+        if value is not None:
+            overrides[field] = value
+    if args.control_plane:
+        overrides["control_plane_urls"] = args.control_plane
+    if args.token:
+        overrides["control_plane_token"] = args.token
+    if args.self_signed:
+        from router.tls import self_signed_pair
+
+        overrides["tls_cert"], overrides["tls_key"] = self_signed_pair(args.self_signed)
+    settings = RouterSettings(**overrides)  # type: ignore[arg-type]
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s router %(message)s")
+    import uvloop
+
+    return uvloop.run(_serve(settings, args.policy))
+
+
+async def _serve(settings: object, policy: str) -> int:
+    from router.ranking import make_policy
+    from router.server import RouterServer
+    from router.settings import RouterSettings
+
+    assert isinstance(settings, RouterSettings)
+    server = RouterServer(settings, make_policy(policy))
+    port = await server.start()
+    scheme = "https" if settings.tls_cert else "http"
+    print(f"router listening on {scheme}://{settings.host}:{port}", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    await server.stop()
+    return 0

@@ -1,0 +1,242 @@
+"""The router's core: authenticate, limit, locate, choose, forward, fail over.
+
+Transports call :meth:`RouterCore.handle` with a parsed request; everything
+below is independent of sockets except the upstream pool. The region choice is
+delegated to a routing policy object (``router.policies``), the very one the
+fleet simulator drives, over this router's own ``RouterStats``.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections import defaultdict
+from urllib.parse import urlsplit
+
+import orjson
+
+from meridian.snapshot import RoutingSnapshot
+from router.http11 import HOP_BY_HOP, Request, Response
+from router.keys import ApiKeys
+from router.locate import EDGE_HEADER, ClientLocator
+from router.policies import (
+    RouteRequest,
+    RouterStats,
+    RoutingPolicy,
+    StatsConfig,
+    VersionPicker,
+    pick_worker,
+)
+from router.ratelimit import RateLimiter
+from router.resilience import RetryBudget
+from router.settings import RouterSettings
+from router.snapshot_store import SnapshotStore
+from router.upstream import UpstreamError, UpstreamPool
+
+__all__ = ["RouterCore"]
+
+JSON = [(b"content-type", b"application/json")]
+SERVER_METADATA = orjson.dumps(
+    {"name": "meridian-router", "version": "0.1.0", "extensions": ["binary_tensor_data"]}
+)
+
+
+def _error(status: int, message: str, extra: list[tuple[bytes, bytes]] | None = None) -> Response:
+    body = orjson.dumps({"error": message})
+    return Response(status, body, JSON + (extra or []))
+
+
+def _model_path(path: str) -> tuple[str, str | None, str] | None:
+    """``/v2/models/{m}[/versions/{v}]/rest`` → (m, v, rest) or None."""
+    if not path.startswith("/v2/models/"):
+        return None
+    parts = path[len("/v2/models/") :].split("/")
+    if not parts[0]:
+        return None
+    model, version, rest = parts[0], None, parts[1:]
+    if len(rest) >= 2 and rest[0] == "versions":
+        version, rest = rest[1], rest[2:]
+    return model, version, "/".join(rest)
+
+
+class RouterCore:
+    def __init__(
+        self,
+        settings: RouterSettings,
+        store: SnapshotStore,
+        policy: RoutingPolicy,
+        pool: UpstreamPool,
+        limiter: RateLimiter,
+        locator: ClientLocator,
+        keys: ApiKeys | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.policy = policy
+        self.pool = pool
+        self.limiter = limiter
+        self.locator = locator
+        self.keys = keys
+        self.rng = rng or random.Random()
+        self.stats = RouterStats(
+            StatsConfig(
+                circuit_errors=settings.breaker_threshold,
+                circuit_open_s=settings.breaker_cooldown_s,
+            )
+        )
+        self.outstanding: dict[str, int] = defaultdict(int)  # per worker id
+        self._versions: tuple[RoutingSnapshot | None, VersionPicker | None] = (None, None)
+        self.budget = RetryBudget(ratio=settings.retry_ratio)
+        self.counters: dict[str, int] = defaultdict(int)
+
+    # --- entry point ---------------------------------------------------------------------
+
+    async def handle(self, req: Request) -> Response:
+        path = req.path
+        if path == "/v2/health/live":
+            return Response(200, b'{"live":true}', JSON)
+        if path == "/v2/health/ready":
+            return self._ready()
+        if path == "/v2":
+            return Response(200, SERVER_METADATA, JSON)
+        target = _model_path(path)
+        if target is None:
+            return _error(404, f"no route for {req.method} {path}")
+        denied = await self._admit(req)
+        if denied is not None:
+            return denied
+        return await self._forward(req, *target)
+
+    # --- admission -------------------------------------------------------------------------
+
+    async def _admit(self, req: Request) -> Response | None:
+        s = self.settings
+        if self.keys is not None:
+            presented = req.header(b"x-api-key")
+            auth = req.header(b"authorization")
+            if presented is None and auth is not None and auth[:7].lower() == b"bearer ":
+                presented = auth[7:].strip()
+            if presented is None:
+                return _error(401, "an API key is required (x-api-key or Authorization: Bearer)")
+            policy = self.keys.lookup(presented)
+            if policy is None:
+                return _error(401, "unknown API key")
+            bucket, rate, burst = "key:" + policy.name, policy.rate, policy.burst
+        elif s.anonymous_rate > 0:
+            bucket, rate, burst = "ip:" + req.client_host, s.anonymous_rate, s.anonymous_burst
+        else:
+            return None
+        wait = await self.limiter.acquire(bucket, rate, burst)
+        if wait > 0:
+            self.counters["rate_limited"] += 1
+            retry_after = str(max(1, int(wait + 0.999))).encode()
+            return _error(429, "rate limit exceeded", [(b"retry-after", retry_after)])
+        return None
+
+    # --- routing and failover --------------------------------------------------------------
+
+    def _version_picker(self, snap: RoutingSnapshot) -> VersionPicker:
+        cached_snap, picker = self._versions
+        if cached_snap is not snap or picker is None:
+            picker = VersionPicker(snap)
+            self._versions = (snap, picker)
+        return picker
+
+    async def _forward(self, req: Request, model: str, version: str | None, rest: str) -> Response:
+        snap = self.store.current
+        if snap is None:
+            return _error(503, "no routing snapshot yet", [(b"retry-after", b"1")])
+        s = self.settings
+        started = time.monotonic()
+        deadline = started + s.total_timeout_s
+        self.budget.record_request(started)
+        client = self.locator.locate(req.client_host, req.header(EDGE_HEADER))
+        route = RouteRequest(model, client.lat, client.lon)
+        ranked = self.policy.rank(snap, self.stats, route, started)
+        if not ranked and any(r.serves(model) for r in snap.regions):
+            # every serving region is ejected by its circuit: try them rather than refuse
+            ranked = [r.name for r in snap.routable_regions() if r.serves(model)]
+        if not ranked:
+            known = any(r.serves(model) for r in snap.regions) or any(
+                d.model == model for d in snap.deployments
+            )
+            status = 503 if known else 404
+            return _error(status, f"no healthy region serves model '{model}'",
+                          [(b"retry-after", b"1")])  # fmt: skip
+        headers = [(k, v) for k, v in req.headers if k not in HOP_BY_HOP]
+        tail = ("/" + rest) if rest else ""
+        query = ("?" + req.query) if req.query else ""
+        attempts = 0
+        last_error = "no region could be tried"
+        for name in ranked:
+            now = time.monotonic()
+            if now >= deadline or attempts >= s.max_attempts:
+                break
+            region = snap.region(name)
+            if region is None:
+                continue
+            chosen = version
+            if chosen is None and rest == "infer":
+                dep = self._version_picker(snap).pick(model, name, self.rng)
+                chosen = dep.version if dep is not None else None
+            worker = pick_worker(region, model, self.rng, self.outstanding)
+            if worker is None:
+                continue
+            if attempts > 0 and not self.budget.try_retry(now):
+                last_error = "retry budget exhausted"
+                break
+            attempts += 1
+            target = f"/v2/models/{model}" + (f"/versions/{chosen}" if chosen else "") + tail
+            url = urlsplit(worker.endpoint)
+            host, port = url.hostname or "127.0.0.1", url.port or 80
+            self.stats.on_dispatch(name, now)
+            self.outstanding[worker.worker_id] += 1
+            try:
+                upstream = await self.pool.request(
+                    host, port, req.method, target + query, headers, req.body,
+                    min(s.attempt_timeout_s, deadline - now),
+                )  # fmt: skip
+            except (UpstreamError, TimeoutError) as exc:
+                self.stats.on_error(name, time.monotonic())
+                self.counters["upstream_failures"] += 1
+                last_error = f"region {name}: {exc or 'timed out'}"
+                continue
+            finally:
+                self.outstanding[worker.worker_id] -= 1
+            done = time.monotonic()
+            if upstream.status >= 500:
+                self.stats.on_error(name, done)
+                self.counters["upstream_5xx"] += 1
+                last_error = f"region {name} answered {upstream.status}"
+                continue
+            self.stats.on_success(name, 0.0, (done - now) * 1000.0, done)
+            out_headers = [(k, v) for k, v in upstream.headers if k not in HOP_BY_HOP]
+            out_headers.append((b"x-meridian-region", name.encode()))
+            out_headers.append((b"x-meridian-attempts", str(attempts).encode()))
+            self.counters["served"] += 1
+            return Response(upstream.status, upstream.body, out_headers)
+        self.counters["failed"] += 1
+        status = 504 if time.monotonic() >= deadline else 502
+        return _error(status, f"all regions failed after {attempts} attempts: {last_error}",
+                      [(b"x-meridian-attempts", str(attempts).encode())])  # fmt: skip
+
+    # --- health ------------------------------------------------------------------------------
+
+    def _ready(self) -> Response:
+        snap = self.store.current
+        age = self.store.confirmed_age()
+        now = time.monotonic()
+        details = {
+            "ready": snap is not None and any(True for _ in snap.routable_regions()),
+            "snapshot_version": snap.version if snap else None,
+            "snapshot_confirmed_age_s": None if age is None else round(age, 3),
+            "routable_regions": [r.name for r in snap.routable_regions()] if snap else [],
+            "open_circuits": [
+                r.name for r in snap.regions if self.stats.region(r.name, now).circuit_open
+            ]
+            if snap
+            else [],
+            "redis_ok": getattr(self.limiter, "redis_ok", None),
+        }
+        return Response(200 if details["ready"] else 503, orjson.dumps(details), JSON)

@@ -1,0 +1,265 @@
+"""A small, fast HTTP/1.1 server on asyncio protocols and ``httptools``.
+
+The router's hot path is a proxy: parse a request, pick an upstream, pass the
+bytes through, write the answer back. A general ASGI stack costs several times
+the work of that, so the router speaks HTTP/1.1 itself. It supports keep-alive,
+``Content-Length`` and chunked request bodies (via the parser), a body size
+limit, and answers in order on each connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ssl
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import cast
+
+import httptools
+
+__all__ = ["HttpServer", "Request", "Response", "start_server"]
+
+REASONS = {
+    200: "OK",
+    204: "No Content",
+    304: "Not Modified",
+    400: "Bad Request",
+    401: "Unauthorized",
+    403: "Forbidden",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    408: "Request Timeout",
+    413: "Content Too Large",
+    429: "Too Many Requests",
+    431: "Request Header Fields Too Large",
+    500: "Internal Server Error",
+    502: "Bad Gateway",
+    503: "Service Unavailable",
+    504: "Gateway Timeout",
+}
+
+# Hop-by-hop headers are never forwarded by a proxy (RFC 9110 7.6.1).
+HOP_BY_HOP = frozenset(
+    {
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+        b"content-length",
+        b"host",
+    }
+)
+
+
+@dataclass(slots=True)
+class Request:
+    method: str
+    path: str
+    query: str
+    headers: list[tuple[bytes, bytes]]  # names lower-cased
+    body: bytes
+    client_host: str
+
+    def header(self, name: bytes) -> bytes | None:
+        for k, v in self.headers:
+            if k == name:
+                return v
+        return None
+
+
+@dataclass(slots=True)
+class Response:
+    status: int
+    body: bytes = b""
+    headers: list[tuple[bytes, bytes]] = field(default_factory=list)
+
+    def encode(self, keep_alive: bool) -> bytes:
+        reason = REASONS.get(self.status, "Unknown")
+        head = [f"HTTP/1.1 {self.status} {reason}\r\n".encode()]
+        for k, v in self.headers:
+            head += [k, b": ", v, b"\r\n"]
+        head.append(b"content-length: %d\r\n" % len(self.body))
+        if not keep_alive:
+            head.append(b"connection: close\r\n")
+        head.append(b"\r\n")
+        head.append(self.body)
+        return b"".join(head)
+
+
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    max_body_bytes: int = 64 * 1024 * 1024
+    max_header_bytes: int = 64 * 1024
+    max_headers: int = 100
+
+
+class _Connection(asyncio.Protocol):
+    """One client connection: parses requests and answers them in order."""
+
+    def __init__(self, server: HttpServer) -> None:
+        self._server = server
+        self._limits = server.limits
+        self._parser = httptools.HttpRequestParser(self)
+        self._transport: asyncio.Transport | None = None
+        self._client_host = ""
+        self._url = b""
+        self._headers: list[tuple[bytes, bytes]] = []
+        self._header_bytes = 0
+        self._body: list[bytes] = []
+        self._body_len = 0
+        self._rejected: Response | None = None
+        self._queue: asyncio.Queue[tuple[Request | Response, bool] | None] = asyncio.Queue()
+        self._writer: asyncio.Task[None] | None = None
+
+    # --- asyncio.Protocol -------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
+        peer = transport.get_extra_info("peername")
+        self._client_host = peer[0] if peer else ""
+        self._server.connections.add(self)
+        self._writer = asyncio.get_running_loop().create_task(self._answer_in_order())
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._server.connections.discard(self)
+        self._transport = None
+        if self._writer is not None:
+            self._writer.cancel()
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            self._fail(400, b"protocol upgrades are not supported")
+        except httptools.HttpParserError as exc:
+            self._fail(400, f"malformed HTTP request: {exc}".encode())
+
+    # --- httptools callbacks ----------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        self._url = b""
+        self._headers = []
+        self._header_bytes = 0
+        self._body = []
+        self._body_len = 0
+        self._rejected = None
+
+    def on_url(self, url: bytes) -> None:
+        self._url += url
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._header_bytes += len(name) + len(value)
+        if self._header_bytes > self._limits.max_header_bytes or (
+            len(self._headers) >= self._limits.max_headers
+        ):
+            self._rejected = self._rejected or _text(431, "request headers are too large")
+            return
+        self._headers.append((name.lower(), value))
+
+    def on_body(self, body: bytes) -> None:
+        self._body_len += len(body)
+        if self._body_len > self._limits.max_body_bytes:
+            limit = self._limits.max_body_bytes
+            self._rejected = self._rejected or _text(
+                413, f"request body exceeds the limit of {limit} bytes"
+            )
+            return
+        if self._rejected is None:
+            self._body.append(body)
+
+    def on_message_complete(self) -> None:
+        keep_alive = self._parser.should_keep_alive()
+        if self._rejected is not None:
+            self._queue.put_nowait((self._rejected, False))
+            return
+        url = httptools.parse_url(self._url)
+        request = Request(
+            method=self._parser.get_method().decode(),
+            path=(url.path or b"/").decode("latin-1"),
+            query=(url.query or b"").decode("latin-1"),
+            headers=self._headers,
+            body=b"".join(self._body) if len(self._body) != 1 else self._body[0],
+            client_host=self._client_host,
+        )
+        self._queue.put_nowait((request, keep_alive))
+
+    # --- answering --------------------------------------------------------------------------
+
+    def _fail(self, status: int, message: bytes) -> None:
+        if self._transport is not None and not self._transport.is_closing():
+            self._transport.write(Response(status, message).encode(keep_alive=False))
+            self._transport.close()
+
+    async def _answer_in_order(self) -> None:
+        handler = self._server.handler
+        while True:
+            item = await self._queue.get()
+            if item is None:
+                return
+            req, keep_alive = item
+            if isinstance(req, Response):
+                response = req
+            else:
+                try:
+                    response = await handler(req)
+                except Exception:  # a bug in the handler must not kill the connection silently
+                    self._server.errors += 1
+                    response = _text(500, "internal router error")
+            transport = self._transport
+            if transport is None or transport.is_closing():
+                return
+            transport.write(response.encode(keep_alive))
+            if not keep_alive:
+                transport.close()
+                return
+
+    def close(self) -> None:
+        if self._transport is not None:
+            self._transport.close()
+
+
+def _text(status: int, message: str) -> Response:
+    return Response(status, message.encode(), [(b"content-type", b"text/plain; charset=utf-8")])
+
+
+class HttpServer:
+    """Owns the listening socket and its connections."""
+
+    def __init__(self, handler: Handler, limits: Limits | None = None) -> None:
+        self.handler = handler
+        self.limits = limits or Limits()
+        self.connections: set[_Connection] = set()
+        self.errors = 0
+        self._server: asyncio.Server | None = None
+
+    async def start(self, host: str, port: int, ssl_context: ssl.SSLContext | None = None) -> int:
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(
+            lambda: _Connection(self), host, port, ssl=ssl_context, backlog=2048, reuse_address=True
+        )
+        sock = self._server.sockets[0]
+        return int(sock.getsockname()[1])
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            for conn in list(self.connections):
+                conn.close()
+            with contextlib.suppress(Exception):
+                await self._server.wait_closed()
+            self._server = None
+
+
+async def start_server(
+    handler: Handler, host: str, port: int, ssl_context: ssl.SSLContext | None = None
+) -> tuple[HttpServer, int]:
+    server = HttpServer(handler)
+    bound = await server.start(host, port, ssl_context)
+    return server, bound

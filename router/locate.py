@@ -1,0 +1,81 @@
+"""Where is the client? From a trusted edge header, a GeoIP database, or a default.
+
+The edge header (``x-meridian-client-location: LAT,LON``) is believed only when the
+connection comes from a configured trusted proxy address, so end users cannot
+steer themselves. A MaxMind-format database (GeoLite2-City or compatible) maps
+the client address to coordinates when configured.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+__all__ = ["ClientLocator", "Location", "parse_location"]
+
+EDGE_HEADER = b"x-meridian-client-location"
+
+
+@dataclass(frozen=True, slots=True)
+class Location:
+    lat: float
+    lon: float
+    source: str  # header | geoip | default
+
+
+def parse_location(raw: str) -> tuple[float, float] | None:
+    """``"LAT,LON"`` → (lat, lon), or None when malformed or out of range."""
+    try:
+        lat_s, lon_s = raw.split(",", 1)
+        lat, lon = float(lat_s), float(lon_s)
+    except ValueError:
+        return None
+    if not (-90.0 <= lat <= 90.0 and -180.0 <= lon <= 180.0):
+        return None
+    return lat, lon
+
+
+class ClientLocator:
+    def __init__(
+        self,
+        default: tuple[float, float],
+        trusted_proxies: tuple[str, ...] = ("127.0.0.1/32", "::1/128"),
+        geoip_path: str | None = None,
+    ) -> None:
+        self._default = Location(default[0], default[1], "default")
+        self._trusted = tuple(ipaddress.ip_network(n, strict=False) for n in trusted_proxies)
+        self._reader: Any = None
+        if geoip_path:
+            import maxminddb
+
+            if not Path(geoip_path).exists():
+                raise FileNotFoundError(f"GeoIP database not found: {geoip_path}")
+            self._reader = maxminddb.open_database(geoip_path)
+
+    def _trusted_peer(self, host: str) -> bool:
+        try:
+            addr = ipaddress.ip_address(host)
+        except ValueError:
+            return False
+        return any(addr in net for net in self._trusted)
+
+    def locate(self, client_host: str, edge_header: bytes | None) -> Location:
+        if edge_header is not None and self._trusted_peer(client_host):
+            parsed = parse_location(edge_header.decode("latin-1"))
+            if parsed is not None:
+                return Location(parsed[0], parsed[1], "header")
+        if self._reader is not None:
+            try:
+                record = self._reader.get(client_host)
+            except ValueError:
+                record = None
+            loc = (record or {}).get("location") if isinstance(record, dict) else None
+            if loc and "latitude" in loc and "longitude" in loc:
+                return Location(float(loc["latitude"]), float(loc["longitude"]), "geoip")
+        return self._default
+
+    def close(self) -> None:
+        if self._reader is not None:
+            self._reader.close()

@@ -1,0 +1,67 @@
+"""Choices inside a region: which worker (power of two choices) and which model version
+(deployment traffic weights, for canaries)."""
+
+from __future__ import annotations
+
+import bisect
+import itertools
+import random
+from collections.abc import Mapping
+
+from meridian.snapshot import DeploymentRoute, RegionView, RoutingSnapshot, WorkerView
+
+__all__ = ["VersionPicker", "pick_worker"]
+
+
+def _serves(worker: WorkerView, model: str) -> bool:
+    prefix = model + ":"
+    return any(m == model or m.startswith(prefix) for m in worker.models)
+
+
+def pick_worker(
+    region: RegionView,
+    model: str,
+    rng: random.Random,
+    outstanding: Mapping[str, int] | None = None,
+) -> WorkerView | None:
+    """Two random routable workers serving ``model``; the one with the shorter queue wins.
+
+    Load is the worker's reported queue depth + in-flight, plus what this router has
+    outstanding on it (``outstanding`` by worker id) since the report.
+    """
+    workers = [w for w in region.workers if w.state.routable and _serves(w, model)]
+    if not workers:
+        return None
+    if len(workers) == 1:
+        return workers[0]
+    a, b = rng.sample(workers, 2)
+    extra = outstanding or {}
+
+    def load(w: WorkerView) -> int:
+        return w.queue_depth + w.in_flight + extra.get(w.worker_id, 0)
+
+    return b if load(b) < load(a) else a
+
+
+class VersionPicker:
+    """Picks a model version in a region by the deployments' traffic weights.
+
+    Built once per snapshot: cumulative weights per (model, region).
+    """
+
+    def __init__(self, snapshot: RoutingSnapshot) -> None:
+        self._routes: dict[tuple[str, str], tuple[list[DeploymentRoute], list[float]]] = {}
+        groups: dict[tuple[str, str], list[DeploymentRoute]] = {}
+        for d in snapshot.deployments:
+            if d.weight > 0:
+                groups.setdefault((d.model, d.region), []).append(d)
+        for key, routes in groups.items():
+            self._routes[key] = (routes, list(itertools.accumulate(r.weight for r in routes)))
+
+    def pick(self, model: str, region: str, rng: random.Random) -> DeploymentRoute | None:
+        entry = self._routes.get((model, region))
+        if entry is None:
+            return None
+        routes, cumulative = entry
+        x = rng.random() * cumulative[-1]
+        return routes[min(bisect.bisect_right(cumulative, x), len(routes) - 1)]

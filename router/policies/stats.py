@@ -1,0 +1,210 @@
+"""The router's own view of each region: what it sent, what came back, and how fast.
+
+Kept in flat numpy arrays (one slot per region name, in order of first sight) so a
+policy reads the whole fleet in a few vector operations. The router calls the
+scalar methods per request; the fleet simulator calls the bulk ones per time
+slice. Both go through the same arithmetic.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+__all__ = ["RegionStats", "RouterStats", "StatsConfig"]
+
+FloatArray = npt.NDArray[np.float64]
+IntArray = npt.NDArray[np.int64]
+
+
+@dataclass(frozen=True, slots=True)
+class StatsConfig:
+    ewma_alpha: float = 0.2  # weight of one new observation in the latency EWMAs
+    rate_tau_s: float = 1.0  # time constant of the dispatch-rate estimate
+    wait_decay_s: float = 2.0  # an unrefreshed wait estimate fades with this time constant
+    circuit_errors: int = 5  # consecutive errors that open a region's circuit
+    circuit_open_s: float = 5.0  # how long an open circuit keeps the region out
+
+
+@dataclass(frozen=True, slots=True)
+class RegionStats:
+    """One region's figures, as plain data (for status pages and tests)."""
+
+    outstanding: int
+    rate_rps: float
+    wait_ms: float
+    service_ms: float
+    errors: int
+    circuit_open: bool
+
+
+class RouterStats:
+    """Per-region outstanding requests, dispatch rate, EWMA of wait and service time, circuit."""
+
+    def __init__(self, config: StatsConfig | None = None) -> None:
+        self.config = config or StatsConfig()
+        self.version = 0  # grows on every change; policies key their caches on it
+        self.error_version = 0  # grows on every recorded error (circuits may have changed)
+        self._index: dict[str, int] = {}
+        self._index_cache: dict[tuple[str, ...], IntArray] = {}
+        self.outstanding = np.zeros(0)
+        self.rate_rps = np.zeros(0)
+        self.wait_ms = np.zeros(0)
+        self.service_ms = np.zeros(0)  # 0 = nothing observed yet
+        self.rtt_ms = np.zeros(0)  # EWMA of the RTT of requests sent (their time on the wire)
+        self.observed_at = np.zeros(0)
+        self.consecutive_errors = np.zeros(0)
+        self.errors = np.zeros(0)
+        self.circuit_open_until = np.zeros(0)
+        self._rate_at = 0.0
+
+    # --- layout -----------------------------------------------------------------------------
+
+    def indices(self, names: Sequence[str]) -> IntArray:
+        """Slots of ``names`` (added on first sight), cached per name tuple."""
+        key = tuple(names)
+        cached = self._index_cache.get(key)
+        if cached is not None:
+            return cached
+        new = [n for n in key if n not in self._index]
+        if new:
+            for n in new:
+                self._index[n] = len(self._index)
+            self._grow(len(self._index))
+        idx = np.array([self._index[n] for n in key], dtype=np.int64)
+        self._index_cache[key] = idx
+        return idx
+
+    def _grow(self, size: int) -> None:
+        for attr in (
+            "outstanding",
+            "rate_rps",
+            "wait_ms",
+            "service_ms",
+            "rtt_ms",
+            "observed_at",
+            "consecutive_errors",
+            "errors",
+            "circuit_open_until",
+        ):
+            old = getattr(self, attr)
+            grown = np.zeros(size)
+            grown[: len(old)] = old
+            setattr(self, attr, grown)
+
+    # --- bulk updates (arrays aligned with ``indices(names)``) --------------------------------
+
+    def record_dispatches(
+        self, idx: IntArray, counts: FloatArray, now: float, rtt_sum_ms: FloatArray | None = None
+    ) -> None:
+        """``counts[i]`` requests were just sent to region ``idx[i]`` (RTTs summing to
+        ``rtt_sum_ms[i]``)."""
+        self._decay_rate(now)
+        self.rate_rps[idx] += counts / self.config.rate_tau_s
+        self.outstanding[idx] += counts
+        if rtt_sum_ms is not None:
+            sent = counts > 0
+            j = idx[sent]
+            keep = (1.0 - self.config.ewma_alpha) ** counts[sent]
+            self.rtt_ms[j] = keep * self.rtt_ms[j] + (1 - keep) * (rtt_sum_ms[sent] / counts[sent])
+        self.version += 1
+
+    def record_results(
+        self,
+        idx: IntArray,
+        ok: FloatArray,
+        failed: FloatArray,
+        wait_sum_ms: FloatArray,
+        service_sum_ms: FloatArray,
+        now: float,
+    ) -> None:
+        """Responses: ``ok`` successes (summed wait and service), ``failed`` errors."""
+        cfg = self.config
+        self.outstanding[idx] = np.maximum(self.outstanding[idx] - ok - failed, 0.0)
+        seen = ok > 0
+        if seen.any():
+            j = idx[seen]
+            n = ok[seen]
+            keep = (1.0 - cfg.ewma_alpha) ** n
+            self.wait_ms[j] = keep * self.wait_ms[j] + (1 - keep) * (wait_sum_ms[seen] / n)
+            svc = service_sum_ms[seen] / n
+            prior = self.service_ms[j]
+            self.service_ms[j] = np.where(prior > 0, keep * prior + (1 - keep) * svc, svc)
+            self.observed_at[j] = now
+        bad = failed > 0
+        if bad.any() or seen.any():
+            cons = self.consecutive_errors[idx]
+            cons = np.where(seen, failed, cons + failed)
+            trip = cons >= cfg.circuit_errors
+            self.circuit_open_until[idx] = np.where(
+                trip, now + cfg.circuit_open_s, self.circuit_open_until[idx]
+            )
+            self.consecutive_errors[idx] = np.where(trip, 0.0, cons)
+            self.errors[idx] += failed
+            if bad.any():
+                self.error_version += 1
+        self.version += 1
+
+    def _decay_rate(self, now: float) -> None:
+        dt = now - self._rate_at
+        if dt > 0:
+            self.rate_rps *= math.exp(-dt / self.config.rate_tau_s)
+            self._rate_at = now
+
+    # --- per-request updates (the router) -----------------------------------------------------
+
+    def on_dispatch(self, region: str, now: float, rtt_ms: float = 0.0) -> None:
+        one = np.ones(1)
+        self.record_dispatches(self.indices((region,)), one, now, one * rtt_ms)
+
+    def on_success(self, region: str, wait_ms: float, service_ms: float, now: float) -> None:
+        """A response: ``wait_ms`` = observed time minus RTT minus the worker's compute time."""
+        one = np.ones(1)
+        self.record_results(
+            self.indices((region,)), one, np.zeros(1), one * wait_ms, one * service_ms, now
+        )
+
+    def on_error(self, region: str, now: float) -> None:
+        """A connect error, 5xx or timeout from the region."""
+        self.record_results(
+            self.indices((region,)), np.zeros(1), np.ones(1), np.zeros(1), np.zeros(1), now
+        )
+
+    # --- reading -----------------------------------------------------------------------------
+
+    def rates(self, idx: IntArray, now: float) -> FloatArray:
+        """Dispatch rate per region at ``now`` (requests/s)."""
+        dt = max(0.0, now - self._rate_at)
+        out: FloatArray = self.rate_rps[idx] * math.exp(-dt / self.config.rate_tau_s)
+        return out
+
+    def waits(self, idx: IntArray, now: float) -> FloatArray:
+        """Observed wait per region, fading while no new observation arrives."""
+        age = np.maximum(now - self.observed_at[idx], 0.0)
+        out: FloatArray = self.wait_ms[idx] * np.exp(-age / self.config.wait_decay_s)
+        return out
+
+    def in_region(self, idx: IntArray, now: float) -> FloatArray:
+        """Outstanding requests less those still on the wire (Little's law: rate x RTT)."""
+        on_wire = self.rates(idx, now) * self.rtt_ms[idx] / 1000.0
+        out: FloatArray = np.maximum(self.outstanding[idx] - on_wire, 0.0)
+        return out
+
+    def circuit_open(self, idx: IntArray, now: float) -> npt.NDArray[np.bool_]:
+        out: npt.NDArray[np.bool_] = self.circuit_open_until[idx] > now
+        return out
+
+    def region(self, name: str, now: float) -> RegionStats:
+        i = self.indices((name,))
+        return RegionStats(
+            outstanding=int(self.outstanding[i][0]),
+            rate_rps=float(self.rates(i, now)[0]),
+            wait_ms=float(self.waits(i, now)[0]),
+            service_ms=float(self.service_ms[i][0]),
+            errors=int(self.errors[i][0]),
+            circuit_open=bool(self.circuit_open(i, now)[0]),
+        )

@@ -1,0 +1,90 @@
+"""The router process: the HTTPS endpoint, its snapshot followers and their shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Coroutine
+from typing import Any
+
+from router.core import RouterCore
+from router.http11 import HttpServer, Limits
+from router.keys import ApiKeys
+from router.locate import ClientLocator
+from router.policies import RoutingPolicy
+from router.ratelimit import LocalRateLimiter, RateLimiter, RedisRateLimiter
+from router.settings import RouterSettings
+from router.snapshot_store import HttpSnapshotFollower, SnapshotStore
+from router.tls import server_context
+from router.upstream import UpstreamPool
+
+__all__ = ["RouterServer"]
+
+log = logging.getLogger(__name__)
+
+
+class RouterServer:
+    """Builds the router from settings; ``start`` binds and starts followers, ``stop`` undoes it."""
+
+    def __init__(
+        self,
+        settings: RouterSettings,
+        policy: RoutingPolicy,
+        *,
+        store: SnapshotStore | None = None,
+        limiter: RateLimiter | None = None,
+    ) -> None:
+        self.settings = settings
+        self.store = store or SnapshotStore(settings.snapshot_path)
+        if self.store.current is None:
+            saved = self.store.load_saved()
+            if saved is not None:
+                log.info("starting from saved snapshot v%d", saved.version)
+        if limiter is None:
+            limiter = (
+                RedisRateLimiter(settings.redis_url) if settings.redis_url else LocalRateLimiter()
+            )
+        keys = ApiKeys.from_file(settings.api_keys_path) if settings.api_keys_path else None
+        self.core = RouterCore(
+            settings,
+            self.store,
+            policy,
+            UpstreamPool(),
+            limiter,
+            ClientLocator(settings.default_location, settings.trusted_proxies, settings.geoip_path),
+            keys,
+        )
+        self._http = HttpServer(self.core.handle, Limits(max_body_bytes=settings.max_body_bytes))
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.port = 0
+
+    def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
+        task = asyncio.get_running_loop().create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("router task %s failed", task.get_name(), exc_info=task.exception())
+
+    async def start(self) -> int:
+        s = self.settings
+        if s.control_plane_urls:
+            follower = HttpSnapshotFollower(self.store, s.control_plane_urls, s.control_plane_token)
+            self._spawn(follower.run(), "snapshot-http")
+        ssl_ctx = server_context(s.tls_cert, s.tls_key) if s.tls_cert and s.tls_key else None
+        self.port = await self._http.start(s.host, s.port, ssl_ctx)
+        return self.port
+
+    async def stop(self) -> None:
+        await self._http.stop()
+        for task in list(self._tasks):
+            task.cancel()
+        for task in list(self._tasks):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self.core.pool.close()
+        await self.core.limiter.close()
+        self.core.locator.close()

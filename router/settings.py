@@ -1,0 +1,41 @@
+"""Router settings (environment prefix ``MERIDIAN_ROUTER_``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+__all__ = ["RouterSettings"]
+
+
+class RouterSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="MERIDIAN_ROUTER_", extra="ignore")
+
+    host: str = "127.0.0.1"
+    port: int = 8443
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    # where the routing snapshot comes from
+    control_plane_urls: list[str] = Field(default_factory=list)
+    control_plane_token: str = ""
+    etcd_endpoints: list[str] = Field(default_factory=list)
+    snapshot_path: Path = Path("var/router/snapshot.json")
+    # client location
+    default_location: tuple[float, float] = (50.1, 8.7)
+    trusted_proxies: tuple[str, ...] = ("127.0.0.1/32", "::1/128")
+    geoip_path: str | None = None
+    # end-user keys and limits
+    api_keys_path: Path | None = None  # JSON: {"keys": [{"name", "sha256", "rate", "burst"}]}
+    redis_url: str | None = None
+    anonymous_rate: float = 0.0  # requests/s per client address when no key is required; 0 = off
+    anonymous_burst: float = 50.0
+    # limits and timeouts
+    max_body_bytes: int = 64 * 1024 * 1024
+    attempt_timeout_s: float = 5.0
+    total_timeout_s: float = 15.0
+    max_attempts: int = 3
+    retry_ratio: float = 0.2
+    breaker_threshold: int = 3
+    breaker_cooldown_s: float = 1.0

@@ -1,0 +1,79 @@
+"""``meridian simulate``: the fleet simulator, every policy side by side on the same traffic."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+SCENARIO_CHOICES = ("steady", "burst", "region-failure", "follow-the-sun", "all")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--scenario", choices=SCENARIO_CHOICES, default="all")
+    parser.add_argument("--duration", type=float, default=None, help="simulated seconds (30)")
+    parser.add_argument("--rate", type=float, default=None, help="mean requests/s (100000)")
+    parser.add_argument("--out", type=Path, default=Path("simulation-out"), help="output folder")
+    parser.add_argument("--quick", action="store_true", help="20,000 req/s for 10 s")
+    parser.add_argument("--data", type=Path, default=None, help="shared data dir")
+    parser.add_argument(
+        "--policies",
+        default="nearest,waterfall,round-robin,meridian,oracle",
+        help="comma-separated subset of nearest,waterfall,round-robin,meridian,oracle",
+    )
+    parser.add_argument("--trace", choices=("conv", "code", "mooncake"), default="conv")
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--detection", type=float, default=1.0, help="health detection delay s")
+    parser.add_argument("--no-plots", action="store_true")
+
+
+def main(args: argparse.Namespace) -> int:
+    import sys
+    from dataclasses import replace
+
+    import orjson
+
+    from simulator.data import default_data_dir
+    from simulator.engine import SimConfig
+    from simulator.report import plot_cdfs, plot_map, summary_table, to_json, utilization_table
+    from simulator.scenarios import POLICIES, SCENARIOS, World, run_scenario, standard
+
+    policies = [p.strip() for p in args.policies.split(",") if p.strip()]
+    unknown = [p for p in policies if p not in POLICIES]
+    if unknown:
+        print(f"unknown policy: {', '.join(unknown)} (choose from {', '.join(POLICIES)})")
+        return 2
+    data: Path = args.data or default_data_dir()
+    if not (data / "latency").is_dir():
+        print(f"no data directory at {data}: pass --data or set MERIDIAN_DATA", file=sys.stderr)
+        return 2
+    rate = args.rate or (20_000.0 if args.quick else 100_000.0)
+    duration = args.duration or (10.0 if args.quick else 30.0)
+    if rate <= 0 or duration <= 0:
+        print("--rate and --duration must be positive", file=sys.stderr)
+        return 2
+    names = SCENARIOS if args.scenario == "all" else (args.scenario,)
+    world = World.load(data, args.trace)
+    config = replace(SimConfig(), detection_s=args.detection)
+    out: Path = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    report = {}
+    for name in names:
+        scenario = standard(name, rate, duration)
+        results = run_scenario(
+            world, scenario, policies, seed=args.seed, config=config, progress=print
+        )
+        print(f"\n## {name}: {scenario.description}\n")
+        print(summary_table(results))
+        print()
+        print(utilization_table(results))
+        print()
+        report[name] = to_json(scenario, results)
+        for k, v in report[name]["ratios"].items():
+            print(f"{name}.{k}={v:.3f}")
+        if not args.no_plots:
+            plot_cdfs(results, f"{name}: latency CDF", out / f"{name}-cdf.png")
+            if "meridian" in results:
+                plot_map(results["meridian"], world, f"{name}: meridian", out / f"{name}-map.png")
+    (out / "simulation.json").write_bytes(orjson.dumps(report, option=orjson.OPT_INDENT_2))
+    print(f"\nwrote {out / 'simulation.json'}")
+    return 0

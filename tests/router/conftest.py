@@ -1,0 +1,68 @@
+"""Router test helpers: stand-in workers built on the router's own HTTP server."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+import pytest
+
+from meridian.snapshot import HealthState, RegionView, RoutingSnapshot, WorkerView
+from router.http11 import HttpServer, Request, Response
+
+
+@dataclass
+class StandInWorker:
+    """Answers OIP-shaped requests; ``status`` can be switched to simulate a broken worker."""
+
+    name: str
+    status: int = 200
+    seen: list[Request] = field(default_factory=list)
+    server: HttpServer | None = None
+    port: int = 0
+
+    async def handle(self, req: Request) -> Response:
+        self.seen.append(req)
+        body = b'{"model_name":"mlp","outputs":[],"served_by":"' + self.name.encode() + b'"}'
+        return Response(self.status, body, [(b"content-type", b"application/json")])
+
+    async def start(self) -> None:
+        self.server = HttpServer(self.handle)
+        self.port = await self.server.start("127.0.0.1", 0)
+
+    async def stop(self) -> None:
+        assert self.server is not None
+        await self.server.stop()
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+
+def snapshot_for(
+    workers: dict[str, tuple[StandInWorker, float, float]], version: int = 1
+) -> RoutingSnapshot:
+    regions = tuple(
+        RegionView(
+            name=name,
+            state=HealthState.HEALTHY,
+            lat=lat,
+            lon=lon,
+            capacity_rps=100.0,
+            workers=(WorkerView(f"{name}-w1", w.endpoint, HealthState.HEALTHY, ("mlp:1",)),),
+        )
+        for name, (w, lat, lon) in workers.items()
+    )
+    return RoutingSnapshot(version=version, generated_at=0.0, regions=regions)
+
+
+@pytest.fixture
+async def two_workers() -> AsyncIterator[tuple[StandInWorker, StandInWorker]]:
+    near, far = StandInWorker("near"), StandInWorker("far")
+    await near.start()
+    await far.start()
+    try:
+        yield near, far
+    finally:
+        for w in (near, far):
+            await w.stop()

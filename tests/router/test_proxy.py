@@ -1,0 +1,133 @@
+"""The router's serving path over real loopback sockets with stand-in workers."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx
+import orjson
+import pytest
+
+from router.policies import NearestPolicy
+from router.server import RouterServer
+from router.settings import RouterSettings
+from tests.router.conftest import StandInWorker, snapshot_for
+
+EDGE = "x-meridian-client-location"
+
+
+@pytest.fixture
+async def router(
+    tmp_path: Path, two_workers: tuple[StandInWorker, StandInWorker]
+) -> AsyncIterator[tuple[RouterServer, httpx.AsyncClient]]:
+    near, far = two_workers
+    settings = RouterSettings(
+        port=0, snapshot_path=tmp_path / "snap.json", max_body_bytes=1024, breaker_threshold=2
+    )
+    server = RouterServer(settings, NearestPolicy())
+    server.store.offer(snapshot_for({"near": (near, 10.0, 10.0), "far": (far, 40.0, 40.0)}))
+    port = await server.start()
+    client = httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", headers={EDGE: "11,11"})
+    try:
+        yield server, client
+    finally:
+        await client.aclose()
+        await server.stop()
+
+
+async def test_request_goes_to_the_nearest_region_and_says_so(router, two_workers) -> None:
+    _, client = router
+    near, far = two_workers
+    r = await client.post("/v2/models/mlp/infer", content=b'{"inputs":[]}')
+    assert r.status_code == 200
+    assert r.headers["x-meridian-region"] == "near"
+    assert r.headers["x-meridian-attempts"] == "1"
+    assert r.json()["served_by"] == "near"
+    assert near.seen[0].body == b'{"inputs":[]}'  # passed through byte for byte
+    assert not far.seen
+
+
+async def test_client_far_away_goes_elsewhere(router) -> None:
+    _, client = router
+    r = await client.post("/v2/models/mlp/infer", content=b"{}", headers={EDGE: "41,41"})
+    assert r.headers["x-meridian-region"] == "far"
+
+
+async def test_5xx_and_dead_region_fail_over_without_client_error(router, two_workers) -> None:
+    server, client = router
+    near, _ = two_workers
+    near.status = 500
+    r = await client.post("/v2/models/mlp/infer", content=b"{}")
+    assert r.status_code == 200 and r.headers["x-meridian-region"] == "far"
+    assert r.headers["x-meridian-attempts"] == "2"
+    await near.stop()  # now the region refuses connections
+    for _ in range(5):
+        r = await client.post("/v2/models/mlp/infer", content=b"{}")
+        assert r.status_code == 200 and r.headers["x-meridian-region"] == "far"
+    # the breaker ejected "near": later requests go straight to "far"
+    assert r.headers["x-meridian-attempts"] == "1"
+    ready = (await client.get("/v2/health/ready")).json()
+    assert "near" in ready["open_circuits"]
+    assert server.core.counters["failed"] == 0
+    await near.start()  # let the fixture stop it again
+
+
+async def test_all_regions_down_gives_an_explicit_error(router, two_workers) -> None:
+    _, client = router
+    for w in two_workers:
+        w.status = 503
+    r = await client.post("/v2/models/mlp/infer", content=b"{}")
+    assert r.status_code == 502
+    assert "all regions failed" in r.json()["error"]
+
+
+async def test_limits_and_unknown_routes(router) -> None:
+    _, client = router
+    r = await client.post("/v2/models/mlp/infer", content=b"x" * 2048)
+    assert r.status_code == 413
+    assert "limit" in r.text
+    assert (await client.get("/nothing")).status_code == 404
+    r = await client.post("/v2/models/unknown/infer", content=b"{}")
+    assert r.status_code == 404 and "unknown" in r.json()["error"]
+    assert (await client.get("/v2/health/live")).status_code == 200
+
+
+async def test_saved_snapshot_survives_a_restart(router, tmp_path: Path) -> None:
+    server, _ = router
+    saved = orjson.loads((tmp_path / "snap.json").read_bytes())
+    assert saved["version"] == 1
+    again = RouterServer(
+        RouterSettings(port=0, snapshot_path=tmp_path / "snap.json"), NearestPolicy()
+    )
+    assert again.store.current is not None
+    assert again.store.current.version == server.store.current.version
+    assert again.store.confirmed_age() is None  # known stale until a source confirms it
+
+
+async def test_api_keys_and_rate_limits(tmp_path: Path, two_workers) -> None:
+    near, far = two_workers
+    keys = tmp_path / "keys.json"
+    digest = hashlib.sha256(b"secret-key").hexdigest()
+    keys.write_bytes(
+        orjson.dumps({"keys": [{"name": "acme", "sha256": digest, "rate": 0.1, "burst": 2}]})
+    )
+    settings = RouterSettings(port=0, snapshot_path=tmp_path / "s.json", api_keys_path=keys)
+    server = RouterServer(settings, NearestPolicy())
+    server.store.offer(snapshot_for({"near": (near, 10.0, 10.0), "far": (far, 40.0, 40.0)}))
+    port = await server.start()
+    try:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as c:
+            assert (await c.post("/v2/models/mlp/infer", content=b"{}")).status_code == 401
+            wrong = await c.post("/v2/models/mlp/infer", headers={"x-api-key": "nope"})
+            assert wrong.status_code == 401
+            good = {"authorization": "Bearer secret-key"}
+            codes = [
+                (await c.post("/v2/models/mlp/infer", headers=good)).status_code for _ in range(3)
+            ]
+            assert codes == [200, 200, 429]
+            limited = await c.post("/v2/models/mlp/infer", headers=good)
+            assert int(limited.headers["retry-after"]) >= 1
+    finally:
+        await server.stop()
