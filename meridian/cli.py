@@ -13,7 +13,10 @@ import sys
 from collections.abc import Sequence
 
 # subcommand -> (module, one-line help)
-COMMANDS: dict[str, tuple[str, str]] = {}
+COMMANDS: dict[str, tuple[str, str]] = {
+    "worker": ("worker.cli", "serve models over OIP v2 REST and gRPC with dynamic batching"),
+    "quantize": ("worker.quantize", "make an int8 variant of an ONNX model, checked against fp32"),
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
