@@ -21,6 +21,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-batch-size", type=int, help="rows per engine run (default 64)")
     parser.add_argument("--max-queue-delay-ms", type=float, help="batch fill wait (default 2)")
     parser.add_argument("--max-queue-size", type=int, help="queued requests per model (256)")
+    parser.add_argument("--max-request-bytes", type=int, help="request body limit (64 MiB)")
     parser.add_argument("--engine-threads", type=int, help="intra-op threads per engine")
     parser.add_argument("--cache-dir", help="artifact cache folder")
     parser.add_argument(
@@ -48,6 +49,7 @@ def main(args: argparse.Namespace) -> int:
             "max_queue_delay_ms": args.max_queue_delay_ms,
             "max_queue_size": args.max_queue_size,
             "engine_threads": args.engine_threads,
+            "max_request_bytes": args.max_request_bytes,
             "cache_dir": args.cache_dir,
             "allow_local_paths": args.allow_local_paths,
         }.items()

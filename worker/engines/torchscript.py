@@ -8,6 +8,7 @@ without it, input names come from ``forward``'s schema and shapes are unknown.
 from __future__ import annotations
 
 import json
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -32,7 +33,9 @@ def save_with_signature(
         "inputs": [s.as_dict() for s in inputs],
         "outputs": [s.as_dict() for s in outputs],
     }
-    torch.jit.save(module, str(path), _extra_files={SIGNATURE_FILE: json.dumps(signature)})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # see TorchScriptEngine.__init__
+        torch.jit.save(module, str(path), _extra_files={SIGNATURE_FILE: json.dumps(signature)})
 
 
 def _specs(items: list[dict[str, Any]]) -> list[TensorSpec]:
@@ -52,7 +55,11 @@ class TorchScriptEngine:
             torch.set_num_threads(threads)
         extra = {SIGNATURE_FILE: ""}
         try:
-            module = torch.jit.load(str(path), map_location=self.device, _extra_files=extra)
+            with warnings.catch_warnings():
+                # TorchScript is deprecated upstream in favour of torch.export, but
+                # it is the artifact format operators ship today; keep serving it.
+                warnings.simplefilter("ignore", DeprecationWarning)
+                module = torch.jit.load(str(path), map_location=self.device, _extra_files=extra)
         except Exception as exc:  # torch raises RuntimeError/ValueError variants
             raise InvalidInput(f"not a loadable TorchScript model: {exc}") from exc
         module.eval()
