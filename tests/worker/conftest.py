@@ -48,18 +48,30 @@ def worker_process(
     http_port, grpc_port = free_port(), free_port()
     env = {**os.environ, "MERIDIAN_WORKER_CACHE_DIR": str(tmp_path_factory.mktemp("cache"))}
     cmd = [
-        sys.executable, "-m", "meridian", "worker",
-        "--http-port", str(http_port), "--grpc-port", str(grpc_port),
-        "--engine-threads", "1",
-        "--max-request-bytes", str(1 << 20),
-        "--model", f"mlp:1={models.mlp_onnx}",
-        "--model", f"cnn:1={models.cnn_onnx}",
-        "--model", f"mlp_ts:1={models.mlp_torchscript}",
+        sys.executable,
+        "-m",
+        "meridian",
+        "worker",
+        "--http-port",
+        str(http_port),
+        "--grpc-port",
+        str(grpc_port),
+        "--engine-threads",
+        "1",
+        "--max-request-bytes",
+        str(1 << 20),
+        "--model",
+        f"mlp:1={models.mlp_onnx}",
+        "--model",
+        f"cnn:1={models.cnn_onnx}",
+        "--model",
+        f"mlp_ts:1={models.mlp_torchscript}",
     ]
     log = (tmp_path_factory.mktemp("log") / "worker.log").open("wb")
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{http_port}"
     try:
+
         def ready() -> bool:
             if proc.poll() is not None:
                 raise RuntimeError(f"worker exited with {proc.returncode}")

@@ -22,7 +22,10 @@ def _mlp(torch: object, width: int = 32) -> object:
 
     t.manual_seed(0)
     return t.nn.Sequential(
-        t.nn.Linear(16, width), t.nn.ReLU(), t.nn.Linear(width, width), t.nn.ReLU(),
+        t.nn.Linear(16, width),
+        t.nn.ReLU(),
+        t.nn.Linear(width, width),
+        t.nn.ReLU(),
         t.nn.Linear(width, 4),
     ).eval()
 
@@ -32,8 +35,11 @@ def _cnn() -> object:
 
     t.manual_seed(1)
     return t.nn.Sequential(
-        t.nn.Conv2d(3, 8, 3, padding=1), t.nn.ReLU(), t.nn.AdaptiveAvgPool2d(1),
-        t.nn.Flatten(), t.nn.Linear(8, 5),
+        t.nn.Conv2d(3, 8, 3, padding=1),
+        t.nn.ReLU(),
+        t.nn.AdaptiveAvgPool2d(1),
+        t.nn.Flatten(),
+        t.nn.Linear(8, 5),
     ).eval()
 
 
@@ -44,8 +50,13 @@ def _export(module: object, example: object, path: Path) -> None:
         # The TorchScript-based exporter is deprecated but needs no extra packages.
         warnings.simplefilter("ignore")
         torch.onnx.export(
-            module, (example,), str(path), input_names=["input"], output_names=["output"],
-            dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}}, opset_version=17,
+            module,
+            (example,),
+            str(path),
+            input_names=["input"],
+            output_names=["output"],
+            dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}},
+            opset_version=17,
             dynamo=False,
         )
 
@@ -59,7 +70,9 @@ def build(directory: Path) -> BuiltModels:
     mlp = _mlp(torch)
     cnn = _cnn()
     paths = BuiltModels(
-        directory / "mlp.onnx", directory / "cnn.onnx", directory / "mlp.pt",
+        directory / "mlp.onnx",
+        directory / "cnn.onnx",
+        directory / "mlp.pt",
         directory / "wide.onnx",
     )
     _export(mlp, torch.randn(2, 16), paths.mlp_onnx)
@@ -70,8 +83,10 @@ def build(directory: Path) -> BuiltModels:
         warnings.simplefilter("ignore", DeprecationWarning)
         traced = torch.jit.trace(mlp, torch.randn(2, 16))
     save_with_signature(
-        traced, paths.mlp_torchscript,
-        [TensorSpec("input", "FP32", (-1, 16))], [TensorSpec("output", "FP32", (-1, 4))],
+        traced,
+        paths.mlp_torchscript,
+        [TensorSpec("input", "FP32", (-1, 16))],
+        [TensorSpec("output", "FP32", (-1, 4))],
     )
     return paths
 

@@ -58,8 +58,9 @@ def test_http_infer_matches_engine(
     inp.set_data_from_numpy(x, binary_data=binary)
     out = httpclient.InferRequestedOutput("output", binary_data=binary)
     result = http.infer("cnn", [inp], outputs=[out], request_id="r-1")
-    np.testing.assert_allclose(result.as_numpy("output"), onnx_reference(models.cnn_onnx, x),
-                               rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        result.as_numpy("output"), onnx_reference(models.cnn_onnx, x), rtol=1e-5, atol=1e-6
+    )
     assert result.get_response()["id"] == "r-1"
 
 
@@ -70,12 +71,14 @@ def test_grpc_infer_matches_engine(
     inp = grpcclient.InferInput("input", list(x.shape), "FP32")
     inp.set_data_from_numpy(x)
     result = grpc.infer("mlp", [inp], model_version="1")
-    np.testing.assert_allclose(result.as_numpy("output"), onnx_reference(models.mlp_onnx, x),
-                               rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        result.as_numpy("output"), onnx_reference(models.mlp_onnx, x), rtol=1e-5, atol=1e-6
+    )
 
 
 def test_torchscript_model_over_both_transports(
-    http: httpclient.InferenceServerClient, grpc: grpcclient.InferenceServerClient,
+    http: httpclient.InferenceServerClient,
+    grpc: grpcclient.InferenceServerClient,
     models: BuiltModels,
 ) -> None:
     x = _rows(3, 16)
