@@ -12,7 +12,7 @@ from pathlib import Path
 from fastapi import FastAPI
 
 from worker.dataplane import SERVER_VERSION, DataPlane
-from worker.rest import install_routes
+from worker.rest import WorkerApp, install_routes
 from worker.settings import WorkerSettings
 
 __all__ = ["ModelSpec", "create_app", "serve"]
@@ -64,7 +64,7 @@ def create_app(
                 await grpc_server.stop(grace_s=2.0)
             await dp.stop()
 
-    app = FastAPI(
+    app = WorkerApp(
         title="Meridian worker",
         version=SERVER_VERSION,
         lifespan=lifespan,

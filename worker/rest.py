@@ -8,11 +8,9 @@ anything else is a bug and answers 500 with a fixed message.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import math
-from collections.abc import Awaitable, Callable
-from typing import Annotated, Any
+from typing import Annotated
 
 import orjson
 from fastapi import APIRouter, Depends, FastAPI, Request, Response
@@ -21,10 +19,9 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from meridian.errors import InvalidInput, MeridianError, PayloadTooLarge
 from worker.dataplane import DataPlane
 from worker.repository import LoadRequest
-from worker.rest_codec import HEADER_LENGTH, decode_infer, encode_infer, parse_header_length
-from worker.tensors import InferenceRequest
+from worker.rest_infer import INFER_PATH, Receive, Scope, Send, handle_infer
 
-__all__ = ["install_error_handlers", "install_routes"]
+__all__ = ["WorkerApp", "error_body", "install_error_handlers", "install_routes"]
 
 log = logging.getLogger(__name__)
 
@@ -36,13 +33,19 @@ def json_response(body: object, status: int = 200) -> Response:
     return Response(orjson.dumps(body), status_code=status, media_type=JSON)
 
 
-def error_response(exc: MeridianError) -> Response:
+def error_body(exc: MeridianError) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
+    """Status, JSON body and headers for a domain error (the one REST encoding)."""
     body: dict[str, object] = {"error": exc.message, "code": exc.code}
-    headers = {}
+    headers = [(b"content-type", JSON.encode())]
     if exc.retry_after is not None:
         body["retry_after"] = exc.retry_after
-        headers["Retry-After"] = str(max(1, math.ceil(exc.retry_after)))
-    return Response(orjson.dumps(body), status_code=exc.status, media_type=JSON, headers=headers)
+        headers.append((b"retry-after", str(max(1, math.ceil(exc.retry_after))).encode()))
+    return exc.status, orjson.dumps(body), headers
+
+
+def error_response(exc: MeridianError) -> Response:
+    status, body, headers = error_body(exc)
+    return Response(body, status_code=status, headers={k.decode(): v.decode() for k, v in headers})
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -85,13 +88,6 @@ async def read_body(request: Request, limit: int) -> bytes:
     return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
-async def _until_disconnected(receive: Callable[[], Awaitable[Any]]) -> None:
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            return
-
-
 @router.get("/v2/health/live")
 async def health_live(dp: DataPlaneDep) -> Response:
     return json_response({"live": dp.live()})
@@ -119,45 +115,6 @@ async def model_metadata(dp: DataPlaneDep, name: str, version: str | None = None
 async def model_ready(dp: DataPlaneDep, name: str, version: str | None = None) -> Response:
     ready = dp.model_ready(name, version)
     return json_response({"name": name, "ready": ready}, 200 if ready else 503)
-
-
-async def infer(request: Request) -> Response:
-    """``POST /v2/models/{name}[/versions/{version}]/infer``: a plain Starlette route
-    (no dependency resolution) because it is the hot path."""
-    dp: DataPlane = request.app.state.dataplane
-    name: str = request.path_params["name"]
-    version: str | None = request.path_params.get("version")
-    body = await read_body(request, dp.settings.max_request_bytes)
-    header_length = parse_header_length(request.headers.get(HEADER_LENGTH), len(body))
-    req = decode_infer(body, header_length, name, version)
-    result = await _infer_unless_disconnected(request, dp, req)
-    if result is None:
-        return Response(status_code=CLIENT_CLOSED)
-    payload, json_size = encode_infer(result, req)
-    if json_size is None:
-        return Response(payload, media_type=JSON)
-    return Response(
-        payload,
-        media_type="application/octet-stream",
-        headers={"Inference-Header-Content-Length": str(json_size)},
-    )
-
-
-async def _infer_unless_disconnected(request: Request, dp: DataPlane, req: InferenceRequest) -> Any:
-    """Run the inference; if the client disconnects first, cancel it (its queued
-    request is then dropped) and return None."""
-    task = asyncio.current_task()
-    assert task is not None
-    watcher = asyncio.ensure_future(_until_disconnected(request.receive))
-    watcher.add_done_callback(lambda w: None if w.cancelled() else task.cancel())
-    try:
-        return await dp.infer(req)
-    except asyncio.CancelledError:
-        if watcher.done() and not watcher.cancelled() and task.uncancel() == 0:
-            return None
-        raise
-    finally:
-        watcher.cancel()
 
 
 @router.post("/v2/repository/index")
@@ -210,8 +167,18 @@ async def metrics(dp: DataPlaneDep) -> Response:
     return Response(generate_latest(dp.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
 
+class WorkerApp(FastAPI):
+    """The REST app; inference requests go straight to :func:`handle_infer`."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST":
+            match = INFER_PATH.match(scope["path"])
+            if match is not None:
+                await handle_infer(self.state.dataplane, match, scope, receive, send, error_body)
+                return
+        await super().__call__(scope, receive, send)
+
+
 def install_routes(app: FastAPI) -> None:
-    app.add_route("/v2/models/{name}/infer", infer, methods=["POST"])
-    app.add_route("/v2/models/{name}/versions/{version}/infer", infer, methods=["POST"])
     app.include_router(router)
     install_error_handlers(app)
