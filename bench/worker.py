@@ -35,6 +35,7 @@ from bench.report import parse_args, record, table
 ROOT = Path(__file__).resolve().parent.parent
 DIMS = (256, 1024, 1024, 16)
 CONCURRENCY = (1, 16, 64)
+MULTI = 16  # rows per request in the second load shape
 
 
 def build_mlp(path: Path, dims: Sequence[int] = DIMS) -> float:
@@ -126,7 +127,7 @@ def server(cmd: list[str], url: str) -> Iterator[subprocess.Popen[bytes]]:
             proc.wait()
 
 
-def load(url: str, mode: str, concurrency: int, seconds: float) -> dict[str, float]:
+def load(url: str, mode: str, concurrency: int, seconds: float, rows: int = 1) -> dict[str, float]:
     cmd = [
         sys.executable,
         "-m",
@@ -141,12 +142,14 @@ def load(url: str, mode: str, concurrency: int, seconds: float) -> dict[str, flo
         str(seconds),
         "--width",
         str(DIMS[0]),
+        "--rows",
+        str(rows),
     ]
     done = subprocess.run(
         cmd, cwd=ROOT, capture_output=True, text=True, timeout=seconds + 60, check=True
     )
     result: dict[str, float] = json.loads(done.stdout.strip().splitlines()[-1])
-    result["rps"] = result["requests"] / result["elapsed_s"]
+    result["rps"] = result["requests"] * rows / result["elapsed_s"]
     return result
 
 
@@ -157,9 +160,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         model = Path(tmp) / "mlp.onnx"
         mflop = build_mlp(model)
-        raw = raw_engine(model, threads, 0.5 if args.quick else 2.0)
-        best_batch = max(raw, key=lambda b: raw[b])
-        raw_best = raw[best_batch]
+        raw_seconds = 0.5 if args.quick else 2.0
+        raw = raw_engine(model, threads, raw_seconds)
 
         port = free_port()
         worker_cmd = [
@@ -190,6 +192,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             import httpx
 
             stats = httpx.get(f"{base}/v2/stats").json()["models"]["mlp:1"]
+            worker_multi = load(f"{base}/v2/models/mlp/infer", "oip", 64, seconds, MULTI)
 
         port = free_port()
         naive_cmd = [
@@ -207,11 +210,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         with server(naive_cmd, f"http://127.0.0.1:{port}/docs"):
             for c in CONCURRENCY:
                 naive[c] = load(f"http://127.0.0.1:{port}/infer", "naive", c, seconds)
+            naive_multi = load(f"http://127.0.0.1:{port}/infer", "naive", 64, seconds, MULTI)
+
+        # Measured again after the servers: the ceiling is the better of the two,
+        # so a busy moment on a shared machine does not flatter the worker.
+        raw_after = raw_engine(model, threads, raw_seconds)
+    raw = {b: max(r, raw_after[b]) for b, r in raw.items()}
+    best_batch = max(raw, key=lambda b: raw[b])
+    raw_best = raw[best_batch]
 
     rows = [["raw engine", f"batch {b}", "-", r, "-", "-"] for b, r in raw.items()]
     for name, runs in (("worker", worker), ("naive", naive)):
         for c, r in runs.items():
             rows.append([name, "1 row/request", c, r["rps"], r["p50_ms"], r["p99_ms"]])
+    for name, r in (("worker", worker_multi), ("naive", naive_multi)):
+        rows.append([name, f"{MULTI} rows/request", 64, r["rps"], r["p50_ms"], r["p99_ms"]])
     w64, n64 = worker[64]["rps"], naive[64]["rps"]
     figures: dict[str, float | int | str] = {
         "worker_mlp_mflop_per_row": round(mflop, 2),
@@ -228,7 +241,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     figures["worker_mean_batch_rows"] = round(float(stats["mean_batch_rows"]), 1)
     figures["worker_vs_raw_c64"] = round(w64 / raw_best, 3)
     figures["worker_vs_naive_c64"] = round(w64 / n64, 2)
-    errors = sum(r["errors"] for r in (*worker.values(), *naive.values()))
+    figures[f"worker_c64_r{MULTI}_rows_per_s"] = round(worker_multi["rps"])
+    figures[f"naive_c64_r{MULTI}_rows_per_s"] = round(naive_multi["rps"])
+    figures[f"worker_vs_raw_c64_r{MULTI}"] = round(worker_multi["rps"] / raw_best, 3)
+    figures[f"worker_vs_naive_c64_r{MULTI}"] = round(worker_multi["rps"] / naive_multi["rps"], 2)
+    all_runs = (*worker.values(), *naive.values(), worker_multi, naive_multi)
+    errors = sum(r["errors"] for r in all_runs)
     figures["errors"] = int(errors)
     body = "\n".join(
         [

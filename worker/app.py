@@ -90,6 +90,7 @@ def serve(settings: WorkerSettings, models: Sequence[ModelSpec] = ()) -> None:
         http="httptools",
         lifespan="on",
         access_log=False,
+        proxy_headers=False,
         log_level="warning",
         timeout_graceful_shutdown=5,
     )

@@ -8,6 +8,8 @@ a worker thread and hands each request its slice of the outputs (views, no
 copy). Requests of different shapes are grouped separately, never mixed. A full
 queue refuses at once (``Unavailable`` with a retry hint) instead of growing
 latency; a request whose caller went away (future cancelled) is skipped.
+The fill wait aims at the previous batch's size (never above the maximum), so a
+lone client is not delayed waiting for rows that are not coming.
 """
 
 from __future__ import annotations
@@ -77,12 +79,15 @@ class DynamicBatcher:
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._closed = False
+        self._last_rows = 1
         self._m_batch = metrics.batch_size.labels(label)
         self._m_queue = metrics.queue_time.labels(label)
         self._m_compute = metrics.compute_time.labels(label)
         self._m_request = metrics.request_time.labels(label)
-        self._m_depth = metrics.queue_depth.labels(label)
-        self._m_in_flight = metrics.in_flight.labels(label)
+        # Gauges read the counters when scraped: nothing to update per request.
+        stats = self.stats
+        metrics.queue_depth.labels(label).set_function(lambda: stats.queue_depth)
+        metrics.in_flight.labels(label).set_function(lambda: stats.in_flight)
         self._m_ok = metrics.requests.labels(label, "ok")
         self._m_failed = metrics.requests.labels(label, "failed")
         self._m_rejected = metrics.requests.labels(label, "rejected")
@@ -156,7 +161,6 @@ class DynamicBatcher:
         self._queue.append(item)
         self._live += 1
         self.stats.in_flight += 1
-        self._m_in_flight.inc()
         self._set_depth(self._live)
         self._wakeup.set()
         return future
@@ -167,7 +171,6 @@ class DynamicBatcher:
         self.stats.dropped += 1
         self._m_dropped.inc()
         self.stats.in_flight -= 1
-        self._m_in_flight.dec()
         if item.queued:
             item.queued = False
             self._live -= 1
@@ -175,7 +178,6 @@ class DynamicBatcher:
 
     def _set_depth(self, depth: int) -> None:
         self.stats.queue_depth = depth
-        self._m_depth.set(depth)
 
     # -- the batching loop ---------------------------------------------------------
     def _drop_dead_head(self) -> None:
@@ -216,7 +218,11 @@ class DynamicBatcher:
                 continue
             head = self._queue[0]
             deadline = head.enqueued + self._policy.max_queue_delay_s
-            while head.queued and self._rows_ready(head.key) < limit:
+            # Wait for the batch to fill only as far as recent load suggests: a
+            # lone client (last batch one request) is answered at once instead
+            # of paying the full delay for rows that are not coming.
+            target = min(limit, self._last_rows)
+            while head.queued and self._rows_ready(head.key) < target:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     break
@@ -241,6 +247,7 @@ class DynamicBatcher:
                 name: np.concatenate([i.inputs[name] for i in batch]) for name in batch[0].inputs
             }
         total = sum(i.rows for i in batch)
+        self._last_rows = max(1, total)
         loop = asyncio.get_running_loop()
         try:
             outputs = await loop.run_in_executor(self._executor, self._run_fn, inputs)
@@ -257,26 +264,27 @@ class DynamicBatcher:
         self.stats.batches += 1
         self.stats.rows += total
         if len(batch) == 1:
-            self._finish(batch[0], outputs, done)
-            return
-        if any(v.ndim == 0 or v.shape[0] != total for v in outputs.values()):
+            answered = self._finish(batch[0], outputs, done)
+        elif any(v.ndim == 0 or v.shape[0] != total for v in outputs.values()):
             self._fail(batch, MeridianError(f"model '{self.label}' outputs are not batched"))
             return
-        offset = 0
-        for item in batch:
-            end = offset + item.rows
-            self._finish(item, {k: v[offset:end] for k, v in outputs.items()}, done)
-            offset = end
+        else:
+            answered = 0
+            offset = 0
+            for item in batch:
+                end = offset + item.rows
+                answered += self._finish(item, {k: v[offset:end] for k, v in outputs.items()}, done)
+                offset = end
+        self._m_ok.inc(answered)
 
-    def _finish(self, item: _Pending, outputs: dict[str, np.ndarray], now: float) -> None:
+    def _finish(self, item: _Pending, outputs: dict[str, np.ndarray], now: float) -> int:
         if item.future.done():  # cancelled while running: already counted as dropped
-            return
+            return 0
         item.future.set_result(outputs)
         self.stats.in_flight -= 1
-        self._m_in_flight.dec()
         self.stats.completed(now - item.enqueued, now)
         self._m_request.observe(now - item.enqueued)
-        self._m_ok.inc()
+        return 1
 
     def _fail(self, batch: list[_Pending], exc: MeridianError) -> None:
         for item in batch:
@@ -285,5 +293,4 @@ class DynamicBatcher:
             item.future.set_exception(exc)
             self.stats.in_flight -= 1
             self.stats.failures += 1
-            self._m_in_flight.dec()
             self._m_failed.inc()

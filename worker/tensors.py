@@ -6,6 +6,7 @@ Both transports decode requests into :class:`InferenceRequest` and encode
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -82,7 +83,7 @@ def array_from_bytes(
     """A read-only view over raw little-endian tensor bytes (no copy)."""
     dtype = numpy_dtype(datatype, tensor)
     dims = _check_shape(shape, tensor)
-    count = int(np.prod(dims, dtype=np.int64))
+    count = math.prod(dims)
     expected = count * dtype.itemsize
     if len(data) != expected:
         raise InvalidInput(
@@ -102,7 +103,7 @@ def array_from_list(
         array = np.asarray(data, dtype=dtype)
     except (ValueError, TypeError) as exc:
         raise InvalidInput(f"tensor '{tensor}': data is not a list of {datatype} values") from exc
-    count = int(np.prod(dims, dtype=np.int64))
+    count = math.prod(dims)
     if array.size != count:
         raise InvalidInput(
             f"tensor '{tensor}': {array.size} values, expected {count} for shape {list(dims)}"
