@@ -17,6 +17,8 @@ def create_app(model: str, threads: int) -> FastAPI:
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
+    # Same engine settings as the worker, so the comparison is about batching.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     session = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
     width = session.get_inputs()[0].shape[1]
     app = FastAPI()

@@ -248,22 +248,41 @@ def main(argv: Sequence[str] | None = None) -> int:
     all_runs = (*worker.values(), *naive.values(), worker_multi, naive_multi)
     errors = sum(r["errors"] for r in all_runs)
     figures["errors"] = int(errors)
+    mean_batch = float(stats["mean_batch_rows"])
     body = "\n".join(
         [
             f"Model: ONNX MLP {' -> '.join(map(str, DIMS))} ({mflop:.2f} MFLOP per row), "
-            f"onnxruntime CPU with {threads} intra-op threads. Each request carries one row "
-            "(binary tensor for the worker, raw bytes for the naive server); clients are "
-            "closed-loop, in a separate process.",
+            f"onnxruntime CPU, {threads} intra-op threads, no idle spinning (raw: defaults). "
+            "Worker: OIP v2 REST with binary tensors, max batch 64, fill wait up to 2 ms. "
+            "Naive: FastAPI endpoint running the model per request. Clients are closed-loop "
+            "keep-alive connections in a separate process.",
             "",
             table(["what", "shape", "concurrency", "rows/s", "p50 ms", "p99 ms"], rows),
             "",
-            f"At concurrency 64 the worker serves {w64 / raw_best:.2f}x the raw engine's best "
-            f"rate (batch {best_batch}) and {w64 / n64:.1f}x the naive server. On this "
-            f"{threads}-core machine the load generator, the HTTP stack and the engine share "
-            "the same cores: every core-second spent parsing HTTP on either side is a "
-            "core-second the engine does not get, so the raw ratio measures the whole "
-            "serving stack's overhead, not batching quality (mean batch at c=64: "
-            f"{stats['mean_batch_rows']:.1f} rows).",
+            f"With one row per request at concurrency 64 the worker serves {w64 / raw_best:.2f}x "
+            f"the raw engine's best rate (batch {best_batch}) and {w64 / n64:.1f}x the naive "
+            f"server; with {MULTI} rows per request, "
+            f"{worker_multi['rps'] / raw_best:.2f}x raw and "
+            f"{worker_multi['rps'] / naive_multi['rps']:.1f}x naive.",
+            "",
+            f"Reading this honestly: the machine has {threads} cores, shared by the load "
+            "generator, the HTTP stack and the engine (and, while this ran, by other work). "
+            "A one-row request costs the server roughly 0.2-0.3 ms of CPU for HTTP, decoding "
+            "and batching, and the client about 0.07 ms, against about 0.15 ms of engine time "
+            "per row at a good batch size -- so at one row per request the HTTP stack, not "
+            "the batcher, bounds throughput (mean batch at c=64 here: "
+            f"{mean_batch:.1f} rows), and the raw-engine ceiling is out of reach on this "
+            f"machine. The {MULTI}-rows-per-request line shows the same stack once per-request "
+            "cost is amortised. The 0.9x-raw target is not met here; the naive comparison "
+            "is the one batching is meant to win.",
+            "",
+            "Tuning during development (same machine, quick runs, c=64, one row per request): "
+            "first version 506 rows/s (worker/naive 1.9x, p50 at c=1 9.9 ms); inference as a "
+            "plain ASGI handler instead of a framework route, and no idle spinning of the "
+            "engine's threads, doubled the server's rate under the same client; the batch "
+            "fill wait now follows the last batch's size, so a lone client is answered at "
+            "once (p50 at c=1 about 1 ms); a lean load generator (asyncio streams instead of "
+            "aiohttp) left the server more of the shared CPU.",
         ]
     )
     record(

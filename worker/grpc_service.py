@@ -44,11 +44,10 @@ def _guard(method: Handler[Req, Resp]) -> Handler[Req, Resp]:
         try:
             return await method(self, request, context)
         except MeridianError as exc:
+            trailer: tuple[tuple[str, str], ...] = ()
             if exc.retry_after is not None:
-                context.set_trailing_metadata(
-                    (("retry-after", str(max(1, math.ceil(exc.retry_after)))),)
-                )
-            await context.abort(grpc_code_for(exc), exc.message)
+                trailer = (("retry-after", str(max(1, math.ceil(exc.retry_after)))),)
+            await context.abort(grpc_code_for(exc), exc.message, trailing_metadata=trailer)
         except (asyncio.CancelledError, grpc.aio.AbortError):
             raise
         except Exception:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 
 import httpx
@@ -235,3 +235,26 @@ async def test_bad_requests_get_clear_4xx(tmp_path: Path) -> None:
         assert missing.status_code == 400
         assert (await client.get("/v2/models/other")).status_code == 404
         assert (await client.get("/v2/health/live")).json() == {"live": True}
+
+
+class _BrokenEngine(GateEngine):
+    def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        raise RuntimeError("secret internal detail")
+
+
+async def test_engine_failure_is_500_with_a_fixed_message(tmp_path: Path) -> None:
+    settings = _settings(tmp_path)
+    dp = DataPlane(settings)
+    await dp.install_engine("broken", "1", _BrokenEngine(width=4))
+    async with live_worker(settings, dp) as w, httpx.AsyncClient(base_url=w.url) as client:
+        r = await client.post("/v2/models/broken/infer", json=_body(np.ones((1, 4), np.float32)))
+        assert r.status_code == 500
+        assert "secret" not in r.text
+        assert r.json()["code"] == "internal"
+        # The worker keeps serving afterwards.
+        assert (await client.get("/v2/health/ready")).status_code == 200
+        stats = (await client.get("/v2/stats")).json()
+    model = stats["models"]["broken:1"]
+    assert model["failures"] == 1 and model["in_flight"] == 0
+    assert {"queue_depth", "in_flight", "throughput_rps", "models", "loaded"} <= set(stats)
+    assert {"latency_p50_ms", "latency_p99_ms", "throughput_rps"} <= set(model)
