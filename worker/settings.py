@@ -33,7 +33,7 @@ class WorkerSettings(BaseSettings):
     use_gpu: bool = True
 
     # Repository.
-    cache_dir: Path = Path(".meridian/artifacts")
+    cache_dir: Path = Path("var/artifacts")
     # Whether the load API accepts local file paths (development and embedded use).
     allow_local_paths: bool = False
     download_timeout_s: float = Field(default=60.0, gt=0)
