@@ -26,6 +26,7 @@ import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -34,8 +35,9 @@ from bench.report import parse_args, record, table
 
 ROOT = Path(__file__).resolve().parent.parent
 DIMS = (256, 1024, 1024, 16)
+# A second, heavier model: more engine work per row relative to HTTP work.
+HEAVY_DIMS = (512, 2048, 2048, 16)
 CONCURRENCY = (1, 16, 64)
-MULTI = 16  # rows per request in the second load shape
 
 
 def build_mlp(path: Path, dims: Sequence[int] = DIMS) -> float:
@@ -71,7 +73,7 @@ def build_mlp(path: Path, dims: Sequence[int] = DIMS) -> float:
     return 2 * sum(a * b for a, b in layers) / 1e6
 
 
-def raw_engine(path: Path, threads: int, seconds: float) -> dict[int, float]:
+def raw_engine(path: Path, width: int, threads: int, seconds: float) -> dict[int, float]:
     """rows/s of session.run at each batch size."""
     import onnxruntime as ort
 
@@ -81,7 +83,7 @@ def raw_engine(path: Path, threads: int, seconds: float) -> dict[int, float]:
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     out: dict[int, float] = {}
     for batch in (1, 8, 32, 64, 128):
-        x = np.random.default_rng(batch).standard_normal((batch, DIMS[0])).astype(np.float32)
+        x = np.random.default_rng(batch).standard_normal((batch, width)).astype(np.float32)
         session.run(None, {"input": x})
         n, start = 0, time.perf_counter()
         while time.perf_counter() - start < seconds:
@@ -127,7 +129,7 @@ def server(cmd: list[str], url: str) -> Iterator[subprocess.Popen[bytes]]:
             proc.wait()
 
 
-def load(url: str, mode: str, concurrency: int, seconds: float, rows: int = 1) -> dict[str, float]:
+def load(url: str, mode: str, concurrency: int, seconds: float, width: int) -> dict[str, float]:
     cmd = [
         sys.executable,
         "-m",
@@ -141,148 +143,194 @@ def load(url: str, mode: str, concurrency: int, seconds: float, rows: int = 1) -
         "--duration",
         str(seconds),
         "--width",
-        str(DIMS[0]),
-        "--rows",
-        str(rows),
+        str(width),
     ]
     done = subprocess.run(
         cmd, cwd=ROOT, capture_output=True, text=True, timeout=seconds + 60, check=True
     )
     result: dict[str, float] = json.loads(done.stdout.strip().splitlines()[-1])
-    result["rps"] = result["requests"] * rows / result["elapsed_s"]
+    result["rps"] = result["requests"] / result["elapsed_s"]
     return result
+
+
+@dataclass
+class Scenario:
+    dims: tuple[int, ...]
+    mflop: float
+    raw: dict[int, float]
+    worker: dict[int, dict[str, float]]
+    naive: dict[int, dict[str, float]]
+    mean_batch: float
+
+    @property
+    def raw_best(self) -> tuple[int, float]:
+        batch = max(self.raw, key=lambda b: self.raw[b])
+        return batch, self.raw[batch]
+
+
+def run_scenario(
+    directory: Path,
+    dims: tuple[int, ...],
+    concurrency: Sequence[int],
+    seconds: float,
+    raw_seconds: float,
+    threads: int,
+) -> Scenario:
+    """Raw engine, worker and naive server on one model; the raw ceiling is
+    measured before and after the servers and the better figure kept, so a busy
+    moment on a shared machine does not flatter the worker."""
+    import httpx
+
+    model = directory / f"mlp-{'x'.join(map(str, dims))}.onnx"
+    mflop = build_mlp(model, dims)
+    width = dims[0]
+    raw = raw_engine(model, width, threads, raw_seconds)
+
+    port = free_port()
+    worker_cmd = [
+        sys.executable,
+        "-m",
+        "meridian",
+        "worker",
+        "--http-port",
+        str(port),
+        "--grpc-port",
+        "-1",
+        "--model",
+        f"mlp:1={model}",
+        "--max-batch-size",
+        "64",
+        "--max-queue-delay-ms",
+        "2",
+        "--max-queue-size",
+        "1024",
+        "--engine-threads",
+        str(threads),
+    ]
+    base = f"http://127.0.0.1:{port}"
+    worker: dict[int, dict[str, float]] = {}
+    with server(worker_cmd, f"{base}/v2/health/ready"):
+        for c in concurrency:
+            worker[c] = load(f"{base}/v2/models/mlp/infer", "oip", c, seconds, width)
+        stats = httpx.get(f"{base}/v2/stats").json()["models"]["mlp:1"]
+
+    port = free_port()
+    naive_cmd = [
+        sys.executable,
+        "-m",
+        "bench._naive_server",
+        "--port",
+        str(port),
+        "--model",
+        str(model),
+        "--threads",
+        str(threads),
+    ]
+    naive: dict[int, dict[str, float]] = {}
+    with server(naive_cmd, f"http://127.0.0.1:{port}/docs"):
+        for c in concurrency:
+            naive[c] = load(f"http://127.0.0.1:{port}/infer", "naive", c, seconds, width)
+
+    after = raw_engine(model, width, threads, raw_seconds)
+    raw = {b: max(r, after[b]) for b, r in raw.items()}
+    return Scenario(dims, mflop, raw, worker, naive, float(stats["mean_batch_rows"]))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(__doc__.splitlines()[0], argv)
-    seconds = 3.0 if args.quick else 10.0
+    seconds = 2.5 if args.quick else 10.0
+    raw_seconds = 0.4 if args.quick else 2.0
     threads = os.cpu_count() or 1
     with tempfile.TemporaryDirectory() as tmp:
-        model = Path(tmp) / "mlp.onnx"
-        mflop = build_mlp(model)
-        raw_seconds = 0.5 if args.quick else 2.0
-        raw = raw_engine(model, threads, raw_seconds)
+        main_run = run_scenario(Path(tmp), DIMS, CONCURRENCY, seconds, raw_seconds, threads)
+        heavy = run_scenario(Path(tmp), HEAVY_DIMS, (64,), seconds, raw_seconds, threads)
 
-        port = free_port()
-        worker_cmd = [
-            sys.executable,
-            "-m",
-            "meridian",
-            "worker",
-            "--http-port",
-            str(port),
-            "--grpc-port",
-            "-1",
-            "--model",
-            f"mlp:1={model}",
-            "--max-batch-size",
-            "64",
-            "--max-queue-delay-ms",
-            "2",
-            "--max-queue-size",
-            "1024",
-            "--engine-threads",
-            str(threads),
-        ]
-        base = f"http://127.0.0.1:{port}"
-        worker: dict[int, dict[str, float]] = {}
-        with server(worker_cmd, f"{base}/v2/health/ready"):
-            for c in CONCURRENCY:
-                worker[c] = load(f"{base}/v2/models/mlp/infer", "oip", c, seconds)
-            import httpx
+    rows: list[list[object]] = []
+    for sc in (main_run, heavy):
+        name = f"{sc.mflop:.1f} MFLOP/row"
+        rows += [[name, "raw engine", f"batch {b}", r, "-", "-"] for b, r in sc.raw.items()]
+        for kind, runs in (("worker", sc.worker), ("naive", sc.naive)):
+            for c, r in runs.items():
+                rows.append([name, kind, f"c={c}", r["rps"], r["p50_ms"], r["p99_ms"]])
 
-            stats = httpx.get(f"{base}/v2/stats").json()["models"]["mlp:1"]
-            worker_multi = load(f"{base}/v2/models/mlp/infer", "oip", 64, seconds, MULTI)
-
-        port = free_port()
-        naive_cmd = [
-            sys.executable,
-            "-m",
-            "bench._naive_server",
-            "--port",
-            str(port),
-            "--model",
-            str(model),
-            "--threads",
-            str(threads),
-        ]
-        naive: dict[int, dict[str, float]] = {}
-        with server(naive_cmd, f"http://127.0.0.1:{port}/docs"):
-            for c in CONCURRENCY:
-                naive[c] = load(f"http://127.0.0.1:{port}/infer", "naive", c, seconds)
-            naive_multi = load(f"http://127.0.0.1:{port}/infer", "naive", 64, seconds, MULTI)
-
-        # Measured again after the servers: the ceiling is the better of the two,
-        # so a busy moment on a shared machine does not flatter the worker.
-        raw_after = raw_engine(model, threads, raw_seconds)
-    raw = {b: max(r, raw_after[b]) for b, r in raw.items()}
-    best_batch = max(raw, key=lambda b: raw[b])
-    raw_best = raw[best_batch]
-
-    rows = [["raw engine", f"batch {b}", "-", r, "-", "-"] for b, r in raw.items()]
-    for name, runs in (("worker", worker), ("naive", naive)):
-        for c, r in runs.items():
-            rows.append([name, "1 row/request", c, r["rps"], r["p50_ms"], r["p99_ms"]])
-    for name, r in (("worker", worker_multi), ("naive", naive_multi)):
-        rows.append([name, f"{MULTI} rows/request", 64, r["rps"], r["p50_ms"], r["p99_ms"]])
-    w64, n64 = worker[64]["rps"], naive[64]["rps"]
+    best_batch, raw_best = main_run.raw_best
+    w64, n64 = main_run.worker[64]["rps"], main_run.naive[64]["rps"]
+    heavy_batch, heavy_best = heavy.raw_best
+    hw, hn = heavy.worker[64]["rps"], heavy.naive[64]["rps"]
     figures: dict[str, float | int | str] = {
-        "worker_mlp_mflop_per_row": round(mflop, 2),
+        "worker_mlp_mflop_per_row": round(main_run.mflop, 2),
         "worker_raw_best_rows_per_s": round(raw_best),
         "worker_raw_best_batch": best_batch,
-        "worker_raw_batch1_rows_per_s": round(raw[1]),
+        "worker_raw_batch1_rows_per_s": round(main_run.raw[1]),
     }
     for c in CONCURRENCY:
-        figures[f"worker_c{c}_rows_per_s"] = round(worker[c]["rps"])
-        figures[f"worker_c{c}_p50_ms"] = round(worker[c]["p50_ms"], 2)
-        figures[f"worker_c{c}_p99_ms"] = round(worker[c]["p99_ms"], 2)
-        figures[f"naive_c{c}_rows_per_s"] = round(naive[c]["rps"])
-        figures[f"naive_c{c}_p99_ms"] = round(naive[c]["p99_ms"], 2)
-    figures["worker_mean_batch_rows"] = round(float(stats["mean_batch_rows"]), 1)
+        w, n = main_run.worker[c], main_run.naive[c]
+        figures[f"worker_c{c}_rows_per_s"] = round(w["rps"])
+        figures[f"worker_c{c}_p50_ms"] = round(w["p50_ms"], 2)
+        figures[f"worker_c{c}_p99_ms"] = round(w["p99_ms"], 2)
+        figures[f"naive_c{c}_rows_per_s"] = round(n["rps"])
+        figures[f"naive_c{c}_p50_ms"] = round(n["p50_ms"], 2)
+        figures[f"naive_c{c}_p99_ms"] = round(n["p99_ms"], 2)
+    figures["worker_mean_batch_rows"] = round(main_run.mean_batch, 1)
     figures["worker_vs_raw_c64"] = round(w64 / raw_best, 3)
     figures["worker_vs_naive_c64"] = round(w64 / n64, 2)
-    figures[f"worker_c64_r{MULTI}_rows_per_s"] = round(worker_multi["rps"])
-    figures[f"naive_c64_r{MULTI}_rows_per_s"] = round(naive_multi["rps"])
-    figures[f"worker_vs_raw_c64_r{MULTI}"] = round(worker_multi["rps"] / raw_best, 3)
-    figures[f"worker_vs_naive_c64_r{MULTI}"] = round(worker_multi["rps"] / naive_multi["rps"], 2)
-    all_runs = (*worker.values(), *naive.values(), worker_multi, naive_multi)
-    errors = sum(r["errors"] for r in all_runs)
-    figures["errors"] = int(errors)
-    mean_batch = float(stats["mean_batch_rows"])
+    figures["heavy_mlp_mflop_per_row"] = round(heavy.mflop, 2)
+    figures["heavy_raw_best_rows_per_s"] = round(heavy_best)
+    figures["heavy_worker_c64_rows_per_s"] = round(hw)
+    figures["heavy_naive_c64_rows_per_s"] = round(hn)
+    figures["heavy_worker_mean_batch_rows"] = round(heavy.mean_batch, 1)
+    figures["heavy_worker_vs_raw_c64"] = round(hw / heavy_best, 3)
+    figures["heavy_worker_vs_naive_c64"] = round(hw / hn, 2)
+    all_runs = [
+        *main_run.worker.values(),
+        *main_run.naive.values(),
+        *heavy.worker.values(),
+        *heavy.naive.values(),
+    ]
+    figures["errors"] = int(sum(r["errors"] for r in all_runs))
+    verdict = ", ".join(
+        f"{label} {ratio:.2f} {'met' if ratio >= target else 'missed'}"
+        for label, ratio, target in (
+            ("worker/raw", w64 / raw_best, 0.9),
+            ("worker/naive", w64 / n64, 5.0),
+        )
+    )
     body = "\n".join(
         [
-            f"Model: ONNX MLP {' -> '.join(map(str, DIMS))} ({mflop:.2f} MFLOP per row), "
-            f"onnxruntime CPU, {threads} intra-op threads, no idle spinning (raw: defaults). "
+            f"Models: ONNX MLPs {' -> '.join(map(str, DIMS))} ({main_run.mflop:.2f} MFLOP per "
+            f"row) and {' -> '.join(map(str, HEAVY_DIMS))} ({heavy.mflop:.2f} MFLOP per row); "
+            f"onnxruntime CPU, {threads} intra-op threads, servers without idle spinning. "
             "Worker: OIP v2 REST with binary tensors, max batch 64, fill wait up to 2 ms. "
-            "Naive: FastAPI endpoint running the model per request. Clients are closed-loop "
-            "keep-alive connections in a separate process.",
+            "Naive: FastAPI endpoint running the model per request. One row per request; "
+            "closed-loop keep-alive clients in a separate process.",
             "",
-            table(["what", "shape", "concurrency", "rows/s", "p50 ms", "p99 ms"], rows),
+            table(["model", "what", "load", "rows/s", "p50 ms", "p99 ms"], rows),
             "",
-            f"With one row per request at concurrency 64 the worker serves {w64 / raw_best:.2f}x "
-            f"the raw engine's best rate (batch {best_batch}) and {w64 / n64:.1f}x the naive "
-            f"server; with {MULTI} rows per request, "
-            f"{worker_multi['rps'] / raw_best:.2f}x raw and "
-            f"{worker_multi['rps'] / naive_multi['rps']:.1f}x naive.",
+            f"At concurrency 64 the worker serves {w64 / raw_best:.2f}x the raw engine's best "
+            f"rate (batch {best_batch}) and {w64 / n64:.1f}x the naive server (mean batch "
+            f"{main_run.mean_batch:.1f} rows). On the heavier model: {hw / heavy_best:.2f}x raw "
+            f"(batch {heavy_batch}) and {hw / hn:.1f}x naive (mean batch {heavy.mean_batch:.1f}).",
             "",
             f"Reading this honestly: the machine has {threads} cores, shared by the load "
-            "generator, the HTTP stack and the engine (and, while this ran, by other work). "
-            "A one-row request costs the server roughly 0.2-0.3 ms of CPU for HTTP, decoding "
-            "and batching, and the client about 0.07 ms, against about 0.15 ms of engine time "
-            "per row at a good batch size -- so at one row per request the HTTP stack, not "
-            "the batcher, bounds throughput (mean batch at c=64 here: "
-            f"{mean_batch:.1f} rows), and the raw-engine ceiling is out of reach on this "
-            f"machine. The {MULTI}-rows-per-request line shows the same stack once per-request "
-            "cost is amortised. The 0.9x-raw target is not met here; the naive comparison "
-            "is the one batching is meant to win.",
+            "generator, the HTTP stack and the engine (and, while this ran, by other work, "
+            "so figures move by tens of percent between runs). A one-row request costs the "
+            "server roughly 0.2-0.3 ms of CPU for HTTP, decoding and batching and the client "
+            "about 0.07 ms, against about 0.15 ms of engine time per row of the small model "
+            "at a good batch size: there the HTTP stack, not the batcher, bounds throughput "
+            f"and batches stay small. Targets at c=64 (0.9x raw, 5x naive): {verdict}. "
+            "With four times the engine work per row the batcher fills larger batches and "
+            "the worker moves toward the raw ceiling and well past the naive server. The "
+            "raw ceiling runs with both cores to itself; every server figure pays for the "
+            "client's CPU too.",
             "",
-            "Tuning during development (same machine, quick runs, c=64, one row per request): "
-            "first version 506 rows/s (worker/naive 1.9x, p50 at c=1 9.9 ms); inference as a "
-            "plain ASGI handler instead of a framework route, and no idle spinning of the "
-            "engine's threads, doubled the server's rate under the same client; the batch "
-            "fill wait now follows the last batch's size, so a lone client is answered at "
-            "once (p50 at c=1 about 1 ms); a lean load generator (asyncio streams instead of "
-            "aiohttp) left the server more of the shared CPU.",
+            "Tuning during development (small model, quick runs, c=64): the first version "
+            "served 506 rows/s (1.9x naive, p50 at c=1 9.9 ms). Inference as a plain ASGI "
+            "handler instead of a framework route, and no idle spinning of the engine's "
+            "threads, doubled the server's rate under the same client; the batch fill wait "
+            "now follows the last batch's size, so a lone client is answered at once (p50 "
+            "at c=1 about 1 ms); scrape-time gauges and batch-level counters took metric "
+            "updates off the per-request path; a lean load generator (asyncio streams "
+            "instead of aiohttp) left the server more of the shared CPU.",
         ]
     )
     record(
