@@ -241,6 +241,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     seconds = 2.5 if args.quick else 10.0
     raw_seconds = 0.4 if args.quick else 2.0
     threads = os.cpu_count() or 1
+    load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as tmp:
         main_run = run_scenario(Path(tmp), DIMS, CONCURRENCY, seconds, raw_seconds, threads)
         heavy = run_scenario(Path(tmp), HEAVY_DIMS, (64,), seconds, raw_seconds, threads)
@@ -318,10 +319,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             "about 0.07 ms, against about 0.15 ms of engine time per row of the small model "
             "at a good batch size: there the HTTP stack, not the batcher, bounds throughput "
             f"and batches stay small. Targets at c=64 (0.9x raw, 5x naive): {verdict}. "
-            "With four times the engine work per row the batcher fills larger batches and "
-            "the worker moves toward the raw ceiling and well past the naive server. The "
-            "raw ceiling runs with both cores to itself; every server figure pays for the "
-            "client's CPU too.",
+            f"On the heavier model (four times the engine work per row) batches fill to "
+            f"{heavy.mean_batch:.1f} rows and the worker serves {hw / hn:.1f}x the naive "
+            f"server and {hw / heavy_best:.2f}x the raw ceiling. The raw ceiling runs with "
+            "both cores to itself; every server figure also pays for the client's CPU. "
+            f"Load average (1 min) at start and end of the run: {load_before:.1f}, "
+            f"{os.getloadavg()[0]:.1f}.",
             "",
             "Tuning during development (small model, quick runs, c=64): the first version "
             "served 506 rows/s (1.9x naive, p50 at c=1 9.9 ms). Inference as a plain ASGI "
