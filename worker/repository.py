@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -43,6 +44,15 @@ class LoadRequest(BaseModel):
     def parse(cls, data: object) -> LoadRequest:
         if isinstance(data, dict) and isinstance(data.get("parameters"), dict):
             data = data["parameters"]
+        if isinstance(data, dict) and isinstance(data.get("config"), str):
+            # Triton clients' load_model(config=...) sends the settings as one JSON string.
+            try:
+                config = json.loads(data["config"])
+            except ValueError:
+                raise InvalidInput("load parameter 'config' is not valid JSON") from None
+            if not isinstance(config, dict):
+                raise InvalidInput("load parameter 'config' must be a JSON object")
+            data = {**{k: v for k, v in data.items() if k != "config"}, **config}
         try:
             req = cls.model_validate(data or {})
         except ValidationError as exc:

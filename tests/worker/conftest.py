@@ -58,6 +58,7 @@ def worker_process(
         str(grpc_port),
         "--engine-threads",
         "1",
+        "--allow-local-paths",
         "--max-request-bytes",
         str(1 << 20),
         "--model",

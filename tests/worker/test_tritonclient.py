@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
@@ -135,3 +137,31 @@ def test_wrong_shape_and_dtype_name_the_tensor(
     with pytest.raises(InferenceServerException) as e:
         http.infer("mlp", [other])
     assert e.value.status() == "400" and "'features'" in e.value.message()
+
+
+def test_load_and_unload_through_both_clients(
+    http: httpclient.InferenceServerClient,
+    grpc: grpcclient.InferenceServerClient,
+    models: BuiltModels,
+) -> None:
+    config = json.dumps({"path": str(models.cnn_onnx), "version": "4"})
+    grpc.load_model("cnn_copy", config=config)
+    assert grpc.is_model_ready("cnn_copy", "4")
+    x = _rows(2, 3, 8, 8)
+    inp = httpclient.InferInput("input", list(x.shape), "FP32")
+    inp.set_data_from_numpy(x)
+    np.testing.assert_allclose(
+        http.infer("cnn_copy", [inp]).as_numpy("output"),
+        onnx_reference(models.cnn_onnx, x),
+        rtol=1e-5,
+        atol=1e-6,
+    )
+    http.unload_model("cnn_copy")
+    assert not grpc.is_model_ready("cnn_copy", "4")
+    http.load_model("cnn_copy", config=config)
+    assert http.is_model_ready("cnn_copy")
+    grpc.unload_model("cnn_copy")
+    assert not http.is_model_ready("cnn_copy")
+    with pytest.raises(InferenceServerException) as e:
+        grpc.load_model("cnn_copy", config=json.dumps({"path": "/no/such/file.onnx"}))
+    assert e.value.status() == "StatusCode.NOT_FOUND"
