@@ -26,7 +26,6 @@ __all__ = ["WorkerApp", "error_body", "install_error_handlers", "install_routes"
 log = logging.getLogger(__name__)
 
 JSON = "application/json"
-CLIENT_CLOSED = 499  # no standard code: the client went away before the answer
 
 
 def json_response(body: object, status: int = 200) -> Response:
@@ -68,8 +67,6 @@ def get_dataplane(request: Request) -> DataPlane:
 
 DataPlaneDep = Annotated[DataPlane, Depends(get_dataplane)]
 
-router = APIRouter()
-
 
 async def read_body(request: Request, limit: int) -> bytes:
     """The whole body, refusing (413) past ``limit`` bytes before reading more."""
@@ -88,83 +85,82 @@ async def read_body(request: Request, limit: int) -> bytes:
     return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
-@router.get("/v2/health/live")
-async def health_live(dp: DataPlaneDep) -> Response:
-    return json_response({"live": dp.live()})
+def build_router() -> APIRouter:
+    """Every REST route except inference (see :class:`WorkerApp`)."""
+    router = APIRouter()
 
+    @router.get("/v2/health/live")
+    async def health_live(dp: DataPlaneDep) -> Response:
+        return json_response({"live": dp.live()})
 
-@router.get("/v2/health/ready")
-async def health_ready(dp: DataPlaneDep) -> Response:
-    ready = dp.ready()
-    return json_response({"ready": ready}, 200 if ready else 503)
+    @router.get("/v2/health/ready")
+    async def health_ready(dp: DataPlaneDep) -> Response:
+        ready = dp.ready()
+        return json_response({"ready": ready}, 200 if ready else 503)
 
+    @router.get("/v2")
+    async def server_metadata(dp: DataPlaneDep) -> Response:
+        return json_response(dp.server_metadata())
 
-@router.get("/v2")
-async def server_metadata(dp: DataPlaneDep) -> Response:
-    return json_response(dp.server_metadata())
+    @router.get("/v2/models/{name}")
+    @router.get("/v2/models/{name}/versions/{version}")
+    async def model_metadata(dp: DataPlaneDep, name: str, version: str | None = None) -> Response:
+        return json_response(dp.model_metadata(name, version))
 
+    @router.get("/v2/models/{name}/ready")
+    @router.get("/v2/models/{name}/versions/{version}/ready")
+    async def model_ready(dp: DataPlaneDep, name: str, version: str | None = None) -> Response:
+        ready = dp.model_ready(name, version)
+        return json_response({"name": name, "ready": ready}, 200 if ready else 503)
 
-@router.get("/v2/models/{name}")
-@router.get("/v2/models/{name}/versions/{version}")
-async def model_metadata(dp: DataPlaneDep, name: str, version: str | None = None) -> Response:
-    return json_response(dp.model_metadata(name, version))
+    @router.post("/v2/repository/index")
+    async def repository_index(dp: DataPlaneDep) -> Response:
+        models = [
+            {"name": m.name, "version": m.version, "state": "READY"} for m in dp.repository.all()
+        ]
+        return json_response(models)
 
+    @router.post("/v2/repository/models/{name}/load")
+    async def repository_load(request: Request, dp: DataPlaneDep, name: str) -> Response:
+        body = await read_body(request, 1 << 20)
+        try:
+            data = orjson.loads(body) if body else {}
+        except orjson.JSONDecodeError:
+            raise InvalidInput("load request is not valid JSON") from None
+        model = await dp.load(name, LoadRequest.parse(data))
+        return json_response(
+            {
+                "name": model.name,
+                "version": model.version,
+                "variant": model.variant,
+                "sha256": model.sha256,
+                "device": model.engine.device,
+            }
+        )
 
-@router.get("/v2/models/{name}/ready")
-@router.get("/v2/models/{name}/versions/{version}/ready")
-async def model_ready(dp: DataPlaneDep, name: str, version: str | None = None) -> Response:
-    ready = dp.model_ready(name, version)
-    return json_response({"name": name, "ready": ready}, 200 if ready else 503)
+    @router.post("/v2/repository/models/{name}/unload")
+    async def repository_unload(request: Request, dp: DataPlaneDep, name: str) -> Response:
+        body = await read_body(request, 1 << 16)
+        try:
+            data = orjson.loads(body) if body else {}
+        except orjson.JSONDecodeError:
+            raise InvalidInput("unload request is not valid JSON") from None
+        params = data.get("parameters", data) if isinstance(data, dict) else {}
+        version = params.get("version") if isinstance(params, dict) else None
+        if version is not None and not isinstance(version, str):
+            raise InvalidInput("unload parameter 'version' must be a string")
+        await dp.unload(name, version)
+        return json_response({"name": name, "version": version, "unloaded": True})
 
+    @router.get("/v2/stats")
+    async def stats(dp: DataPlaneDep) -> Response:
+        return json_response(dp.stats())
 
-@router.post("/v2/repository/index")
-async def repository_index(dp: DataPlaneDep) -> Response:
-    models = [{"name": m.name, "version": m.version, "state": "READY"} for m in dp.repository.all()]
-    return json_response(models)
+    @router.get("/metrics")
+    async def metrics(dp: DataPlaneDep) -> Response:
+        return Response(generate_latest(dp.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
-
-@router.post("/v2/repository/models/{name}/load")
-async def repository_load(request: Request, dp: DataPlaneDep, name: str) -> Response:
-    body = await read_body(request, 1 << 20)
-    try:
-        data = orjson.loads(body) if body else {}
-    except orjson.JSONDecodeError:
-        raise InvalidInput("load request is not valid JSON") from None
-    model = await dp.load(name, LoadRequest.parse(data))
-    return json_response(
-        {
-            "name": model.name,
-            "version": model.version,
-            "variant": model.variant,
-            "sha256": model.sha256,
-            "device": model.engine.device,
-        }
-    )
-
-
-@router.post("/v2/repository/models/{name}/unload")
-async def repository_unload(request: Request, dp: DataPlaneDep, name: str) -> Response:
-    body = await read_body(request, 1 << 16)
-    try:
-        data = orjson.loads(body) if body else {}
-    except orjson.JSONDecodeError:
-        raise InvalidInput("unload request is not valid JSON") from None
-    params = data.get("parameters", data) if isinstance(data, dict) else {}
-    version = params.get("version") if isinstance(params, dict) else None
-    if version is not None and not isinstance(version, str):
-        raise InvalidInput("unload parameter 'version' must be a string")
-    await dp.unload(name, version)
-    return json_response({"name": name, "version": version, "unloaded": True})
-
-
-@router.get("/v2/stats")
-async def stats(dp: DataPlaneDep) -> Response:
-    return json_response(dp.stats())
-
-
-@router.get("/metrics")
-async def metrics(dp: DataPlaneDep) -> Response:
-    return Response(generate_latest(dp.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+    return router
 
 
 class WorkerApp(FastAPI):
@@ -180,5 +176,5 @@ class WorkerApp(FastAPI):
 
 
 def install_routes(app: FastAPI) -> None:
-    app.include_router(router)
+    app.include_router(build_router())
     install_error_handlers(app)
