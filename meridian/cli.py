@@ -18,6 +18,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "token": ("control_plane.token_cli", "create, list or revoke API tokens in the registry"),
     "router": ("router.cli", "run the router (the end-user HTTPS endpoint)"),
     "simulate": ("simulator.cli", "simulate the fleet: every routing policy on real traffic"),
+    "worker": ("worker.cli", "serve models over OIP v2 REST and gRPC with dynamic batching"),
+    "quantize": ("worker.quantize", "make an int8 variant of an ONNX model, checked against fp32"),
 }
 
 

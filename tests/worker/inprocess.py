@@ -1,0 +1,74 @@
+"""An in-process worker on a real socket, and an engine the tests can hold back."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+import numpy as np
+import uvicorn
+
+from meridian.waiting import wait_until_async
+from tests.worker.conftest import free_port
+from worker.app import create_app
+from worker.dataplane import DataPlane
+from worker.settings import WorkerSettings
+from worker.tensors import TensorSpec
+
+
+class GateEngine:
+    """Doubles its input; ``run`` waits while the gate is closed and records each batch."""
+
+    platform = "test"
+    device = "cpu"
+
+    def __init__(self, width: int = -1) -> None:
+        self.inputs = [TensorSpec("x", "FP32", (-1, width))]
+        self.outputs = [TensorSpec("y", "FP32", (-1, width))]
+        self.gate = threading.Event()
+        self.gate.set()
+        self.batches: list[tuple[int, ...]] = []
+        self.running = threading.Event()
+
+    def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        x = inputs["x"]
+        self.batches.append(tuple(x.shape))
+        self.running.set()
+        if not self.gate.wait(timeout=30):
+            raise RuntimeError("gate never opened")
+        return {"y": x * 2}
+
+    def close(self) -> None:
+        self.gate.set()
+
+
+@dataclass
+class LiveWorker:
+    url: str
+    dataplane: DataPlane
+
+
+@asynccontextmanager
+async def live_worker(settings: WorkerSettings, dataplane: DataPlane) -> AsyncIterator[LiveWorker]:
+    port = free_port()
+    app = create_app(
+        settings.model_copy(update={"http_port": port, "grpc_port": None}), dataplane=dataplane
+    )
+    config = uvicorn.Config(
+        app, host="127.0.0.1", port=port, lifespan="on", log_level="warning", access_log=False
+    )
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve())
+    try:
+        await wait_until_async(
+            lambda: server.started or task.done(), timeout=10, what="server started"
+        )
+        if task.done():
+            task.result()
+        yield LiveWorker(f"http://127.0.0.1:{port}", dataplane)
+    finally:
+        server.should_exit = True
+        await task

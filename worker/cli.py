@@ -1,0 +1,67 @@
+"""``meridian worker``: serve models over OIP v2 REST and gRPC in one process."""
+
+from __future__ import annotations
+
+import argparse
+
+__all__ = ["add_arguments", "main"]
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--host", help="listen address (default 127.0.0.1)")
+    parser.add_argument("--http-port", type=int, help="REST port (default 8000)")
+    parser.add_argument("--grpc-port", type=int, help="gRPC port (default 8001; -1 disables)")
+    parser.add_argument(
+        "--model",
+        action="append",
+        default=[],
+        metavar="NAME[:VERSION]=PATH",
+        help="serve a local .onnx or TorchScript file from start-up (repeatable)",
+    )
+    parser.add_argument("--max-batch-size", type=int, help="rows per engine run (default 64)")
+    parser.add_argument("--max-queue-delay-ms", type=float, help="batch fill wait (default 2)")
+    parser.add_argument("--max-queue-size", type=int, help="queued requests per model (256)")
+    parser.add_argument("--max-request-bytes", type=int, help="request body limit (64 MiB)")
+    parser.add_argument("--engine-threads", type=int, help="intra-op threads per engine")
+    parser.add_argument("--cache-dir", help="artifact cache folder")
+    parser.add_argument(
+        "--allow-local-paths",
+        action="store_true",
+        default=None,
+        help="let the load API read local files (development)",
+    )
+
+
+def main(args: argparse.Namespace) -> int:
+    import logging
+
+    from worker.app import ModelSpec, serve
+    from worker.settings import WorkerSettings
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    overrides = {
+        key: value
+        for key, value in {
+            "host": args.host,
+            "http_port": args.http_port,
+            "grpc_port": args.grpc_port,
+            "max_batch_size": args.max_batch_size,
+            "max_queue_delay_ms": args.max_queue_delay_ms,
+            "max_queue_size": args.max_queue_size,
+            "engine_threads": args.engine_threads,
+            "max_request_bytes": args.max_request_bytes,
+            "cache_dir": args.cache_dir,
+            "allow_local_paths": args.allow_local_paths,
+        }.items()
+        if value is not None
+    }
+    if overrides.get("grpc_port") == -1:
+        overrides["grpc_port"] = None
+    settings = WorkerSettings(**overrides)
+    try:
+        models = [ModelSpec.parse(m) for m in args.model]
+    except ValueError as exc:
+        print(f"meridian worker: {exc}")
+        return 2
+    serve(settings, models)
+    return 0

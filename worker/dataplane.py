@@ -1,0 +1,212 @@
+"""The worker's core: one object behind both the REST and the gRPC transport.
+
+Transports decode requests into :mod:`worker.tensors` objects, call the
+:class:`DataPlane`, and encode what it returns. Every check of a request
+against the model's signature happens here, so both transports answer bad
+input the same way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import numpy as np
+
+from meridian.errors import InvalidInput, Unavailable
+from worker.artifacts import ArtifactCache
+from worker.batcher import BatchPolicy
+from worker.engines.base import Engine, open_engine
+from worker.metrics import WorkerMetrics
+from worker.repository import LoadedModel, LoadRequest, ModelRepository, local_path
+from worker.settings import WorkerSettings
+from worker.tensors import InferenceRequest, InferenceResponse, TensorSpec
+
+__all__ = ["EXTENSIONS", "SERVER_VERSION", "DataPlane"]
+
+SERVER_VERSION = "0.1.0"
+EXTENSIONS = ["binary_tensor_data", "model_repository", "statistics"]
+
+
+def _fmt_shape(shape: tuple[int, ...] | None) -> str:
+    return "[" + ", ".join(str(d) for d in shape) + "]" if shape is not None else "[any]"
+
+
+def check_inputs(request: InferenceRequest, specs: list[TensorSpec]) -> dict[str, np.ndarray]:
+    """The request's arrays by name, checked against the model's input signature."""
+    given: dict[str, np.ndarray] = {}
+    for t in request.inputs:
+        if t.name in given:
+            raise InvalidInput(f"input '{t.name}' is given more than once")
+        given[t.name] = t.array
+    datatypes = {t.name: t.datatype for t in request.inputs}
+    expected = {s.name for s in specs}
+    for name in given:
+        if name not in expected:
+            names = ", ".join(f"'{n}'" for n in sorted(expected))
+            raise InvalidInput(f"unknown input '{name}'; the model's inputs are {names}")
+    rows: int | None = None
+    for spec in specs:
+        if spec.name not in given:
+            raise InvalidInput(
+                f"missing input '{spec.name}' ({spec.datatype} {_fmt_shape(spec.shape)})"
+            )
+        array = given[spec.name]
+        if datatypes[spec.name] != spec.datatype:
+            raise InvalidInput(
+                f"input '{spec.name}': datatype {datatypes[spec.name]}, expected {spec.datatype}"
+            )
+        if spec.shape is not None and (
+            array.ndim != len(spec.shape)
+            or any(d != -1 and d != a for d, a in zip(spec.shape, array.shape, strict=True))
+        ):
+            raise InvalidInput(
+                f"input '{spec.name}': shape {_fmt_shape(array.shape)}, "
+                f"expected {_fmt_shape(spec.shape)}"
+            )
+        if array.ndim:
+            if rows is not None and array.shape[0] != rows:
+                raise InvalidInput(
+                    f"input '{spec.name}': {array.shape[0]} rows, other inputs have {rows}"
+                )
+            rows = array.shape[0]
+    return given
+
+
+class DataPlane:
+    def __init__(
+        self,
+        settings: WorkerSettings,
+        *,
+        metrics: WorkerMetrics | None = None,
+        artifacts: ArtifactCache | None = None,
+    ) -> None:
+        self.settings = settings
+        self.metrics = metrics or WorkerMetrics()
+        self.artifacts = artifacts or ArtifactCache(
+            settings.cache_dir, timeout_s=settings.download_timeout_s
+        )
+        policy = BatchPolicy(
+            max_batch_size=settings.max_batch_size,
+            max_queue_delay_s=settings.max_queue_delay_ms / 1000,
+            max_queue_size=settings.max_queue_size,
+            retry_after_s=settings.retry_after_s,
+        )
+        self.repository = ModelRepository(self.metrics, policy)
+        self._ready = False
+
+    # -- lifecycle -----------------------------------------------------------------
+    async def start(self) -> None:
+        self._ready = True
+
+    async def stop(self) -> None:
+        self._ready = False
+        await self.repository.close()
+
+    # -- health and metadata -------------------------------------------------------
+    def live(self) -> bool:
+        return True
+
+    def ready(self) -> bool:
+        return self._ready
+
+    def server_metadata(self) -> dict[str, object]:
+        return {"name": self.settings.name, "version": SERVER_VERSION, "extensions": EXTENSIONS}
+
+    def model_ready(self, name: str, version: str | None) -> bool:
+        self.repository.get(name, version)
+        return self._ready
+
+    def model_metadata(self, name: str, version: str | None) -> dict[str, object]:
+        model = self.repository.get(name, version)
+        return model.metadata(self.repository.versions(name))
+
+    def stats(self) -> dict[str, object]:
+        snapshot = self.metrics.snapshot()
+        snapshot["loaded"] = [
+            {
+                "name": m.name,
+                "version": m.version,
+                "variant": m.variant,
+                "platform": m.engine.platform,
+                "device": m.engine.device,
+                "sha256": m.sha256,
+            }
+            for m in self.repository.all()
+        ]
+        return snapshot
+
+    # -- inference -----------------------------------------------------------------
+    async def infer(self, request: InferenceRequest) -> InferenceResponse:
+        if not self._ready:
+            raise Unavailable("worker is not ready", retry_after=1.0)
+        model = self.repository.get(request.model, request.version)
+        inputs = check_inputs(request, model.engine.inputs)
+        wanted = self._requested_outputs(request, model)
+        outputs = await model.batcher.infer(inputs, timeout_s=request.timeout_s)
+        if wanted is not None:
+            outputs = {name: outputs[name] for name in wanted}
+        return InferenceResponse(model.name, model.version, outputs, request.id)
+
+    @staticmethod
+    def _requested_outputs(request: InferenceRequest, model: LoadedModel) -> list[str] | None:
+        if not request.outputs:
+            return None
+        known = {s.name for s in model.engine.outputs}
+        for out in request.outputs:
+            if out.name not in known:
+                names = ", ".join(f"'{n}'" for n in sorted(known))
+                raise InvalidInput(f"unknown output '{out.name}'; the model's outputs are {names}")
+        return [o.name for o in request.outputs]
+
+    # -- repository ----------------------------------------------------------------
+    async def load(self, name: str, request: LoadRequest) -> LoadedModel:
+        if request.path is not None:
+            if not self.settings.allow_local_paths:
+                raise InvalidInput("loading from a local path is disabled on this worker")
+            path, sha = local_path(request.path), request.sha256
+        else:
+            assert request.artifact_url is not None and request.sha256 is not None
+            path = await self.artifacts.fetch(
+                request.artifact_url, request.sha256, token=request.token
+            )
+            sha = request.sha256.lower()
+        engine = await self._open(path, request)
+        return await self.repository.install(
+            name,
+            request.version,
+            request.variant,
+            engine,
+            source=request.artifact_url or str(path),
+            sha256=sha,
+        )
+
+    async def load_path(
+        self, name: str, version: str, path: Path, *, variant: str = "base"
+    ) -> LoadedModel:
+        """Serve a local model file (the ``--model name:version=path`` form)."""
+        from worker.engines.base import guess_format
+
+        req = LoadRequest(
+            version=version, variant=variant, format=guess_format(path), path=str(path)
+        )
+        engine = await self._open(local_path(str(path)), req)
+        return await self.repository.install(name, version, variant, engine, source=str(path))
+
+    async def install_engine(
+        self, name: str, version: str, engine: Engine, *, variant: str = "base"
+    ) -> LoadedModel:
+        """Serve an engine built by the caller (embedded use and tests)."""
+        return await self.repository.install(name, version, variant, engine, source="engine")
+
+    async def unload(self, name: str, version: str | None = None) -> None:
+        await self.repository.remove(name, version)
+
+    async def _open(self, path: Path, request: LoadRequest) -> Engine:
+        return await asyncio.to_thread(
+            open_engine,
+            path,
+            request.format,
+            threads=self.settings.engine_threads,
+            use_gpu=self.settings.use_gpu,
+        )

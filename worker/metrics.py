@@ -1,0 +1,134 @@
+"""Worker metrics: Prometheus series on a per-app registry, and a JSON view.
+
+The JSON view (``GET /v2/stats``) is what the region agent scrapes: queue depth,
+in-flight requests, throughput and latency percentiles per model.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+
+import numpy as np
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+__all__ = ["ModelStats", "WorkerMetrics"]
+
+_BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+_TIME_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+
+
+class ModelStats:
+    """Counters and a window of recent latencies for one model."""
+
+    def __init__(self, window: int = 4096, rate_window_s: float = 10.0) -> None:
+        self.queue_depth = 0
+        self.in_flight = 0
+        self.requests = 0
+        self.failures = 0
+        self.rejected = 0
+        self.dropped = 0
+        self.batches = 0
+        self.rows = 0
+        self._latencies: deque[float] = deque(maxlen=window)
+        self._completions: deque[float] = deque()
+        self._rate_window_s = rate_window_s
+
+    def completed(self, latency_s: float, now: float) -> None:
+        self.requests += 1
+        self._latencies.append(latency_s)
+        self._completions.append(now)
+        self._trim(now)
+
+    def _trim(self, now: float) -> None:
+        horizon = now - self._rate_window_s
+        while self._completions and self._completions[0] < horizon:
+            self._completions.popleft()
+
+    def snapshot(self, now: float) -> dict[str, float | int]:
+        self._trim(now)
+        lat = np.fromiter(self._latencies, dtype=np.float64)
+        p50, p90, p99 = (np.percentile(lat, [50, 90, 99]) * 1000) if lat.size else (0.0, 0.0, 0.0)
+        return {
+            "queue_depth": self.queue_depth,
+            "in_flight": self.in_flight,
+            "requests": self.requests,
+            "failures": self.failures,
+            "rejected": self.rejected,
+            "dropped": self.dropped,
+            "batches": self.batches,
+            "rows": self.rows,
+            "mean_batch_rows": (self.rows / self.batches) if self.batches else 0.0,
+            "throughput_rps": len(self._completions) / self._rate_window_s,
+            "latency_p50_ms": float(p50),
+            "latency_p90_ms": float(p90),
+            "latency_p99_ms": float(p99),
+        }
+
+
+class WorkerMetrics:
+    """All metrics of one worker app; nothing is registered globally."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.requests = Counter(
+            "meridian_worker_requests",
+            "Inference requests by outcome",
+            ["model", "outcome"],
+            registry=r,
+        )
+        self.batch_size = Histogram(
+            "meridian_worker_batch_rows",
+            "Rows per engine run",
+            ["model"],
+            buckets=_BATCH_BUCKETS,
+            registry=r,
+        )
+        self.queue_time = Histogram(
+            "meridian_worker_queue_seconds",
+            "Time from enqueue to engine start",
+            ["model"],
+            buckets=_TIME_BUCKETS,
+            registry=r,
+        )
+        self.compute_time = Histogram(
+            "meridian_worker_compute_seconds",
+            "Engine run time per batch",
+            ["model"],
+            buckets=_TIME_BUCKETS,
+            registry=r,
+        )
+        self.request_time = Histogram(
+            "meridian_worker_request_seconds",
+            "Time from enqueue to result",
+            ["model"],
+            buckets=_TIME_BUCKETS,
+            registry=r,
+        )
+        self.queue_depth = Gauge(
+            "meridian_worker_queue_depth",
+            "Requests waiting in the batch queue",
+            ["model"],
+            registry=r,
+        )
+        self.in_flight = Gauge(
+            "meridian_worker_in_flight", "Requests queued or running", ["model"], registry=r
+        )
+        self._models: dict[str, ModelStats] = {}
+
+    def model(self, name: str) -> ModelStats:
+        stats = self._models.get(name)
+        if stats is None:
+            stats = self._models[name] = ModelStats()
+        return stats
+
+    def snapshot(self) -> dict[str, object]:
+        now = time.monotonic()
+        models = {name: s.snapshot(now) for name, s in self._models.items()}
+        return {
+            "queue_depth": sum(int(m["queue_depth"]) for m in models.values()),
+            "in_flight": sum(int(m["in_flight"]) for m in models.values()),
+            "throughput_rps": sum(float(m["throughput_rps"]) for m in models.values()),
+            "models": models,
+        }

@@ -1,0 +1,159 @@
+"""REST converters: OIP JSON bodies, with the binary tensor data extension, to and
+from :mod:`worker.tensors` objects.
+
+A binary request carries ``Inference-Header-Content-Length: N``: the first N
+bytes are the JSON header, the rest the concatenated tensor bytes, each input
+declaring its size in ``parameters.binary_data_size``. Outputs are returned in
+binary when the output asks for ``binary_data`` or the request for
+``binary_data_output``. Binary inputs become numpy views over the body (no copy).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import orjson
+
+from meridian.errors import InvalidInput
+from worker.tensors import (
+    InferenceRequest,
+    InferenceResponse,
+    InputTensor,
+    RequestedOutput,
+    array_from_bytes,
+    array_from_list,
+    datatype_of,
+)
+
+__all__ = ["HEADER_LENGTH", "decode_infer", "encode_infer"]
+
+HEADER_LENGTH = "inference-header-content-length"
+
+
+def parse_header_length(value: str | None, body_size: int) -> int | None:
+    if value is None:
+        return None
+    if not value.strip().isdigit():
+        raise InvalidInput(f"Inference-Header-Content-Length '{value}' is not a byte count")
+    n = int(value)
+    if n > body_size:
+        raise InvalidInput(f"Inference-Header-Content-Length {n} exceeds the body size {body_size}")
+    return n
+
+
+def _params(obj: dict[str, Any], where: str) -> dict[str, Any]:
+    params = obj.get("parameters") or {}
+    if not isinstance(params, dict):
+        raise InvalidInput(f"{where}: 'parameters' must be an object")
+    return params
+
+
+def decode_infer(
+    body: bytes, header_length: int | None, model: str, version: str | None
+) -> InferenceRequest:
+    view = memoryview(body)
+    head = view if header_length is None else view[:header_length]
+    try:
+        doc = orjson.loads(head)
+    except orjson.JSONDecodeError:
+        raise InvalidInput("request header is not valid JSON") from None
+    if not isinstance(doc, dict):
+        raise InvalidInput("request must be a JSON object")
+    raw_inputs = doc.get("inputs")
+    if not isinstance(raw_inputs, list) or not raw_inputs:
+        raise InvalidInput("request needs a non-empty 'inputs' list")
+    binary = view[header_length:] if header_length is not None else view[:0]
+    offset = 0
+    inputs: list[InputTensor] = []
+    for i, item in enumerate(raw_inputs):
+        if not isinstance(item, dict):
+            raise InvalidInput(f"inputs[{i}] must be an object")
+        name = item.get("name")
+        datatype = item.get("datatype")
+        shape = item.get("shape")
+        if not isinstance(name, str) or not name:
+            raise InvalidInput(f"inputs[{i}] needs a 'name'")
+        if not isinstance(datatype, str):
+            raise InvalidInput(f"tensor '{name}': needs a 'datatype'")
+        if not isinstance(shape, list):
+            raise InvalidInput(f"tensor '{name}': needs a 'shape' list")
+        params = _params(item, f"tensor '{name}'")
+        size = params.get("binary_data_size")
+        if size is not None:
+            if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+                raise InvalidInput(f"tensor '{name}': binary_data_size must be a byte count")
+            if offset + size > len(binary):
+                raise InvalidInput(
+                    f"tensor '{name}': binary_data_size {size} runs past the end of the "
+                    f"binary data ({len(binary) - offset} bytes left)"
+                )
+            array = array_from_bytes(binary[offset : offset + size], datatype, shape, name)
+            offset += size
+        elif "data" in item:
+            array = array_from_list(item["data"], datatype, shape, name)
+        else:
+            raise InvalidInput(f"tensor '{name}': needs 'data' or a binary_data_size parameter")
+        inputs.append(InputTensor(name, datatype, array))
+    if offset != len(binary):
+        raise InvalidInput(f"{len(binary) - offset} bytes of binary data belong to no input")
+    params = _params(doc, "request")
+    outputs: list[RequestedOutput] = []
+    raw_outputs = doc.get("outputs") or []
+    if not isinstance(raw_outputs, list):
+        raise InvalidInput("'outputs' must be a list")
+    default_binary = bool(params.get("binary_data_output", False))
+    for i, item in enumerate(raw_outputs):
+        if not isinstance(item, dict) or not isinstance(item.get("name"), str):
+            raise InvalidInput(f"outputs[{i}] needs a 'name'")
+        oparams = _params(item, f"output '{item['name']}'")
+        outputs.append(
+            RequestedOutput(item["name"], bool(oparams.get("binary_data", default_binary)))
+        )
+    timeout_us = params.get("timeout")
+    if timeout_us is not None and (not isinstance(timeout_us, int) or timeout_us <= 0):
+        raise InvalidInput("request parameter 'timeout' must be a positive number of microseconds")
+    request_id = doc.get("id", "")
+    return InferenceRequest(
+        model=model,
+        version=version,
+        inputs=inputs,
+        outputs=outputs,
+        id=request_id if isinstance(request_id, str) else str(request_id),
+        binary_output=default_binary,
+        timeout_s=timeout_us / 1e6 if timeout_us else None,
+    )
+
+
+def encode_infer(
+    response: InferenceResponse, request: InferenceRequest
+) -> tuple[bytes, int | None]:
+    """The response body and, when it carries binary outputs, its JSON header length."""
+    binary_for = {o.name: o.binary for o in request.outputs}
+    outputs: list[dict[str, Any]] = []
+    blobs: list[memoryview] = []
+    for name, array in response.outputs.items():
+        if array.dtype == np.float16 and not binary_for.get(name, request.binary_output):
+            array = array.astype(np.float32)
+            datatype = "FP16"
+        else:
+            datatype = datatype_of(array)
+        array = np.ascontiguousarray(array)
+        entry: dict[str, Any] = {"name": name, "datatype": datatype, "shape": list(array.shape)}
+        if binary_for.get(name, request.binary_output):
+            entry["parameters"] = {"binary_data_size": array.nbytes}
+            blobs.append(array.data.cast("B"))
+        else:
+            entry["data"] = array.reshape(-1)
+        outputs.append(entry)
+    doc: dict[str, Any] = {
+        "model_name": response.model,
+        "model_version": response.version,
+        "outputs": outputs,
+    }
+    if response.id:
+        doc["id"] = response.id
+    header = orjson.dumps(doc, option=orjson.OPT_SERIALIZE_NUMPY)
+    if not blobs:
+        return header, None
+    return b"".join([header, *blobs]), len(header)

@@ -1,0 +1,39 @@
+"""Worker settings (environment prefix ``MERIDIAN_WORKER_``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+__all__ = ["WorkerSettings"]
+
+
+class WorkerSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="MERIDIAN_WORKER_", extra="ignore")
+
+    host: str = "127.0.0.1"
+    http_port: int = Field(default=8000, ge=0, le=65535)
+    # None: no gRPC listener.
+    grpc_port: int | None = Field(default=8001, ge=0, le=65535)
+    name: str = "meridian-worker"
+
+    # Dynamic batching, per model.
+    max_batch_size: int = Field(default=64, ge=1, le=4096)
+    max_queue_delay_ms: float = Field(default=2.0, ge=0, le=10_000)
+    max_queue_size: int = Field(default=256, ge=1, le=1_000_000)
+    retry_after_s: float = Field(default=1.0, ge=0)
+
+    # Request limits.
+    max_request_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
+
+    # Engines. None: as many intra-op threads as the host has cores.
+    engine_threads: int | None = Field(default=None, ge=1)
+    use_gpu: bool = True
+
+    # Repository.
+    cache_dir: Path = Path("var/artifacts")
+    # Whether the load API accepts local file paths (development and embedded use).
+    allow_local_paths: bool = False
+    download_timeout_s: float = Field(default=60.0, gt=0)
