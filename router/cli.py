@@ -29,6 +29,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="serve HTTPS with a self-signed pair kept in DIR (made on first use)",
     )
     p.add_argument(
+        "--emulate-wan",
+        action="store_true",
+        help="delay each request by the modelled client-to-region RTT (one-machine demos)",
+    )
+    p.add_argument(
         "--policy",
         default="meridian",
         help="routing policy: meridian, nearest, waterfall, round-robin",
@@ -43,6 +48,8 @@ def main(args: argparse.Namespace) -> int:
         value = getattr(args, field)
         if value is not None:
             overrides[field] = value
+    if args.emulate_wan:
+        overrides["emulate_wan"] = True
     if args.control_plane:
         overrides["control_plane_urls"] = args.control_plane
     if args.token:

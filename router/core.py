@@ -8,6 +8,7 @@ fleet simulator drives, over this router's own ``RouterStats``.
 
 from __future__ import annotations
 
+import asyncio
 import random
 import time
 from collections import defaultdict
@@ -143,6 +144,17 @@ class RouterCore:
             self._versions = (snap, picker)
         return picker
 
+    async def _wan_delay(self, snap: RoutingSnapshot, route: RouteRequest, region: str) -> None:
+        """Demo only: hold the request for the modelled client-to-region round trip.
+
+        On one machine every socket is loopback; this makes a far region cost what it
+        would over the wide area, so routing decisions show in the latencies.
+        """
+        table = self.policy.table(snap, route.model)
+        i = table.index.get(region)
+        if i is not None:
+            await asyncio.sleep(float(table.rtt_row(route)[i]) / 1000.0)
+
     async def _forward(self, req: Request, model: str, version: str | None, rest: str) -> Response:
         snap = self.store.current
         if snap is None:
@@ -193,6 +205,8 @@ class RouterCore:
             self.stats.on_dispatch(name, now)
             self.outstanding[worker.worker_id] += 1
             try:
+                if s.emulate_wan:
+                    await self._wan_delay(snap, route, name)
                 upstream = await self.pool.request(
                     host, port, req.method, target + query, headers, req.body,
                     min(s.attempt_timeout_s, deadline - now),

@@ -39,3 +39,5 @@ class RouterSettings(BaseSettings):
     retry_ratio: float = 0.2
     breaker_threshold: int = 3
     breaker_cooldown_s: float = 1.0
+    # demo only: delay each attempt by the modelled client-region RTT (all sockets are loopback)
+    emulate_wan: bool = False

@@ -80,7 +80,13 @@ def array_from_bytes(
     shape: list[int] | tuple[int, ...],
     tensor: str,
 ) -> np.ndarray:
-    """A read-only view over raw little-endian tensor bytes (no copy)."""
+    """A read-only view over raw little-endian tensor bytes (no copy).
+
+    BYTES tensors are a sequence of elements, each a 4-byte little-endian length
+    followed by that many bytes; they become an object array of ``bytes``.
+    """
+    if datatype == "BYTES":
+        return _bytes_elements(data, _check_shape(shape, tensor), tensor)
     dtype = numpy_dtype(datatype, tensor)
     dims = _check_shape(shape, tensor)
     count = math.prod(dims)
@@ -97,6 +103,8 @@ def array_from_list(
     data: Any, datatype: str, shape: list[int] | tuple[int, ...], tensor: str
 ) -> np.ndarray:
     """An array from JSON data (flat or nested lists) checked against ``shape``."""
+    if datatype == "BYTES":
+        return _bytes_from_list(data, _check_shape(shape, tensor), tensor)
     dtype = numpy_dtype(datatype, tensor)
     dims = _check_shape(shape, tensor)
     try:
@@ -154,3 +162,48 @@ class InferenceResponse:
     version: str
     outputs: dict[str, np.ndarray]
     id: str = ""
+
+
+def _bytes_elements(
+    data: bytes | bytearray | memoryview, dims: tuple[int, ...], tensor: str
+) -> np.ndarray:
+    raw = bytes(data)
+    count = math.prod(dims)
+    out = np.empty(count, dtype=object)
+    pos = 0
+    for i in range(count):
+        if pos + 4 > len(raw):
+            raise InvalidInput(f"tensor '{tensor}': BYTES data ends after {i} of {count} elements")
+        n = int.from_bytes(raw[pos : pos + 4], "little")
+        pos += 4
+        if pos + n > len(raw):
+            raise InvalidInput(f"tensor '{tensor}': BYTES element {i} runs past the data")
+        out[i] = raw[pos : pos + n]
+        pos += n
+    if pos != len(raw):
+        raise InvalidInput(f"tensor '{tensor}': {len(raw) - pos} bytes after the last element")
+    return out.reshape(dims)
+
+
+def _flatten(data: Any) -> list[Any]:
+    if isinstance(data, list | tuple):
+        return [x for item in data for x in _flatten(item)]
+    return [data]
+
+
+def _bytes_from_list(data: Any, dims: tuple[int, ...], tensor: str) -> np.ndarray:
+    items = _flatten(data)
+    count = math.prod(dims)
+    if len(items) != count:
+        raise InvalidInput(
+            f"tensor '{tensor}': {len(items)} values, expected {count} for shape {list(dims)}"
+        )
+    out = np.empty(count, dtype=object)
+    for i, item in enumerate(items):
+        if isinstance(item, str):
+            out[i] = item.encode("utf-8")
+        elif isinstance(item, bytes):
+            out[i] = item
+        else:
+            raise InvalidInput(f"tensor '{tensor}': BYTES values must be strings")
+    return out.reshape(dims)

@@ -131,3 +131,30 @@ async def test_api_keys_and_rate_limits(tmp_path: Path, two_workers) -> None:
             assert int(limited.headers["retry-after"]) >= 1
     finally:
         await server.stop()
+
+
+async def test_wan_emulation_charges_the_modelled_round_trip(tmp_path: Path, two_workers) -> None:
+    import time
+
+    near, far = two_workers
+    settings = RouterSettings(port=0, snapshot_path=tmp_path / "s.json", emulate_wan=True)
+    policy = NearestPolicy()
+    server = RouterServer(settings, policy)
+    # near: Frankfurt; far: Sydney; the client is in Frankfurt
+    server.store.offer(snapshot_for({"near": (near, 50.1, 8.7), "far": (far, -33.9, 151.2)}))
+    port = await server.start()
+    try:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as c:
+            t0 = time.monotonic()
+            r = await c.post("/v2/models/mlp/infer", content=b"{}", headers={EDGE: "50.1,8.7"})
+            near_s = time.monotonic() - t0
+            assert r.headers["x-meridian-region"] == "near"
+            near.status = 500  # force the far region
+            t0 = time.monotonic()
+            r = await c.post("/v2/models/mlp/infer", content=b"{}", headers={EDGE: "50.1,8.7"})
+            far_s = time.monotonic() - t0
+            assert r.headers["x-meridian-region"] == "far"
+    finally:
+        await server.stop()
+    assert far_s > 0.2  # Frankfurt-Sydney is about 250-300 ms round trip
+    assert near_s < far_s / 4

@@ -37,8 +37,12 @@ def open_engine(
     """Open a model file with the engine for its format."""
     if fmt == "onnx":
         from worker.engines.onnx import OnnxEngine
+        from worker.engines.text import TOKENIZER_KEY, TextEmbeddingEngine
 
-        return OnnxEngine(path, threads=threads, use_gpu=use_gpu)
+        engine = OnnxEngine(path, threads=threads, use_gpu=use_gpu)
+        if TOKENIZER_KEY in engine.metadata:
+            return TextEmbeddingEngine(engine)
+        return engine
     if fmt == "torchscript":
         from worker.engines.torchscript import TorchScriptEngine
 
