@@ -1,0 +1,1 @@
+"""Elastic capacity: the autoscaling policy, the global GPU budget and the controller."""
