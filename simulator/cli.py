@@ -46,8 +46,8 @@ def main(args: argparse.Namespace) -> int:
     if not (data / "latency").is_dir():
         print(f"no data directory at {data}: pass --data or set MERIDIAN_DATA", file=sys.stderr)
         return 2
-    rate = args.rate or (20_000.0 if args.quick else 100_000.0)
-    duration = args.duration or (10.0 if args.quick else 30.0)
+    rate = args.rate if args.rate is not None else (20_000.0 if args.quick else 100_000.0)
+    duration = args.duration if args.duration is not None else (10.0 if args.quick else 30.0)
     if rate <= 0 or duration <= 0:
         print("--rate and --duration must be positive", file=sys.stderr)
         return 2

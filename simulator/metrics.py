@@ -71,6 +71,7 @@ class PolicyResult:
     failed: int = 0  # gave up: retries exhausted or no region could serve
     retried: int = 0  # attempts beyond a request's first
     slo_met: int = 0
+    wait_ms_total: float = 0.0  # queueing delay summed over completed requests
     served: FloatArray = field(default_factory=lambda: np.zeros(0))  # per region
     busy_ms: FloatArray = field(default_factory=lambda: np.zeros(0))
     server_ms: FloatArray = field(default_factory=lambda: np.zeros(0))
@@ -94,6 +95,7 @@ class PolicyResult:
             "p50_ms": round(lat.quantile(0.50), 2),
             "p95_ms": round(lat.quantile(0.95), 2),
             "p99_ms": round(lat.quantile(0.99), 2),
+            "mean_queue_wait_ms": round(self.wait_ms_total / max(self.completed, 1), 3),
             "overhead_p50_ms": round(ovh.quantile(0.50), 2),
             "overhead_p99_ms": round(ovh.quantile(0.99), 2),
             "slo_attainment": round(self.slo_met / max(self.requests, 1), 5),

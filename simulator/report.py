@@ -32,9 +32,11 @@ def summary_table(results: Mapping[str, PolicyResult]) -> str:
 
 
 def utilization_table(results: Mapping[str, PolicyResult], top: int = 8) -> str:
-    """Offered load (GPU-time sent / GPU-time available) of the busiest regions."""
+    """Offered load (GPU-time sent / GPU-time available) of the busiest regions
+    (busiest under any policy but round robin, which overloads the small ones)."""
     first = next(iter(results.values()))
-    peak = np.max([r.utilization() for r in results.values()], axis=0)
+    ranked = [r for n, r in results.items() if n != "round-robin"] or list(results.values())
+    peak = np.max([r.utilization() for r in ranked], axis=0)
     order = np.argsort(-peak)[:top]
     lines = ["| region | " + " | ".join(results) + " |", "|---|" + "---:|" * len(results)]
     for i in order:
@@ -95,37 +97,53 @@ def plot_cdfs(results: Mapping[str, PolicyResult], title: str, path: Path) -> No
     plt.close(fig)
 
 
-def plot_map(result: PolicyResult, world: World, title: str, path: Path, top: int = 300) -> None:
-    """Regions (size = requests served) and the largest city -> region flows, on lon/lat."""
+def plot_map(result: PolicyResult, world: World, title: str, path: Path, top: int = 200) -> None:
+    """Regions (size = requests served) and the largest city -> region flows on lon/lat:
+    blue to the city's nearest region, orange spilled to another region."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from router.latency import great_circle_km_array
+
     r, p = world.regions, world.places
+    km = great_circle_km_array(p.lat[:, None], p.lon[:, None], r.lat[None, :], r.lon[None, :])
+    nearest = np.argmin(km, axis=1)
     fig, ax = plt.subplots(figsize=(8, 4), dpi=80)
     ax.scatter(p.lon, p.lat, s=1, c="0.75", lw=0)
     flows = result.flows
-    flat = np.argsort(flows, axis=None)[::-1][:top]
-    peak = flows.max() if flows.size and flows.max() > 0 else 1.0
-    for k in flat:
-        c, j = divmod(int(k), flows.shape[1])
-        if flows[c, j] <= 0:
-            break
-        ax.plot(
-            [p.lon[c], r.lon[j]],
-            [p.lat[c], r.lat[j]],
-            color="tab:blue",
-            alpha=float(0.15 + 0.6 * flows[c, j] / peak),
-            lw=0.6,
-        )
-    served = result.served / max(result.served.max(), 1.0)
+    local = np.zeros_like(flows, dtype=bool)
+    local[np.arange(len(nearest)), nearest] = True
+    peak = float(flows.max()) if flows.size and flows.max() > 0 else 1.0
+    for mask, color, label in (
+        (local, "tab:blue", "to nearest"),
+        (~local, "tab:orange", "spilled"),
+    ):
+        vals = np.where(mask, flows, 0.0)
+        order = np.argsort(vals, axis=None)[::-1][:top]
+        first = True
+        for k in order:
+            c, j = divmod(int(k), flows.shape[1])
+            if vals[c, j] <= 0:
+                break
+            ax.plot(
+                [p.lon[c], r.lon[j]],
+                [p.lat[c], r.lat[j]],
+                color=color,
+                alpha=float(min(1.0, 0.25 + 3.0 * vals[c, j] / peak)),
+                lw=0.8,
+                label=label if first else None,
+            )
+            first = False
+    served = result.served / max(float(result.served.max()), 1.0)
     ax.scatter(r.lon, r.lat, s=20 + 180 * served, c="tab:red", alpha=0.8, zorder=3)
     ax.set_xlim(-180, 180)
     ax.set_ylim(-60, 75)
     ax.set_xlabel("longitude")
     ax.set_ylabel("latitude")
     ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=8, loc="lower left")
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)

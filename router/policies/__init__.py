@@ -1,4 +1,22 @@
-"""Routing policies: pure strategy objects over (snapshot, router stats, request)."""
+"""Routing policies: pure strategy objects over (snapshot, router stats, request).
+
+How a router uses them, per request::
+
+    policy = MeridianPolicy(refresh_s=0.001)  # one per router; NearestPolicy() etc. alike
+    stats = RouterStats()                     # the router's own per-region figures
+    now = time.monotonic()
+    ranked = policy.rank(snapshot, stats, RouteRequest(model, lat, lon), now)
+    for region in ranked[:retry_budget]:      # best first; retries go down the list
+        worker = pick_worker(snapshot.region(region), model, rng, outstanding_by_worker)
+        version = versions.pick(model, region, rng)   # versions = VersionPicker(snapshot)
+        stats.on_dispatch(region, now, rtt_ms)
+        ...  # send; then stats.on_success(region, wait_ms, service_ms, now) or on_error
+        ...  # where wait_ms = observed time - RTT - the worker's reported compute time
+
+``RouteRequest.measured_rtt_ms`` overrides the latency model per region;
+``RouteRequest.exclude`` names regions already tried. The simulator drives the
+same objects through ``choose_batch``.
+"""
 
 from router.policies.base import FleetTable, RouteRequest, RoutingPolicy
 from router.policies.baselines import NearestPolicy, OraclePolicy, RoundRobinPolicy, WaterfallPolicy

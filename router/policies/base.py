@@ -57,6 +57,7 @@ class FleetTable:
     # the policy's per-region cost (everything but RTT) for one stats state, reused per request
     base_key: tuple[object, ...] = ()
     base_costs: FloatArray | None = None
+    memo: dict[object, object] = field(default_factory=dict)  # policies' per-snapshot constants
 
     @classmethod
     def build(
@@ -148,7 +149,7 @@ class RoutingPolicy:
 
     def candidates(self, table: FleetTable, stats: RouterStats, now: float) -> BoolArray:
         """Regions a request may go to: routable and circuit closed."""
-        out: BoolArray = table.routable & ~stats.circuit_open(stats.indices(table.names), now)
+        out: BoolArray = table.routable & ~stats.circuit_open(stats.slots(table.names), now)
         return out
 
     def rank(

@@ -38,7 +38,7 @@ class WaterfallPolicy(RoutingPolicy):
         self.fill = fill
 
     def region_base(self, table: FleetTable, stats: RouterStats, now: float) -> FloatArray:
-        rate = stats.rates(stats.indices(table.names), now)
+        rate = stats.rates(stats.slots(table.names), now)
         out: FloatArray = np.where(rate >= self.fill * table.capacity_rps, _FULL, 0.0)
         return out
 

@@ -16,15 +16,42 @@ region is slower than its reports say.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from router.latency import FITTED, LatencyModel
 from router.policies.base import INF, FleetTable, FloatArray, IntArray, RoutingPolicy
 from router.policies.stats import RouterStats
 
-__all__ = ["MeridianPolicy", "expected_wait_ms"]
+__all__ = ["MeridianPolicy", "QueueShape", "expected_wait_ms"]
 
 RHO_CAP = 0.995  # the M/M/c term is evaluated at most here; beyond it the backlog term rules
+
+
+@dataclass(frozen=True, slots=True)
+class QueueShape:
+    """Per-region constants of the c-server queue model (built once per snapshot)."""
+
+    capacity_rps: FloatArray
+    service_ms: FloatArray
+    servers: FloatArray  # c = capacity x mean service time
+    exponent: FloatArray  # Sakasegawa: sqrt(2(c + 1)) - 1
+    ms_per_request: FloatArray  # 1000 / capacity: drain time of one queued request
+
+    @classmethod
+    def of(cls, capacity_rps: FloatArray, service_ms: FloatArray) -> QueueShape:
+        cap = np.maximum(capacity_rps, 1e-9)
+        servers = np.maximum(cap * service_ms / 1000.0, 1.0)
+        return cls(cap, service_ms, servers, np.sqrt(2.0 * (servers + 1.0)) - 1.0, 1000.0 / cap)
+
+    def wait_ms(self, load: FloatArray, offered_rps: FloatArray | None = None) -> FloatArray:
+        util = load / self.servers if offered_rps is None else offered_rps / self.capacity_rps
+        rho = np.minimum(util, RHO_CAP)
+        mmc = self.service_ms * rho**self.exponent / (self.servers * (1.0 - rho))
+        backlog = np.maximum(load - self.servers + 1.0, 0.0) * self.ms_per_request
+        out: FloatArray = mmc + backlog
+        return out
 
 
 def expected_wait_ms(
@@ -38,15 +65,7 @@ def expected_wait_ms(
     The M/M/c term is taken at utilisation ``offered_rps / capacity_rps`` when the
     offered rate is known, else at the occupancy ``load / servers``.
     """
-    cap = np.maximum(capacity_rps, 1e-9)
-    servers = np.maximum(cap * service_ms / 1000.0, 1.0)
-    util = load / servers if offered_rps is None else offered_rps / cap
-    rho = np.minimum(util, RHO_CAP)
-    exponent = np.sqrt(2.0 * (servers + 1.0)) - 1.0
-    mmc = service_ms * rho**exponent / (servers * (1.0 - rho))
-    backlog = np.maximum(load - servers + 1.0, 0.0) * 1000.0 / cap
-    out: FloatArray = mmc + backlog
-    return out
+    return QueueShape.of(capacity_rps, service_ms).wait_ms(load, offered_rps)
 
 
 class MeridianPolicy(RoutingPolicy):
@@ -79,14 +98,18 @@ class MeridianPolicy(RoutingPolicy):
         per-region EWMA of service times mostly measures which requests happened
         to land there, and ranking on it would chase noise.
         """
-        idx = stats.indices(table.names)
-        service = np.full(len(table.names), self.default_service_ms)
-        load = np.maximum(table.reported_load, stats.in_region(idx, now))
+        idx = stats.slots(table.names)
+        shape = table.memo.get(self)
+        if not isinstance(shape, QueueShape):
+            service = np.full(len(table.names), self.default_service_ms)
+            shape = QueueShape.of(table.capacity_rps, service)
+            table.memo[self] = shape
+        rates = stats.rates(idx, now)
+        load = np.maximum(table.reported_load, stats.in_region(idx, now, rates))
         if extra_load is not None:
             load = load + extra_load
-        offered = stats.rates(idx, now) if self.rate_utilization else None
-        wait = expected_wait_ms(load, table.capacity_rps, service, offered)
-        return np.maximum(wait, stats.waits(idx, now)), service
+        wait = shape.wait_ms(load, rates if self.rate_utilization else None)
+        return np.maximum(wait, stats.waits(idx, now)), shape.service_ms
 
     def region_base(self, table: FleetTable, stats: RouterStats, now: float) -> FloatArray:
         wait, service = self.region_terms(table, stats, now)

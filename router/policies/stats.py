@@ -51,6 +51,7 @@ class RouterStats:
         self.error_version = 0  # grows on every recorded error (circuits may have changed)
         self._index: dict[str, int] = {}
         self._index_cache: dict[tuple[str, ...], IntArray] = {}
+        self._slots_cache: dict[tuple[str, ...], IntArray | slice] = {}
         self.outstanding = np.zeros(0)
         self.rate_rps = np.zeros(0)
         self.wait_ms = np.zeros(0)
@@ -78,6 +79,21 @@ class RouterStats:
         idx = np.array([self._index[n] for n in key], dtype=np.int64)
         self._index_cache[key] = idx
         return idx
+
+    def slots(self, names: Sequence[str]) -> IntArray | slice:
+        """Like ``indices``, for reading: a slice (numpy views, no gathers) when the names
+        occupy consecutive slots in order, as they do for a router that always sees the
+        fleet in snapshot order."""
+        key = tuple(names)
+        cached = self._slots_cache.get(key)
+        if cached is not None:
+            return cached
+        idx = self.indices(key)
+        out: IntArray | slice = idx
+        if len(idx) and np.array_equal(idx, np.arange(idx[0], idx[0] + len(idx))):
+            out = slice(int(idx[0]), int(idx[0]) + len(idx))
+        self._slots_cache[key] = out
+        return out
 
     def _grow(self, size: int) -> None:
         for attr in (
@@ -157,44 +173,71 @@ class RouterStats:
 
     # --- per-request updates (the router) -----------------------------------------------------
 
+    def _slot(self, region: str) -> int:
+        i = self._index.get(region)
+        if i is None:
+            i = int(self.indices((region,))[0])
+        return i
+
     def on_dispatch(self, region: str, now: float, rtt_ms: float = 0.0) -> None:
-        one = np.ones(1)
-        self.record_dispatches(self.indices((region,)), one, now, one * rtt_ms)
+        """One request sent (scalar twin of ``record_dispatches``)."""
+        i = self._slot(region)
+        self._decay_rate(now)
+        self.rate_rps[i] += 1.0 / self.config.rate_tau_s
+        self.outstanding[i] += 1.0
+        self.rtt_ms[i] += self.config.ewma_alpha * (rtt_ms - self.rtt_ms[i])
+        self.version += 1
 
     def on_success(self, region: str, wait_ms: float, service_ms: float, now: float) -> None:
         """A response: ``wait_ms`` = observed time minus RTT minus the worker's compute time."""
-        one = np.ones(1)
-        self.record_results(
-            self.indices((region,)), one, np.zeros(1), one * wait_ms, one * service_ms, now
-        )
+        i = self._slot(region)
+        a = self.config.ewma_alpha
+        self.outstanding[i] = max(self.outstanding[i] - 1.0, 0.0)
+        self.wait_ms[i] += a * (wait_ms - self.wait_ms[i])
+        prior = self.service_ms[i]
+        self.service_ms[i] = prior + a * (service_ms - prior) if prior > 0 else service_ms
+        self.observed_at[i] = now
+        self.consecutive_errors[i] = 0.0
+        self.version += 1
 
     def on_error(self, region: str, now: float) -> None:
         """A connect error, 5xx or timeout from the region."""
-        self.record_results(
-            self.indices((region,)), np.zeros(1), np.ones(1), np.zeros(1), np.zeros(1), now
-        )
+        i = self._slot(region)
+        cfg = self.config
+        self.outstanding[i] = max(self.outstanding[i] - 1.0, 0.0)
+        self.errors[i] += 1.0
+        self.consecutive_errors[i] += 1.0
+        if self.consecutive_errors[i] >= cfg.circuit_errors:
+            self.circuit_open_until[i] = now + cfg.circuit_open_s
+            self.consecutive_errors[i] = 0.0
+        self.error_version += 1
+        self.version += 1
 
     # --- reading -----------------------------------------------------------------------------
 
-    def rates(self, idx: IntArray, now: float) -> FloatArray:
+    def rates(self, idx: IntArray | slice, now: float) -> FloatArray:
         """Dispatch rate per region at ``now`` (requests/s)."""
         dt = max(0.0, now - self._rate_at)
         out: FloatArray = self.rate_rps[idx] * math.exp(-dt / self.config.rate_tau_s)
         return out
 
-    def waits(self, idx: IntArray, now: float) -> FloatArray:
+    def waits(self, idx: IntArray | slice, now: float) -> FloatArray:
         """Observed wait per region, fading while no new observation arrives."""
         age = np.maximum(now - self.observed_at[idx], 0.0)
         out: FloatArray = self.wait_ms[idx] * np.exp(-age / self.config.wait_decay_s)
         return out
 
-    def in_region(self, idx: IntArray, now: float) -> FloatArray:
+    def in_region(
+        self, idx: IntArray | slice, now: float, rates: FloatArray | None = None
+    ) -> FloatArray:
         """Outstanding requests less those still on the wire (Little's law: rate x RTT)."""
-        on_wire = self.rates(idx, now) * self.rtt_ms[idx] / 1000.0
+        if rates is None:
+            rates = self.rates(idx, now)
+        on_wire = rates * self.rtt_ms[idx] / 1000.0
         out: FloatArray = np.maximum(self.outstanding[idx] - on_wire, 0.0)
         return out
 
-    def circuit_open(self, idx: IntArray, now: float) -> npt.NDArray[np.bool_]:
+    def circuit_open(self, idx: IntArray | slice, now: float) -> npt.NDArray[np.bool_]:
         out: npt.NDArray[np.bool_] = self.circuit_open_until[idx] > now
         return out
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 from collections import Counter
+from dataclasses import astuple
 
 import numpy as np
 import pytest
@@ -257,3 +258,26 @@ def test_version_weights_are_respected() -> None:
     # binomial sd = sqrt(n p (1-p)) = 42; allow 5 sd
     assert abs(counts["2"] - 0.1 * n) < 5 * 42
     assert picker.pick("resnet", "ap-northeast-1", rng) is None
+
+
+def test_scalar_and_bulk_stats_updates_agree() -> None:
+    scalar, bulk = RouterStats(), RouterStats()
+    idx = bulk.indices(("a", "b"))
+    for t in range(5):
+        now = 0.1 * t
+        scalar.on_dispatch("a", now, rtt_ms=30.0)
+        bulk.record_dispatches(idx, np.array([1.0, 0.0]), now, np.array([30.0, 0.0]))
+        scalar.on_success("a", wait_ms=4.0 * t, service_ms=50.0 + t, now=now)
+        bulk.record_results(
+            idx,
+            np.array([1.0, 0.0]),
+            np.zeros(2),
+            np.array([4.0 * t, 0]),
+            np.array([50.0 + t, 0]),
+            now,
+        )
+    scalar.on_error("b", 1.0)
+    bulk.record_results(idx, np.zeros(2), np.array([0.0, 1.0]), np.zeros(2), np.zeros(2), 1.0)
+    for name in ("a", "b"):
+        assert astuple(scalar.region(name, 1.0)) == pytest.approx(astuple(bulk.region(name, 1.0)))
+    assert scalar.rtt_ms[0] == pytest.approx(bulk.rtt_ms[0])
