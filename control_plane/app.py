@@ -12,6 +12,7 @@ from fastapi import FastAPI
 import meridian
 from control_plane.api import api_router
 from control_plane.api.errors import install_error_handlers
+from control_plane.autoscale.controller import Autoscaler
 from control_plane.db import migrate
 from control_plane.registry import Registry
 from control_plane.settings import ControlPlaneSettings
@@ -46,8 +47,14 @@ def prepare(settings: ControlPlaneSettings, registry: Registry) -> None:
             log.info("added the configured bootstrap admin token")
 
 
-def create_app(settings: ControlPlaneSettings, *, registry: Registry | None = None) -> FastAPI:
-    """The admin API. Pass ``registry`` to share one with other transports (gRPC)."""
+def create_app(
+    settings: ControlPlaneSettings,
+    *,
+    registry: Registry | None = None,
+    autoscaler: Autoscaler | None = None,
+) -> FastAPI:
+    """The admin API. Pass ``registry`` to share one with other transports (gRPC), and the
+    fleet plane's ``autoscaler`` to serve scaling status and take the routers' demand."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -56,6 +63,7 @@ def create_app(settings: ControlPlaneSettings, *, registry: Registry | None = No
         try:
             await anyio.to_thread.run_sync(prepare, settings, reg)
             app.state.registry = reg
+            app.state.autoscaler = autoscaler
             yield
         finally:
             if owned:

@@ -17,6 +17,8 @@ from control_plane.db.models import ModelFormat, RegionStatus
 __all__ = [
     "DATATYPES",
     "AuditPublic",
+    "DemandAccepted",
+    "DemandCreate",
     "DeploymentCreate",
     "DeploymentPublic",
     "DeploymentUpdate",
@@ -28,6 +30,8 @@ __all__ = [
     "RegionCreated",
     "RegionPublic",
     "RegionUpdate",
+    "ScalingDecisionPublic",
+    "ScalingPublic",
     "Scope",
     "TensorSpec",
     "TokenCreate",
@@ -258,6 +262,9 @@ class DeploymentUpdate(_Strict):
     min_replicas: int | None = Field(default=None, ge=0, le=10_000)
     max_replicas: int | None = Field(default=None, ge=0, le=10_000)
     traffic_weight: float | None = Field(default=None, ge=0, le=1_000_000)
+    # pin: no autoscaling, run ``pinned_replicas`` workers (required when pinning)
+    autoscale_pinned: bool | None = None
+    pinned_replicas: int | None = Field(default=None, ge=0, le=10_000)
 
 
 class DeploymentPublic(BaseModel):
@@ -269,9 +276,50 @@ class DeploymentPublic(BaseModel):
     min_replicas: int
     max_replicas: int
     traffic_weight: float
+    autoscale_pinned: bool = False
+    pinned_replicas: int | None = None
     created_at: dt.datetime
     updated_at: dt.datetime
     row_version: int
+
+
+class ScalingDecisionPublic(BaseModel):
+    at_s_ago: float  # seconds before this answer
+    current: int
+    desired: int
+    reason: str
+    panic: bool
+    stable_demand: float  # in workers
+    panic_demand: float
+
+
+class ScalingPublic(BaseModel):
+    """A deployment's replicas as the autoscaler sees them, and why."""
+
+    deployment_id: int
+    model: str
+    version: str
+    region: str
+    min_replicas: int
+    max_replicas: int
+    autoscale_pinned: bool
+    pinned_replicas: int | None
+    autoscaler_running: bool
+    ready_replicas: int | None  # routable workers in the latest snapshot
+    desired_replicas: int | None
+    last_decision: ScalingDecisionPublic | None
+    decisions: list[ScalingDecisionPublic]  # the latest changes, newest first
+    ready_after_s: list[float]  # scale-up decision -> capacity serving, newest first
+    cold_starts_s: list[float]  # zero -> first worker serving, newest first
+
+
+class DemandCreate(_Strict):
+    region: RegionName | None = None  # where the client is best served, if the router knows
+
+
+class DemandAccepted(BaseModel):
+    model: str
+    deployments: int  # how many deployments of the model could take the demand
 
 
 # --- tokens and audit -------------------------------------------------------

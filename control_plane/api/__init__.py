@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Depends
 
-from . import artifacts, audit, deployments, models, regions, tokens, variants, versions
+from . import artifacts, audit, demand, deployments, models, regions, tokens, variants, versions
 from .deps import current_principal
 
 __all__ = ["api_router"]
@@ -13,6 +13,7 @@ __all__ = ["api_router"]
 def api_router() -> APIRouter:
     """Every ``/v1`` route; each one needs a valid bearer token before anything else."""
     router = APIRouter(prefix="/v1", dependencies=[Depends(current_principal)])
-    for module in (models, versions, variants, artifacts, regions, deployments, tokens, audit):
+    for module in (models, versions, variants, artifacts, regions, deployments, demand, tokens,
+                   audit):  # fmt: skip
         router.include_router(module.router)
     return router

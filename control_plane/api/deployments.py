@@ -2,11 +2,21 @@
 
 from __future__ import annotations
 
+import time
+
 from fastapi import APIRouter, Response
 
-from control_plane.schemas import DeploymentCreate, DeploymentPublic, DeploymentUpdate, Page
+from control_plane.autoscale.policy import ScalingDecision
+from control_plane.schemas import (
+    DeploymentCreate,
+    DeploymentPublic,
+    DeploymentUpdate,
+    Page,
+    ScalingDecisionPublic,
+    ScalingPublic,
+)
 
-from .deps import Admin, IfMatch, Paging, Reader, RegistryDep, RowId, set_etag
+from .deps import Admin, AutoscalerDep, IfMatch, Paging, Reader, RegistryDep, RowId, set_etag
 
 router = APIRouter(prefix="/deployments", tags=["deployments"])
 
@@ -65,3 +75,42 @@ def delete_deployment(
     deployment_id: RowId, caller: Admin, expected: IfMatch, registry: RegistryDep
 ) -> None:
     registry.delete_deployment(deployment_id, expected_version=expected, actor=caller.name)
+
+
+@router.get("/{deployment_id}/scaling")
+def get_scaling(
+    deployment_id: RowId, registry: RegistryDep, autoscaler: AutoscalerDep, _: Reader
+) -> ScalingPublic:
+    """Current and desired replicas and the latest decisions with their reasons."""
+    found = registry.get_deployment(deployment_id)
+    status = autoscaler.status(deployment_id) if autoscaler is not None else None
+    now = time.monotonic()
+
+    def public(d: ScalingDecision) -> ScalingDecisionPublic:
+        return ScalingDecisionPublic(
+            at_s_ago=round(max(0.0, now - d.at), 3),
+            current=d.current,
+            desired=d.desired,
+            reason=d.reason,
+            panic=d.panic,
+            stable_demand=d.stable_demand,
+            panic_demand=d.panic_demand,
+        )
+
+    return ScalingPublic(
+        deployment_id=found.id,
+        model=found.model,
+        version=found.version,
+        region=found.region,
+        min_replicas=found.min_replicas,
+        max_replicas=found.max_replicas,
+        autoscale_pinned=found.autoscale_pinned,
+        pinned_replicas=found.pinned_replicas,
+        autoscaler_running=autoscaler is not None,
+        ready_replicas=status.ready if status else None,
+        desired_replicas=status.desired if status else None,
+        last_decision=public(status.last) if status and status.last else None,
+        decisions=[public(d) for d in reversed(status.decisions)] if status else [],
+        ready_after_s=list(reversed(status.ready_after_s)) if status else [],
+        cold_starts_s=list(reversed(status.cold_starts_s)) if status else [],
+    )

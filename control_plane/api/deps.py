@@ -13,6 +13,7 @@ from typing import Annotated
 from fastapi import Depends, Header, Path, Query, Request, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
+from control_plane.autoscale.controller import Autoscaler
 from control_plane.registry import Principal, Registry
 from meridian.errors import (
     InvalidInput,
@@ -24,6 +25,7 @@ from meridian.errors import (
 __all__ = [
     "MAX_LIMIT",
     "Admin",
+    "AutoscalerDep",
     "CatalogReader",
     "CurrentPrincipal",
     "IfMatch",
@@ -49,6 +51,15 @@ def get_registry(request: Request) -> Registry:
 
 
 RegistryDep = Annotated[Registry, Depends(get_registry)]
+
+
+def get_autoscaler(request: Request) -> Autoscaler | None:
+    found: Autoscaler | None = getattr(request.app.state, "autoscaler", None)
+    return found
+
+
+# the leader's autoscaler when this process runs one; None otherwise
+AutoscalerDep = Annotated["Autoscaler | None", Depends(get_autoscaler)]
 
 
 def current_principal(

@@ -169,6 +169,9 @@ class Deployment(_Versioned, Base):
         sa.CheckConstraint("min_replicas >= 0", name="min_replicas_nonnegative"),
         sa.CheckConstraint("max_replicas >= min_replicas", name="max_at_least_min"),
         sa.CheckConstraint("traffic_weight >= 0", name="weight_nonnegative"),
+        sa.CheckConstraint(
+            "pinned_replicas IS NULL OR pinned_replicas >= 0", name="pinned_replicas_nonnegative"
+        ),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -182,6 +185,9 @@ class Deployment(_Versioned, Base):
     min_replicas: Mapped[int] = mapped_column(default=1)
     max_replicas: Mapped[int] = mapped_column(default=1)
     traffic_weight: Mapped[float] = mapped_column(default=1.0)
+    # operators may pin a deployment: no autoscaling, ``pinned_replicas`` workers
+    autoscale_pinned: Mapped[bool] = mapped_column(default=False, server_default=sa.false())
+    pinned_replicas: Mapped[int | None] = mapped_column(default=None)
 
     model_version: Mapped[ModelVersion] = relationship(back_populates="deployments")
     region: Mapped[Region] = relationship(back_populates="deployments")

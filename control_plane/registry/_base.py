@@ -214,6 +214,8 @@ def deployment_public(row: m.Deployment) -> schemas.DeploymentPublic:
         min_replicas=row.min_replicas,
         max_replicas=row.max_replicas,
         traffic_weight=row.traffic_weight,
+        autoscale_pinned=row.autoscale_pinned,
+        pinned_replicas=row.pinned_replicas,
         created_at=utc(row.created_at),
         updated_at=utc(row.updated_at),
         row_version=row.row_version,

@@ -236,11 +236,18 @@ class FleetOps(RegistryBase):
             patch = data.model_dump(exclude_unset=True)
             if "variant" in patch:
                 self._check_variant(row.model_version, patch["variant"])
-            changed = self._changes(row, patch, nullable=frozenset({"variant"}))
+            changed = self._changes(row, patch, nullable=frozenset({"variant", "pinned_replicas"}))
             if row.max_replicas < row.min_replicas:
                 raise InvalidInput(
                     f"max_replicas ({row.max_replicas}) must be >= min_replicas "
                     f"({row.min_replicas})"
+                )
+            if row.autoscale_pinned and row.pinned_replicas is None:
+                raise InvalidInput("autoscale_pinned needs pinned_replicas (how many to run)")
+            if row.pinned_replicas is not None and row.pinned_replicas > row.max_replicas:
+                raise InvalidInput(
+                    f"pinned_replicas ({row.pinned_replicas}) must be <= max_replicas "
+                    f"({row.max_replicas})"
                 )
             if changed:
                 s.flush()

@@ -54,7 +54,7 @@ def _diff(url: str) -> list[object]:
 def test_upgrade_downgrade_upgrade(database_url: str) -> None:
     assert migrate.current_revision(database_url) is None
     migrate.upgrade(database_url)
-    assert migrate.current_revision(database_url) == "0001_registry"
+    assert migrate.current_revision(database_url) == "0002_autoscale"
     assert _tables(database_url) == TABLES
     migrate.downgrade(database_url)
     assert migrate.current_revision(database_url) is None
