@@ -9,6 +9,8 @@ fleet simulator drives, over this router's own ``RouterStats``.
 from __future__ import annotations
 
 import asyncio
+import collections
+import contextlib
 import random
 import time
 from collections import defaultdict
@@ -17,6 +19,7 @@ from urllib.parse import urlsplit
 import orjson
 
 from meridian.snapshot import RoutingSnapshot
+from router.demand import DemandNotifier, nearest_deployment_region
 from router.http11 import HOP_BY_HOP, Request, Response
 from router.keys import ApiKeys
 from router.locate import EDGE_HEADER, ClientLocator
@@ -71,6 +74,7 @@ class RouterCore:
         locator: ClientLocator,
         keys: ApiKeys | None = None,
         rng: random.Random | None = None,
+        demand: DemandNotifier | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
@@ -90,6 +94,9 @@ class RouterCore:
         self._versions: tuple[RoutingSnapshot | None, VersionPicker | None] = (None, None)
         self.budget = RetryBudget(ratio=settings.retry_ratio)
         self.counters: dict[str, int] = defaultdict(int)
+        self.demand = demand
+        self.held = 0  # requests waiting for a first worker right now
+        self.cold_starts_ms: collections.deque[float] = collections.deque(maxlen=100)
 
     # --- entry point ---------------------------------------------------------------------
 
@@ -166,15 +173,25 @@ class RouterCore:
         client = self.locator.locate(req.client_host, req.header(EDGE_HEADER))
         route = RouteRequest(model, client.lat, client.lon)
         ranked = self.policy.rank(snap, self.stats, route, started)
+        if not ranked and not any(r.serves(model) for r in snap.regions):
+            homes = [snap.region(d.region) for d in snap.deployments if d.model == model]
+            if not homes:
+                return _error(404, f"no healthy region serves model '{model}'",
+                              [(b"retry-after", b"1")])  # fmt: skip
+            if not any(r is not None and r.state.routable for r in homes):
+                return _error(503, f"every region that deploys model '{model}' is down",
+                              [(b"retry-after", b"1")])  # fmt: skip
+            # deployed in a live region, but no worker anywhere (scaled to zero): hold
+            held = await self._hold(model, route, deadline)
+            if isinstance(held, Response):
+                return held
+            snap = held
+            ranked = self.policy.rank(snap, self.stats, route, time.monotonic())
         if not ranked and any(r.serves(model) for r in snap.regions):
             # every serving region is ejected by its circuit: try them rather than refuse
             ranked = [r.name for r in snap.routable_regions() if r.serves(model)]
         if not ranked:
-            known = any(r.serves(model) for r in snap.regions) or any(
-                d.model == model for d in snap.deployments
-            )
-            status = 503 if known else 404
-            return _error(status, f"no healthy region serves model '{model}'",
+            return _error(503, f"no healthy region serves model '{model}'",
                           [(b"retry-after", b"1")])  # fmt: skip
         headers = [(k, v) for k, v in req.headers if k not in HOP_BY_HOP]
         tail = ("/" + rest) if rest else ""
@@ -235,6 +252,52 @@ class RouterCore:
         return _error(status, f"all regions failed after {attempts} attempts: {last_error}",
                       [(b"x-meridian-attempts", str(attempts).encode())])  # fmt: skip
 
+    async def _hold(
+        self, model: str, route: RouteRequest, deadline: float
+    ) -> RoutingSnapshot | Response:
+        """Wait (bounded) until a snapshot shows a routable worker for ``model``.
+
+        Reports the demand to the control plane (at most once a second per model) so
+        that it starts a worker, nearest the client where the model is deployed.
+        """
+        s = self.settings
+        retry = [(b"retry-after", str(s.cold_start_retry_after_s).encode())]
+        if s.cold_start_hold_s <= 0 or self.held >= s.cold_start_max_held:
+            self.counters["cold_start_refused"] += 1
+            return _error(503, f"model '{model}' has no ready worker; it is being started",
+                          retry)  # fmt: skip
+        started = time.monotonic()
+        until = min(deadline, started + s.cold_start_hold_s)
+        self.held += 1
+        self.counters["cold_start_held"] += 1
+        try:
+            while True:
+                changed = self.store.changed  # before the check: no offer is missed
+                snap = self.store.current
+                if snap is not None and any(r.serves(model) for r in snap.routable_regions()):
+                    waited = (time.monotonic() - started) * 1000.0
+                    self.cold_starts_ms.append(round(waited, 1))
+                    self.counters["cold_start_served"] += 1
+                    return snap
+                if self.demand is not None:
+                    hint = nearest_deployment_region(snap, model, route.lat, route.lon)
+                    self.demand.notify(model, hint)
+                left = until - time.monotonic()
+                if left <= 0:
+                    break
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(min(left, 1.0)):
+                        await changed.wait()
+        finally:
+            self.held -= 1
+        self.counters["cold_start_timeouts"] += 1
+        return _error(
+            503,
+            f"model '{model}' is scaled to zero and no worker became ready within "
+            f"{until - started:.1f}s; retry later",
+            retry,
+        )
+
     # --- health ------------------------------------------------------------------------------
 
     def _ready(self) -> Response:
@@ -252,5 +315,7 @@ class RouterCore:
             if snap
             else [],
             "redis_ok": getattr(self.limiter, "redis_ok", None),
+            "cold_start_held_now": self.held,
+            "cold_start_last_ms": self.cold_starts_ms[-1] if self.cold_starts_ms else None,
         }
         return Response(200 if details["ready"] else 503, orjson.dumps(details), JSON)

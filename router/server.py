@@ -9,6 +9,7 @@ from collections.abc import Coroutine
 from typing import Any
 
 from router.core import RouterCore
+from router.demand import DemandNotifier, HttpDemandSink
 from router.http11 import HttpServer, Limits
 from router.keys import ApiKeys
 from router.locate import ClientLocator
@@ -46,6 +47,10 @@ class RouterServer:
                 RedisRateLimiter(settings.redis_url) if settings.redis_url else LocalRateLimiter()
             )
         keys = ApiKeys.from_file(settings.api_keys_path) if settings.api_keys_path else None
+        demand = None
+        if settings.control_plane_urls:
+            sink = HttpDemandSink(settings.control_plane_urls, settings.control_plane_token)
+            demand = DemandNotifier(sink)
         self.core = RouterCore(
             settings,
             self.store,
@@ -54,6 +59,7 @@ class RouterServer:
             limiter,
             ClientLocator(settings.default_location, settings.trusted_proxies, settings.geoip_path),
             keys,
+            demand=demand,
         )
         self._http = HttpServer(self.core.handle, Limits(max_body_bytes=settings.max_body_bytes))
         self._tasks: set[asyncio.Task[None]] = set()
@@ -85,6 +91,8 @@ class RouterServer:
         for task in list(self._tasks):
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+        if self.core.demand is not None:
+            await self.core.demand.close()
         self.core.pool.close()
         await self.core.limiter.close()
         self.core.locator.close()

@@ -39,5 +39,10 @@ class RouterSettings(BaseSettings):
     retry_ratio: float = 0.2
     breaker_threshold: int = 3
     breaker_cooldown_s: float = 1.0
+    # scale to zero: hold a request for a deployed model with no ready worker this long
+    # (while the control plane starts one), then answer 503 with Retry-After; 0 = no hold
+    cold_start_hold_s: float = 30.0
+    cold_start_max_held: int = 1000  # requests held at once; beyond, 503 at once
+    cold_start_retry_after_s: int = 5
     # demo only: delay each attempt by the modelled client-region RTT (all sockets are loopback)
     emulate_wan: bool = False
