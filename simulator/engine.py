@@ -15,6 +15,7 @@ from __future__ import annotations
 import heapq
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -113,6 +114,8 @@ class Simulation:
         # retries waiting for their time: columns t, client, svc, origin, attempt, exclude
         self.pending = np.zeros((0, 6))
         self.free0 = np.zeros(n)  # earliest server-free time per region (the oracle's truth)
+        # called at the start of every slice (e.g. an autoscaler changing ``servers``)
+        self.on_slice: Callable[[Simulation, float], None] | None = None
         self.snapshot: RoutingSnapshot | None = None
         self.snapshot_version = 0
         self.next_snapshot_ms = 0.0
@@ -211,6 +214,8 @@ class Simulation:
         for k in range(n_slices):
             t0 = k * cfg.dt_ms
             self._apply_events(t0)
+            if self.on_slice is not None:
+                self.on_slice(self, t0)
             self._maybe_publish(t0)
             res.server_ms += self.servers * cfg.dt_ms
             sl = self.workload.slice(t0, cfg.dt_ms)
