@@ -80,9 +80,11 @@ def _ok(result: Any, what: str) -> str:
     return output
 
 
-def _kill_leftovers(records: Path) -> None:
-    for record in records.glob("*.json"):
-        pid = json.loads(record.read_text())["pid"]
+def _kill_leftovers(records: Path, state_dir: Path) -> None:
+    """Kill every agent this test started (by the pids it recorded), whatever failed."""
+    pids = {json.loads(r.read_text())["pid"] for r in records.glob("*.json")}
+    pids |= {int(p.read_text()) for p in state_dir.glob("*/agent.pid") if p.read_text().strip()}
+    for pid in pids:
         if alive(pid):
             try:
                 os.killpg(pid, signal.SIGKILL)
@@ -187,4 +189,4 @@ def test_local_example_apply_and_destroy(
             with cp.client(record["credential"]) as http:
                 assert http.get("/v1/models").status_code == 401
     finally:
-        _kill_leftovers(records)
+        _kill_leftovers(records, state_dir)
