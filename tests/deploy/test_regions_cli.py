@@ -5,9 +5,12 @@ from __future__ import annotations
 import hashlib
 import stat
 from pathlib import Path
+from typing import Any
 
+import httpx
 import pytest
 
+from control_plane.regions_cli import RegionRegistrar, RegionSpec
 from meridian.cli import main
 from tests import services
 
@@ -181,3 +184,43 @@ def test_bad_input_is_named(
     dead = f"http://127.0.0.1:{services.free_port()}"
     assert main(["regions", "delete", "--control-plane", dead, "--name", "x"]) == 1
     assert "cannot reach the control plane" in capsys.readouterr().err
+
+
+class _Interleaved(RegionRegistrar):
+    """Lets another writer change the region between our GET and our write, once."""
+
+    def __init__(self, client: httpx.Client, cp: ControlPlane) -> None:
+        super().__init__(client)
+        self.cp = cp
+        self.interfered = 0
+
+    def get(self, name: str) -> tuple[dict[str, Any], str] | None:
+        seen = super().get(name)
+        if seen is not None and not self.interfered:
+            self.interfered += 1
+            self.cp.ok(
+                "PATCH",
+                f"/v1/regions/{name}",
+                json={"gpu_count": 99},
+                headers={"Authorization": f"Bearer {self.cp.token}", "If-Match": "*"},
+            )
+        return seen
+
+
+def test_a_write_that_loses_a_race_reads_again(control_plane: ControlPlane, tmp_path: Path) -> None:
+    cp, name = control_plane, unique("race")
+    cred = tmp_path / "cred"
+    spec = RegionSpec(name=name, lat=1.0, lon=2.0, gpu_type="L4", gpu_count=4)
+    with cp.client() as http:
+        assert RegionRegistrar(http).apply(spec, cred).action == "created"
+        moved = RegionSpec(name=name, lat=3.0, lon=2.0, gpu_type="L4", gpu_count=4)
+        racing = _Interleaved(http, cp)
+        applied = racing.apply(moved, cred)
+        assert racing.interfered == 1
+        # the other writer's gpu_count was seen on the second read and put right
+        assert applied.action == "updated" and set(applied.changed) == {"lat", "gpu_count"}
+        region = cp.ok("GET", f"/v1/regions/{name}")
+        assert (region["lat"], region["gpu_count"]) == (3.0, 4)
+
+        assert _Interleaved(http, cp).delete(name) is True
+    assert name not in cp.region_names()
