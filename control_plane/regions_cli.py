@@ -11,9 +11,10 @@ Provisioning tools (``deploy/terraform/``) call this on create and destroy:
   ``If-Match``); a region that is already gone is fine. A region that still has
   deployments is refused (409) with the list of them.
 
-The admin token comes from ``--token`` or, to keep it out of process listings, from
-``MERIDIAN_ADMIN_TOKEN``. Exit status: 0 done, 1 the control plane refused or could not
-be reached, 2 bad arguments.
+The admin token comes from ``--token``, ``--token-file`` (a file holding it) or
+``MERIDIAN_ADMIN_TOKEN``, in that order; the last two keep it out of process listings.
+Exit status: 0 done, 1 the control plane refused or could not be reached, 2 bad
+arguments.
 """
 
 from __future__ import annotations
@@ -254,7 +255,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     delete = sub.add_parser("delete", help="deregister the region (idempotent)")
     for p in (apply, delete):
         p.add_argument("--control-plane", required=True, metavar="URL", help="admin API base URL")
-        p.add_argument("--token", help=f"admin token (default: ${TOKEN_ENV})")
+        p.add_argument("--token", help=f"admin token (default: --token-file, then ${TOKEN_ENV})")
+        p.add_argument("--token-file", type=Path, help="a file holding the admin token")
         p.add_argument("--name", required=True, help="region name, e.g. aws-us-east-1")
         p.add_argument("--timeout", type=float, default=10.0, help="seconds per HTTP request")
         p.add_argument(
@@ -290,9 +292,16 @@ def main(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
-    token = args.token or os.environ.get(TOKEN_ENV, "")
+    token = args.token
+    if not token and args.token_file is not None:
+        try:
+            token = args.token_file.read_text().strip()
+        except OSError as exc:
+            print(f"cannot read the admin token file: {exc}", file=sys.stderr)
+            return 2
+    token = token or os.environ.get(TOKEN_ENV, "")
     if not token:
-        print(f"an admin token is needed: --token or ${TOKEN_ENV}", file=sys.stderr)
+        print(f"an admin token is needed: --token, --token-file or ${TOKEN_ENV}", file=sys.stderr)
         return 2
     client = httpx.Client(
         base_url=args.control_plane.rstrip("/"),

@@ -181,6 +181,13 @@ def test_bad_input_is_named(
     monkeypatch.setenv("MERIDIAN_ADMIN_TOKEN", cp.token)
     assert main(args) == 0, "the token is read from the environment"
 
+    token_file = tmp_path / "admin-token"
+    token_file.write_text(cp.token + "\n")
+    monkeypatch.setenv("MERIDIAN_ADMIN_TOKEN", "not-a-real-token-000000000")
+    assert main([*args, "--token-file", str(token_file)]) == 0, "a token file comes first"
+    assert main([*args, "--token-file", str(tmp_path / "missing")]) == 2
+    assert "cannot read the admin token file" in capsys.readouterr().err
+
     dead = f"http://127.0.0.1:{services.free_port()}"
     assert main(["regions", "delete", "--control-plane", dead, "--name", "x"]) == 1
     assert "cannot reach the control plane" in capsys.readouterr().err

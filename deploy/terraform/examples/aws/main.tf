@@ -37,7 +37,7 @@ module "us_east_1" {
   instance_type      = var.instances["us-east-1"].instance_type
   gpu_type           = var.instances["us-east-1"].gpu_type
   gpu_count          = var.instances["us-east-1"].gpu_count
-  admin_token        = var.admin_token
+  admin_token_file   = var.admin_token_file
   credential_file    = "${local.state_dir}/aws-us-east-1/agent-credential"
   control_plane_url  = local.common.control_plane_url
   control_plane_grpc = local.common.control_plane_grpc
@@ -60,7 +60,7 @@ module "eu_central_1" {
   instance_type      = var.instances["eu-central-1"].instance_type
   gpu_type           = var.instances["eu-central-1"].gpu_type
   gpu_count          = var.instances["eu-central-1"].gpu_count
-  admin_token        = var.admin_token
+  admin_token_file   = var.admin_token_file
   credential_file    = "${local.state_dir}/aws-eu-central-1/agent-credential"
   control_plane_url  = local.common.control_plane_url
   control_plane_grpc = local.common.control_plane_grpc
@@ -83,7 +83,7 @@ module "ap_northeast_1" {
   instance_type      = var.instances["ap-northeast-1"].instance_type
   gpu_type           = var.instances["ap-northeast-1"].gpu_type
   gpu_count          = var.instances["ap-northeast-1"].gpu_count
-  admin_token        = var.admin_token
+  admin_token_file   = var.admin_token_file
   credential_file    = "${local.state_dir}/aws-ap-northeast-1/agent-credential"
   control_plane_url  = local.common.control_plane_url
   control_plane_grpc = local.common.control_plane_grpc

@@ -20,7 +20,7 @@ module "region" {
   gpu_type              = each.value.gpu_type
   gpu_count             = each.value.gpu_count
   control_plane_url     = var.control_plane_url
-  admin_token           = var.admin_token
+  admin_token_file      = var.admin_token_file
   credential_file       = "${local.state_dir}/${each.key}/agent-credential"
   meridian_command      = var.meridian_command
   agent_control_plane   = var.control_plane_grpc

@@ -10,10 +10,10 @@ variable "control_plane_grpc" {
   default     = "127.0.0.1:50051"
 }
 
-variable "admin_token" {
-  description = "An admin-scope API token of the control plane (e.g. MERIDIAN_BOOTSTRAP_ADMIN_TOKEN)."
+variable "admin_token_file" {
+  description = "A file holding an admin-scope API token of the control plane; null means MERIDIAN_ADMIN_TOKEN in Terraform's environment. Either way the token stays out of the Terraform state."
   type        = string
-  sensitive   = true
+  default     = null
 }
 
 variable "state_dir" {

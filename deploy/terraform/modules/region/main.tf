@@ -1,6 +1,11 @@
 # Registers one region with the Meridian control plane through `meridian regions`
 # (an idempotent client of the REST admin API), using only Terraform built-ins.
 #
+# The admin token is read by the command from admin_token_file or from
+# MERIDIAN_ADMIN_TOKEN in Terraform's environment, never passed as a value: whatever a
+# terraform_data keeps in `input` comes back unredacted in its `output` (in the state,
+# plans and `terraform show`), and a destroy-time provisioner can read nothing else.
+#
 # Two resources, so that changing a region's fields never deregisters it:
 # - terraform_data.registration lives as long as the region: created with
 #   `regions apply`, destroyed with `regions delete` (a region that still has
@@ -26,11 +31,15 @@ locals {
     url        = "'${replace(local.control_plane_url, "'", "'\\''")}'"
     name       = "'${var.name}'"
     credential = "'${replace(var.credential_file, "'", "'\\''")}'"
+    token_file = var.admin_token_file == null ? "" : "'${replace(var.admin_token_file, "'", "'\\''")}'"
     provider   = "'${replace(var.cloud_provider, "'", "'\\''")}'"
     gpu_type   = "'${replace(var.gpu_type, "'", "'\\''")}'"
   }
 
-  common_args = "--control-plane ${local.q.url} --name ${local.q.name} --credential-file ${local.q.credential}"
+  common_args = join(" ", compact([
+    "--control-plane ${local.q.url} --name ${local.q.name} --credential-file ${local.q.credential}",
+    var.admin_token_file == null ? "" : "--token-file ${local.q.token_file}",
+  ]))
 
   apply_command = join(" ", compact([
     "${var.meridian_command} regions apply ${local.common_args}",
@@ -58,19 +67,16 @@ resource "terraform_data" "registration" {
   # a destroy-time provisioner may read only self: keep what it needs here
   input = {
     name           = var.name
-    admin_token    = var.admin_token
     delete_command = local.delete_command
   }
 
   provisioner "local-exec" {
-    command     = local.apply_command
-    environment = { MERIDIAN_ADMIN_TOKEN = var.admin_token }
+    command = local.apply_command
   }
 
   provisioner "local-exec" {
-    when        = destroy
-    command     = self.input.delete_command
-    environment = { MERIDIAN_ADMIN_TOKEN = self.input.admin_token }
+    when    = destroy
+    command = self.input.delete_command
   }
 }
 
@@ -78,8 +84,7 @@ resource "terraform_data" "settings" {
   triggers_replace = [local.fields, var.credential_file]
 
   provisioner "local-exec" {
-    command     = local.apply_command
-    environment = { MERIDIAN_ADMIN_TOKEN = var.admin_token }
+    command = local.apply_command
   }
 
   depends_on = [terraform_data.registration]

@@ -67,10 +67,10 @@ variable "control_plane_url" {
   type        = string
 }
 
-variable "admin_token" {
-  description = "An admin-scope API token; it is passed to the registration command through the environment, never on its command line."
+variable "admin_token_file" {
+  description = "A file holding an admin-scope API token; null means MERIDIAN_ADMIN_TOKEN in Terraform's environment. The token itself never enters the Terraform state."
   type        = string
-  sensitive   = true
+  default     = null
 }
 
 variable "credential_file" {

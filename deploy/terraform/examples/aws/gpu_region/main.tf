@@ -17,7 +17,7 @@ module "registration" {
   gpu_type              = var.gpu_type
   gpu_count             = var.gpu_count
   control_plane_url     = var.control_plane_url
-  admin_token           = var.admin_token
+  admin_token_file      = var.admin_token_file
   credential_file       = var.credential_file
   meridian_command      = var.meridian_command
   agent_control_plane   = var.control_plane_grpc

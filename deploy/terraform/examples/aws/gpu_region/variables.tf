@@ -67,10 +67,10 @@ variable "control_plane_grpc" {
   type        = string
 }
 
-variable "admin_token" {
-  description = "An admin-scope API token of the control plane."
+variable "admin_token_file" {
+  description = "A file holding an admin-scope API token; null means MERIDIAN_ADMIN_TOKEN in Terraform's environment."
   type        = string
-  sensitive   = true
+  default     = null
 }
 
 variable "credential_file" {
