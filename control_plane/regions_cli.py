@@ -9,7 +9,9 @@ Provisioning tools (``deploy/terraform/``) call this on create and destroy:
   issued (the old one stops working), so a re-run always leaves a usable file behind.
 - ``delete`` deregisters the region (``GET`` for the ETag, then ``DELETE`` with
   ``If-Match``); a region that is already gone is fine. A region that still has
-  deployments is refused (409) with the list of them.
+  deployments is refused (409) with the list of them. ``delete --check-only`` changes
+  nothing and fails the same way, so that a tool can refuse before it tears down the
+  region's machines.
 
 The admin token comes from ``--token``, ``--token-file`` (a file holding it) or
 ``MERIDIAN_ADMIN_TOKEN``, in that order; the last two keep it out of process listings.
@@ -46,6 +48,9 @@ TOKEN_ENV = "MERIDIAN_ADMIN_TOKEN"
 MANAGED_FIELDS = ("provider", "lat", "lon", "gpu_type", "gpu_count", "status")
 # how often a write that lost a race with another writer (412) is retried
 STALE_RETRIES = 3
+DEPLOYMENTS_HINT = (
+    "(DELETE /v1/deployments/{id} for each, or move them to another region, then run this again)"
+)
 # the registry's rule for region names (they travel in URL paths)
 REGION_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,63}$")
 
@@ -214,6 +219,24 @@ class RegionRegistrar:
         body: dict[str, Any] = response.json()
         return body
 
+    def check_deletable(self, name: str) -> bool:
+        """Raise what ``delete`` would raise for deployments; ``False`` when not registered."""
+        if self.get(name) is None:
+            return False
+        response = self._request("GET", "/v1/deployments", params={"region": name, "limit": 500})
+        if response.status_code != 200:
+            raise self._fail(response, f"listing the deployments of region {name!r}")
+        page = response.json()
+        if page["total"]:
+            placed = sorted(f"{d['model']}:{d['version']}" for d in page["items"])
+            more = f" and {page['total'] - len(placed)} more" if page["total"] > len(placed) else ""
+            raise RegistrationError(
+                f"region {name!r} cannot be deregistered: it still has deployments "
+                f"({', '.join(placed)}{more}) {DEPLOYMENTS_HINT}",
+                status=409,
+            )
+        return True
+
     def delete(self, name: str) -> bool:
         """Deregister the region; ``False`` when it was not registered."""
         for _ in range(STALE_RETRIES):
@@ -230,8 +253,7 @@ class RegionRegistrar:
             if response.status_code == 409:
                 raise RegistrationError(
                     f"region {name!r} cannot be deregistered: {_detail(response)} "
-                    "(DELETE /v1/deployments/{id} for each, or move them to another region, "
-                    "then run this again)",
+                    f"{DEPLOYMENTS_HINT}",
                     status=409,
                 )
             if response.status_code != 412:
@@ -265,6 +287,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             help="apply: where the agent credential is written (0600); "
             "delete: removed after deregistering",
         )
+    delete.add_argument(
+        "--check-only",
+        action="store_true",
+        help="change nothing; fail as delete would while the region has deployments",
+    )
     apply.add_argument("--provider", help="cloud provider, e.g. aws, gcp, local")
     apply.add_argument("--lat", type=float, required=True, help="latitude in degrees")
     apply.add_argument("--lon", type=float, required=True, help="longitude in degrees")
@@ -340,6 +367,11 @@ def _apply(registrar: RegionRegistrar, args: argparse.Namespace) -> int:
 
 
 def _delete(registrar: RegionRegistrar, args: argparse.Namespace) -> int:
+    if args.check_only:
+        registered = registrar.check_deletable(args.name)
+        state = "can be deregistered" if registered else "is not registered"
+        print(f"region {args.name}: {state}")
+        return 0
     removed = registrar.delete(args.name)
     print(f"region {args.name}: {'deregistered' if removed else 'was not registered'}")
     if args.credential_file is not None:

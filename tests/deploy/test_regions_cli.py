@@ -140,6 +140,9 @@ def test_delete_refuses_a_region_with_deployments(
     )
     capsys.readouterr()
 
+    assert _delete(cp, name, "--check-only") == 1
+    err = capsys.readouterr().err
+    assert "cannot be deregistered" in err and f"{model}:1" in err
     assert _delete(cp, name, "--credential-file", str(cred)) == 1
     err = capsys.readouterr().err
     assert "cannot be deregistered" in err and f"{model}:1" in err
@@ -153,8 +156,13 @@ def test_delete_refuses_a_region_with_deployments(
         204,
         headers={"Authorization": f"Bearer {cp.token}", "If-Match": etag},
     )
+    assert _delete(cp, name, "--check-only") == 0
+    assert f"region {name}: can be deregistered" in capsys.readouterr().out
+    assert name in cp.region_names(), "a check changes nothing"
     assert _delete(cp, name, "--credential-file", str(cred)) == 0
     assert name not in cp.region_names()
+    assert _delete(cp, name, "--check-only") == 0
+    assert "is not registered" in capsys.readouterr().out
 
 
 def test_bad_input_is_named(

@@ -218,7 +218,11 @@ def test_local_example_apply_and_destroy(
         assert "region 'eu-central-1' cannot be deregistered" in said, said
         assert ADMIN_TOKEN not in said, said
         assert f"{model}:1" in said and "DELETE /v1/deployments/{id}" in said
-        assert cp.region_names() & set(REGIONS) == {"eu-central-1"}
+        # refused before anything of that region was torn down: its agent still runs (how
+        # far the other regions got before Terraform stopped the walk is up to Terraform)
+        assert "eu-central-1" in cp.region_names()
+        assert alive(started["eu-central-1"]["pid"])
+        assert (state_dir / "eu-central-1" / "agent-credential").exists()
         cp.ok(
             "DELETE",
             f"/v1/deployments/{deployment['id']}",

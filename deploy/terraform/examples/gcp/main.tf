@@ -132,3 +132,18 @@ resource "google_compute_instance" "agent" {
     google_secret_manager_secret_iam_member.agent,
   ]
 }
+
+# Destroyed first (it depends on the instance): refuses, before the instance goes,
+# while the region still has deployments.
+resource "terraform_data" "destroy_guard" {
+  for_each = var.regions
+
+  input = { check_command = module.region[each.key].destroy_check_command }
+
+  provisioner "local-exec" {
+    when    = destroy
+    command = self.input.check_command
+  }
+
+  depends_on = [google_compute_instance.agent]
+}

@@ -63,3 +63,18 @@ resource "terraform_data" "agent" {
 
   depends_on = [module.region]
 }
+
+# Destroyed first (it depends on the agent): refuses, before any agent is stopped,
+# while a region still has deployments.
+resource "terraform_data" "destroy_guard" {
+  for_each = var.regions
+
+  input = { check_command = module.region[each.key].destroy_check_command }
+
+  provisioner "local-exec" {
+    when    = destroy
+    command = self.input.check_command
+  }
+
+  depends_on = [terraform_data.agent]
+}

@@ -49,6 +49,7 @@ locals {
   ]))
 
   delete_command = "${var.meridian_command} regions delete ${local.common_args}"
+  check_command  = "${var.meridian_command} regions delete --check-only ${local.common_args}"
 
   agent_args = concat(
     [

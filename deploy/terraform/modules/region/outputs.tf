@@ -20,6 +20,11 @@ output "credential_file" {
   depends_on  = [terraform_data.settings]
 }
 
+output "destroy_check_command" {
+  description = "A command that fails, changing nothing, while the region has deployments: run it from a destroy-time provisioner that goes before the region's machines (see the examples)."
+  value       = local.check_command
+}
+
 output "agent_args" {
   description = "Arguments for `meridian agent` in this region: control plane, region, credential, GPU type and the extra ones."
   value       = local.agent_args

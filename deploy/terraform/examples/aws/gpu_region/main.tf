@@ -172,3 +172,16 @@ resource "aws_instance" "agent" {
     meridian_region = var.name
   }
 }
+
+# Destroyed first (it depends on the instance): refuses, before the instance goes,
+# while the region still has deployments.
+resource "terraform_data" "destroy_guard" {
+  input = { check_command = module.registration.destroy_check_command }
+
+  provisioner "local-exec" {
+    when    = destroy
+    command = self.input.check_command
+  }
+
+  depends_on = [aws_instance.agent]
+}
