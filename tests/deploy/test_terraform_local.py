@@ -152,6 +152,8 @@ def test_local_example_apply_and_destroy(
             init = _ok(tf.init(), "init")
         assert "terraform.io/builtin/terraform is built in" in init
         assert not (tmp_path / "tf-data" / "providers").exists(), "nothing may be downloaded"
+        validated = tf.validate(json=True)
+        assert validated.value["valid"], validated.value["diagnostics"]
 
         _ok(tf.apply(vars=variables, json=False), "apply")
         assert set(REGIONS) <= cp.region_names()
