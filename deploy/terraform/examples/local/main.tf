@@ -25,7 +25,7 @@ module "region" {
   credential_file     = "${local.state_dir}/${each.key}/agent-credential"
   meridian_command    = local.meridian
   agent_control_plane = var.control_plane_grpc
-  agent_extra_args    = ["--simulate-gpus", tostring(each.value.gpu_count)]
+  agent_extra_args    = concat(["--simulate-gpus", tostring(each.value.gpu_count)], var.agent_extra_args)
 }
 
 resource "terraform_data" "agent" {

@@ -39,6 +39,12 @@ variable "agent_command" {
   default     = ""
 }
 
+variable "agent_extra_args" {
+  description = "More arguments for every agent, after the ones above, e.g. [\"--report-interval\", \"0.5\"]."
+  type        = list(string)
+  default     = []
+}
+
 variable "regions" {
   description = "Regions to run on this machine, each at a real cloud region's coordinates, with simulated GPUs."
   type = map(object({
