@@ -5,8 +5,9 @@ Provisioning tools (``deploy/terraform/``) call this on create and destroy:
 - ``apply`` creates the region, or brings an existing one to the given fields with
   ``PATCH`` + ``If-Match``; it writes the agent credential (shown by the control plane
   only once) to ``--credential-file`` with mode 0600. A region that already exists keeps
-  its credential while that file is there; when the file is missing a new credential is
-  issued (the old one stops working), so a re-run always leaves a usable file behind.
+  its credential while that file holds one the control plane accepts; when the file is
+  missing, or its credential was rotated away, a new credential is issued (the old one
+  stops working), so a re-run always leaves a usable file behind.
 - ``delete`` deregisters the region (``GET`` for the ETag, then ``DELETE`` with
   ``If-Match``); a region that is already gone is fine. A region that still has
   deployments is refused (409) with the list of them. ``delete --check-only`` changes
@@ -25,6 +26,7 @@ import argparse
 import os
 import re
 import sys
+import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -93,8 +95,8 @@ class Applied:
 def write_secret_file(path: Path, secret: str) -> None:
     """Write ``secret`` to ``path`` atomically with mode 0600 (never briefly readable)."""
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = Path(name)  # mkstemp creates it 0600
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(secret + "\n")
@@ -182,7 +184,8 @@ class RegionRegistrar:
                     continue  # lost a race (412): read again
                 region = patched
             wrote = False
-            if credential_file is not None and (rotate or not credential_file.exists()):
+            usable = self._usable(credential_file, disabled=region.get("status") == "disabled")
+            if credential_file is not None and (rotate or not usable):
                 rotated = self._rotate(spec.name)
                 credential = rotated.pop("agent_credential")
                 write_secret_file(credential_file, credential)
@@ -191,6 +194,24 @@ class RegionRegistrar:
         raise RegistrationError(
             f"region {spec.name!r} kept changing under us ({STALE_RETRIES} attempts); try again"
         )
+
+    def _usable(self, credential_file: Path | None, *, disabled: bool) -> bool:
+        """The file holds a credential the control plane still accepts (not rotated away).
+
+        A disabled region's credential is refused like an unknown one, so there the file
+        is trusted as it is: rotating would only strand the agent when it is re-enabled.
+        """
+        if credential_file is None:
+            return True
+        try:
+            credential = credential_file.read_text().strip()
+        except FileNotFoundError:
+            return False
+        if not credential or disabled:
+            return bool(credential)
+        headers = {"Authorization": f"Bearer {credential}"}
+        response = self._request("GET", "/v1/models", params={"limit": 1}, headers=headers)
+        return response.status_code != 401
 
     def _create(self, spec: RegionSpec) -> dict[str, Any] | None:
         response = self._request("POST", "/v1/regions", json={"name": spec.name, **spec.fields()})

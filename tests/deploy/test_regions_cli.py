@@ -76,6 +76,12 @@ def test_missing_credential_file_issues_a_new_one(
     assert new != old
     assert _agent_can_read(cp, new) == 200
     assert _agent_can_read(cp, old) == 401
+    # a credential rotated elsewhere (the file's one no longer works) is replaced too
+    cp.ok("POST", f"/v1/regions/{name}/credential")
+    assert _agent_can_read(cp, new) == 401
+    assert _apply(cp, name, cred, "--lat", "53.3", "--lon", "-6.3") == 0
+    new = cred.read_text().strip()
+    assert _agent_can_read(cp, new) == 200
     # an explicit rotation also replaces it
     assert _apply(cp, name, cred, "--lat", "53.3", "--lon", "-6.3", "--rotate-credential") == 0
     assert cred.read_text().strip() not in (new, old)
@@ -97,6 +103,14 @@ def test_status_is_left_alone_unless_given(control_plane: ControlPlane, tmp_path
     assert cp.ok("GET", f"/v1/regions/{name}")["status"] == "draining"
     assert _apply(cp, name, cred, "--lat", "35.7", "--lon", "139.7", "--status", "active") == 0
     assert cp.ok("GET", f"/v1/regions/{name}")["status"] == "active"
+    # a disabled region's credential is refused, yet still its own: it is kept
+    credential = cred.read_text()
+    assert _apply(cp, name, cred, "--lat", "35.7", "--lon", "139.7", "--status", "disabled") == 0
+    assert _agent_can_read(cp, credential.strip()) == 401
+    assert _apply(cp, name, cred, "--lat", "35.7", "--lon", "139.7") == 0
+    assert cred.read_text() == credential
+    assert _apply(cp, name, cred, "--lat", "35.7", "--lon", "139.7", "--status", "active") == 0
+    assert _agent_can_read(cp, credential.strip()) == 200, "works again once re-enabled"
 
 
 def test_delete_is_idempotent_and_removes_the_credential(
