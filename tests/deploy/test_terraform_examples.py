@@ -187,6 +187,23 @@ def test_local_example_runs_agents_from_a_configurable_command() -> None:
         subprocess.run(["sh", "-n", str(LOCAL / "scripts" / script)], check=True)
 
 
+GUARDED = [(LOCAL, "terraform_data.agent"), (AWS_REGION, "aws_instance.agent")]
+GUARDED += [(GCP, "google_compute_instance.agent")]
+
+
+@pytest.mark.parametrize("path,machine", GUARDED, ids=["local", "aws", "gcp"])
+def test_a_region_with_deployments_is_refused_before_its_machine_goes(
+    path: Path, machine: str
+) -> None:
+    config = load(path)
+    guard = config.resources["terraform_data.destroy_guard"]
+    assert machine in str(guard["depends_on"]), "destroyed before the agent or instance"
+    (check,) = _provisioners(guard)
+    assert _name(str(check["when"])) == "destroy"
+    assert "destroy_check_command" in str(guard["input"])
+    assert "--check-only" in load(MODULE).locals["check_command"]
+
+
 def test_aws_example_runs_a_gpu_instance_per_region() -> None:
     root, region = load(AWS), load(AWS_REGION)
     aliases = {_name(p["alias"]) for p in root.providers if p["type"] == "aws"}
@@ -215,7 +232,8 @@ def test_gcp_example_runs_a_gpu_instance_per_region() -> None:
     assert len(gcp.variables["regions"]["default"]) == 3
     instance = gcp.resources["google_compute_instance.agent"]
     assert instance["guest_accelerator"], "GPUs are attached"
-    scheduling = instance["scheduling"][0] if isinstance(instance["scheduling"], list) else {}
+    scheduling = instance["scheduling"]
+    scheduling = scheduling[0] if isinstance(scheduling, list) else scheduling
     assert _name(scheduling["on_host_maintenance"]) == "TERMINATE"
     assert "startup.sh.tftpl" in str(instance["metadata"])
     assert "google_secret_manager_secret_version.credential" in gcp.resources
