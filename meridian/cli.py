@@ -14,6 +14,7 @@ from collections.abc import Sequence
 
 # subcommand -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
+    "demo": ("demo.cli", "run the whole system on this machine: routing and a failover"),
     "control-plane": ("control_plane.cli", "run the control plane (admin API, registry)"),
     "token": ("control_plane.token_cli", "create, list or revoke API tokens in the registry"),
     "router": ("router.cli", "run the router (the end-user HTTPS endpoint)"),
