@@ -13,7 +13,9 @@ import sys
 from collections.abc import Sequence
 
 # subcommand -> (module, one-line help)
-COMMANDS: dict[str, tuple[str, str]] = {}
+COMMANDS: dict[str, tuple[str, str]] = {
+    "agent": ("region_agent.cli", "run a region agent: GPU health, workers, control-plane link"),
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
