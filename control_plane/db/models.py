@@ -12,7 +12,7 @@ import enum
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+from sqlalchemy.orm import DeclarativeBase, Mapped, declared_attr, mapped_column, relationship
 
 __all__ = [
     "ApiToken",
@@ -69,10 +69,14 @@ class _Versioned:
     updated_at: Mapped[dt.datetime] = mapped_column(default=utcnow, onupdate=utcnow)
     row_version: Mapped[int] = mapped_column(default=1)
 
+    @declared_attr.directive
+    def __mapper_args__(cls) -> dict[str, Any]:
+        # optimistic concurrency: every UPDATE/DELETE checks and bumps row_version
+        return {"version_id_col": cls.row_version}
+
 
 class Model(_Versioned, Base):
     __tablename__ = "models"
-    __mapper_args__ = {"version_id_col": "row_version"}
 
     id: Mapped[int] = mapped_column(primary_key=True)
     name: Mapped[str] = mapped_column(sa.String(128), unique=True)
@@ -88,7 +92,6 @@ class ModelVersion(_Versioned, Base):
     __table_args__ = (
         sa.UniqueConstraint("model_id", "version", name="uq_model_versions_model_version"),
     )
-    __mapper_args__ = {"version_id_col": "row_version"}
 
     id: Mapped[int] = mapped_column(primary_key=True)
     model_id: Mapped[int] = mapped_column(
@@ -139,7 +142,6 @@ class ModelVariant(Base):
 
 class Region(_Versioned, Base):
     __tablename__ = "regions"
-    __mapper_args__ = {"version_id_col": "row_version"}
 
     id: Mapped[int] = mapped_column(primary_key=True)
     name: Mapped[str] = mapped_column(sa.String(64), unique=True)
@@ -168,7 +170,6 @@ class Deployment(_Versioned, Base):
         sa.CheckConstraint("max_replicas >= min_replicas", name="max_at_least_min"),
         sa.CheckConstraint("traffic_weight >= 0", name="weight_nonnegative"),
     )
-    __mapper_args__ = {"version_id_col": "row_version"}
 
     id: Mapped[int] = mapped_column(primary_key=True)
     model_version_id: Mapped[int] = mapped_column(
@@ -203,6 +204,7 @@ class AuditEntry(Base):
     """Who changed what, when. Written in the same transaction as the change."""
 
     __tablename__ = "audit_log"
+    __table_args__ = (sa.Index("ix_audit_log_entity_key", "entity", "entity_key"),)
 
     id: Mapped[int] = mapped_column(primary_key=True)
     at: Mapped[dt.datetime] = mapped_column(default=utcnow, index=True)
