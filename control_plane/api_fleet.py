@@ -10,8 +10,8 @@ can mount it:
 - ``POST /v1/regions/{name}/drain`` and ``/undrain``: operator draining.
 """
 
-from __future__ import annotations
-
+# no ``from __future__ import annotations``: FastAPI must see the route annotations, which
+# use this factory's arguments (e.g. ``max_wait_s``), as objects.
 import time
 from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
