@@ -43,7 +43,7 @@ from proto import region_pb2_grpc as pb_grpc
 
 __all__ = ["REGISTRY_NUDGE_KEY", "FleetRuntime", "FleetSettings", "drain_action", "nudge_registry"]
 
-REGISTRY_NUDGE_KEY = "/meridian/fleet/registry-changed"
+REGISTRY_NUDGE_KEY = "/meridian/fleet/registry-changed"  # under the default namespace
 log = logging.getLogger(__name__)
 
 
@@ -66,6 +66,10 @@ class FleetSettings:
     registry_refresh_s: float = 2.0
     directive_config: dict[str, str] = field(default_factory=dict)
     grpc_max_message_bytes: int = 4 * 1024 * 1024
+    namespace: str = "/meridian"  # root of every coordination key (one per fleet)
+
+    def key(self, path: str) -> str:
+        return f"{self.namespace.rstrip('/')}/{path}"
 
     def health_config(self) -> HealthConfig:
         return HealthConfig(
@@ -73,9 +77,10 @@ class FleetSettings:
         )
 
 
-async def nudge_registry(coord: Coordination) -> None:
+async def nudge_registry(coord: Coordination, namespace: str = "/meridian") -> None:
     """Tell the leader the registry changed (drain, deployments) so it reloads at once."""
-    await coord.put(REGISTRY_NUDGE_KEY, str(time.time()).encode())
+    key = f"{namespace.rstrip('/')}/fleet/registry-changed"
+    await coord.put(key, str(time.time()).encode())
 
 
 class FleetRuntime:
@@ -98,6 +103,7 @@ class FleetRuntime:
             summary_of=lambda region: self.ledger.summary(region),
             lease_ttl_s=settings.summary_ttl_s,
             load_interval_s=settings.load_interval_s,
+            prefix=settings.key("fleet/regions/"),
         )
         self.ledger = HealthLedger(
             self.policy, replica=settings.replica_id, on_change=self.relay.notify
@@ -105,16 +111,24 @@ class FleetRuntime:
         self.publisher = SnapshotPublisher(
             coord,
             self._build,
+            key=settings.key("routing/snapshot"),
             debounce_s=settings.debounce_s,
             load_interval_s=settings.load_interval_s,
         )
-        self.fleet_view = FleetView(coord, on_change=self.publisher.mark)
-        self.feed = SnapshotFeed(coord)
-        self.board = DirectiveBoard(coord, report_interval_s=settings.report_interval_s)
+        self.fleet_view = FleetView(
+            coord, on_change=self.publisher.mark, prefix=settings.key("fleet/regions/")
+        )
+        self.feed = SnapshotFeed(coord, key=settings.key("routing/snapshot"))
+        self.board = DirectiveBoard(
+            coord,
+            report_interval_s=settings.report_interval_s,
+            prefix=settings.key("fleet/directives/"),
+        )
         self.reconciler = DirectiveReconciler(
             coord,
             report_interval_s=settings.report_interval_s,
             config=settings.directive_config,
+            prefix=settings.key("fleet/directives/"),
         )
         self.servicer = RegionServicer(self.ledger, self.board, check_credential)
         self.leadership = Leadership(
@@ -123,6 +137,7 @@ class FleetRuntime:
             identity=settings.replica_id.encode(),
             lead=self._lead,
             lease_ttl_s=settings.leader_ttl_s,
+            root=settings.key("election"),
         )
         self._server: grpc.aio.Server | None = None
         self._tasks: list[asyncio.Task[Any]] = []
@@ -212,7 +227,8 @@ class FleetRuntime:
     async def _watch_nudges(self) -> None:
         while True:
             try:
-                async with await self.coord.watch(REGISTRY_NUDGE_KEY) as events:
+                nudges = self.settings.key("fleet/registry-changed")
+                async with await self.coord.watch(nudges) as events:
                     async for event in events:
                         if event.kind == EventKind.PUT:
                             self._registry_changed.set()
@@ -229,14 +245,14 @@ class FleetRuntime:
 
 
 def drain_action(
-    set_status: Callable[..., Awaitable[str]], coord: Coordination
+    set_status: Callable[..., Awaitable[str]], coord: Coordination, namespace: str = "/meridian"
 ) -> Callable[[str, bool, str], Awaitable[str]]:
     """Drain/undrain through the registry (``FleetStore.set_draining``), then nudge the leader
     so the next snapshot reflects it within the debounce, not the registry refresh period."""
 
     async def set_draining(region: str, draining: bool, actor: str) -> str:
         status = await set_status(region, draining, actor=actor)
-        await nudge_registry(coord)
+        await nudge_registry(coord, namespace)
         return status
 
     return set_draining

@@ -37,6 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--leader-ttl", type=float, default=2.0)
     p.add_argument("--summary-ttl", type=float, default=3.0)
     p.add_argument("--admin-token", default="")
+    p.add_argument("--namespace", default="/meridian", help="root of the coordination keys")
     p.add_argument("--log-level", default="INFO")
     return p
 
@@ -60,6 +61,7 @@ async def serve(args: argparse.Namespace) -> int:
         "report_interval_s": args.report_interval,
         "leader_ttl_s": args.leader_ttl,
         "summary_ttl_s": args.summary_ttl,
+        "namespace": args.namespace,
     }
     if args.replica_id:
         settings_kwargs["replica_id"] = args.replica_id
@@ -96,7 +98,7 @@ async def serve(args: argparse.Namespace) -> int:
         fleet_router(
             runtime.feed,
             runtime.fleet_view,
-            drain_action(store.set_draining, coord),
+            drain_action(store.set_draining, coord, args.namespace),
             read_auth=read_auth,
             admin_auth=admin_auth,
         )

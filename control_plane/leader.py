@@ -36,9 +36,10 @@ class Leadership:
         identity: bytes,
         lead: Callable[[], Coroutine[Any, Any, None]],
         lease_ttl_s: float = 2.0,
+        root: str = "/meridian/election",
     ) -> None:
         self._coord = coord
-        self._election = Election(coord, name)
+        self._election = Election(coord, name, root=root)
         self._identity = identity
         self._lead = lead
         self._ttl = lease_ttl_s
