@@ -14,11 +14,13 @@ from meridian.coordination import (
     Election,
     EventKind,
     InProcessCoordination,
+    Lease,
     LeaseExpired,
     WatchEvent,
     keep_alive,
     open_coordination,
 )
+from meridian.waiting import wait_until_async
 
 
 @pytest.fixture(params=["memory", "etcd"])
@@ -147,13 +149,25 @@ async def test_election_one_leader_then_handover_on_resign_and_expiry(
     coord: Coordination, prefix: str
 ) -> None:
     leases = [await coord.grant_lease(2) for _ in range(3)]
+    keepers = [asyncio.create_task(keep_alive(lease, interval=0.3)) for lease in leases]
+    try:
+        await _election_walk(coord, prefix, leases)
+    finally:
+        for keeper in keepers:
+            keeper.cancel()
+        await asyncio.gather(*keepers, return_exceptions=True)
+
+
+async def _election_walk(coord: Coordination, prefix: str, leases: list[Lease]) -> None:
     elections = [Election(coord, "cp", root=prefix) for _ in range(3)]
     first = asyncio.create_task(elections[0].campaign(b"a", leases[0]))
     await asyncio.wait_for(first, 3)
-    others = [
-        asyncio.create_task(elections[i].campaign(name, leases[i]))
-        for i, name in ((1, b"b"), (2, b"c"))
-    ]
+    others = []
+    for i, name in ((1, b"b"), (2, b"c")):  # one after the other: b queues ahead of c
+        others.append(asyncio.create_task(elections[i].campaign(name, leases[i])))
+        await wait_until_async(
+            lambda n=i + 1: _count(coord, elections[0].prefix, n), timeout=3, what="candidacy"
+        )
     observer = Election(coord, "cp", root=prefix).observe()
     assert await anext(observer) == b"a"
     done, _ = await asyncio.wait(others, timeout=0.5)
@@ -177,6 +191,11 @@ async def test_election_one_leader_then_handover_on_resign_and_expiry(
     await leases[2].revoke()
     with pytest.raises(LeaseExpired):
         await elections[2].campaign(b"c", leases[2])
+
+
+async def _count(coord: Coordination, prefix: str, n: int) -> bool:
+    items, _ = await coord.get_prefix(prefix)
+    return len(items) == n
 
 
 def test_open_coordination_rejects_unknown_urls() -> None:
