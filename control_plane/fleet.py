@@ -38,6 +38,7 @@ from control_plane.health.service import RegionServicer
 from control_plane.health.snapshots import SnapshotFeed, SnapshotPublisher, build_snapshot
 from control_plane.leader import Leadership
 from meridian.coordination import Coordination, EventKind
+from meridian.eventwait import wait_event
 from meridian.snapshot import RoutingSnapshot
 from proto import region_pb2_grpc as pb_grpc
 
@@ -214,10 +215,7 @@ class FleetRuntime:
 
     async def _follow_registry(self) -> None:
         while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(
-                    self._registry_changed.wait(), self.settings.registry_refresh_s
-                )
+            await wait_event(self._registry_changed, self.settings.registry_refresh_s)
             self._registry_changed.clear()
             try:
                 await self.refresh_registry()

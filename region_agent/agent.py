@@ -20,6 +20,7 @@ from collections.abc import Sequence
 
 import grpc
 
+from meridian.eventwait import wait_event
 from proto import region_pb2 as pb
 from proto import region_pb2_grpc as pb_grpc
 from region_agent.gpus import GpuSample, GpuSource
@@ -231,5 +232,4 @@ class RegionAgent:
             await call.write(pb.AgentMessage(report=report))
             self.reports_sent += 1
             self._send_now.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._send_now.wait(), self.report_interval_s)
+            await wait_event(self._send_now, self.report_interval_s)

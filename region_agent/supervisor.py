@@ -28,6 +28,8 @@ from typing import Any, Protocol
 
 import httpx
 
+from meridian.eventwait import wait_event
+
 __all__ = [
     "DEFAULT_WORKER_COMMAND",
     "LocalProcessSupervisor",
@@ -242,7 +244,8 @@ class LocalProcessSupervisor:
         with contextlib.suppress(ProcessLookupError):
             process.send_signal(signal.SIGTERM)
         try:
-            await asyncio.wait_for(process.wait(), self._stop_timeout)
+            async with asyncio.timeout(self._stop_timeout):
+                await process.wait()
         except TimeoutError:
             with contextlib.suppress(ProcessLookupError):
                 process.kill()
@@ -274,8 +277,7 @@ class LocalProcessSupervisor:
                         slot.next_start = now + min(self._max_backoff, 2.0**slot.restarts)
             await self._scrape_all()
             self._wake.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self._interval)
+            await wait_event(self._wake, self._interval)
 
     async def _scrape_all(self) -> None:
         running = [s for s in self._slots.values() if s.process and s.process.returncode is None]

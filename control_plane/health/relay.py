@@ -17,6 +17,7 @@ from collections.abc import Callable
 from control_plane.health.ledger import Change
 from control_plane.health.summary import RegionSummary
 from meridian.coordination import Coordination, Lease
+from meridian.eventwait import wait_event
 
 __all__ = ["REGIONS_PREFIX", "SummaryRelay"]
 
@@ -73,8 +74,7 @@ class SummaryRelay:
                 if self._lease is None:
                     self._lease = await self._grant()
                     keeper = asyncio.create_task(self._keep_alive(self._lease))
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), self._load_interval / 4)
+                await wait_event(self._wake, self._load_interval / 4)
                 self._wake.clear()
                 regions, self._urgent = self._urgent, set()
                 if time.monotonic() - last_load >= self._load_interval:

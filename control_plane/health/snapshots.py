@@ -21,6 +21,7 @@ from control_plane.health.inventory import RegistryView
 from control_plane.health.ledger import Change
 from control_plane.health.summary import RegionSummary
 from meridian.coordination import Coordination, EventKind
+from meridian.eventwait import wait_event
 from meridian.snapshot import DeploymentRoute, HealthState, RegionView, RoutingSnapshot
 
 __all__ = ["SNAPSHOT_KEY", "SnapshotFeed", "SnapshotPublisher", "build_snapshot"]
@@ -125,8 +126,7 @@ class SnapshotPublisher:
         last = time.monotonic()
         while True:
             timeout = max(0.0, self._load_interval - (time.monotonic() - last))
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout)
+            await wait_event(self._wake, timeout)
             if self._urgent:
                 await asyncio.sleep(self._debounce)  # gather a burst of changes into one
             elif not self._load or time.monotonic() - last < self._load_interval:
@@ -183,7 +183,8 @@ class SnapshotFeed:
         """True once a snapshot newer than ``than`` is held; False after ``timeout``."""
         async with self._changed:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._changed.wait_for(lambda: self.version > than), timeout)
+                async with asyncio.timeout(timeout):
+                    await self._changed.wait_for(lambda: self.version > than)
         return self.version > than
 
     async def run(self) -> None:

@@ -25,6 +25,7 @@ from meridian.coordination.base import (
     Watch,
     WatchEvent,
 )
+from meridian.eventwait import wait_event
 
 __all__ = ["InProcessCoordination"]
 
@@ -190,8 +191,7 @@ class InProcessCoordination(Coordination):
             nearest = min((d for _t, d in self._leases.values()), default=None)
             self._wakeup.clear()
             timeout = None if nearest is None else max(0.0, nearest - time.monotonic())
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wakeup.wait(), timeout)
+            await wait_event(self._wakeup, timeout)
 
     async def close(self) -> None:
         if self._closed:
