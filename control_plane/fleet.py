@@ -33,6 +33,13 @@ from control_plane.health.fleet_view import FleetView
 from control_plane.health.inventory import CredentialCheck, RegistryView
 from control_plane.health.ledger import HealthLedger
 from control_plane.health.policy import HealthConfig, HealthPolicy
+from control_plane.health.recorder import (
+    HealthRecorder,
+    HealthRow,
+    HealthSink,
+    MemoryHealthSink,
+    row_of,
+)
 from control_plane.health.relay import SummaryRelay
 from control_plane.health.service import RegionServicer
 from control_plane.health.snapshots import SnapshotFeed, SnapshotPublisher, build_snapshot
@@ -68,6 +75,7 @@ class FleetSettings:
     directive_config: dict[str, str] = field(default_factory=dict)
     grpc_max_message_bytes: int = 4 * 1024 * 1024
     namespace: str = "/meridian"  # root of every coordination key (one per fleet)
+    health_flush_s: float = 5.0  # how often the leader persists changed region health
 
     def key(self, path: str) -> str:
         return f"{self.namespace.rstrip('/')}/{path}"
@@ -92,6 +100,7 @@ class FleetRuntime:
         *,
         load_registry: Callable[[], Awaitable[RegistryView]],
         check_credential: CredentialCheck,
+        health_sink: HealthSink | None = None,
     ) -> None:
         self.settings = settings
         self.coord = coord
@@ -139,6 +148,10 @@ class FleetRuntime:
             lead=self._lead,
             lease_ttl_s=settings.leader_ttl_s,
             root=settings.key("election"),
+        )
+        self.health_sink: HealthSink = health_sink or MemoryHealthSink()
+        self.recorder = HealthRecorder(
+            self._health_rows, self.health_sink, interval_s=settings.health_flush_s
         )
         self._server: grpc.aio.Server | None = None
         self._tasks: list[asyncio.Task[Any]] = []
@@ -205,6 +218,16 @@ class FleetRuntime:
             group.create_task(self.publisher.run(), name="snapshot-publisher")
             group.create_task(self._follow_registry(), name="registry-refresh")
             group.create_task(self._watch_nudges(), name="registry-nudges")
+            group.create_task(self.recorder.run(), name="health-recorder")
+
+    def _health_rows(self) -> dict[str, HealthRow]:
+        snapshot = self.publisher.last_published
+        if snapshot is None:
+            return {}
+        return {
+            r.name: row_of(r.name, self.fleet_view.summary(r.name), r.state)
+            for r in snapshot.regions
+        }
 
     async def refresh_registry(self) -> None:
         view = await self._load_registry()

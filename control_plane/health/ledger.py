@@ -71,12 +71,20 @@ class HealthLedger:
     ) -> None:
         self.policy = policy
         self.replica = replica
-        self._on_change = on_change or (lambda _region, _change: None)
+        self._listeners: list[Callable[[str, Change], None]] = [on_change] if on_change else []
         self._clock = clock
         self._wall = wall_clock
         self._records: dict[str, _Record] = {}
         self.reports_ingested = 0
         self.gpu_reports_ingested = 0
+
+    def add_listener(self, listener: Callable[[str, Change], None]) -> None:
+        """Also tell ``listener`` about every assessed report and heartbeat change."""
+        self._listeners.append(listener)
+
+    def _notify(self, region: str, change: Change) -> None:
+        for listener in self._listeners:
+            listener(region, change)
 
     # --- streams ---------------------------------------------------------------------------
 
@@ -131,9 +139,9 @@ class HealthLedger:
         record.summary = None
         if key != record.state_key:
             record.state_key = key
-            self._on_change(record.region, Change.STATE)
+            self._notify(record.region, Change.STATE)
         else:
-            self._on_change(record.region, Change.LOAD)
+            self._notify(record.region, Change.LOAD)
 
     def tick(self) -> None:
         """Apply the heartbeat rule; forget regions whose agent left and went silent."""
@@ -143,7 +151,7 @@ class HealthLedger:
             silent = record.last_report_mono is None or now - record.last_report_mono > timeout
             if not record.connected and silent:
                 del self._records[record.region]
-                self._on_change(record.region, Change.GONE)
+                self._notify(record.region, Change.GONE)
             elif (
                 silent
                 and record.last_report_mono is not None
