@@ -134,6 +134,7 @@ async def _measure(mode: str, agents: int, seconds: float, workdir: Path) -> dic
     from control_plane.health.recorder import SqlHealthSink, region_health_table
     from meridian.coordination import InProcessCoordination
     from meridian.snapshot import HealthState
+    from meridian.waiting import wait_until_async
     from proto import region_pb2 as pb
     from proto import region_pb2_grpc as pb_grpc
 
@@ -190,8 +191,11 @@ async def _measure(mode: str, agents: int, seconds: float, workdir: Path) -> dic
 
     await runtime.start()
     address = f"127.0.0.1:{runtime.grpc_port}"
-    while not runtime.leadership.is_leader or runtime.feed.current is None:
-        await asyncio.sleep(0.05)
+    await wait_until_async(
+        lambda: runtime.leadership.is_leader and runtime.feed.current is not None,
+        timeout=30,
+        what="leadership",
+    )
 
     ctx = mp.get_context("spawn")
     ready = ctx.Event()
@@ -200,8 +204,7 @@ async def _measure(mode: str, agents: int, seconds: float, workdir: Path) -> dic
     delays: list[float] = []
     timeouts = 0
     try:
-        while not ready.is_set():
-            await asyncio.sleep(0.05)
+        await wait_until_async(ready.is_set, timeout=60, what="load generator ready")
         await asyncio.sleep(0.5)  # warm-up
         ledger = runtime.ledger
         gpu0, sql0, t0 = ledger.gpu_reports_ingested, sink.writes + naive_writes, time.monotonic()
