@@ -76,6 +76,10 @@ class DirectiveReconciler:
             for kv in items:
                 stored = pb.Directives.FromString(kv.value)
                 self._stored[kv.key[len(self._prefix) :]] = stored.generation
+        for region in [r for r in self._stored if registry.region(r) is None]:
+            await self._coord.delete(self._prefix + region)  # the region was deleted
+            del self._stored[region]
+            self.writes += 1
         for record in registry.regions:
             message = directives_for(
                 registry, record.name, report_interval_s=self._interval, config=self._config
