@@ -76,6 +76,7 @@ class FleetSettings:
     grpc_max_message_bytes: int = 4 * 1024 * 1024
     namespace: str = "/meridian"  # root of every coordination key (one per fleet)
     health_flush_s: float = 5.0  # how often the leader persists changed region health
+    credential_recheck_s: float = 30.0  # live streams of revoked credentials end within this
 
     def key(self, path: str) -> str:
         return f"{self.namespace.rstrip('/')}/{path}"
@@ -180,6 +181,7 @@ class FleetRuntime:
         self._spawn(self.board.run(), "directive-board")
         self._spawn(self.relay.run(), "summary-relay")
         self._spawn(self._tick(), "heartbeat-tick")
+        self._spawn(self._recheck_credentials(), "credential-recheck")
         self._spawn(self.leadership.run(), "leadership")
         await server.start()
         log.info(
@@ -258,6 +260,14 @@ class FleetRuntime:
             await asyncio.sleep(0.5)
 
     # --- every replica ---------------------------------------------------------------------
+
+    async def _recheck_credentials(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.credential_recheck_s)
+            try:
+                await self.servicer.revalidate()
+            except Exception as exc:
+                log.warning("re-checking agent credentials failed: %s", exc)
 
     async def _tick(self) -> None:
         while True:

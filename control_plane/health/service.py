@@ -12,6 +12,8 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
 
 import grpc
 
@@ -24,6 +26,15 @@ from proto import region_pb2 as pb
 from proto import region_pb2_grpc as pb_grpc
 
 __all__ = ["RegionServicer"]
+
+
+@dataclass
+class _Stream:
+    region: str
+    credential: str
+    task: asyncio.Task[Any] | None
+    revoked: MeridianError | None = None
+
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +54,7 @@ class RegionServicer(pb_grpc.RegionServiceServicer):
         self._register_timeout = register_timeout_s
         self.streams = 0
         self.rejected = 0
+        self._live: dict[object, _Stream] = {}
 
     async def Connect(
         self,
@@ -56,7 +68,8 @@ class RegionServicer(pb_grpc.RegionServiceServicer):
         writer: asyncio.Task[None] | None = None
         try:
             try:
-                first = await asyncio.wait_for(anext(messages), self._register_timeout)
+                async with asyncio.timeout(self._register_timeout):
+                    first = await anext(messages)
             except StopAsyncIteration:
                 return
             except TimeoutError:
@@ -78,6 +91,8 @@ class RegionServicer(pb_grpc.RegionServiceServicer):
                 inventory=tuple(register.gpus),
             )
             self.streams += 1
+            stream = _Stream(region, register.credential, asyncio.current_task())
+            self._live[token] = stream
             queue = self._board.subscribe(region)
             await context.write(pb.ControlMessage(directives=self._board.current(region)))
             writer = asyncio.create_task(self._forward(queue, context))
@@ -91,7 +106,14 @@ class RegionServicer(pb_grpc.RegionServiceServicer):
             self.rejected += 1
             log.info("agent stream for %r refused: %s", region or "?", exc.message)
             await context.abort(grpc_code_for(exc), exc.message)
-        except (asyncio.CancelledError, grpc.aio.AbortError):
+        except asyncio.CancelledError:
+            revoked = self._live[token].revoked if token in self._live else None
+            if revoked is None:
+                raise
+            self.rejected += 1
+            log.warning("agent stream for %r revoked: %s", region, revoked.message)
+            await context.abort(grpc_code_for(revoked), revoked.message)
+        except grpc.aio.AbortError:
             raise
         except Exception:
             log.exception("agent stream for %r failed", region or "?")
@@ -101,10 +123,25 @@ class RegionServicer(pb_grpc.RegionServiceServicer):
                 writer.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await writer
+            self._live.pop(token, None)
             if queue is not None:
                 self._board.unsubscribe(region, queue)
                 self._ledger.disconnect(region, token)
                 self.streams -= 1
+
+    async def revalidate(self) -> int:
+        """Check every live stream's credential again; end those no longer accepted
+        (rotated credential, disabled region). Returns how many were ended."""
+        ended = 0
+        for stream in list(self._live.values()):
+            try:
+                await self._check(stream.region, stream.credential)
+            except MeridianError as exc:
+                if exc.status in (401, 403) and stream.task is not None:
+                    stream.revoked = exc
+                    stream.task.cancel()
+                    ended += 1
+        return ended
 
     async def _forward(
         self,

@@ -9,7 +9,10 @@ from pathlib import Path
 
 import grpc
 import pytest
+import sqlalchemy as sa
+from sqlalchemy.orm import Session, sessionmaker
 
+from control_plane.db.models import Region
 from control_plane.fleet import FleetRuntime
 from meridian.coordination import InProcessCoordination
 from meridian.snapshot import HealthState, RoutingSnapshot
@@ -28,8 +31,12 @@ from tests.fleet_support import (
 
 
 @pytest.fixture
-async def fleet(tmp_path: Path) -> AsyncIterator[FleetRuntime]:
-    sessions = make_registry(f"sqlite:///{tmp_path / 'registry.db'}")
+def sessions(tmp_path: Path) -> sessionmaker[Session]:
+    return make_registry(f"sqlite:///{tmp_path / 'registry.db'}")
+
+
+@pytest.fixture
+async def fleet(sessions: sessionmaker[Session]) -> AsyncIterator[FleetRuntime]:
     coord = InProcessCoordination()
     try:
         async with running_fleet(sessions, coord, fast_settings()) as runtime:
@@ -323,3 +330,25 @@ async def test_agent_reconnects_after_a_control_plane_restart_and_resends_state(
         await agent.stop()
     finally:
         await coord.close()
+
+
+async def test_live_stream_ends_when_its_region_is_disabled(
+    fleet: FleetRuntime, sessions: sessionmaker[Session]
+) -> None:
+    agent = start_agent([address(fleet)], "ap-south")
+    try:
+        await wait_snapshot(
+            lambda: fleet.feed.current, region_state("ap-south", HealthState.HEALTHY), timeout=5
+        )
+        assert await fleet.servicer.revalidate() == 0  # still accepted: nothing ends
+        assert agent.agent.connected.is_set()
+        with sessions.begin() as s:
+            s.execute(sa.update(Region).where(Region.name == "ap-south").values(status="disabled"))
+        assert await fleet.servicer.revalidate() == 1
+        await wait_until_async(
+            lambda: "PERMISSION_DENIED" in agent.agent.last_error, timeout=3, what="revoked"
+        )
+        assert "disabled" in agent.agent.last_error
+        await wait_until_async(lambda: fleet.servicer.streams == 0, timeout=3, what="stream gone")
+    finally:
+        await agent.stop()
