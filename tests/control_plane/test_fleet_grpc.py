@@ -1,9 +1,10 @@
-"""Agents and the control plane over real gRPC sockets (in-process coordination)."""
+"""Agents and the control plane over real gRPC sockets, on in-process coordination and etcd."""
 
 from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -14,7 +15,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from control_plane.db.models import Region
 from control_plane.fleet import FleetRuntime
-from meridian.coordination import InProcessCoordination
+from meridian.coordination import Coordination, InProcessCoordination, open_coordination
 from meridian.snapshot import HealthState, RoutingSnapshot
 from meridian.waiting import wait_until_async
 from proto import region_pb2 as pb
@@ -35,11 +36,18 @@ def sessions(tmp_path: Path) -> sessionmaker[Session]:
     return make_registry(f"sqlite:///{tmp_path / 'registry.db'}")
 
 
-@pytest.fixture
-async def fleet(sessions: sessionmaker[Session]) -> AsyncIterator[FleetRuntime]:
-    coord = InProcessCoordination()
+@pytest.fixture(params=["memory", "etcd"])
+async def fleet(
+    request: pytest.FixtureRequest, sessions: sessionmaker[Session]
+) -> AsyncIterator[FleetRuntime]:
+    """The same runtime on both coordination backends (etcd: a fresh key namespace)."""
+    if request.param == "memory":
+        coord: Coordination = InProcessCoordination()
+    else:
+        coord = open_coordination(f"etcd://{request.getfixturevalue('etcd_endpoint')}")
+    settings = fast_settings(namespace=f"/test/fleet-{uuid.uuid4().hex[:8]}")
     try:
-        async with running_fleet(sessions, coord, fast_settings()) as runtime:
+        async with running_fleet(sessions, coord, settings) as runtime:
             await wait_until_async(
                 lambda: runtime.leadership.is_leader and runtime.feed.current is not None,
                 timeout=5,
