@@ -54,14 +54,18 @@ class Leadership:
 
     async def run(self) -> None:
         """Campaign, lead while the lease lives, and campaign again; until cancelled."""
+        failures = 0
         while True:
             try:
                 await self._one_term()
+                failures = 0
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
+                failures += 1
                 log.warning("leadership term ended: %s", exc)
-            await asyncio.sleep(0.2)
+            # quick retry after a lost term; back off while the backend is unreachable
+            await asyncio.sleep(min(2.0, 0.2 * 2**failures))
 
     async def _one_term(self) -> None:
         self._lease = lease = await self._coord.grant_lease(self._ttl)

@@ -118,6 +118,8 @@ class SnapshotPublisher:
             self._wake.set()
 
     async def run(self) -> None:
+        # a new term: another leader may have published since, so compare with nothing
+        self._last_content = None
         existing = await self._coord.get(self.key)
         if existing is not None:
             with contextlib.suppress(ValueError, KeyError, TypeError):
