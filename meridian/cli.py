@@ -21,6 +21,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "simulate": ("simulator.cli", "simulate the fleet: every routing policy on real traffic"),
     "worker": ("worker.cli", "serve models over OIP v2 REST and gRPC with dynamic batching"),
     "quantize": ("worker.quantize", "make an int8 variant of an ONNX model, checked against fp32"),
+    "agent": ("region_agent.cli", "run a region agent: GPU health, workers, control-plane link"),
 }
 
 
