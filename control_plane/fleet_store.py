@@ -39,8 +39,11 @@ def credential_hash(credential: str) -> str:
 
 
 class FleetStore:
-    def __init__(self, sessions: sessionmaker[Session]) -> None:
+    def __init__(self, sessions: sessionmaker[Session], artifact_base_url: str = "") -> None:
+        """``artifact_base_url``: the admin API's URL, from which workers fetch artifacts
+        (with their region's credential); without it the store's own URIs are passed on."""
         self._sessions = sessions
+        self._artifact_base = artifact_base_url.rstrip("/")
         self.writes = 0  # SQL write transactions issued (for the benchmark)
 
     # --- registry view ---------------------------------------------------------------------
@@ -73,10 +76,14 @@ class FleetStore:
             deployments = []
             for dep, version, region_name in rows:
                 url, sha = version.artifact_uri or "", version.artifact_sha256 or ""
+                path = f"/v1/models/{version.model.name}/versions/{version.version}"
                 if dep.variant:
                     variant = variants.get((version.id, dep.variant))
                     if variant is not None:
                         url, sha = variant.artifact_uri or "", variant.artifact_sha256 or ""
+                        path += f"/variants/{dep.variant}"
+                if self._artifact_base and url:
+                    url = f"{self._artifact_base}{path}/artifact"
                 deployments.append(
                     DeploymentRecord(
                         model=version.model.name,

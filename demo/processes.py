@@ -11,7 +11,37 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
-__all__ = ["Child", "Children"]
+__all__ = ["Child", "Children", "descendants"]
+
+
+def descendants(pid: int) -> list[int]:
+    """Every live process below ``pid`` (workers run in sessions of their own, so a
+    process-group signal does not reach them)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        children.setdefault(ppid, []).append(int(entry.name))
+    out: list[int] = []
+    todo = [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            out.append(child)
+            todo.append(child)
+    return out
+
+
+def _kill(pids: list[int], sig: signal.Signals) -> None:
+    for pid in pids:
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            pass
 
 
 @dataclass
@@ -25,10 +55,12 @@ class Child:
 
     def kill_group(self) -> None:
         """SIGKILL the child and everything it started (a region failing hard)."""
+        below = descendants(self.proc.pid)
         try:
             os.killpg(self.proc.pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
+        _kill(below, signal.SIGKILL)
         self.proc.wait()
 
     def log_tail(self, lines: int = 20) -> str:
@@ -66,6 +98,9 @@ class Children:
 
     def stop_all(self, timeout: float = 10.0) -> None:
         """SIGTERM every group, newest first; SIGKILL what is still there after ``timeout``."""
+        below = [
+            pid for child in self.children if child.alive() for pid in descendants(child.proc.pid)
+        ]
         for child in reversed(self.children):
             if child.alive():
                 try:
@@ -82,6 +117,7 @@ class Children:
                 os.killpg(child.proc.pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
+        _kill(below, signal.SIGKILL)  # anything a child left behind
         for log in self._logs:
             log.close()
         self._logs.clear()

@@ -47,6 +47,7 @@ class CityStats:
             "p50_ms": round(float(np.percentile(lat, 50)), 1),
             "p99_ms": round(float(np.percentile(lat, 99)), 1),
             "regions": dict(self.regions.most_common()),
+            "last_error": self.last_error,
         }
 
 

@@ -91,6 +91,8 @@ async def _run(args: argparse.Namespace) -> int:
         host=args.worker_host,
         scrape_path=args.scrape_path,
         gpu_count=len(gpus.inventory()),
+        # workers fetch their artifacts from the control plane with this region's credential
+        env={"MERIDIAN_WORKER_ARTIFACT_TOKEN": credential},
     )
     agent = RegionAgent(
         addresses,

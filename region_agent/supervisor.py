@@ -42,9 +42,8 @@ log = logging.getLogger(__name__)
 
 DEFAULT_WORKER_COMMAND: tuple[str, ...] = (
     sys.executable, "-m", "meridian", "worker",
-    "--host", "{host}", "--port", "{port}", "--grpc-port", "{grpc_port}",
-    "--model", "{model}", "--version", "{version}", "--variant", "{variant}",
-    "--artifact-url", "{artifact_url}", "--artifact-sha256", "{artifact_sha256}",
+    "--host", "{host}", "--http-port", "{port}", "--grpc-port", "{grpc_port}",
+    "--model", "{model}:{version}:{variant}={artifact_url}#sha256={artifact_sha256}",
 )  # fmt: skip
 
 
