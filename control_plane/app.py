@@ -53,30 +53,46 @@ def create_app(
     registry: Registry | None = None,
     autoscaler: Autoscaler | None = None,
 ) -> FastAPI:
-    """The admin API. Pass ``registry`` to share one with other transports (gRPC), and the
-    fleet plane's ``autoscaler`` to serve scaling status and take the routers' demand."""
+    """The admin API, and (``settings.fleet_enabled``) the fleet plane: agents' gRPC server,
+    health ledger, routing snapshots and the autoscaler, started and stopped with the app.
+    ``autoscaler``: serve this one's scaling status and demand (the fleet plane's otherwise)."""
+    owned = registry is None
+    reg = registry or open_registry(settings)
+    fleet = None
+    if settings.fleet_enabled:
+        from control_plane.fleet_plane import build_fleet
+
+        fleet = build_fleet(settings, reg)
+    if autoscaler is None and fleet is not None:
+        autoscaler = getattr(fleet.runtime, "autoscaler", None)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        owned = registry is None
-        reg = registry or open_registry(settings)
         try:
             await anyio.to_thread.run_sync(prepare, settings, reg)
             app.state.registry = reg
             app.state.autoscaler = autoscaler
+            if fleet is not None:
+                await fleet.start()
+                app.state.fleet = fleet.runtime
+                log.info("agents' gRPC on %s:%d", settings.grpc_host, fleet.runtime.grpc_port)
             yield
         finally:
+            if fleet is not None:
+                await fleet.stop()
             if owned:
                 reg.close()
 
     app = FastAPI(
         title="Meridian control plane",
         version=meridian.__version__,
-        description="Admin API of the model and region registry.",
+        description="Admin API of the model and region registry, and the fleet's health.",
         lifespan=lifespan,
     )
     install_error_handlers(app)
     app.include_router(api_router())
+    if fleet is not None:
+        app.include_router(fleet.routes)
 
     @app.get("/healthz", tags=["health"])
     def healthz() -> dict[str, str]:

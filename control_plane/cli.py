@@ -17,6 +17,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "production: postgresql+psycopg://...)",
     )
     parser.add_argument("--data-dir", help="where the SQLite file and artifacts live (./var)")
+    parser.add_argument(
+        "--grpc-port", type=int, help="agents' gRPC port (MERIDIAN_GRPC_PORT, 8081)"
+    )
+    parser.add_argument(
+        "--coordination",
+        help="memory:// (one process) or etcd://host:port (MERIDIAN_COORDINATION_URL)",
+    )
+    parser.add_argument("--public-url", help="how agents and workers reach this API")
     parser.add_argument("--log-level", default="info", help="uvicorn log level")
 
 
@@ -29,6 +37,9 @@ def settings_from_args(args: argparse.Namespace) -> Any:
         ("port", "http_port"),
         ("database_url", "database_url"),
         ("data_dir", "data_dir"),
+        ("grpc_port", "grpc_port"),
+        ("coordination", "coordination_url"),
+        ("public_url", "public_url"),
     ):
         value = getattr(args, arg, None)
         if value is not None:
@@ -49,6 +60,8 @@ def main(args: argparse.Namespace) -> int:
         url = f"http://{settings.http_host}:{settings.http_port}"
         print(f"Meridian control plane: {url}  (admin API under {url}/v1, docs at {url}/docs)")
         print(f"database: {settings.resolved_database_url}")
+        if settings.fleet_enabled:
+            print(f"region agents connect to {settings.grpc_host}:{settings.grpc_port} (gRPC)")
         if not registry.has_active_admin_token():
             created = registry.create_token(
                 TokenCreate(name=INITIAL_TOKEN_NAME, scopes=["admin"]), actor="control-plane"

@@ -36,6 +36,16 @@ class ControlPlaneSettings(BaseSettings):
     bootstrap_admin_token: SecretStr | None = None
     # run ``alembic upgrade head`` when the process starts
     migrate_on_start: bool = True
+    # --- the fleet plane: region agents over gRPC, health, routing snapshots ---
+    fleet_enabled: bool = True
+    grpc_host: str = "127.0.0.1"
+    grpc_port: int = Field(default=8081, ge=0, le=65535)  # 0: any free port
+    # live coordination: memory:// (one process, embedded) or etcd://host:port (HA replicas)
+    coordination_url: str = "memory://"
+    # how agents and workers reach this API (artifact URLs in directives)
+    public_url: str | None = None
+    report_interval_s: float = Field(default=1.0, gt=0)
+    fleet_namespace: str = "/meridian"
 
     @model_validator(mode="after")
     def _refuse_placeholder_secrets(self) -> ControlPlaneSettings:
@@ -60,6 +70,10 @@ class ControlPlaneSettings(BaseSettings):
         if self.database_url:
             return self.database_url
         return f"sqlite:///{(self.data_dir / 'meridian.sqlite').resolve()}"
+
+    @property
+    def resolved_public_url(self) -> str:
+        return (self.public_url or f"http://{self.http_host}:{self.http_port}").rstrip("/")
 
     @property
     def resolved_artifact_dir(self) -> Path:

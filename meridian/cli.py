@@ -14,12 +14,15 @@ from collections.abc import Sequence
 
 # subcommand -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
+    "demo": ("demo.cli", "run the whole system on this machine: routing and a failover"),
     "control-plane": ("control_plane.cli", "run the control plane (admin API, registry)"),
     "token": ("control_plane.token_cli", "create, list or revoke API tokens in the registry"),
+    "regions": ("control_plane.regions_cli", "register or deregister a region (idempotent)"),
     "router": ("router.cli", "run the router (the end-user HTTPS endpoint)"),
     "simulate": ("simulator.cli", "simulate the fleet: every routing policy on real traffic"),
     "worker": ("worker.cli", "serve models over OIP v2 REST and gRPC with dynamic batching"),
     "quantize": ("worker.quantize", "make an int8 variant of an ONNX model, checked against fp32"),
+    "agent": ("region_agent.cli", "run a region agent: GPU health, workers, control-plane link"),
 }
 
 

@@ -4,6 +4,7 @@ the gRPC server, so both transports share one event loop and one data plane."""
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -12,6 +13,7 @@ from pathlib import Path
 from fastapi import FastAPI
 
 from worker.dataplane import SERVER_VERSION, DataPlane
+from worker.repository import LoadRequest
 from worker.rest import WorkerApp, install_routes
 from worker.settings import WorkerSettings
 
@@ -22,19 +24,33 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """A model file to serve from start-up: ``name:version=path``."""
+    """A model to serve from start-up.
+
+    ``name[:version[:variant]]=PATH`` serves a local file; ``...=URL#sha256=HEX`` fetches
+    an artifact (verified, cached) with the bearer token in
+    ``MERIDIAN_WORKER_ARTIFACT_TOKEN`` when set (a region agent passes its credential).
+    """
 
     name: str
     version: str
-    path: Path
+    path: Path | None = None
+    variant: str = "base"
+    url: str | None = None
+    sha256: str | None = None
 
     @classmethod
     def parse(cls, text: str) -> ModelSpec:
-        left, sep, path = text.partition("=")
-        name, _, version = left.partition(":")
-        if not sep or not name or not path:
-            raise ValueError(f"expected name[:version]=path, got '{text}'")
-        return cls(name, version or "1", Path(path))
+        left, sep, source = text.partition("=")
+        name, _, rest = left.partition(":")
+        version, _, variant = rest.partition(":")
+        if not sep or not name or not source:
+            raise ValueError(f"expected name[:version[:variant]]=path-or-url, got '{text}'")
+        if source.startswith(("http://", "https://")):
+            url, _, fragment = source.partition("#sha256=")
+            if len(fragment) != 64:
+                raise ValueError(f"an artifact URL needs '#sha256=<64 hex digits>': '{text}'")
+            return cls(name, version or "1", variant=variant or "base", url=url, sha256=fragment)
+        return cls(name, version or "1", Path(source), variant=variant or "base")
 
 
 def create_app(
@@ -49,8 +65,20 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         grpc_server = None
         try:
+            token = os.environ.get("MERIDIAN_WORKER_ARTIFACT_TOKEN") or None
             for spec in models:
-                await dp.load_path(spec.name, spec.version, spec.path)
+                if spec.url is not None:
+                    request = LoadRequest(
+                        version=spec.version,
+                        variant=spec.variant,
+                        artifact_url=spec.url,
+                        sha256=spec.sha256,
+                        token=token,
+                    )
+                    await dp.load(spec.name, request)
+                else:
+                    assert spec.path is not None
+                    await dp.load_path(spec.name, spec.version, spec.path, variant=spec.variant)
             if settings.grpc_port is not None:
                 from worker.grpc_service import GrpcServer
 

@@ -9,14 +9,15 @@ __all__ = ["add_arguments", "main"]
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", help="listen address (default 127.0.0.1)")
-    parser.add_argument("--http-port", type=int, help="REST port (default 8000)")
+    parser.add_argument("--http-port", "--port", type=int, help="REST port (default 8000)")
     parser.add_argument("--grpc-port", type=int, help="gRPC port (default 8001; -1 disables)")
     parser.add_argument(
         "--model",
         action="append",
         default=[],
-        metavar="NAME[:VERSION]=PATH",
-        help="serve a local .onnx or TorchScript file from start-up (repeatable)",
+        metavar="NAME[:VERSION[:VARIANT]]=SOURCE",
+        help="serve from start-up (repeatable): SOURCE is a local .onnx/TorchScript file or "
+        "an artifact URL with '#sha256=HEX' (token in MERIDIAN_WORKER_ARTIFACT_TOKEN)",
     )
     parser.add_argument("--max-batch-size", type=int, help="rows per engine run (default 64)")
     parser.add_argument("--max-queue-delay-ms", type=float, help="batch fill wait (default 2)")

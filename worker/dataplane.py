@@ -179,6 +179,7 @@ class DataPlane:
             engine,
             source=request.artifact_url or str(path),
             sha256=sha,
+            warm_up=True,
         )
 
     async def load_path(
@@ -191,7 +192,9 @@ class DataPlane:
             version=version, variant=variant, format=guess_format(path), path=str(path)
         )
         engine = await self._open(local_path(str(path)), req)
-        return await self.repository.install(name, version, variant, engine, source=str(path))
+        return await self.repository.install(
+            name, version, variant, engine, source=str(path), warm_up=True
+        )
 
     async def install_engine(
         self, name: str, version: str, engine: Engine, *, variant: str = "base"

@@ -30,6 +30,7 @@ class ModelStats:
         self.dropped = 0
         self.batches = 0
         self.rows = 0
+        self.capacity_rps = 0.0  # rows/s the engine sustains, from timed runs (EWMA)
         self._latencies: deque[float] = deque(maxlen=window)
         self._completions: deque[float] = deque()
         self._rate_window_s = rate_window_s
@@ -39,6 +40,15 @@ class ModelStats:
         self._latencies.append(latency_s)
         self._completions.append(now)
         self._trim(now)
+
+    def observe_compute(self, rows: int, seconds: float, weight: float = 0.2) -> None:
+        """An engine run of ``rows`` took ``seconds``: update the capacity estimate."""
+        if seconds <= 0 or rows <= 0:
+            return
+        rate = rows / seconds
+        self.capacity_rps = (
+            rate if self.capacity_rps == 0 else ((1 - weight) * self.capacity_rps + weight * rate)
+        )
 
     def _trim(self, now: float) -> None:
         horizon = now - self._rate_window_s
@@ -60,6 +70,7 @@ class ModelStats:
             "rows": self.rows,
             "mean_batch_rows": (self.rows / self.batches) if self.batches else 0.0,
             "throughput_rps": len(self._completions) / self._rate_window_s,
+            "capacity_rps": round(self.capacity_rps, 2),
             "latency_p50_ms": float(p50),
             "latency_p90_ms": float(p90),
             "latency_p99_ms": float(p99),
@@ -130,5 +141,6 @@ class WorkerMetrics:
             "queue_depth": sum(int(m["queue_depth"]) for m in models.values()),
             "in_flight": sum(int(m["in_flight"]) for m in models.values()),
             "throughput_rps": sum(float(m["throughput_rps"]) for m in models.values()),
+            "capacity_rps": sum(float(m["capacity_rps"]) for m in models.values()),
             "models": models,
         }

@@ -15,6 +15,7 @@ from meridian.errors import InvalidInput, NotFound
 from worker.batcher import BatchPolicy, DynamicBatcher
 from worker.engines.base import Engine, EngineFormat
 from worker.metrics import WorkerMetrics
+from worker.tensors import sample_inputs
 
 __all__ = ["LoadRequest", "LoadedModel", "ModelRepository"]
 
@@ -144,8 +145,11 @@ class ModelRepository:
         source: str,
         sha256: str | None = None,
         executor: ThreadPoolExecutor | None = None,
+        warm_up: bool = False,
     ) -> LoadedModel:
-        """Serve ``engine`` as name/version; a model already there is drained, then closed."""
+        """Serve ``engine`` as name/version; a model already there is drained, then closed.
+
+        ``warm_up`` runs a placeholder row first (it seeds the capacity estimate)."""
         check_name(name, "model name")
         label = f"{name}:{version}"
         executor = executor or ThreadPoolExecutor(1, thread_name_prefix=f"engine-{label}")
@@ -158,6 +162,9 @@ class ModelRepository:
             metrics=self._metrics,
         )
         model = LoadedModel(name, version, variant, engine, batcher, executor, source, sha256)
+        sample = sample_inputs(engine.inputs) if warm_up else None
+        if sample is not None:
+            await batcher.warm_up(sample)
         async with self._lock:
             batcher.start()
             old = self._models.setdefault(name, {}).get(version)

@@ -25,6 +25,7 @@ __all__ = [
     "array_from_list",
     "datatype_of",
     "numpy_dtype",
+    "sample_inputs",
 ]
 
 # OIP datatype -> numpy dtype (little-endian, as the protocol's raw form is).
@@ -207,3 +208,20 @@ def _bytes_from_list(data: Any, dims: tuple[int, ...], tensor: str) -> np.ndarra
         else:
             raise InvalidInput(f"tensor '{tensor}': BYTES values must be strings")
     return out.reshape(dims)
+
+
+def sample_inputs(specs: list[TensorSpec]) -> dict[str, np.ndarray] | None:
+    """One row of placeholder inputs for ``specs`` (zeros, or short text for BYTES), with
+    every variable dimension set to 1; None when a shape is unknown."""
+    out: dict[str, np.ndarray] = {}
+    for spec in specs:
+        if spec.shape is None:
+            return None
+        dims = tuple(1 if d < 0 else d for d in spec.shape) or (1,)
+        if spec.datatype == "BYTES":
+            out[spec.name] = np.full(dims, b"warm up", dtype=object)
+        elif spec.datatype in DATATYPE_TO_NUMPY:
+            out[spec.name] = np.zeros(dims, dtype=DATATYPE_TO_NUMPY[spec.datatype])
+        else:
+            return None
+    return out

@@ -112,3 +112,11 @@ def test_bad_bytes_are_a_400_naming_the_tensor(text_worker) -> None:
         json={"inputs": [{"name": "text", "datatype": "BYTES", "shape": [1], "data": [5]}]},
     )
     assert r.status_code == 400 and "strings" in r.json()["error"]
+
+
+def test_capacity_is_reported_for_the_region_agent(text_worker) -> None:
+    worker, _ = text_worker
+    stats = httpx.get(f"{worker.http_url}/v2/stats").json()
+    # the warm-up run at load time seeds what the region agent reports as capacity
+    assert stats["capacity_rps"] > 0
+    assert stats["models"]["text:1"]["capacity_rps"] == stats["capacity_rps"]

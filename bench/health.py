@@ -1,0 +1,316 @@
+"""Health-plane ingestion: GPU reports/s, snapshot publication delay, SQL writes/s.
+
+N simulated agents (many GPUs each) stream reports over loopback gRPC, from a
+separate process, into the real ``RegionService`` of a :class:`FleetRuntime`
+(embedded mode: SQLite registry, in-process coordination). Measured side by side
+in one run:
+
+- ``meridian``: the ledger assesses each report in memory; summaries are relayed
+  at most once a second per region (state changes at once); region health is
+  persisted by the periodic recorder (one transaction per flush, changed rows only).
+- ``naive``: the same server, but every report is also written to SQL as it
+  arrives (one transaction per report), as a store-everything design would.
+
+Publication delay: a probe agent's report that changes its region's state
+(XID 79 on every GPU, then recovery), timed until the new snapshot is seen
+through a coordination watch, while the load runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing as mp
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from bench.report import parse_args, record, table
+
+GPUS_PER_AGENT = 64
+WORKERS_PER_AGENT = 16
+
+
+def _report(seq: int, gpus: int, fatal: bool = False) -> Any:
+    from proto import region_pb2 as pb
+
+    report = pb.Report(seq=seq, sent_at=time.time())
+    for i in range(gpus):
+        report.gpus.append(
+            pb.GpuStatus(
+                index=i,
+                utilization=40 + (seq + i) % 50,
+                memory_used_bytes=40 << 30,
+                memory_total_bytes=80 << 30,
+                temperature_c=55 + i % 10,
+                power_w=350,
+                ecc_corrected=i % 3,
+                recent_xids=[79] if fatal else [],
+            )
+        )
+    for w in range(min(WORKERS_PER_AGENT, gpus)):
+        report.workers.append(
+            pb.WorkerStatus(
+                worker_id=f"w{w}",
+                endpoint=f"http://10.0.0.1:{8000 + w}",
+                models=["resnet:1"],
+                ready=True,
+                queue_depth=(seq + w) % 7,
+                in_flight=w % 3,
+                throughput_rps=100.0,
+                capacity_rps=400.0,
+                latency_p50_ms=4.0,
+                latency_p99_ms=9.0,
+                gpu_indices=[w * (gpus // WORKERS_PER_AGENT) + k for k in range(gpus // 16)],
+            )
+        )
+    return report
+
+
+def _register(region: str, gpus: int) -> Any:
+    from proto import region_pb2 as pb
+
+    return pb.AgentMessage(
+        register=pb.Register(
+            region=region,
+            credential=f"cred-{region}",
+            agent_version="bench",
+            gpus=[pb.GpuInfo(index=i, name="H100") for i in range(gpus)],
+        )
+    )
+
+
+# --- load generator (its own process) ---------------------------------------------------------
+
+
+def _client_main(address: str, agents: int, seconds: float, ready: Any) -> None:
+    asyncio.run(_clients(address, agents, seconds, ready))
+
+
+async def _clients(address: str, agents: int, seconds: float, ready: Any) -> None:
+    import grpc
+
+    from proto import region_pb2 as pb
+    from proto import region_pb2_grpc as pb_grpc
+
+    # a few distinct reports per agent, built once: the server's cost is what is measured
+    reports = [pb.AgentMessage(report=_report(s, GPUS_PER_AGENT)) for s in range(4)]
+    async with grpc.aio.insecure_channel(address) as channel:
+        stub = pb_grpc.RegionServiceStub(channel)
+        calls = []
+        for i in range(agents):
+            call = stub.Connect()
+            await call.write(_register(f"load-{i}", GPUS_PER_AGENT))
+            await call.read()
+            calls.append(call)
+        ready.set()
+        deadline = time.monotonic() + seconds
+
+        async def pump(call: Any) -> None:
+            n = 0
+            while time.monotonic() < deadline:
+                await call.write(reports[n % 4])
+                n += 1
+            await call.done_writing()
+
+        await asyncio.gather(*(pump(c) for c in calls))
+        for call in calls:
+            call.cancel()
+
+
+# --- server side ------------------------------------------------------------------------------
+
+
+async def _measure(mode: str, agents: int, seconds: float, workdir: Path) -> dict[str, float]:
+    import grpc
+    import sqlalchemy as sa
+    from sqlalchemy.orm import sessionmaker
+
+    from control_plane.db.models import Base, Region
+    from control_plane.fleet import FleetRuntime, FleetSettings
+    from control_plane.fleet_store import FleetStore, credential_hash
+    from control_plane.health.ledger import Change
+    from control_plane.health.recorder import SqlHealthSink, region_health_table
+    from meridian.coordination import InProcessCoordination
+    from meridian.snapshot import HealthState
+    from meridian.waiting import wait_until_async
+    from proto import region_pb2 as pb
+    from proto import region_pb2_grpc as pb_grpc
+
+    db = workdir / f"{mode}.db"
+    engine = sa.create_engine(f"sqlite:///{db}")
+    Base.metadata.create_all(engine)
+    metadata = sa.MetaData()
+    health_table = region_health_table(metadata)
+    naive_table = sa.Table(
+        "naive_reports",
+        metadata,
+        sa.Column("id", sa.Integer, primary_key=True),
+        sa.Column("region", sa.String(64)),
+        sa.Column("at", sa.Float),
+        sa.Column("report", sa.LargeBinary),
+    )
+    metadata.create_all(engine)
+    sessions = sessionmaker(engine, expire_on_commit=False)
+    names = [f"load-{i}" for i in range(agents)] + ["probe"]
+    with sessions.begin() as s:
+        for n in names:
+            s.add(Region(name=n, lat=0, lon=0, agent_credential_hash=credential_hash(f"cred-{n}")))
+    store = FleetStore(sessions)
+    coord = InProcessCoordination()
+    sink = SqlHealthSink(engine, health_table)
+    # long leases: a starved event loop (the naive mode) must not lose leadership mid-run
+    settings = FleetSettings(
+        report_interval_s=1.0, health_flush_s=1.0, leader_ttl_s=30, summary_ttl_s=30
+    )
+    runtime = FleetRuntime(
+        settings,
+        coord,
+        load_registry=store.load,
+        check_credential=store.check_credential,
+        health_sink=sink,
+    )
+    naive_writes = 0
+    if mode == "naive":
+        latest: dict[str, Any] = {}
+
+        def write_every_report(region: str, change: Change) -> None:
+            nonlocal naive_writes
+            summary = runtime.ledger.summary(region)
+            with engine.begin() as conn:
+                conn.execute(
+                    naive_table.insert().values(
+                        region=region, at=time.time(), report=summary.to_json() if summary else b""
+                    )
+                )
+            naive_writes += 1
+            latest[region] = change
+
+        runtime.ledger.add_listener(write_every_report)
+
+    await runtime.start()
+    address = f"127.0.0.1:{runtime.grpc_port}"
+    await wait_until_async(
+        lambda: runtime.leadership.is_leader and runtime.feed.current is not None,
+        timeout=30,
+        what="leadership",
+    )
+
+    ctx = mp.get_context("spawn")
+    ready = ctx.Event()
+    client = ctx.Process(target=_client_main, args=(address, agents, seconds + 2, ready))
+    client.start()
+    delays: list[float] = []
+    timeouts = 0
+    try:
+        await wait_until_async(ready.is_set, timeout=60, what="load generator ready")
+        await asyncio.sleep(0.5)  # warm-up
+        ledger = runtime.ledger
+        gpu0, sql0, t0 = ledger.gpu_reports_ingested, sink.writes + naive_writes, time.monotonic()
+
+        # the probe: state changes timed until the new snapshot is seen through the watch
+        async with grpc.aio.insecure_channel(address) as channel:
+            call = pb_grpc.RegionServiceStub(channel).Connect()
+            await call.write(_register("probe", 8))
+            await call.read()
+            feed = runtime.feed
+            want = HealthState.HEALTHY
+            seq = 0
+            end = t0 + seconds - 0.5
+            while time.monotonic() < end:
+                seq += 1
+                fatal = want == HealthState.DOWN
+                start = time.monotonic()
+                await call.write(pb.AgentMessage(report=_report(seq, 8, fatal=fatal)))
+                seen = False
+                while time.monotonic() - start < 5:
+                    current = feed.current
+                    region = current.region("probe") if current else None
+                    if region is not None and region.state == want:
+                        seen = True
+                        break
+                    await feed.wait_newer(feed.version, 1)
+                if not seen:
+                    timeouts += 1
+                elif seq > 1:
+                    delays.append(time.monotonic() - start)
+                want = HealthState.DOWN if want == HealthState.HEALTHY else HealthState.HEALTHY
+                await asyncio.sleep(0.25)
+            call.cancel()
+        elapsed = time.monotonic() - t0
+        gpu_reports = ledger.gpu_reports_ingested - gpu0
+        sql_writes = sink.writes + naive_writes - sql0
+    finally:
+        client.join(timeout=seconds + 10)
+        if client.is_alive():
+            client.kill()
+            client.join()
+        await runtime.stop(grace_s=0.2)
+        await coord.close()
+        engine.dispose()
+    return {
+        "gpu_reports_per_s": gpu_reports / elapsed,
+        "sql_writes_per_s": sql_writes / elapsed,
+        "publish_delay_ms_p50": 1000 * statistics.median(delays) if delays else float("nan"),
+        "publish_delay_ms_max": 1000 * max(delays) if delays else float("nan"),
+        "probes": float(len(delays)),
+        "probe_timeouts": float(timeouts),
+    }
+
+
+def main() -> None:
+    args = parse_args(__doc__.splitlines()[0])
+    agents = 8 if args.quick else 16
+    seconds = 6.0 if args.quick else 15.0
+    with tempfile.TemporaryDirectory() as tmp:
+        ours = asyncio.run(_measure("meridian", agents, seconds, Path(tmp)))
+        naive = asyncio.run(_measure("naive", agents, seconds, Path(tmp)))
+    ratio = ours["gpu_reports_per_s"] / max(naive["gpu_reports_per_s"], 1e-9)
+    rows = [
+        [
+            name,
+            r["gpu_reports_per_s"],
+            r["sql_writes_per_s"],
+            r["publish_delay_ms_p50"],
+            r["publish_delay_ms_max"],
+            f"{int(r['probes'])} ({int(r['probe_timeouts'])} over 5 s)",
+        ]
+        for name, r in (("meridian", ours), ("naive (SQL per report)", naive))
+    ]
+    body = (
+        f"{agents} agents x {GPUS_PER_AGENT} GPUs ({WORKERS_PER_AGENT} workers each) streaming "
+        f"flat out over loopback gRPC for {seconds:.0f}s, from a separate process.\n\n"
+        + table(
+            [
+                "implementation",
+                "GPU reports/s",
+                "SQL writes/s",
+                "publish delay p50 (ms)",
+                "publish delay max (ms)",
+                "probes",
+            ],
+            rows,
+        )
+        + f"\n\nIngestion ratio meridian / naive: {ratio:.2f}x."
+    )
+    record(
+        "health",
+        "Health plane: report ingestion and snapshot publication",
+        body,
+        {
+            "gpu_reports_per_s": round(ours["gpu_reports_per_s"]),
+            "naive_gpu_reports_per_s": round(naive["gpu_reports_per_s"]),
+            "ingest_ratio_vs_naive": round(ratio, 2),
+            "sql_writes_per_s": round(ours["sql_writes_per_s"], 2),
+            "naive_sql_writes_per_s": round(naive["sql_writes_per_s"], 1),
+            "publish_delay_ms_p50": round(ours["publish_delay_ms_p50"], 1),
+            "publish_delay_ms_max": round(ours["publish_delay_ms_max"], 1),
+        },
+        quick=args.quick,
+        write=not args.no_write,
+    )
+
+
+if __name__ == "__main__":
+    main()

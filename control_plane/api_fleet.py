@@ -1,0 +1,170 @@
+"""REST routes of the fleet plane: the routing snapshot feed, region health, drain.
+
+:func:`fleet_router` builds an ``APIRouter`` from its dependencies, so any app
+can mount it:
+
+- ``GET /v1/routing/snapshot``: the latest snapshot, ``ETag: "<version>"``. With
+  ``If-None-Match`` and ``?wait=S`` it long-polls: it answers as soon as a newer
+  snapshot exists, or 304 after ``S`` seconds.
+- ``GET /v1/regions/{name}/health``: state, reason, GPUs and workers of a region.
+- ``POST /v1/regions/{name}/drain`` and ``/undrain``: operator draining.
+"""
+
+# no ``from __future__ import annotations``: FastAPI must see the route annotations, which
+# use this factory's arguments (e.g. ``max_wait_s``), as objects.
+import time
+from collections.abc import Awaitable, Callable
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Header, Query, Response
+from fastapi.responses import JSONResponse
+
+from control_plane.health.fleet_view import FleetView
+from control_plane.health.snapshots import SnapshotFeed
+from meridian.errors import InvalidInput, MeridianError, NotFound, Unavailable
+
+__all__ = ["fleet_router"]
+
+SetDraining = Callable[[str, bool, str], Awaitable[str]]
+
+
+def _error(exc: MeridianError) -> JSONResponse:
+    headers = {"Retry-After": str(int(exc.retry_after))} if exc.retry_after else None
+    return JSONResponse(exc.to_dict(), status_code=exc.status, headers=headers)
+
+
+def _parse_etag(value: str, current: int) -> int:
+    tag = value.strip()
+    if tag == "*":
+        return current
+    tag = tag.removeprefix("W/").strip('"')
+    if not tag.isdigit():
+        raise InvalidInput(f"If-None-Match must be a snapshot ETag like '\"42\"', got {value!r}")
+    return int(tag)
+
+
+def _actor(principal: Any) -> str:
+    for attr in ("name", "actor", "subject"):
+        value = getattr(principal, attr, None)
+        if isinstance(value, str) and value:
+            return value
+    return principal if isinstance(principal, str) and principal else "operator"
+
+
+def fleet_router(
+    feed: SnapshotFeed,
+    fleet_view: FleetView,
+    set_draining: SetDraining,
+    *,
+    read_auth: Callable[..., Any],
+    admin_auth: Callable[..., Any],
+    max_wait_s: float = 60.0,
+) -> APIRouter:
+    """``read_auth``/``admin_auth``: FastAPI dependencies (e.g. ``require_scope("read")``)."""
+    router = APIRouter(tags=["fleet"])
+
+    def snapshot_response() -> Response:
+        return Response(
+            content=feed.raw,
+            media_type="application/json",
+            headers={"ETag": f'"{feed.version}"', "Cache-Control": "no-cache"},
+        )
+
+    @router.get("/v1/routing/snapshot", dependencies=[Depends(read_auth)])
+    async def get_snapshot(
+        wait: Annotated[
+            float, Query(ge=0, le=max_wait_s, description="long-poll seconds with If-None-Match")
+        ] = 0.0,
+        if_none_match: Annotated[str | None, Header()] = None,
+    ) -> Response:
+        try:
+            if if_none_match is None:
+                if feed.current is None and wait > 0:
+                    await feed.wait_newer(0, wait)
+                if feed.current is None:
+                    raise Unavailable("no routing snapshot has been published yet", retry_after=1)
+                return snapshot_response()
+            known = _parse_etag(if_none_match, feed.version)
+            if feed.version > known or (wait > 0 and await feed.wait_newer(known, wait)):
+                return snapshot_response()
+            if feed.version < known:
+                # a version from the future: this replica lags, or the ETag is made up
+                raise InvalidInput(
+                    f"snapshot version {known} is newer than the latest ({feed.version})"
+                )
+            return Response(status_code=304, headers={"ETag": f'"{feed.version}"'})
+        except MeridianError as exc:
+            return _error(exc)
+
+    @router.get("/v1/regions/{name}/health", dependencies=[Depends(read_auth)])
+    async def region_health(name: str) -> Response:
+        snapshot = feed.current
+        region = snapshot.region(name) if snapshot is not None else None
+        if region is None:
+            return _error(NotFound(f"region {name!r} is not in the routing snapshot"))
+        summary = fleet_view.summary(name)
+        body: dict[str, Any] = {
+            "region": name,
+            "state": region.state.value,
+            "routable": region.state.routable,
+            "snapshot_version": snapshot.version if snapshot else 0,
+            "gpu_count": region.gpu_count,
+            "healthy_gpus": region.healthy_gpus,
+            "capacity_rps": region.capacity_rps,
+            "agent_connected": summary is not None and summary.connected,
+        }
+        if summary is None:
+            body["reason"] = "no agent is connected"
+        else:
+            body.update(
+                reason=summary.reason,
+                agent_id=summary.agent_id,
+                agent_version=summary.agent_version,
+                replica=summary.replica,
+                last_report_age_s=round(max(0.0, time.time() - summary.last_report_at), 3),
+                gpus=[
+                    {
+                        "index": g.index,
+                        "condition": g.condition,
+                        "reason": g.reason,
+                        "utilization": g.utilization,
+                        "temperature_c": g.temperature_c,
+                        "memory_used_bytes": g.memory_used_bytes,
+                        "memory_total_bytes": g.memory_total_bytes,
+                    }
+                    for g in summary.gpus
+                ],
+                workers=[
+                    {
+                        "worker_id": w.worker_id,
+                        "state": w.state.value,
+                        "reason": w.reason,
+                        "endpoint": w.endpoint,
+                        "models": list(w.models),
+                        "queue_depth": w.queue_depth,
+                        "in_flight": w.in_flight,
+                        "throughput_rps": w.throughput_rps,
+                        "latency_p50_ms": w.latency_p50_ms,
+                        "latency_p99_ms": w.latency_p99_ms,
+                    }
+                    for w in summary.workers
+                ],
+            )
+        return JSONResponse(body)
+
+    async def change_drain(name: str, draining: bool, principal: Any) -> Response:
+        try:
+            status = await set_draining(name, draining, _actor(principal))
+        except MeridianError as exc:
+            return _error(exc)
+        return JSONResponse({"region": name, "status": status})
+
+    @router.post("/v1/regions/{name}/drain")
+    async def drain(name: str, principal: Annotated[Any, Depends(admin_auth)]) -> Response:
+        return await change_drain(name, True, principal)
+
+    @router.post("/v1/regions/{name}/undrain")
+    async def undrain(name: str, principal: Annotated[Any, Depends(admin_auth)]) -> Response:
+        return await change_drain(name, False, principal)
+
+    return router

@@ -1,0 +1,289 @@
+"""The fleet plane of one control-plane replica: agent streams, health, snapshots.
+
+:class:`FleetRuntime` is the core object: it owns the gRPC server for agents,
+the :class:`HealthLedger` of the agents connected here, the relay of their
+summaries, the merged :class:`FleetView`, the snapshot feed, the directive
+board and the leadership campaign whose leader publishes snapshots and
+reconciles directives. Every background task is started in :meth:`start`, kept,
+and cancelled and awaited in :meth:`stop` in a fixed order.
+
+Path of a report: agent → gRPC stream (any replica) → ledger (pure policy) →
+relay → coordination key ``/meridian/fleet/regions/<region>/<replica>`` →
+every replica's fleet view → (leader) snapshot publisher → coordination key
+``/meridian/routing/snapshot`` → every replica's feed and every router's watch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+
+from control_plane.health.directives import DirectiveBoard, DirectiveReconciler
+from control_plane.health.fleet_view import FleetView
+from control_plane.health.inventory import CredentialCheck, RegistryView
+from control_plane.health.ledger import HealthLedger
+from control_plane.health.policy import HealthConfig, HealthPolicy
+from control_plane.health.recorder import (
+    HealthRecorder,
+    HealthRow,
+    HealthSink,
+    MemoryHealthSink,
+    row_of,
+)
+from control_plane.health.relay import SummaryRelay
+from control_plane.health.service import RegionServicer
+from control_plane.health.snapshots import SnapshotFeed, SnapshotPublisher, build_snapshot
+from control_plane.leader import Leadership
+from meridian.coordination import Coordination, EventKind
+from meridian.eventwait import wait_event
+from meridian.snapshot import RoutingSnapshot
+from proto import region_pb2_grpc as pb_grpc
+
+__all__ = ["REGISTRY_NUDGE_KEY", "FleetRuntime", "FleetSettings", "drain_action", "nudge_registry"]
+
+REGISTRY_NUDGE_KEY = "/meridian/fleet/registry-changed"  # under the default namespace
+log = logging.getLogger(__name__)
+
+
+def _default_replica() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+
+
+@dataclass(frozen=True)
+class FleetSettings:
+    grpc_host: str = "127.0.0.1"
+    grpc_port: int = 0  # 0: any free port (see FleetRuntime.grpc_port)
+    replica_id: str = field(default_factory=_default_replica)
+    report_interval_s: float = 1.0
+    missed_heartbeats: int = 3
+    tick_s: float = 0.05  # how often the heartbeat rule runs
+    summary_ttl_s: float = 3.0  # a dead replica's summaries vanish after this
+    leader_ttl_s: float = 2.0  # a dead leader is replaced after about this
+    load_interval_s: float = 1.0  # load-only changes are relayed/published this often
+    debounce_s: float = 0.05  # state changes are published within this
+    registry_refresh_s: float = 2.0
+    directive_config: dict[str, str] = field(default_factory=dict)
+    grpc_max_message_bytes: int = 4 * 1024 * 1024
+    namespace: str = "/meridian"  # root of every coordination key (one per fleet)
+    health_flush_s: float = 5.0  # how often the leader persists changed region health
+    credential_recheck_s: float = 30.0  # live streams of revoked credentials end within this
+
+    def key(self, path: str) -> str:
+        return f"{self.namespace.rstrip('/')}/{path}"
+
+    def health_config(self) -> HealthConfig:
+        return HealthConfig(
+            report_interval_s=self.report_interval_s, missed_heartbeats=self.missed_heartbeats
+        )
+
+
+async def nudge_registry(coord: Coordination, namespace: str = "/meridian") -> None:
+    """Tell the leader the registry changed (drain, deployments) so it reloads at once."""
+    key = f"{namespace.rstrip('/')}/fleet/registry-changed"
+    await coord.put(key, str(time.time()).encode())
+
+
+class FleetRuntime:
+    def __init__(
+        self,
+        settings: FleetSettings,
+        coord: Coordination,
+        *,
+        load_registry: Callable[[], Awaitable[RegistryView]],
+        check_credential: CredentialCheck,
+        health_sink: HealthSink | None = None,
+    ) -> None:
+        self.settings = settings
+        self.coord = coord
+        self._load_registry = load_registry
+        self.registry = RegistryView()
+        self.policy = HealthPolicy(settings.health_config())
+        self.relay = SummaryRelay(
+            coord,
+            replica=settings.replica_id,
+            summary_of=lambda region: self.ledger.summary(region),
+            lease_ttl_s=settings.summary_ttl_s,
+            load_interval_s=settings.load_interval_s,
+            prefix=settings.key("fleet/regions/"),
+        )
+        self.ledger = HealthLedger(
+            self.policy, replica=settings.replica_id, on_change=self.relay.notify
+        )
+        self.publisher = SnapshotPublisher(
+            coord,
+            self._build,
+            key=settings.key("routing/snapshot"),
+            debounce_s=settings.debounce_s,
+            load_interval_s=settings.load_interval_s,
+        )
+        self.fleet_view = FleetView(
+            coord, on_change=self.publisher.mark, prefix=settings.key("fleet/regions/")
+        )
+        self.feed = SnapshotFeed(coord, key=settings.key("routing/snapshot"))
+        self.board = DirectiveBoard(
+            coord,
+            report_interval_s=settings.report_interval_s,
+            prefix=settings.key("fleet/directives/"),
+        )
+        self.reconciler = DirectiveReconciler(
+            coord,
+            report_interval_s=settings.report_interval_s,
+            config=settings.directive_config,
+            prefix=settings.key("fleet/directives/"),
+        )
+        self.servicer = RegionServicer(self.ledger, self.board, check_credential)
+        self.leadership = Leadership(
+            coord,
+            name="control-plane",
+            identity=settings.replica_id.encode(),
+            lead=self._lead,
+            lease_ttl_s=settings.leader_ttl_s,
+            root=settings.key("election"),
+        )
+        self.health_sink: HealthSink = health_sink or MemoryHealthSink()
+        self.recorder = HealthRecorder(
+            self._health_rows, self.health_sink, interval_s=settings.health_flush_s
+        )
+        self._server: grpc.aio.Server | None = None
+        self._tasks: list[asyncio.Task[Any]] = []
+        self._registry_changed = asyncio.Event()
+        self.grpc_port = 0
+
+    # --- lifecycle -------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        options = [
+            ("grpc.max_receive_message_length", self.settings.grpc_max_message_bytes),
+            ("grpc.keepalive_time_ms", 10_000),
+            ("grpc.http2.max_pings_without_data", 0),
+            ("grpc.keepalive_permit_without_calls", 1),
+        ]
+        server = grpc.aio.server(options=options)
+        pb_grpc.add_RegionServiceServicer_to_server(self.servicer, server)
+        address = f"{self.settings.grpc_host}:{self.settings.grpc_port}"
+        self.grpc_port = server.add_insecure_port(address)
+        if self.grpc_port == 0:
+            raise RuntimeError(f"cannot listen for agents on {address}")
+        self._server = server
+        # followers of the coordination backend first, so the view is warm before leading
+        self._spawn(self.fleet_view.run(), "fleet-view")
+        self._spawn(self.feed.run(), "snapshot-feed")
+        self._spawn(self.board.run(), "directive-board")
+        self._spawn(self.relay.run(), "summary-relay")
+        self._spawn(self._tick(), "heartbeat-tick")
+        self._spawn(self._recheck_credentials(), "credential-recheck")
+        self._spawn(self.leadership.run(), "leadership")
+        await server.start()
+        log.info(
+            "replica %s: agents on %s:%d",
+            self.settings.replica_id,
+            self.settings.grpc_host,
+            self.grpc_port,
+        )
+
+    def _spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> None:
+        self._tasks.append(asyncio.create_task(coro, name=name))
+
+    async def stop(self, grace_s: float = 1.0) -> None:
+        """Stop accepting agents, step down, withdraw summaries, stop following."""
+        if self._server is not None:
+            await self._server.stop(grace_s)
+            self._server = None
+        for task in reversed(self._tasks):  # leadership first: it resigns on cancel
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self._tasks.clear()
+        await self.relay.close()
+
+    # --- leader work -----------------------------------------------------------------------
+
+    def _build(self, version: int) -> RoutingSnapshot:
+        return build_snapshot(
+            version, self.registry, self.fleet_view.summaries(), generated_at=time.time()
+        )
+
+    async def _lead(self) -> None:
+        await asyncio.wait_for(self.fleet_view.synced.wait(), 30)
+        await self.refresh_registry()
+        async with asyncio.TaskGroup() as group:
+            group.create_task(self.publisher.run(), name="snapshot-publisher")
+            group.create_task(self._follow_registry(), name="registry-refresh")
+            group.create_task(self._watch_nudges(), name="registry-nudges")
+            group.create_task(self.recorder.run(), name="health-recorder")
+
+    def _health_rows(self) -> dict[str, HealthRow]:
+        snapshot = self.publisher.last_published
+        if snapshot is None:
+            return {}
+        return {
+            r.name: row_of(r.name, self.fleet_view.summary(r.name), r.state)
+            for r in snapshot.regions
+        }
+
+    async def refresh_registry(self) -> None:
+        view = await self._load_registry()
+        if view != self.registry:
+            self.registry = view
+            self.publisher.mark()
+        await self.reconciler.reconcile(view)
+
+    async def _follow_registry(self) -> None:
+        while True:
+            await wait_event(self._registry_changed, self.settings.registry_refresh_s)
+            self._registry_changed.clear()
+            try:
+                await self.refresh_registry()
+            except Exception as exc:
+                log.warning("reloading the registry failed: %s; keeping the last view", exc)
+
+    async def _watch_nudges(self) -> None:
+        while True:
+            try:
+                nudges = self.settings.key("fleet/registry-changed")
+                async with await self.coord.watch(nudges) as events:
+                    async for event in events:
+                        if event.kind == EventKind.PUT:
+                            self._registry_changed.set()
+            except Exception as exc:
+                log.warning("watching registry nudges failed: %s", exc)
+            await asyncio.sleep(0.5)
+
+    # --- every replica ---------------------------------------------------------------------
+
+    async def _recheck_credentials(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.credential_recheck_s)
+            try:
+                await self.servicer.revalidate()
+            except Exception as exc:
+                log.warning("re-checking agent credentials failed: %s", exc)
+
+    async def _tick(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.tick_s)
+            self.ledger.tick()
+
+
+def drain_action(
+    set_status: Callable[..., Awaitable[str]], coord: Coordination, namespace: str = "/meridian"
+) -> Callable[[str, bool, str], Awaitable[str]]:
+    """Drain/undrain through the registry (``FleetStore.set_draining``), then nudge the leader
+    so the next snapshot reflects it within the debounce, not the registry refresh period."""
+
+    async def set_draining(region: str, draining: bool, actor: str) -> str:
+        status = await set_status(region, draining, actor=actor)
+        await nudge_registry(coord, namespace)
+        return status
+
+    return set_draining

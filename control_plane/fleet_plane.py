@@ -1,0 +1,61 @@
+"""The fleet plane inside the control-plane process: agents' gRPC, health, snapshots.
+
+``build_fleet`` wires the health plane (``control_plane.fleet.FleetRuntime``) to the
+registry's database and to the coordination backend the settings name, and gives
+the REST routes (``/v1/routing/snapshot``, region health, drain) with the admin
+API's own token scopes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from fastapi import APIRouter
+
+from control_plane.api.deps import require_scope
+from control_plane.api_fleet import fleet_router
+from control_plane.fleet import FleetRuntime, FleetSettings, drain_action
+from control_plane.fleet_store import FleetStore
+from control_plane.registry import Registry
+from control_plane.settings import ControlPlaneSettings
+from meridian.coordination import Coordination, open_coordination
+
+__all__ = ["FleetPlane", "build_fleet"]
+
+
+@dataclass
+class FleetPlane:
+    runtime: FleetRuntime
+    coord: Coordination
+    routes: APIRouter
+
+    async def start(self) -> None:
+        await self.runtime.start()
+
+    async def stop(self) -> None:
+        await self.runtime.stop()
+        await self.coord.close()
+
+
+def build_fleet(settings: ControlPlaneSettings, registry: Registry) -> FleetPlane:
+    coord = open_coordination(settings.coordination_url)
+    store = FleetStore(registry.db.writes, artifact_base_url=settings.resolved_public_url)
+    runtime = FleetRuntime(
+        FleetSettings(
+            grpc_host=settings.grpc_host,
+            grpc_port=settings.grpc_port,
+            report_interval_s=settings.report_interval_s,
+            namespace=settings.fleet_namespace,
+        ),
+        coord,
+        load_registry=store.load,
+        check_credential=store.check_credential,
+    )
+    routes = fleet_router(
+        runtime.feed,
+        runtime.fleet_view,
+        drain_action(store.set_draining, coord, settings.fleet_namespace),
+        read_auth=require_scope("read"),
+        admin_auth=require_scope("admin"),
+    )
+    return FleetPlane(runtime, coord, routes)

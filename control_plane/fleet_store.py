@@ -1,0 +1,155 @@
+"""What the fleet plane reads from (and the one thing it writes to) the registry's SQL.
+
+Reads regions, deployments and agent credentials; writes only a region's
+``status`` when an operator drains or undrains it (with an audit entry, in one
+transaction). It takes a plain SQLAlchemy ``sessionmaker`` and runs the blocking
+calls in a worker thread so the event loop never waits on the database.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Session, sessionmaker
+
+from control_plane.db.models import (
+    AuditEntry,
+    Deployment,
+    ModelVariant,
+    ModelVersion,
+    Region,
+    RegionStatus,
+)
+from control_plane.health.inventory import (
+    AgentIdentity,
+    DeploymentRecord,
+    RegionRecord,
+    RegistryView,
+)
+from meridian.errors import NotFound, PermissionDenied, Unauthenticated
+
+__all__ = ["FleetStore", "credential_hash"]
+
+
+def credential_hash(credential: str) -> str:
+    return hashlib.sha256(credential.encode()).hexdigest()
+
+
+class FleetStore:
+    def __init__(self, sessions: sessionmaker[Session], artifact_base_url: str = "") -> None:
+        """``artifact_base_url``: the admin API's URL, from which workers fetch artifacts
+        (with their region's credential); without it the store's own URIs are passed on."""
+        self._sessions = sessions
+        self._artifact_base = artifact_base_url.rstrip("/")
+        self.writes = 0  # SQL write transactions issued (for the benchmark)
+
+    # --- registry view ---------------------------------------------------------------------
+
+    async def load(self) -> RegistryView:
+        return await asyncio.to_thread(self._load)
+
+    def _load(self) -> RegistryView:
+        with self._sessions() as session:
+            regions = tuple(
+                RegionRecord(
+                    name=r.name,
+                    lat=r.lat,
+                    lon=r.lon,
+                    gpu_type=r.gpu_type,
+                    gpu_count=r.gpu_count,
+                    status=RegionStatus(r.status).value,
+                )
+                for r in session.scalars(sa.select(Region).order_by(Region.name))
+            )
+            rows = session.execute(
+                sa.select(Deployment, ModelVersion, Region.name)
+                .join(ModelVersion, Deployment.model_version_id == ModelVersion.id)
+                .join(Region, Deployment.region_id == Region.id)
+                .order_by(Deployment.id)
+            ).all()
+            variants = {
+                (v.model_version_id, v.name): v for v in session.scalars(sa.select(ModelVariant))
+            }
+            deployments = []
+            for dep, version, region_name in rows:
+                url, sha = version.artifact_uri or "", version.artifact_sha256 or ""
+                path = f"/v1/models/{version.model.name}/versions/{version.version}"
+                if dep.variant:
+                    variant = variants.get((version.id, dep.variant))
+                    if variant is not None:
+                        url, sha = variant.artifact_uri or "", variant.artifact_sha256 or ""
+                        path += f"/variants/{dep.variant}"
+                if self._artifact_base and url:
+                    url = f"{self._artifact_base}{path}/artifact"
+                deployments.append(
+                    DeploymentRecord(
+                        model=version.model.name,
+                        version=version.version,
+                        region=region_name,
+                        variant=dep.variant or "",
+                        min_replicas=dep.min_replicas,
+                        max_replicas=dep.max_replicas,
+                        traffic_weight=dep.traffic_weight,
+                        artifact_url=url,
+                        artifact_sha256=sha,
+                    )
+                )
+            return RegistryView(regions, tuple(deployments))
+
+    # --- agent credentials -----------------------------------------------------------------
+
+    async def check_credential(self, region: str, credential: str) -> AgentIdentity:
+        return await asyncio.to_thread(self._check_credential, region, credential)
+
+    def _check_credential(self, region: str, credential: str) -> AgentIdentity:
+        if not credential:
+            raise Unauthenticated("no agent credential was sent")
+        digest = credential_hash(credential)
+        with self._sessions() as session:
+            row = session.scalar(sa.select(Region).where(Region.name == region))
+            if row is None:
+                raise Unauthenticated(f"unknown region {region!r} or wrong credential")
+            if not hmac.compare_digest(row.agent_credential_hash, digest):
+                other = session.scalar(
+                    sa.select(Region.name).where(Region.agent_credential_hash == digest)
+                )
+                if other is not None:
+                    raise PermissionDenied(
+                        f"this credential belongs to region {other!r}, not {region!r}"
+                    )
+                raise Unauthenticated(f"wrong or revoked agent credential for region {region!r}")
+            if RegionStatus(row.status) == RegionStatus.DISABLED:
+                raise PermissionDenied(f"region {region!r} is disabled")
+            return AgentIdentity(region=row.name)
+
+    # --- operator drain --------------------------------------------------------------------
+
+    async def set_draining(self, region: str, draining: bool, *, actor: str) -> str:
+        """Set the region's status to draining (or back to active); returns the new status."""
+        return await asyncio.to_thread(self._set_draining, region, draining, actor)
+
+    def _set_draining(self, region: str, draining: bool, actor: str) -> str:
+        with self._sessions.begin() as session:
+            row = session.scalar(sa.select(Region).where(Region.name == region))
+            if row is None:
+                raise NotFound(f"region {region!r} does not exist")
+            current = RegionStatus(row.status)
+            if current == RegionStatus.DISABLED:
+                raise PermissionDenied(f"region {region!r} is disabled; enable it first")
+            target = RegionStatus.DRAINING if draining else RegionStatus.ACTIVE
+            if current != target:
+                row.status = target
+                session.add(
+                    AuditEntry(
+                        actor=actor,
+                        action="drain" if draining else "undrain",
+                        entity="region",
+                        entity_key=region,
+                        detail={"from": current.value, "to": target.value},
+                    )
+                )
+                self.writes += 1
+            return target.value

@@ -1,0 +1,1 @@
+"""Region health: the policy, the ledger of live agents, summaries, snapshots, directives."""

@@ -1,0 +1,210 @@
+"""Building, publishing and serving the routing snapshot.
+
+- :func:`build_snapshot` is pure: registry view + merged region summaries → snapshot.
+- :class:`SnapshotPublisher` runs on the leader only: a routing-membership change
+  is published within ``debounce_s``; load-only changes at most every
+  ``load_interval_s``; identical content is never republished. Versions only grow,
+  across leaders too (a new leader continues from the stored version).
+- :class:`SnapshotFeed` runs on every replica: it follows the published key and
+  answers long-polls (the HTTP feed for routers without a coordination client).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Mapping
+
+from control_plane.health.inventory import RegistryView
+from control_plane.health.ledger import Change
+from control_plane.health.summary import RegionSummary
+from meridian.coordination import Coordination, EventKind
+from meridian.eventwait import wait_event
+from meridian.snapshot import DeploymentRoute, HealthState, RegionView, RoutingSnapshot
+
+__all__ = ["SNAPSHOT_KEY", "SnapshotFeed", "SnapshotPublisher", "build_snapshot"]
+
+SNAPSHOT_KEY = "/meridian/routing/snapshot"
+log = logging.getLogger(__name__)
+
+
+def build_snapshot(
+    version: int,
+    registry: RegistryView,
+    summaries: Mapping[str, RegionSummary],
+    *,
+    generated_at: float,
+) -> RoutingSnapshot:
+    regions: list[RegionView] = []
+    for record in registry.regions:
+        summary = summaries.get(record.name)
+        if record.status == "disabled" or summary is None:
+            regions.append(
+                RegionView(
+                    name=record.name,
+                    state=HealthState.DOWN,
+                    lat=record.lat,
+                    lon=record.lon,
+                    gpu_type=record.gpu_type,
+                    gpu_count=record.gpu_count,
+                )
+            )
+            continue
+        state = summary.state
+        if record.status == "draining" and state != HealthState.DOWN:
+            state = HealthState.DRAINING
+        routable = [w for w in summary.workers if w.state.routable]
+        regions.append(
+            RegionView(
+                name=record.name,
+                state=state,
+                lat=record.lat,
+                lon=record.lon,
+                gpu_type=record.gpu_type,
+                gpu_count=len(summary.gpus) if summary.gpus else record.gpu_count,
+                healthy_gpus=summary.healthy_gpus,
+                capacity_rps=round(sum(max(w.capacity_rps, w.throughput_rps) for w in routable), 2),
+                queue_depth=sum(w.queue_depth for w in routable),
+                in_flight=sum(w.in_flight for w in routable),
+                workers=tuple(w.view() for w in summary.workers),
+            )
+        )
+    deployments = tuple(
+        DeploymentRoute(
+            model=d.model,
+            version=d.version,
+            region=d.region,
+            weight=d.traffic_weight,
+            variant=d.variant,
+        )
+        for d in registry.deployments
+    )
+    return RoutingSnapshot(
+        version=version, generated_at=generated_at, regions=tuple(regions), deployments=deployments
+    )
+
+
+class SnapshotPublisher:
+    def __init__(
+        self,
+        coord: Coordination,
+        build: Callable[[int], RoutingSnapshot],
+        *,
+        key: str = SNAPSHOT_KEY,
+        debounce_s: float = 0.05,
+        load_interval_s: float = 1.0,
+    ) -> None:
+        self._coord = coord
+        self._build = build
+        self.key = key
+        self._debounce = debounce_s
+        self._load_interval = load_interval_s
+        self._urgent = False
+        self._load = False
+        self._wake = asyncio.Event()
+        self.version = 0
+        self.publications = 0
+        self.last_published: RoutingSnapshot | None = None
+        self._last_content: tuple[object, ...] | None = None
+
+    def mark(self, _region: str = "", change: Change = Change.STATE) -> None:
+        """Something changed: a listener for the ledger/fleet view/registry."""
+        if change == Change.LOAD:
+            self._load = True
+        else:
+            self._urgent = True
+            self._wake.set()
+
+    async def run(self) -> None:
+        # a new term: another leader may have published since, so compare with nothing
+        self._last_content = None
+        existing = await self._coord.get(self.key)
+        if existing is not None:
+            with contextlib.suppress(ValueError, KeyError, TypeError):
+                self.version = max(self.version, RoutingSnapshot.from_json(existing.value).version)
+        await self._publish()
+        last = time.monotonic()
+        while True:
+            timeout = max(0.0, self._load_interval - (time.monotonic() - last))
+            await wait_event(self._wake, timeout)
+            if self._urgent:
+                await asyncio.sleep(self._debounce)  # gather a burst of changes into one
+            elif not self._load or time.monotonic() - last < self._load_interval:
+                continue
+            self._wake.clear()
+            self._urgent = self._load = False
+            try:
+                await self._publish()
+            except Exception as exc:
+                log.warning("publishing the routing snapshot failed: %s", exc)
+                self._urgent = True
+                await asyncio.sleep(0.2)
+            last = time.monotonic()
+
+    async def _publish(self) -> None:
+        candidate = self._build(self.version + 1)
+        content = (candidate.regions, candidate.deployments)
+        if content == self._last_content:
+            return
+        await self._coord.put(self.key, candidate.to_json())
+        self.version = candidate.version
+        self._last_content = content
+        self.last_published = candidate
+        self.publications += 1
+
+
+class SnapshotFeed:
+    """The latest published snapshot on this replica, with long-poll waiting."""
+
+    def __init__(self, coord: Coordination, *, key: str = SNAPSHOT_KEY) -> None:
+        self._coord = coord
+        self.key = key
+        self.current: RoutingSnapshot | None = None
+        self.raw: bytes = b""
+        self._changed = asyncio.Condition()
+
+    @property
+    def version(self) -> int:
+        return self.current.version if self.current is not None else 0
+
+    async def offer(self, raw: bytes) -> None:
+        try:
+            snapshot = RoutingSnapshot.from_json(raw)
+        except (ValueError, KeyError, TypeError) as exc:
+            log.warning("ignoring a malformed routing snapshot: %s", exc)
+            return
+        if snapshot.version <= self.version:
+            return
+        async with self._changed:
+            self.current, self.raw = snapshot, raw
+            self._changed.notify_all()
+
+    async def wait_newer(self, than: int, timeout: float) -> bool:
+        """True once a snapshot newer than ``than`` is held; False after ``timeout``."""
+        async with self._changed:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(timeout):
+                    await self._changed.wait_for(lambda: self.version > than)
+        return self.version > than
+
+    async def run(self) -> None:
+        delay = 0.1
+        while True:
+            try:
+                items, revision = await self._coord.get_prefix(self.key)
+                for kv in items:
+                    if kv.key == self.key:
+                        await self.offer(kv.value)
+                async with await self._coord.watch(self.key, start_revision=revision + 1) as events:
+                    delay = 0.1
+                    async for event in events:
+                        if event.kind == EventKind.PUT:
+                            await self.offer(event.value)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("following the routing snapshot failed (%s); keeping the last", exc)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 2.0)

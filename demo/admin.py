@@ -1,0 +1,87 @@
+"""Registering the demo's model, regions and deployments through the admin API."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import httpx
+
+from demo.geography import RegionSite
+
+__all__ = ["Admin"]
+
+TEXT_SIGNATURE = {
+    "inputs": [{"name": "text", "datatype": "BYTES", "shape": [-1]}],
+    "outputs": [{"name": "embedding", "datatype": "FP32", "shape": [-1, 384]}],
+}
+
+
+class Admin:
+    def __init__(self, base_url: str, token: str) -> None:
+        self._http = httpx.Client(
+            base_url=base_url + "/v1",
+            headers={"authorization": f"Bearer {token}"},
+            timeout=httpx.Timeout(120.0, connect=5.0),
+        )
+
+    def _ok(self, r: httpx.Response) -> dict[str, object]:
+        if r.status_code >= 400:
+            raise RuntimeError(f"{r.request.method} {r.request.url.path}: {r.status_code} {r.text}")
+        return r.json() if r.content else {}
+
+    def upload(self, path: str, artifact: Path) -> None:
+        digest = hashlib.sha256(artifact.read_bytes()).hexdigest()
+        with artifact.open("rb") as f:
+            self._ok(
+                self._http.put(
+                    path,
+                    content=f,
+                    headers={
+                        "content-type": "application/octet-stream",
+                        "x-artifact-sha256": digest,
+                    },
+                )
+            )
+
+    def register_model(self, name: str, version: str, fp32: Path, int8: Path, err: float) -> None:
+        self._ok(
+            self._http.post("/models", json={"name": name, "description": "sentence embeddings"})
+        )
+        base = f"/models/{name}/versions"
+        self._ok(
+            self._http.post(base, json={"version": version, "format": "onnx", **TEXT_SIGNATURE})
+        )
+        self.upload(f"{base}/{version}/artifact", fp32)
+        self._ok(
+            self._http.post(
+                f"{base}/{version}/variants",
+                json={"name": "int8", "description": "dynamic int8 (CPU)", "max_abs_error": err},
+            )
+        )
+        self.upload(f"{base}/{version}/variants/int8/artifact", int8)
+
+    def add_region(self, site: RegionSite) -> str:
+        """Register ``site``; return its agent credential (shown once)."""
+        body = {
+            "name": site.name,
+            "provider": "demo",
+            "lat": site.lat,
+            "lon": site.lon,
+            "gpu_type": site.gpu_type,
+            "gpu_count": site.gpus,
+        }
+        created = self._ok(self._http.post("/regions", json=body))
+        return str(created["agent_credential"])
+
+    def deploy(self, model: str, version: str, region: str, variant: str | None) -> None:
+        body = {"model": model, "version": version, "region": region, "variant": variant}
+        self._ok(self._http.post("/deployments", json=body))
+
+    def token(self, name: str, scopes: list[str]) -> str:
+        return str(
+            self._ok(self._http.post("/tokens", json={"name": name, "scopes": scopes}))["token"]
+        )
+
+    def close(self) -> None:
+        self._http.close()

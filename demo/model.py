@@ -1,0 +1,55 @@
+"""The demo's model: all-MiniLM-L6-v2 (fp32) and its int8 variant, built once and cached."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["PreparedModel", "prepare"]
+
+PROBE_TEXTS = (
+    "Where is the nearest train station?",
+    "Inference requests fail over when a region breaks.",
+    "Ich hätte gern einen Kaffee, bitte.",
+    "A quick brown fox jumps over the lazy dog.",
+)
+
+
+@dataclass(frozen=True)
+class PreparedModel:
+    fp32: Path
+    int8: Path
+    int8_max_abs_error: float
+    int8_min_cosine: float
+
+
+def prepare(cache_dir: Path | None = None, tolerance: float = 0.15) -> PreparedModel:
+    """Export the ONNX model and quantize it; refuse an int8 variant past ``tolerance``."""
+    from worker.minilm import export
+    from worker.quantize import quantize_int8
+
+    fp32 = export(cache_dir)
+    int8 = fp32.with_name(fp32.stem + ".int8.onnx")
+    if not int8.exists():
+        tmp = int8.with_suffix(".tmp")
+        quantize_int8(fp32, tmp)
+        tmp.replace(int8)
+    a, b = _embed(fp32), _embed(int8)
+    max_abs = float(np.abs(a - b).max())
+    min_cos = float((a * b).sum(axis=1).min())
+    if max_abs > tolerance:
+        raise RuntimeError(f"int8 variant is off by {max_abs:.3f} (> {tolerance}); not serving it")
+    return PreparedModel(fp32, int8, max_abs, min_cos)
+
+
+def _embed(path: Path) -> np.ndarray:
+    from worker.engines.base import open_engine
+
+    engine = open_engine(path, "onnx", threads=1, use_gpu=False)
+    try:
+        texts = np.array([t.encode() for t in PROBE_TEXTS], dtype=object)
+        return engine.run({"text": texts})["embedding"]
+    finally:
+        engine.close()

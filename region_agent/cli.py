@@ -1,0 +1,119 @@
+"""``meridian agent``: run a region agent (GPU health, worker supervision, control-plane link)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import shlex
+import signal
+from pathlib import Path
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--control-plane",
+        required=True,
+        help="control-plane agent address(es): host:port[,host:port...]",
+    )
+    p.add_argument("--region", required=True, help="this region's registered name")
+    p.add_argument(
+        "--credential-file", required=True, type=Path, help="file holding the agent credential"
+    )
+    p.add_argument(
+        "--simulate-gpus",
+        type=int,
+        default=None,
+        metavar="N",
+        help="use N simulated GPUs instead of NVML (hosts without NVIDIA GPUs)",
+    )
+    p.add_argument("--gpu-type", default="H100", help="model of the simulated GPUs")
+    p.add_argument(
+        "--fault",
+        action="append",
+        default=[],
+        metavar="GPU:KIND",
+        help="inject a simulated fault at start: KIND is xid79, ecc, overheat or hung",
+    )
+    p.add_argument(
+        "--worker-command",
+        default="",
+        help="worker command template (placeholders {host} {port} {grpc_port} {model} "
+        "{version} {variant} {artifact_url} {artifact_sha256} {worker_id} {gpu}); "
+        "default: python3 -m meridian worker ...",
+    )
+    p.add_argument("--worker-host", default="127.0.0.1", help="address workers listen on")
+    p.add_argument("--scrape-path", default="/v2/stats", help="worker stats path")
+    p.add_argument("--report-interval", type=float, default=1.0)
+    p.add_argument("--log-level", default="INFO")
+
+
+def main(args: argparse.Namespace) -> int:
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    return asyncio.run(_run(args))
+
+
+async def _run(args: argparse.Namespace) -> int:
+    from region_agent.agent import RegionAgent
+    from region_agent.gpus import Fault, GpuUnavailable, SimulatedGpuSource, open_gpu_source
+    from region_agent.supervisor import DEFAULT_WORKER_COMMAND, LocalProcessSupervisor
+
+    log = logging.getLogger("region_agent")
+    try:
+        credential = args.credential_file.read_text().strip()
+    except OSError as exc:
+        log.error("cannot read the credential file: %s", exc)
+        return 2
+    addresses = [a.strip() for a in args.control_plane.split(",") if a.strip()]
+    try:
+        gpus = open_gpu_source(args.simulate_gpus, args.gpu_type)
+    except GpuUnavailable as exc:
+        log.error("%s", exc)
+        return 2
+    for spec in args.fault:
+        index, _, kind = spec.partition(":")
+        if not isinstance(gpus, SimulatedGpuSource):
+            log.error("--fault needs --simulate-gpus")
+            return 2
+        try:
+            gpus.inject(int(index), Fault(kind))
+        except (ValueError, IndexError):
+            log.error(
+                "bad --fault %r: use GPU:KIND with KIND in %s", spec, [f.value for f in Fault]
+            )
+            return 2
+    command = shlex.split(args.worker_command) if args.worker_command else DEFAULT_WORKER_COMMAND
+    supervisor = LocalProcessSupervisor(
+        command=command,
+        host=args.worker_host,
+        scrape_path=args.scrape_path,
+        gpu_count=len(gpus.inventory()),
+        # workers fetch their artifacts from the control plane with this region's credential
+        env={"MERIDIAN_WORKER_ARTIFACT_TOKEN": credential},
+    )
+    agent = RegionAgent(
+        addresses,
+        region=args.region,
+        credential=credential,
+        gpus=gpus,
+        supervisor=supervisor,
+        report_interval_s=args.report_interval,
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await supervisor.start()
+    task = asyncio.create_task(agent.run(), name="region-agent")
+    try:
+        await stop.wait()
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await supervisor.close()
+        gpus.close()
+    return 0

@@ -1,0 +1,327 @@
+"""Worker supervision: carry out directives and scrape the workers' stats.
+
+:class:`WorkerSupervisor` is the seam; :class:`LocalProcessSupervisor` runs each
+worker as a local process (by default ``python3 -m meridian worker ...``, the
+command is a template), restarts it with backoff when it exits, stops the ones
+no longer wanted, and scrapes each one's JSON stats over HTTP (``/v2/stats`` by
+default). The stats JSON it understands (missing fields take defaults)::
+
+    {"ready": true, "models": ["name:version"], "queue_depth": 0, "in_flight": 0,
+     "throughput_rps": 0.0, "capacity_rps": 0.0, "latency_p50_ms": 0.0,
+     "latency_p99_ms": 0.0}
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import closing
+from dataclasses import dataclass, field, replace
+from typing import Any, Protocol
+
+import httpx
+
+from meridian.eventwait import wait_event
+
+__all__ = [
+    "DEFAULT_WORKER_COMMAND",
+    "LocalProcessSupervisor",
+    "WorkerSpec",
+    "WorkerStat",
+    "WorkerSupervisor",
+]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_WORKER_COMMAND: tuple[str, ...] = (
+    sys.executable, "-m", "meridian", "worker",
+    "--host", "{host}", "--http-port", "{port}", "--grpc-port", "{grpc_port}",
+    "--model", "{model}:{version}:{variant}={artifact_url}#sha256={artifact_sha256}",
+)  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerSpec:
+    """One desired model deployment in this region."""
+
+    model: str
+    version: str
+    variant: str = ""
+    artifact_url: str = ""
+    artifact_sha256: str = ""
+    replicas: int = 1
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerStat:
+    worker_id: str
+    endpoint: str
+    grpc_endpoint: str = ""
+    models: tuple[str, ...] = ()
+    ready: bool = False
+    queue_depth: int = 0
+    in_flight: int = 0
+    throughput_rps: float = 0.0
+    capacity_rps: float = 0.0
+    latency_p50_ms: float = 0.0
+    latency_p99_ms: float = 0.0
+    gpu_indices: tuple[int, ...] = ()
+
+
+class WorkerSupervisor(Protocol):
+    async def start(self) -> None: ...
+    async def apply(self, desired: Sequence[WorkerSpec]) -> None: ...
+    def statuses(self) -> list[WorkerStat]: ...
+    async def close(self) -> None: ...
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class _Slot:
+    worker_id: str
+    spec: WorkerSpec
+    port: int
+    grpc_port: int
+    gpus: tuple[int, ...]
+    process: asyncio.subprocess.Process | None = None
+    restarts: int = 0
+    next_start: float = 0.0  # monotonic
+    stat: WorkerStat | None = None
+    started_at: float = 0.0
+    stopping: bool = False
+    waiter: asyncio.Task[None] | None = field(default=None, repr=False)
+
+
+class LocalProcessSupervisor:
+    def __init__(
+        self,
+        *,
+        command: Sequence[str] = DEFAULT_WORKER_COMMAND,
+        host: str = "127.0.0.1",
+        scrape_path: str = "/v2/stats",
+        scrape_interval_s: float = 0.5,
+        gpu_count: int = 0,
+        env: Mapping[str, str] | None = None,
+        port_allocator: Callable[[], int] | None = None,
+        stop_timeout_s: float = 5.0,
+        max_backoff_s: float = 30.0,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        self._command = tuple(command)
+        self._host = host
+        self._scrape_path = scrape_path
+        self._interval = scrape_interval_s
+        self._gpu_count = gpu_count
+        self._env = dict(env or {})
+        self._ports = port_allocator or (lambda: free_port(host))
+        self._stop_timeout = stop_timeout_s
+        self._max_backoff = max_backoff_s
+        self._transport = transport
+        self._slots: dict[str, _Slot] = {}
+        self._next_gpu = 0
+        self._task: asyncio.Task[None] | None = None
+        self._client: httpx.AsyncClient | None = None
+        self._wake = asyncio.Event()
+
+    # --- lifecycle -------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self._client = httpx.AsyncClient(timeout=2.0, transport=self._transport)
+        self._task = asyncio.create_task(self._loop(), name="worker-supervisor")
+
+    async def close(self) -> None:
+        """Stop supervising and stop every worker process."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        await asyncio.gather(*(self._stop(slot) for slot in self._slots.values()))
+        self._slots.clear()
+        if self._client is not None:
+            await self._client.aclose()
+            self._client = None
+
+    # --- directives ------------------------------------------------------------------------
+
+    async def apply(self, desired: Sequence[WorkerSpec]) -> None:
+        wanted: dict[str, WorkerSpec] = {}
+        for spec in desired:
+            base = f"{spec.model}-{spec.version}-{spec.variant or 'base'}"
+            for i in range(spec.replicas):
+                wanted[f"{base}-{i}"] = spec
+        for worker_id in [w for w in self._slots if w not in wanted]:
+            await self._stop(self._slots.pop(worker_id))
+        for worker_id, spec in wanted.items():
+            current = self._slots.get(worker_id)
+            if current is not None and current.spec != spec:  # new artifact, same version
+                await self._stop(self._slots.pop(worker_id))
+                current = None
+            if current is None:
+                self._slots[worker_id] = _Slot(
+                    worker_id, spec, self._ports(), self._ports(), self._assign_gpu()
+                )
+        self._wake.set()
+
+    def _assign_gpu(self) -> tuple[int, ...]:
+        if self._gpu_count <= 0:
+            return ()
+        gpu = self._next_gpu % self._gpu_count
+        self._next_gpu += 1
+        return (gpu,)
+
+    def statuses(self) -> list[WorkerStat]:
+        out = []
+        for slot in self._slots.values():
+            if slot.stat is not None:
+                out.append(slot.stat)
+            else:
+                out.append(
+                    WorkerStat(
+                        worker_id=slot.worker_id,
+                        endpoint=self._endpoint(slot),
+                        grpc_endpoint=f"{self._host}:{slot.grpc_port}",
+                        gpu_indices=slot.gpus,
+                    )
+                )
+        return out
+
+    def pid(self, worker_id: str) -> int | None:
+        slot = self._slots.get(worker_id)
+        return slot.process.pid if slot and slot.process else None
+
+    def restarts(self, worker_id: str) -> int:
+        slot = self._slots.get(worker_id)
+        return slot.restarts if slot else 0
+
+    # --- processes -------------------------------------------------------------------------
+
+    def _endpoint(self, slot: _Slot) -> str:
+        return f"http://{self._host}:{slot.port}"
+
+    async def _launch(self, slot: _Slot) -> None:
+        values = {
+            "host": self._host,
+            "port": str(slot.port),
+            "grpc_port": str(slot.grpc_port),
+            "model": slot.spec.model,
+            "version": slot.spec.version,
+            "variant": slot.spec.variant,
+            "artifact_url": slot.spec.artifact_url,
+            "artifact_sha256": slot.spec.artifact_sha256,
+            "worker_id": slot.worker_id,
+            "gpu": ",".join(str(g) for g in slot.gpus),
+        }
+        argv = [part.format(**values) for part in self._command]
+        env = {**os.environ, **self._env, "MERIDIAN_WORKER_ID": slot.worker_id}
+        if slot.gpus:
+            env["CUDA_VISIBLE_DEVICES"] = values["gpu"]
+        slot.process = await asyncio.create_subprocess_exec(
+            *argv, env=env, stdin=asyncio.subprocess.DEVNULL, start_new_session=True
+        )
+        slot.started_at = time.monotonic()
+        slot.stat = None
+        log.info("started worker %s (pid %d)", slot.worker_id, slot.process.pid)
+
+    async def _stop(self, slot: _Slot) -> None:
+        slot.stopping = True
+        process = slot.process
+        if process is None or process.returncode is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            process.send_signal(signal.SIGTERM)
+        try:
+            async with asyncio.timeout(self._stop_timeout):
+                await process.wait()
+        except TimeoutError:
+            with contextlib.suppress(ProcessLookupError):
+                process.kill()
+            await process.wait()
+
+    async def _loop(self) -> None:
+        while True:
+            now = time.monotonic()
+            for slot in list(self._slots.values()):
+                process = slot.process
+                if process is not None and process.returncode is not None and not slot.stopping:
+                    if now - slot.started_at > 60:
+                        slot.restarts = 0  # it ran well for a while: forget old crashes
+                    slot.restarts += 1
+                    delay = min(self._max_backoff, 0.5 * 2 ** (slot.restarts - 1))
+                    log.warning(
+                        "worker %s exited with %s; restarting in %.1fs",
+                        slot.worker_id, process.returncode, delay,
+                    )  # fmt: skip
+                    slot.process = None
+                    slot.stat = None
+                    slot.next_start = now + delay
+                if slot.process is None and not slot.stopping and now >= slot.next_start:
+                    try:
+                        await self._launch(slot)
+                    except OSError as exc:
+                        log.error("cannot start worker %s: %s", slot.worker_id, exc)
+                        slot.restarts += 1
+                        slot.next_start = now + min(self._max_backoff, 2.0**slot.restarts)
+            await self._scrape_all()
+            self._wake.clear()
+            await wait_event(self._wake, self._interval)
+
+    async def _scrape_all(self) -> None:
+        running = [s for s in self._slots.values() if s.process and s.process.returncode is None]
+        await asyncio.gather(*(self._scrape(s) for s in running))
+
+    async def _scrape(self, slot: _Slot) -> None:
+        assert self._client is not None
+        base = WorkerStat(
+            worker_id=slot.worker_id,
+            endpoint=self._endpoint(slot),
+            grpc_endpoint=f"{self._host}:{slot.grpc_port}",
+            gpu_indices=slot.gpus,
+            models=(f"{slot.spec.model}:{slot.spec.version}",),
+        )
+        try:
+            response = await self._client.get(self._endpoint(slot) + self._scrape_path)
+            data: Any = response.json() if response.status_code == 200 else None
+        except (httpx.HTTPError, ValueError):
+            data = None
+        if not isinstance(data, dict):
+            slot.stat = replace(base, ready=False)
+            return
+        slot.stat = replace(
+            base,
+            ready=bool(data.get("ready", True)),
+            models=tuple(str(m) for m in data.get("models", base.models)),
+            queue_depth=_int(data.get("queue_depth")),
+            in_flight=_int(data.get("in_flight")),
+            throughput_rps=_float(data.get("throughput_rps")),
+            capacity_rps=_float(data.get("capacity_rps")),
+            latency_p50_ms=_float(data.get("latency_p50_ms")),
+            latency_p99_ms=_float(data.get("latency_p99_ms")),
+        )
+
+
+def _int(value: object) -> int:
+    try:
+        return max(0, int(value))  # type: ignore[call-overload]
+    except (TypeError, ValueError):
+        return 0
+
+
+def _float(value: object) -> float:
+    try:
+        result = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return 0.0
+    return result if result >= 0 and result == result and result != float("inf") else 0.0

@@ -1,0 +1,110 @@
+"""The local-process supervisor with a stand-in worker: start, scrape, restart, stop."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from meridian.waiting import wait_until_async
+from region_agent.supervisor import LocalProcessSupervisor, WorkerSpec
+
+STANDIN = str(Path(__file__).with_name("standin_worker.py"))
+COMMAND = [
+    sys.executable,
+    STANDIN,
+    "--port",
+    "{port}",
+    "--model",
+    "{model}",
+    "--version",
+    "{version}",
+]
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # a zombie still "exists" until reaped; the supervisor reaps its children
+    return True
+
+
+@pytest.fixture
+async def supervisor() -> AsyncIterator[LocalProcessSupervisor]:
+    sup = LocalProcessSupervisor(command=COMMAND, scrape_interval_s=0.1, gpu_count=2)
+    await sup.start()
+    try:
+        yield sup
+    finally:
+        await sup.close()
+
+
+def ready_ids(sup: LocalProcessSupervisor) -> set[str]:
+    return {s.worker_id for s in sup.statuses() if s.ready}
+
+
+async def test_directives_start_scrape_and_stop_workers(supervisor: LocalProcessSupervisor) -> None:
+    await supervisor.apply([WorkerSpec("resnet", "1", replicas=2)])
+    await wait_until_async(
+        lambda: ready_ids(supervisor) == {"resnet-1-base-0", "resnet-1-base-1"},
+        timeout=10,
+        what="two ready workers",
+    )
+    stat = next(s for s in supervisor.statuses() if s.worker_id == "resnet-1-base-0")
+    assert stat.models == ("resnet:1",)
+    assert (stat.queue_depth, stat.in_flight, stat.capacity_rps) == (3, 1, 40.0)
+    assert stat.latency_p99_ms == pytest.approx(9.9)
+    assert stat.endpoint.startswith("http://127.0.0.1:")
+    gpus = sorted(s.gpu_indices for s in supervisor.statuses())
+    assert gpus == [(0,), (1,)]  # spread over the GPUs
+
+    old_pids = {w: supervisor.pid(w) for w in ready_ids(supervisor)}
+    # a new version replaces the old one; the old processes end
+    await supervisor.apply([WorkerSpec("resnet", "2", replicas=1)])
+    await wait_until_async(
+        lambda: ready_ids(supervisor) == {"resnet-2-base-0"}, timeout=10, what="version 2"
+    )
+    for pid in old_pids.values():
+        assert pid is not None and not alive(pid)
+
+    await supervisor.apply([])
+    assert supervisor.statuses() == []
+
+
+async def test_crashed_worker_is_restarted(supervisor: LocalProcessSupervisor) -> None:
+    await supervisor.apply([WorkerSpec("bert", "1")])
+    await wait_until_async(lambda: ready_ids(supervisor), timeout=10, what="a ready worker")
+    pid = supervisor.pid("bert-1-base-0")
+    assert pid is not None
+    os.kill(pid, 9)
+    await wait_until_async(
+        lambda: supervisor.restarts("bert-1-base-0") == 1, timeout=5, what="restart noticed"
+    )
+    await wait_until_async(
+        lambda: ready_ids(supervisor) and supervisor.pid("bert-1-base-0") not in (None, pid),
+        timeout=10,
+        what="a new ready process",
+    )
+
+
+async def test_unreachable_stats_mean_not_ready() -> None:
+    sup = LocalProcessSupervisor(
+        command=[sys.executable, "-c", "import time; time.sleep(30)"], scrape_interval_s=0.05
+    )
+    await sup.start()
+    try:
+        await sup.apply([WorkerSpec("m", "1")])
+        await wait_until_async(lambda: sup.pid("m-1-base-0"), timeout=5, what="started")
+        await wait_until_async(
+            lambda: sup.statuses()[0].endpoint and sup.statuses()[0].models == ("m:1",),
+            timeout=5,
+            what="a scrape",
+        )
+        assert sup.statuses()[0].ready is False
+    finally:
+        await sup.close()
