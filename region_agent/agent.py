@@ -67,6 +67,7 @@ def build_report(seq: int, gpus: Sequence[GpuSample], workers: Sequence[WorkerSt
                 latency_p50_ms=w.latency_p50_ms,
                 latency_p99_ms=w.latency_p99_ms,
                 gpu_indices=w.gpu_indices,
+                draining=w.draining,
             )
         )
     return report

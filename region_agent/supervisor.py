@@ -2,8 +2,8 @@
 
 :class:`WorkerSupervisor` is the seam; :class:`LocalProcessSupervisor` runs each
 worker as a local process (by default ``python3 -m meridian worker ...``, the
-command is a template), restarts it with backoff when it exits, stops the ones
-no longer wanted, and scrapes each one's JSON stats over HTTP (``/v2/stats`` by
+command is a template), restarts it with backoff when it exits, drains and stops
+the ones no longer wanted, and scrapes each one's JSON stats over HTTP (``/v2/stats`` by
 default). The stats JSON it understands (missing fields take defaults)::
 
     {"ready": true, "models": ["name:version"], "queue_depth": 0, "in_flight": 0,
@@ -73,6 +73,7 @@ class WorkerStat:
     latency_p50_ms: float = 0.0
     latency_p99_ms: float = 0.0
     gpu_indices: tuple[int, ...] = ()
+    draining: bool = False  # being removed: reported so that routing stops sending to it
 
 
 class WorkerSupervisor(Protocol):
@@ -101,6 +102,8 @@ class _Slot:
     stat: WorkerStat | None = None
     started_at: float = 0.0
     stopping: bool = False
+    draining_since: float | None = None  # monotonic; set when no longer wanted
+    scraped_at: float = 0.0  # monotonic time of the last successful scrape
     waiter: asyncio.Task[None] | None = field(default=None, repr=False)
 
 
@@ -117,6 +120,8 @@ class LocalProcessSupervisor:
         port_allocator: Callable[[], int] | None = None,
         stop_timeout_s: float = 5.0,
         max_backoff_s: float = 30.0,
+        drain_min_s: float = 3.0,
+        drain_grace_s: float = 30.0,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         self._command = tuple(command)
@@ -128,6 +133,11 @@ class LocalProcessSupervisor:
         self._ports = port_allocator or (lambda: free_port(host))
         self._stop_timeout = stop_timeout_s
         self._max_backoff = max_backoff_s
+        # a worker no longer wanted is reported draining for at least drain_min_s (so the
+        # routing snapshot drops it and routers stop sending), then stopped once a scrape
+        # shows it idle, or after drain_grace_s whatever it holds
+        self._drain_min = drain_min_s
+        self._drain_grace = drain_grace_s
         self._transport = transport
         self._slots: dict[str, _Slot] = {}
         self._next_gpu = 0
@@ -162,13 +172,27 @@ class LocalProcessSupervisor:
             base = f"{spec.model}-{spec.version}-{spec.variant or 'base'}"
             for i in range(spec.replicas):
                 wanted[f"{base}-{i}"] = spec
+        now = time.monotonic()
         for worker_id in [w for w in self._slots if w not in wanted]:
-            await self._stop(self._slots.pop(worker_id))
+            slot = self._slots[worker_id]
+            serving = slot.process is not None and slot.stat is not None and slot.stat.ready
+            if not serving:  # nothing to drain: it never took traffic
+                await self._stop(self._slots.pop(worker_id))
+            elif slot.draining_since is None:
+                slot.draining_since = now
+                log.info("draining worker %s", worker_id)
         for worker_id, spec in wanted.items():
             current = self._slots.get(worker_id)
-            if current is not None and current.spec != spec:  # new artifact, same version
+            if current is not None and replace(current.spec, replicas=0) != replace(
+                spec, replicas=0
+            ):  # new artifact, same version
                 await self._stop(self._slots.pop(worker_id))
                 current = None
+            if current is not None:
+                current.spec = spec  # the replica count alone changed: keep the process
+            if current is not None and current.draining_since is not None:
+                current.draining_since = None  # wanted again before it stopped
+                log.info("worker %s is wanted again; no longer draining", worker_id)
             if current is None:
                 self._slots[worker_id] = _Slot(
                     worker_id, spec, self._ports(), self._ports(), self._assign_gpu()
@@ -186,7 +210,8 @@ class LocalProcessSupervisor:
         out = []
         for slot in self._slots.values():
             if slot.stat is not None:
-                out.append(slot.stat)
+                draining = slot.draining_since is not None
+                out.append(replace(slot.stat, draining=True) if draining else slot.stat)
             else:
                 out.append(
                     WorkerStat(
@@ -267,6 +292,9 @@ class LocalProcessSupervisor:
                     slot.process = None
                     slot.stat = None
                     slot.next_start = now + delay
+                if slot.draining_since is not None and slot.process is None:
+                    self._slots.pop(slot.worker_id, None)  # it exited while draining: done
+                    continue
                 if slot.process is None and not slot.stopping and now >= slot.next_start:
                     try:
                         await self._launch(slot)
@@ -275,8 +303,33 @@ class LocalProcessSupervisor:
                         slot.restarts += 1
                         slot.next_start = now + min(self._max_backoff, 2.0**slot.restarts)
             await self._scrape_all()
+            await self._finish_drains()
             self._wake.clear()
             await wait_event(self._wake, self._interval)
+
+    async def _finish_drains(self) -> None:
+        now = time.monotonic()
+        for slot in list(self._slots.values()):
+            since = slot.draining_since
+            if since is None:
+                continue
+            stat = slot.stat
+            idle = (
+                stat is not None
+                and slot.scraped_at >= since + self._drain_min
+                and stat.in_flight == 0
+                and stat.queue_depth == 0
+            )
+            if idle or now - since >= self._drain_grace:
+                log.info(
+                    "stopping drained worker %s after %.1fs%s", slot.worker_id, now - since,
+                    "" if idle else " (grace period over)",
+                )  # fmt: skip
+                await self._stop(slot)
+                if slot.draining_since is None:  # wanted again while it stopped: start anew
+                    slot.stopping, slot.process, slot.stat = False, None, None
+                else:
+                    self._slots.pop(slot.worker_id, None)
 
     async def _scrape_all(self) -> None:
         running = [s for s in self._slots.values() if s.process and s.process.returncode is None]
@@ -299,6 +352,7 @@ class LocalProcessSupervisor:
         if not isinstance(data, dict):
             slot.stat = replace(base, ready=False)
             return
+        slot.scraped_at = time.monotonic()
         slot.stat = replace(
             base,
             ready=bool(data.get("ready", True)),

@@ -14,7 +14,8 @@ Rules:
 - when every GPU failed the region is ``down``;
 - an overheating or hardware-throttled GPU is *impaired*: its workers and the
   region are ``degraded`` but keep serving;
-- a worker that is not ready is ``down``; one that is missing is simply absent.
+- a worker that is not ready is ``down``; one that is missing is simply absent;
+- a worker its agent is draining (scale-down) is ``draining``: no new traffic.
 Operator draining and the registry's status are applied on top, by the caller.
 """
 
@@ -72,6 +73,8 @@ class WorkerLike(Protocol):
     def worker_id(self) -> str: ...
     @property
     def ready(self) -> bool: ...
+    @property
+    def draining(self) -> bool: ...
     @property
     def gpu_indices(self) -> Sequence[int]: ...
 
@@ -158,6 +161,8 @@ class HealthPolicy:
     def assess_worker(self, worker: WorkerLike, gpus: dict[int, GpuAssessment]) -> WorkerAssessment:
         if not worker.ready:
             return WorkerAssessment(worker.worker_id, HealthState.DOWN, "not ready")
+        if worker.draining:
+            return WorkerAssessment(worker.worker_id, HealthState.DRAINING, "scaling down")
         impaired = ""
         for index in worker.gpu_indices:
             gpu = gpus.get(index)

@@ -35,6 +35,7 @@ class Worker:
     worker_id: str
     gpu_indices: list[int]
     ready: bool = True
+    draining: bool = False
     endpoint: str = "http://127.0.0.1:1"
     grpc_endpoint: str = ""
     models: list[str] = field(default_factory=lambda: ["m:1"])
@@ -166,3 +167,10 @@ def test_ledger_classifies_changes_and_applies_heartbeats() -> None:
     ledger.tick()
     assert ledger.regions() == [] and changes[-1] == ("eu", Change.GONE)
     assert ledger.gpu_reports_ingested == 4
+
+
+def test_a_draining_worker_gets_no_traffic_and_the_region_stays_healthy() -> None:
+    a = assess([Gpu(0)], [Worker("a", [0], draining=True), Worker("b", [0])])
+    assert a.workers["a"].state == HealthState.DRAINING and not a.workers["a"].state.routable
+    assert a.workers["a"].reason == "scaling down"
+    assert a.state == HealthState.HEALTHY

@@ -36,7 +36,10 @@ def alive(pid: int) -> bool:
 
 @pytest.fixture
 async def supervisor() -> AsyncIterator[LocalProcessSupervisor]:
-    sup = LocalProcessSupervisor(command=COMMAND, scrape_interval_s=0.1, gpu_count=2)
+    # the stand-in always reports a request in flight: its drains end by the grace period
+    sup = LocalProcessSupervisor(
+        command=COMMAND, scrape_interval_s=0.1, gpu_count=2, drain_min_s=0.2, drain_grace_s=1.0
+    )
     await sup.start()
     try:
         yield sup
@@ -72,8 +75,9 @@ async def test_directives_start_scrape_and_stop_workers(supervisor: LocalProcess
     for pid in old_pids.values():
         assert pid is not None and not alive(pid)
 
-    await supervisor.apply([])
-    assert supervisor.statuses() == []
+    await supervisor.apply([])  # drained (reported as such), then stopped
+    assert [s.draining for s in supervisor.statuses()] == [True]
+    await wait_until_async(lambda: supervisor.statuses() == [], timeout=10, what="all stopped")
 
 
 async def test_crashed_worker_is_restarted(supervisor: LocalProcessSupervisor) -> None:
