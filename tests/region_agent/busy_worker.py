@@ -1,7 +1,8 @@
 """A stand-in worker that serves inference slowly and counts what it holds.
 
 Usage: python3 busy_worker.py --port N --model M --version V [--delay-ms D]
-``POST /v2/models/{M}[/versions/{V}]/infer`` answers after ``D`` ms; ``/v2/stats``
+``POST /v2/models/{M}[/versions/{V}]/infer`` answers after ``D`` ms (or the
+``delay_ms`` query parameter's); ``/v2/stats``
 reports the requests in flight and the recent throughput, like the real worker.
 On SIGTERM it stops accepting and finishes the requests it holds before exiting.
 """
@@ -64,10 +65,13 @@ def main() -> int:
             if not self.path.startswith(f"/v2/models/{args.model}") or "/infer" not in self.path:
                 self._send(404, {"error": f"no model at {self.path}"})
                 return
+            delay = args.delay_ms
+            if "delay_ms=" in self.path:
+                delay = float(self.path.split("delay_ms=", 1)[1].split("&", 1)[0])
             with lock:
                 in_flight += 1
             try:
-                time.sleep(args.delay_ms / 1000.0)
+                time.sleep(delay / 1000.0)
             finally:
                 with lock:
                     in_flight -= 1
