@@ -64,7 +64,7 @@ def create_app(
 
         fleet = build_fleet(settings, reg)
     if autoscaler is None and fleet is not None:
-        autoscaler = getattr(fleet.runtime, "autoscaler", None)
+        autoscaler = fleet.runtime.autoscaler
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

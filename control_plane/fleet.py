@@ -28,6 +28,8 @@ from typing import Any
 
 import grpc
 
+from control_plane.autoscale.controller import Autoscaler, DeploymentTarget
+from control_plane.autoscale.policy import AutoscalePolicy, ScalingConfig
 from control_plane.health.directives import DirectiveBoard, DirectiveReconciler
 from control_plane.health.fleet_view import FleetView
 from control_plane.health.inventory import CredentialCheck, RegistryView
@@ -77,6 +79,11 @@ class FleetSettings:
     namespace: str = "/meridian"  # root of every coordination key (one per fleet)
     health_flush_s: float = 5.0  # how often the leader persists changed region health
     credential_recheck_s: float = 30.0  # live streams of revoked credentials end within this
+    # elastic capacity: the leader's autoscaler sets every deployment's replicas
+    autoscale: bool = True
+    autoscale_interval_s: float = 1.0
+    scaling: ScalingConfig = field(default_factory=ScalingConfig)
+    gpu_budget: dict[str, int] = field(default_factory=dict)  # GPUs per type, all regions
 
     def key(self, path: str) -> str:
         return f"{self.namespace.rstrip('/')}/{path}"
@@ -158,6 +165,15 @@ class FleetRuntime:
         self._tasks: list[asyncio.Task[Any]] = []
         self._registry_changed = asyncio.Event()
         self.grpc_port = 0
+        self._autoscale_wake = asyncio.Event()
+        self.autoscaler: Autoscaler | None = None
+        if settings.autoscale:
+            self.autoscaler = Autoscaler(
+                AutoscalePolicy(settings.scaling),
+                gpu_budget=settings.gpu_budget,
+                on_demand=self._autoscale_wake.set,
+            )
+        self.replicas: dict[tuple[str, str, str], int] = {}  # the autoscaler's last decisions
 
     # --- lifecycle -------------------------------------------------------------------------
 
@@ -221,6 +237,8 @@ class FleetRuntime:
             group.create_task(self._follow_registry(), name="registry-refresh")
             group.create_task(self._watch_nudges(), name="registry-nudges")
             group.create_task(self.recorder.run(), name="health-recorder")
+            if self.autoscaler is not None:
+                group.create_task(self._autoscale(self.autoscaler), name="autoscaler")
 
     def _health_rows(self) -> dict[str, HealthRow]:
         snapshot = self.publisher.last_published
@@ -236,7 +254,34 @@ class FleetRuntime:
         if view != self.registry:
             self.registry = view
             self.publisher.mark()
-        await self.reconciler.reconcile(view)
+        await self.reconciler.reconcile(view, self.replicas if self.autoscaler else None)
+
+    async def _autoscale(self, autoscaler: Autoscaler) -> None:
+        """Leader only: observe each snapshot, decide replicas, hand them to the directives."""
+        while True:
+            await wait_event(self._autoscale_wake, self.settings.autoscale_interval_s)
+            self._autoscale_wake.clear()
+            now = time.monotonic()
+            snapshot = self.publisher.last_published
+            if snapshot is not None:  # the latest state, sampled every period even if unchanged
+                autoscaler.observe(snapshot, now)
+            view = self.registry
+            gpu_types = {r.name: r.gpu_type for r in view.regions}
+            targets = [
+                DeploymentTarget(
+                    d.id, d.model, d.version, d.region, d.min_replicas, d.max_replicas,
+                    gpu_types.get(d.region, ""), d.autoscale_pinned, d.pinned_replicas,
+                )
+                for d in view.deployments
+            ]  # fmt: skip
+            decided = autoscaler.decide(targets, now)
+            replicas = {t.key: decided[t.id] for t in targets}
+            if replicas != self.replicas:
+                self.replicas = replicas
+                try:
+                    await self.reconciler.reconcile(view, replicas)
+                except Exception as exc:
+                    log.warning("storing the autoscaler's directives failed: %s", exc)
 
     async def _follow_registry(self) -> None:
         while True:

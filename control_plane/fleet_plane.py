@@ -14,6 +14,7 @@ from fastapi import APIRouter
 
 from control_plane.api.deps import require_scope
 from control_plane.api_fleet import fleet_router
+from control_plane.autoscale.policy import ScalingConfig
 from control_plane.fleet import FleetRuntime, FleetSettings, drain_action
 from control_plane.fleet_store import FleetStore
 from control_plane.registry import Registry
@@ -46,6 +47,14 @@ def build_fleet(settings: ControlPlaneSettings, registry: Registry) -> FleetPlan
             grpc_port=settings.grpc_port,
             report_interval_s=settings.report_interval_s,
             namespace=settings.fleet_namespace,
+            autoscale=settings.autoscale_enabled,
+            scaling=ScalingConfig(
+                target_concurrency=settings.autoscale_target_concurrency,
+                stable_window_s=settings.autoscale_stable_window_s,
+                panic_window_s=settings.autoscale_panic_window_s,
+                scale_down_delay_s=settings.autoscale_scale_down_delay_s,
+            ),
+            gpu_budget=settings.gpu_budget,
         ),
         coord,
         load_registry=store.load,

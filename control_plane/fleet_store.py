@@ -95,6 +95,9 @@ class FleetStore:
                         traffic_weight=dep.traffic_weight,
                         artifact_url=url,
                         artifact_sha256=sha,
+                        id=dep.id,
+                        autoscale_pinned=dep.autoscale_pinned,
+                        pinned_replicas=dep.pinned_replicas,
                     )
                 )
             return RegistryView(regions, tuple(deployments))

@@ -46,6 +46,14 @@ class ControlPlaneSettings(BaseSettings):
     public_url: str | None = None
     report_interval_s: float = Field(default=1.0, gt=0)
     fleet_namespace: str = "/meridian"
+    # --- elastic capacity (the leader's autoscaler) ---
+    autoscale_enabled: bool = True
+    autoscale_target_concurrency: float = Field(default=4.0, gt=0)  # in flight + queued/worker
+    autoscale_stable_window_s: float = Field(default=60.0, gt=0)
+    autoscale_panic_window_s: float = Field(default=6.0, gt=0)
+    autoscale_scale_down_delay_s: float = Field(default=30.0, ge=0)
+    # GPUs per GPU type across all regions, e.g. {"H100": 64}; a type not named is unlimited
+    gpu_budget: dict[str, int] = Field(default_factory=dict)
 
     @model_validator(mode="after")
     def _refuse_placeholder_secrets(self) -> ControlPlaneSettings:

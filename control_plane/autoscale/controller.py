@@ -12,7 +12,7 @@ until that many workers are ready in the snapshot.
 from __future__ import annotations
 
 import collections
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from control_plane.autoscale.budget import Claim, allocate
@@ -88,6 +88,7 @@ class Autoscaler:
         *,
         gpu_budget: Mapping[str, int] | None = None,
         max_samples: int = 600,
+        on_demand: Callable[[], None] | None = None,
     ) -> None:
         self.policy = policy or AutoscalePolicy()
         self.gpu_budget = dict(gpu_budget or {})
@@ -95,6 +96,7 @@ class Autoscaler:
         self._tracks: dict[Key, _Track] = {}
         self._ids: dict[int, Key] = {}
         self._demand: list[tuple[str, str | None, float]] = []
+        self._on_demand = on_demand
 
     def _track(self, key: Key) -> _Track:
         track = self._tracks.get(key)
@@ -137,6 +139,8 @@ class Autoscaler:
     def note_demand(self, model: str, region: str | None, now: float) -> None:
         """A router holds a request for ``model`` that no worker serves (``region``: a hint)."""
         self._demand.append((model, region, now))
+        if self._on_demand is not None:
+            self._on_demand()  # decide now rather than at the next period
 
     # --- decisions -------------------------------------------------------------------------
 

@@ -15,7 +15,7 @@ import hashlib
 import logging
 from collections.abc import Mapping
 
-from control_plane.health.inventory import RegistryView
+from control_plane.health.inventory import DeploymentRecord, RegistryView
 from meridian.coordination import Coordination, EventKind
 from proto import region_pb2 as pb
 
@@ -31,8 +31,11 @@ def directives_for(
     *,
     report_interval_s: float,
     config: Mapping[str, str] | None = None,
+    replicas: Mapping[tuple[str, str, str], int] | None = None,
 ) -> pb.Directives:
-    """The desired workers of ``region``: one entry per deployment, ``min_replicas`` each."""
+    """The desired workers of ``region``: one entry per deployment, with the autoscaler's
+    ``replicas`` (by model, version, region) where it decided, else ``min_replicas`` (at
+    least one)."""
     message = pb.Directives(report_interval_s=report_interval_s, config=dict(config or {}))
     record = registry.region(region)
     if record is not None and record.status != "disabled":
@@ -44,12 +47,20 @@ def directives_for(
                     variant=d.variant,
                     artifact_url=d.artifact_url,
                     artifact_sha256=d.artifact_sha256,
-                    replicas=max(1, d.min_replicas) if d.max_replicas > 0 else 0,
+                    replicas=_replicas(d, replicas),
                 )
             )
     body = message.SerializeToString(deterministic=True)
     message.generation = int.from_bytes(hashlib.sha256(body).digest()[:7], "big") or 1
     return message
+
+
+def _replicas(d: DeploymentRecord, decided: Mapping[tuple[str, str, str], int] | None) -> int:
+    if decided is not None and d.key in decided:
+        return max(0, min(decided[d.key], d.max_replicas))
+    if d.autoscale_pinned and d.pinned_replicas is not None:
+        return min(d.pinned_replicas, d.max_replicas)
+    return max(1, d.min_replicas) if d.max_replicas > 0 else 0
 
 
 class DirectiveReconciler:
@@ -70,7 +81,11 @@ class DirectiveReconciler:
         self._stored: dict[str, int] = {}
         self.writes = 0
 
-    async def reconcile(self, registry: RegistryView) -> None:
+    async def reconcile(
+        self,
+        registry: RegistryView,
+        replicas: Mapping[tuple[str, str, str], int] | None = None,
+    ) -> None:
         if not self._stored:
             items, _ = await self._coord.get_prefix(self._prefix)
             for kv in items:
@@ -82,7 +97,11 @@ class DirectiveReconciler:
             self.writes += 1
         for record in registry.regions:
             message = directives_for(
-                registry, record.name, report_interval_s=self._interval, config=self._config
+                registry,
+                record.name,
+                report_interval_s=self._interval,
+                config=self._config,
+                replicas=replicas,
             )
             if self._stored.get(record.name) != message.generation:
                 await self._coord.put(

@@ -35,6 +35,13 @@ class DeploymentRecord:
     traffic_weight: float = 1.0
     artifact_url: str = ""
     artifact_sha256: str = ""
+    id: int = 0  # the registry's deployment id
+    autoscale_pinned: bool = False
+    pinned_replicas: int | None = None
+
+    @property
+    def key(self) -> tuple[str, str, str]:
+        return (self.model, self.version, self.region)
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,11 +17,24 @@ from tests.control_plane.conftest import Api
 def scaler(api: Api) -> Iterator[Autoscaler]:
     autoscaler = Autoscaler(AutoscalePolicy(ScalingConfig(stable_window_s=20, panic_window_s=4)))
     state = api.client.app.state  # type: ignore[attr-defined]
+    fleets = state.autoscaler
     state.autoscaler = autoscaler
     try:
         yield autoscaler
     finally:
-        state.autoscaler = None
+        state.autoscaler = fleets
+
+
+@pytest.fixture
+def no_scaler(api: Api) -> Iterator[None]:
+    """The admin API without the fleet plane's autoscaler (``fleet_enabled=false``)."""
+    state = api.client.app.state  # type: ignore[attr-defined]
+    fleets = state.autoscaler
+    state.autoscaler = None
+    try:
+        yield
+    finally:
+        state.autoscaler = fleets
 
 
 def deploy(api: Api, **extra: object) -> dict[str, object]:
@@ -70,7 +83,7 @@ def test_negative_pinned_replicas_is_a_422(api: Api) -> None:
     assert response.status_code == 422 and "pinned_replicas" in response.text
 
 
-def test_scaling_without_an_autoscaler_says_so(api: Api) -> None:
+def test_scaling_without_an_autoscaler_says_so(api: Api, no_scaler: None) -> None:
     dep = deploy(api, min_replicas=1, max_replicas=2)
     body = api.ok("GET", f"/v1/deployments/{dep['id']}/scaling")
     assert body["autoscaler_running"] is False and body["desired_replicas"] is None
@@ -114,7 +127,7 @@ def test_demand_errors(api: Api, scaler: Autoscaler) -> None:
     assert bad.status_code == 422 and "region" in bad.text
 
 
-def test_demand_without_an_autoscaler_is_a_503_with_retry_after(api: Api) -> None:
+def test_demand_without_an_autoscaler_is_a_503_with_retry_after(api: Api, no_scaler: None) -> None:
     dep = deploy(api)
     response = api.client.post(f"/v1/demand/{dep['model']}", headers=api.admin)
     assert response.status_code == 503 and response.headers["retry-after"] == "1"
