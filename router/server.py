@@ -8,6 +8,7 @@ import logging
 from collections.abc import Coroutine
 from typing import Any
 
+from meridian.coordination import Coordination
 from router.core import RouterCore
 from router.http11 import HttpServer, Limits
 from router.keys import ApiKeys
@@ -15,7 +16,11 @@ from router.locate import ClientLocator
 from router.policies import RoutingPolicy
 from router.ratelimit import LocalRateLimiter, RateLimiter, RedisRateLimiter
 from router.settings import RouterSettings
-from router.snapshot_store import HttpSnapshotFollower, SnapshotStore
+from router.snapshot_store import (
+    CoordinationSnapshotFollower,
+    HttpSnapshotFollower,
+    SnapshotStore,
+)
 from router.tls import server_context
 from router.upstream import UpstreamPool
 
@@ -57,6 +62,7 @@ class RouterServer:
         )
         self._http = HttpServer(self.core.handle, Limits(max_body_bytes=settings.max_body_bytes))
         self._tasks: set[asyncio.Task[None]] = set()
+        self._coord: Coordination | None = None
         self.port = 0
 
     def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
@@ -71,6 +77,12 @@ class RouterServer:
 
     async def start(self) -> int:
         s = self.settings
+        if s.coordination_url:
+            from meridian.coordination import open_coordination
+
+            self._coord = open_coordination(s.coordination_url)
+            watcher = CoordinationSnapshotFollower(self.store, self._coord, s.snapshot_key)
+            self._spawn(watcher.run(), "snapshot-watch")
         if s.control_plane_urls:
             follower = HttpSnapshotFollower(self.store, s.control_plane_urls, s.control_plane_token)
             self._spawn(follower.run(), "snapshot-http")
@@ -85,6 +97,8 @@ class RouterServer:
         for task in list(self._tasks):
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+        if self._coord is not None:
+            await self._coord.close()
         self.core.pool.close()
         await self.core.limiter.close()
         self.core.locator.close()
