@@ -11,10 +11,12 @@ from demo.geography import RegionSite
 
 __all__ = ["Admin"]
 
-TEXT_SIGNATURE = {
-    "inputs": [{"name": "text", "datatype": "BYTES", "shape": [-1]}],
-    "outputs": [{"name": "embedding", "datatype": "FP32", "shape": [-1, 384]}],
-}
+
+def text_signature(dim: int) -> dict[str, list[dict[str, object]]]:
+    return {
+        "inputs": [{"name": "text", "datatype": "BYTES", "shape": [-1]}],
+        "outputs": [{"name": "embedding", "datatype": "FP32", "shape": [-1, dim]}],
+    }
 
 
 class Admin:
@@ -44,22 +46,30 @@ class Admin:
                 )
             )
 
-    def register_model(self, name: str, version: str, fp32: Path, int8: Path, err: float) -> None:
-        self._ok(
-            self._http.post("/models", json={"name": name, "description": "sentence embeddings"})
-        )
+    def register_model(
+        self,
+        name: str,
+        version: str,
+        artifact: Path,
+        *,
+        dim: int = 384,
+        int8: Path | None = None,
+        int8_error: float | None = None,
+    ) -> None:
+        """A text-embedding model version, its artifact and (optionally) its int8 variant."""
+        self._ok(self._http.post("/models", json={"name": name, "description": "embeddings"}))
         base = f"/models/{name}/versions"
-        self._ok(
-            self._http.post(base, json={"version": version, "format": "onnx", **TEXT_SIGNATURE})
-        )
-        self.upload(f"{base}/{version}/artifact", fp32)
-        self._ok(
-            self._http.post(
-                f"{base}/{version}/variants",
-                json={"name": "int8", "description": "dynamic int8 (CPU)", "max_abs_error": err},
-            )
-        )
-        self.upload(f"{base}/{version}/variants/int8/artifact", int8)
+        body = {"version": version, "format": "onnx", **text_signature(dim)}
+        self._ok(self._http.post(base, json=body))
+        self.upload(f"{base}/{version}/artifact", artifact)
+        if int8 is not None:
+            variant = {
+                "name": "int8",
+                "description": "dynamic int8 (CPU)",
+                "max_abs_error": int8_error,
+            }
+            self._ok(self._http.post(f"{base}/{version}/variants", json=variant))
+            self.upload(f"{base}/{version}/variants/int8/artifact", int8)
 
     def add_region(self, site: RegionSite) -> str:
         """Register ``site``; return its agent credential (shown once)."""

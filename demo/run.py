@@ -13,22 +13,17 @@ from __future__ import annotations
 
 import asyncio
 import json
-import secrets
 import shutil
-import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import httpx
-
-from demo.admin import Admin
+from demo.fleet import LocalFleet
 from demo.geography import CITIES, REGIONS, RegionSite
 from demo.model import prepare
-from demo.processes import Child, Children
+from demo.processes import Child
 from demo.traffic import Traffic
-from meridian.waiting import wait_until
 
 __all__ = ["DemoOptions", "run_demo"]
 
@@ -45,23 +40,6 @@ class DemoOptions:
     fail: bool = True
     json_out: Path | None = None
     variant: str = "int8"
-
-
-@dataclass
-class Ports:
-    http: int = 0
-    grpc: int = 0
-    router: int = 0
-
-    @staticmethod
-    def free() -> int:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            return int(s.getsockname()[1])
-
-    def allocate(self) -> Ports:
-        self.http, self.grpc, self.router = self.free(), self.free(), self.free()
-        return self
 
 
 @dataclass
@@ -104,51 +82,29 @@ def run_demo(opts: DemoOptions) -> int:
     run_dir = opts.workdir / "run"
     shutil.rmtree(run_dir, ignore_errors=True)
     run_dir.mkdir(parents=True)
-    ports = Ports().allocate()
-    admin_token = secrets.token_urlsafe(24)
-    children = Children(run_dir / "logs")
+    fleet = LocalFleet(run_dir)
     started = time.monotonic()
     try:
         _say("1/5 preparing the model (all-MiniLM-L6-v2 -> ONNX, int8 variant; cached)")
         model = prepare()
         _say(f"    int8 variant: max abs error {model.int8_max_abs_error:.3f} on probe sentences")
-        _say(f"2/5 control plane on http://127.0.0.1:{ports.http} (agents: gRPC :{ports.grpc})")
-        cp = children.start(
-            "control-plane",
-            ["control-plane", "--port", str(ports.http), "--grpc-port", str(ports.grpc)],
-            env={
-                "MERIDIAN_DATA_DIR": str(run_dir / "cp"),
-                "MERIDIAN_BOOTSTRAP_ADMIN_TOKEN": admin_token,
-            },
+        _say(f"2/5 control plane on {fleet.base_url} (agents: gRPC :{fleet.grpc_port})")
+        admin = fleet.start_control_plane()
+        admin.register_model(
+            MODEL, "1", model.fp32, int8=model.int8, int8_error=model.int8_max_abs_error
         )
-        base = f"http://127.0.0.1:{ports.http}"
-        _wait_http(f"{base}/healthz", cp, "control plane")
-        admin = Admin(base, admin_token)
-        admin.register_model(MODEL, "1", model.fp32, model.int8, model.int8_max_abs_error)
-        read_token = admin.token("router", ["read"])
         _say(f"3/5 {len(sites)} regions, one agent each with 2 simulated GPUs")
-        agents: dict[str, Child] = {}
         for site in sites:
-            credential = admin.add_region(site)
-            admin.deploy(MODEL, "1", site.name, opts.variant or None)
-            cred_file = run_dir / f"{site.name}.credential"
-            cred_file.write_text(credential)
-            cred_file.chmod(0o600)
-            agents[site.name] = _start_agent(children, site, ports, cred_file)
+            fleet.add_region(admin, site, [(MODEL, "1", opts.variant or None)])
         admin.close()
-        _say(f"4/5 router on https://127.0.0.1:{ports.router} (WAN latency emulated)")
         tls_dir = opts.workdir / "tls"
-        router = children.start(
-            "router",
-            [
-                "router", "--port", str(ports.router), "--control-plane", base,
-                "--token", read_token, "--self-signed", str(tls_dir), "--emulate-wan",
-                "--snapshot-path", str(run_dir / "router-snapshot.json"),
-            ],
-        )  # fmt: skip
-        _wait_fleet(base, read_token, {s.name for s in sites}, [cp, router, *agents.values()])
+        _, router_port = fleet.start_router(tls_dir=tls_dir, emulate_wan=True)
+        _say(f"4/5 router on https://127.0.0.1:{router_port} (WAN latency emulated)")
+        fleet.wait_serving({s.name for s in sites}, report=lambda s: _say("    " + s))
         _say(f"    every region serves '{MODEL}' ({time.monotonic() - started:.0f}s since start)")
-        result = asyncio.run(_drive(opts, ports, str(tls_dir / "router.crt"), agents, sites))
+        result = asyncio.run(
+            _drive(opts, router_port, str(tls_dir / "router.crt"), fleet.agents, sites)
+        )
         result["startup_s"] = round(time.monotonic() - started, 1)
         out = opts.json_out or (opts.workdir / "result.json")
         out.write_text(json.dumps(result, indent=2))
@@ -158,70 +114,17 @@ def run_demo(opts: DemoOptions) -> int:
         _say("\ninterrupted: stopping every process")
         return 130
     finally:
-        children.stop_all()
-
-
-def _start_agent(children: Children, site: RegionSite, ports: Ports, cred: Path) -> Child:
-    return children.start(
-        f"agent-{site.name}",
-        [
-            "agent", "--control-plane", f"127.0.0.1:{ports.grpc}", "--region", site.name,
-            "--credential-file", str(cred), "--simulate-gpus", str(site.gpus),
-            "--gpu-type", site.gpu_type,
-        ],
-    )  # fmt: skip
-
-
-def _check_alive(children: list[Child]) -> None:
-    for child in children:
-        if not child.alive():
-            raise RuntimeError(f"{child.name} exited:\n{child.log_tail()}")
-
-
-def _wait_http(url: str, child: Child, what: str) -> None:
-    def up() -> bool:
-        _check_alive([child])
-        try:
-            return httpx.get(url, timeout=1.0).status_code == 200
-        except httpx.HTTPError:
-            return False
-
-    wait_until(up, timeout=120, interval=0.2, what=f"{what} up")
-
-
-def _wait_fleet(base: str, token: str, regions: set[str], children: list[Child]) -> None:
-    headers = {"authorization": f"Bearer {token}"}
-    last = [""]
-
-    def ready() -> bool:
-        _check_alive(children)
-        try:
-            snap = httpx.get(f"{base}/v1/routing/snapshot", headers=headers, timeout=2).json()
-        except (httpx.HTTPError, ValueError):
-            return False
-        serving = {
-            r["name"]
-            for r in snap.get("regions", [])
-            if r["state"] in ("healthy", "degraded")
-            and any(w["state"] in ("healthy", "degraded") and w["models"] for w in r["workers"])
-        }
-        status = f"    regions serving: {len(serving)}/{len(regions)}"
-        if status != last[0]:
-            _say(status)
-            last[0] = status
-        return regions <= serving
-
-    wait_until(ready, timeout=300, interval=0.5, what="every region serving")
+        fleet.stop()
 
 
 async def _drive(
     opts: DemoOptions,
-    ports: Ports,
+    router_port: int,
     ca_file: str,
     agents: dict[str, Child],
     sites: tuple[RegionSite, ...],
 ) -> dict[str, Any]:
-    traffic = Traffic(f"https://127.0.0.1:{ports.router}", CITIES, opts.rate, MODEL, ca_file)
+    traffic = Traffic(f"https://127.0.0.1:{router_port}", CITIES, opts.rate, MODEL, ca_file)
     phases = [Phase("steady", opts.steady_s)]
     if opts.fail:
         phases.append(Phase("after failure", opts.after_failure_s))

@@ -19,6 +19,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="control-plane base URL to follow the snapshot from (repeatable)",
     )
     p.add_argument("--token", help="API token (read scope) for the control plane")
+    p.add_argument("--etcd", help="etcd host:port to watch the routing snapshot in")
     p.add_argument("--snapshot-path", type=Path, help="where the last good snapshot is kept")
     p.add_argument("--tls-cert", type=Path)
     p.add_argument("--tls-key", type=Path)
@@ -52,6 +53,8 @@ def main(args: argparse.Namespace) -> int:
         overrides["emulate_wan"] = True
     if args.control_plane:
         overrides["control_plane_urls"] = args.control_plane
+    if args.etcd:
+        overrides["coordination_url"] = f"etcd://{args.etcd}"
     if args.token:
         overrides["control_plane_token"] = args.token
     if args.self_signed:

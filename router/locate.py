@@ -47,6 +47,7 @@ class ClientLocator:
         self._default = Location(default[0], default[1], "default")
         self._trusted = tuple(ipaddress.ip_network(n, strict=False) for n in trusted_proxies)
         self._reader: Any = None
+        self._trust_cache: dict[str, bool] = {}
         if geoip_path:
             import maxminddb
 
@@ -55,11 +56,18 @@ class ClientLocator:
             self._reader = maxminddb.open_database(geoip_path)
 
     def _trusted_peer(self, host: str) -> bool:
+        known = self._trust_cache.get(host)
+        if known is not None:
+            return known
         try:
             addr = ipaddress.ip_address(host)
         except ValueError:
             return False
-        return any(addr in net for net in self._trusted)
+        trusted = any(addr in net for net in self._trusted)
+        if len(self._trust_cache) >= 65536:
+            self._trust_cache.clear()
+        self._trust_cache[host] = trusted
+        return trusted
 
     def locate(self, client_host: str, edge_header: bytes | None) -> Location:
         if edge_header is not None and self._trusted_peer(client_host):

@@ -20,7 +20,14 @@ POLICIES: dict[str, type[RoutingPolicy]] = {
 }
 
 
+# The router recomputes a region's queueing charge at most this often (its stats move on
+# every request); RTTs are per client and always exact. The simulator uses the same knob.
+ROUTER_REFRESH_S = 0.005
+
+
 def make_policy(name: str) -> RoutingPolicy:
+    if name == "meridian":
+        return MeridianPolicy(refresh_s=ROUTER_REFRESH_S)
     try:
         return POLICIES[name]()
     except KeyError:

@@ -8,6 +8,7 @@ import logging
 from collections.abc import Coroutine
 from typing import Any
 
+from meridian.coordination import Coordination
 from router.core import RouterCore
 from router.demand import DemandNotifier, HttpDemandSink
 from router.http11 import HttpServer, Limits
@@ -16,7 +17,11 @@ from router.locate import ClientLocator
 from router.policies import RoutingPolicy
 from router.ratelimit import LocalRateLimiter, RateLimiter, RedisRateLimiter
 from router.settings import RouterSettings
-from router.snapshot_store import HttpSnapshotFollower, SnapshotStore
+from router.snapshot_store import (
+    CoordinationSnapshotFollower,
+    HttpSnapshotFollower,
+    SnapshotStore,
+)
 from router.tls import server_context
 from router.upstream import UpstreamPool
 
@@ -63,6 +68,7 @@ class RouterServer:
         )
         self._http = HttpServer(self.core.handle, Limits(max_body_bytes=settings.max_body_bytes))
         self._tasks: set[asyncio.Task[None]] = set()
+        self._coord: Coordination | None = None
         self.port = 0
 
     def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
@@ -77,6 +83,12 @@ class RouterServer:
 
     async def start(self) -> int:
         s = self.settings
+        if s.coordination_url:
+            from meridian.coordination import open_coordination
+
+            self._coord = open_coordination(s.coordination_url)
+            watcher = CoordinationSnapshotFollower(self.store, self._coord, s.snapshot_key)
+            self._spawn(watcher.run(), "snapshot-watch")
         if s.control_plane_urls:
             follower = HttpSnapshotFollower(self.store, s.control_plane_urls, s.control_plane_token)
             self._spawn(follower.run(), "snapshot-http")
@@ -93,6 +105,8 @@ class RouterServer:
                 await task
         if self.core.demand is not None:
             await self.core.demand.close()
+        if self._coord is not None:
+            await self._coord.close()
         self.core.pool.close()
         await self.core.limiter.close()
         self.core.locator.close()

@@ -20,7 +20,10 @@ class RouterSettings(BaseSettings):
     # where the routing snapshot comes from
     control_plane_urls: list[str] = Field(default_factory=list)
     control_plane_token: str = ""
-    etcd_endpoints: list[str] = Field(default_factory=list)
+    # etcd://host:port to watch the snapshot key (with the control plane's long-poll as well
+    # or instead); memory:// only makes sense inside one process (tests)
+    coordination_url: str = ""
+    snapshot_key: str = "/meridian/routing/snapshot"
     snapshot_path: Path = Path("var/router/snapshot.json")
     # client location
     default_location: tuple[float, float] = (50.1, 8.7)

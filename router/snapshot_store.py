@@ -19,9 +19,10 @@ from pathlib import Path
 
 import httpx
 
+from meridian.coordination import Coordination
 from meridian.snapshot import RoutingSnapshot
 
-__all__ = ["HttpSnapshotFollower", "SnapshotStore"]
+__all__ = ["CoordinationSnapshotFollower", "HttpSnapshotFollower", "SnapshotStore"]
 
 log = logging.getLogger(__name__)
 
@@ -132,3 +133,48 @@ class HttpSnapshotFollower:
             return
         response.raise_for_status()
         self._store.offer(RoutingSnapshot.from_json(response.content))
+
+
+class CoordinationSnapshotFollower:
+    """Follows the snapshot key in etcd (or the in-process backend): read, then watch.
+
+    When the backend fails the router keeps its snapshot and tries again with backoff;
+    ``confirm`` is called on every event and read so the snapshot's age stays honest.
+    """
+
+    def __init__(
+        self, store: SnapshotStore, coord: Coordination, key: str = "/meridian/routing/snapshot"
+    ) -> None:
+        self._store = store
+        self._coord = coord
+        self._key = key
+        self.last_error = ""
+
+    async def run(self) -> None:
+        backoff = 0.1
+        while True:
+            try:
+                await self._follow()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # backend unreachable: keep routing on what we have
+                self.last_error = repr(exc)
+                await asyncio.sleep(backoff * (0.5 + random.random()))
+                backoff = min(backoff * 2, 5.0)
+
+    async def _follow(self) -> None:
+        current = await self._coord.get(self._key)
+        start = None
+        if current is not None:
+            self._offer(current.value)
+            start = current.mod_revision + 1
+        async with await self._coord.watch(self._key, start_revision=start) as events:
+            async for event in events:
+                if event.value:
+                    self._offer(event.value)
+
+    def _offer(self, raw: bytes) -> None:
+        try:
+            self._store.offer(RoutingSnapshot.from_json(raw))
+        except (ValueError, KeyError, TypeError) as exc:
+            log.warning("ignoring a malformed snapshot: %s", exc)

@@ -1,0 +1,169 @@
+"""A whole Meridian fleet on this machine, as real processes (the demo and the e2e tests).
+
+Control plane, one agent per region (simulated GPUs; each starts the workers it is
+told to), and routers, each a ``meridian`` child process with its own log.
+"""
+
+from __future__ import annotations
+
+import secrets
+import socket
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from demo.admin import Admin
+from demo.geography import RegionSite
+from demo.processes import Child, Children
+from meridian.waiting import wait_until
+
+__all__ = ["LocalFleet", "free_port"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class LocalFleet:
+    workdir: Path
+    env: dict[str, str] = field(default_factory=dict)
+    admin_token: str = field(default_factory=lambda: secrets.token_urlsafe(24))
+    http_port: int = field(default_factory=free_port)
+    grpc_port: int = field(default_factory=free_port)
+    children: Children = field(init=False)
+    control_plane: Child | None = None
+    agents: dict[str, Child] = field(default_factory=dict)
+    routers: list[Child] = field(default_factory=list)
+    read_token: str = ""
+
+    def __post_init__(self) -> None:
+        self.children = Children(self.workdir / "logs", self.env)
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+    # --- control plane ---------------------------------------------------------------------
+
+    def start_control_plane(self, env: dict[str, str] | None = None) -> Admin:
+        self.control_plane = self.children.start(
+            "control-plane",
+            ["control-plane", "--port", str(self.http_port), "--grpc-port", str(self.grpc_port)],
+            env={
+                "MERIDIAN_DATA_DIR": str(self.workdir / "cp"),
+                "MERIDIAN_BOOTSTRAP_ADMIN_TOKEN": self.admin_token,
+                **(env or {}),
+            },
+        )
+        self.wait_http(f"{self.base_url}/healthz", self.control_plane, "control plane")
+        admin = Admin(self.base_url, self.admin_token)
+        self.read_token = admin.token("routers", ["read"])
+        return admin
+
+    # --- regions -----------------------------------------------------------------------------
+
+    def add_region(
+        self, admin: Admin, site: RegionSite, deploy: Sequence[tuple[str, str, str | None]]
+    ) -> Child:
+        """Register ``site``, deploy ``(model, version, variant)`` there, start its agent."""
+        credential = admin.add_region(site)
+        for model, version, variant in deploy:
+            admin.deploy(model, version, site.name, variant)
+        cred_file = self.workdir / f"{site.name}.credential"
+        cred_file.write_text(credential)
+        cred_file.chmod(0o600)
+        agent = self.children.start(
+            f"agent-{site.name}",
+            [
+                "agent", "--control-plane", f"127.0.0.1:{self.grpc_port}",
+                "--region", site.name, "--credential-file", str(cred_file),
+                "--simulate-gpus", str(site.gpus), "--gpu-type", site.gpu_type,
+            ],
+        )  # fmt: skip
+        self.agents[site.name] = agent
+        return agent
+
+    # --- routers -----------------------------------------------------------------------------
+
+    def start_router(
+        self, *, port: int | None = None, tls_dir: Path | None = None, emulate_wan: bool = False,
+        name: str = "router",
+    ) -> tuple[Child, int]:  # fmt: skip
+        port = port or free_port()
+        args = [
+            "router", "--port", str(port), "--control-plane", self.base_url,
+            "--token", self.read_token,
+            "--snapshot-path", str(self.workdir / f"{name}-snapshot.json"),
+        ]  # fmt: skip
+        if tls_dir is not None:
+            args += ["--self-signed", str(tls_dir)]
+        if emulate_wan:
+            args.append("--emulate-wan")
+        router = self.children.start(name, args)
+        self.routers.append(router)
+        return router, port
+
+    # --- waiting -----------------------------------------------------------------------------
+
+    def live(self) -> list[Child]:
+        cp = [self.control_plane] if self.control_plane else []
+        return [*cp, *self.agents.values(), *self.routers]
+
+    @staticmethod
+    def check_alive(children: Sequence[Child]) -> None:
+        for child in children:
+            if not child.alive():
+                raise RuntimeError(f"{child.name} exited:\n{child.log_tail()}")
+
+    def wait_http(self, url: str, child: Child, what: str, timeout: float = 120) -> None:
+        def up() -> bool:
+            self.check_alive([child])
+            try:
+                return httpx.get(url, timeout=1.0, verify=False).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        wait_until(up, timeout=timeout, interval=0.2, what=f"{what} up")
+
+    def snapshot(self) -> dict[str, Any]:
+        headers = {"authorization": f"Bearer {self.read_token}"}
+        r = httpx.get(f"{self.base_url}/v1/routing/snapshot", headers=headers, timeout=2)
+        r.raise_for_status()
+        data: dict[str, Any] = r.json()
+        return data
+
+    def serving_regions(self) -> set[str]:
+        """Regions that are routable and have a routable worker with a model loaded."""
+        try:
+            snap = self.snapshot()
+        except (httpx.HTTPError, ValueError):
+            return set()
+        return {
+            r["name"]
+            for r in snap.get("regions", [])
+            if r["state"] in ("healthy", "degraded")
+            and any(w["state"] in ("healthy", "degraded") and w["models"] for w in r["workers"])
+        }
+
+    def wait_serving(self, regions: set[str], timeout: float = 300, report: Any = None) -> None:
+        last = [""]
+
+        def ready() -> bool:
+            self.check_alive([c for c in self.live() if c.name.startswith(("control", "router"))])
+            serving = self.serving_regions()
+            status = f"regions serving: {len(serving & regions)}/{len(regions)}"
+            if report is not None and status != last[0]:
+                report(status)
+                last[0] = status
+            return regions <= serving
+
+        wait_until(ready, timeout=timeout, interval=0.3, what="every region serving")
+
+    def stop(self) -> None:
+        self.children.stop_all()

@@ -1,0 +1,150 @@
+"""The whole system as real processes: control plane, three regions (agents + workers),
+routers. Infer through the router with tritonclient, fail a region mid-traffic, stop
+the control plane, restart a router with no control plane: every request is answered.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import ssl
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+from demo.fleet import LocalFleet
+from demo.geography import REGIONS
+from meridian.waiting import wait_until
+from tests.worker.text_model import DIM, build_text_model, reference
+
+pytestmark = pytest.mark.slow
+
+SITES = REGIONS[:3]  # us-east-1, eu-central-1, ap-northeast-1
+FRANKFURT = "50.1,8.7"
+TEXT = "fast inference across regions"
+
+
+class Fleet:
+    def __init__(self, local: LocalFleet, router_port: int, table: np.ndarray, tls: Path) -> None:
+        self.local = local
+        self.router_port = router_port
+        self.table = table
+        self.tls = tls
+        self.ssl_context = ssl.create_default_context(cafile=str(tls / "router.crt"))
+
+    def infer(self, location: str, port: int | None = None) -> httpx.Response:
+        body = {"inputs": [{"name": "text", "datatype": "BYTES", "shape": [1], "data": [TEXT]}]}
+        return httpx.post(
+            f"https://127.0.0.1:{port or self.router_port}/v2/models/tiny/infer",
+            json=body,
+            headers={"x-meridian-client-location": location},
+            verify=self.ssl_context,
+            timeout=30,
+        )
+
+
+@pytest.fixture(scope="module")
+def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
+    work = tmp_path_factory.mktemp("fleet")
+    table = build_text_model(work / "tiny.onnx")
+    local = LocalFleet(work, env={"MERIDIAN_REPORT_INTERVAL_S": "0.5"})
+    try:
+        admin = local.start_control_plane()
+        admin.register_model("tiny", "1", work / "tiny.onnx", dim=DIM)
+        for site in SITES:
+            local.add_region(admin, site, [("tiny", "1", None)])
+        admin.close()
+        _, port = local.start_router(tls_dir=work / "tls")
+        local.wait_serving({s.name for s in SITES}, timeout=180)
+        router = local.routers[0]
+        local.wait_http(f"https://127.0.0.1:{port}/v2/health/ready", router, "router ready")
+        yield Fleet(local, port, table, work / "tls")
+    finally:
+        local.stop()
+
+
+def test_tritonclient_infers_through_the_router_over_https(fleet: Fleet) -> None:
+    import tritonclient.http as http
+
+    client = http.InferenceServerClient(
+        f"127.0.0.1:{fleet.router_port}",
+        ssl=True,
+        ssl_options={"ca_certs": str(fleet.tls / "router.crt")},
+    )
+    inp = http.InferInput("text", [1], "BYTES")
+    inp.set_data_from_numpy(np.array([TEXT.encode()], dtype=np.object_))
+    result = client.infer("tiny", [inp])
+    np.testing.assert_allclose(
+        result.as_numpy("embedding")[0], reference(fleet.table, TEXT), rtol=1e-5, atol=1e-6
+    )
+
+
+def test_clients_are_served_by_their_nearest_region(fleet: Fleet) -> None:
+    for location, region in (("40.7,-74.0", "us-east-1"), (FRANKFURT, "eu-central-1"),
+                             ("35.7,139.7", "ap-northeast-1")):  # fmt: skip
+        r = fleet.infer(location)
+        assert r.status_code == 200, r.text
+        assert r.headers["x-meridian-region"] == region
+
+
+def test_killing_a_region_mid_traffic_fails_no_request(fleet: Fleet) -> None:
+    served: Counter[str] = Counter()
+    failures: list[str] = []
+    stop_at = [0.0]
+
+    def client() -> None:
+        while stop_at[0] == 0.0 or time.monotonic() < stop_at[0]:
+            r = fleet.infer(FRANKFURT)
+            if r.status_code != 200:
+                failures.append(f"{r.status_code} {r.text}")
+            else:
+                served[r.headers["x-meridian-region"]] += 1
+
+    with cf.ThreadPoolExecutor(4) as pool:
+        futures = [pool.submit(client) for _ in range(4)]
+        wait_until(lambda: served["eu-central-1"] >= 20, timeout=30, what="traffic to eu")
+        fleet.local.agents["eu-central-1"].kill_group()  # agent and its workers
+        wait_until(
+            lambda: "eu-central-1" not in fleet.local.serving_regions(),
+            timeout=10,
+            what="eu-central-1 out of the snapshot",
+        )
+        before = sum(served.values())
+        wait_until(lambda: sum(served.values()) >= before + 20, timeout=30, what="more traffic")
+        stop_at[0] = time.monotonic()
+        for f in futures:
+            f.result()
+    assert failures == []
+    after = fleet.infer(FRANKFURT)
+    assert after.status_code == 200 and after.headers["x-meridian-region"] != "eu-central-1"
+
+
+def test_traffic_goes_on_without_the_control_plane(fleet: Fleet) -> None:
+    assert fleet.local.control_plane is not None
+    fleet.local.control_plane.kill_group()
+    for location in ("40.7,-74.0", "35.7,139.7", FRANKFURT):
+        r = fleet.infer(location)
+        assert r.status_code == 200, r.text
+    ready = httpx.get(
+        f"https://127.0.0.1:{fleet.router_port}/v2/health/ready",
+        verify=fleet.ssl_context,
+    ).json()
+    assert ready["ready"] is True and ready["snapshot_version"] >= 1
+
+
+def test_a_router_started_with_no_control_plane_serves_from_its_saved_snapshot(
+    fleet: Fleet,
+) -> None:
+    import shutil
+
+    local = fleet.local
+    saved = local.workdir / "router-snapshot.json"
+    shutil.copyfile(saved, local.workdir / "second-snapshot.json")
+    router, port = local.start_router(tls_dir=fleet.tls, name="second")
+    local.wait_http(f"https://127.0.0.1:{port}/v2/health/ready", router, "second router")
+    r = fleet.infer("35.7,139.7", port=port)
+    assert r.status_code == 200 and r.headers["x-meridian-region"] == "ap-northeast-1"
