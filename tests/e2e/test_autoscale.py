@@ -1,0 +1,158 @@
+"""Elastic capacity as real processes: control plane, one region's agent and its workers,
+a router. Load goes up: the autoscaler asks for more workers, the agent starts them, the
+router sends them traffic. Load goes down: the extra workers drain and stop, and no
+request fails on the way.
+
+The workers are stand-ins (``tests/region_agent/busy_worker.py``: 100 ms per request,
+exact in-flight counts) so that a worker starts in well under a second.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import sys
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from demo.fleet import LocalFleet
+from demo.geography import REGIONS
+from meridian.waiting import wait_until
+
+pytestmark = pytest.mark.slow
+
+SITE = REGIONS[1]
+BUSY = Path(__file__).resolve().parent.parent / "region_agent" / "busy_worker.py"
+ENV = {
+    "MERIDIAN_REPORT_INTERVAL_S": "0.5",
+    "MERIDIAN_AUTOSCALE_TARGET_CONCURRENCY": "2",
+    "MERIDIAN_AUTOSCALE_STABLE_WINDOW_S": "6",
+    "MERIDIAN_AUTOSCALE_PANIC_WINDOW_S": "2",
+    "MERIDIAN_AUTOSCALE_SCALE_DOWN_DELAY_S": "3",
+}
+
+
+class Load:
+    """``clients`` threads sending requests through the router, changeable while running."""
+
+    def __init__(self, port: int) -> None:
+        self.url = f"http://127.0.0.1:{port}/v2/models/m/infer"
+        self.wanted = 0
+        self.stop = threading.Event()
+        self.served_by: Counter[int] = Counter()  # worker pid -> requests
+        self.failures: list[str] = []
+        self.lock = threading.Lock()
+
+    def client(self, index: int) -> None:
+        with httpx.Client(timeout=30) as http:
+            while not self.stop.is_set():
+                if index >= self.wanted:
+                    time.sleep(0.02)  # an idle client (this is load shaping, not a wait)
+                    continue
+                r = http.post(self.url, json={"inputs": []})
+                with self.lock:
+                    if r.status_code == 200:
+                        self.served_by[int(r.json()["pid"])] += 1
+                    else:
+                        self.failures.append(f"{r.status_code} {r.text[:200]}")
+
+    def pids_since(self, before: Counter[int]) -> set[int]:
+        with self.lock:
+            return {pid for pid, n in self.served_by.items() if n > before.get(pid, 0)}
+
+    def snapshot(self) -> Counter[int]:
+        with self.lock:
+            return Counter(self.served_by)
+
+
+def workers(local: LocalFleet) -> list[dict[str, Any]]:
+    snap = local.snapshot()
+    region = next((r for r in snap["regions"] if r["name"] == SITE.name), None)
+    return list(region["workers"]) if region else []
+
+
+def routable(local: LocalFleet) -> int:
+    return sum(1 for w in workers(local) if w["state"] in ("healthy", "degraded"))
+
+
+@pytest.fixture(scope="module")
+def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LocalFleet, int]]:
+    work = tmp_path_factory.mktemp("elastic")
+    artifact = work / "m.onnx"
+    artifact.write_bytes(b"stand-in workers do not read it")
+    local = LocalFleet(work, env=ENV)
+    try:
+        admin = local.start_control_plane()
+        admin.register_model("m", "1", artifact, dim=4)
+        credential = admin.add_region(SITE)
+        admin.deploy("m", "1", SITE.name, None)
+        http = httpx.Client(base_url=local.base_url + "/v1", timeout=10,
+                            headers={"authorization": f"Bearer {local.admin_token}"})  # fmt: skip
+        dep = http.get("/deployments", params={"model": "m"}).json()["items"][0]
+        patched = http.patch(f"/deployments/{dep['id']}", json={"max_replicas": 4},
+                             headers={"if-match": "*"})  # fmt: skip
+        assert patched.status_code == 200, patched.text
+        http.close()
+        admin.close()
+        cred = work / "agent.credential"
+        cred.write_text(credential)
+        command = f"{sys.executable} {BUSY} --port {{port}} --model {{model}} " \
+                  "--version {version} --delay-ms 100"  # fmt: skip
+        local.agents[SITE.name] = local.children.start(
+            "agent",
+            ["agent", "--control-plane", f"127.0.0.1:{local.grpc_port}", "--region", SITE.name,
+             "--credential-file", str(cred), "--simulate-gpus", "4", "--report-interval", "0.5",
+             "--worker-command", command],
+        )  # fmt: skip
+        router, port = local.start_router()
+        local.wait_serving({SITE.name}, timeout=60)
+        local.wait_http(f"http://127.0.0.1:{port}/v2/health/ready", router, "router ready")
+        yield local, port
+    finally:
+        local.stop()
+
+
+def test_load_up_adds_workers_that_serve_and_load_down_drains_them_without_a_failure(
+    fleet: tuple[LocalFleet, int],
+) -> None:
+    local, port = fleet
+    load = Load(port)
+    with cf.ThreadPoolExecutor(8) as pool:
+        futures = [pool.submit(load.client, i) for i in range(8)]
+        try:
+            load.wanted = 1  # ~1 request in flight: one worker is enough
+            wait_until(lambda: sum(load.served_by.values()) >= 10, timeout=30, what="traffic")
+            assert routable(local) == 1
+            step = time.monotonic()
+            load.wanted = 8  # ~8 in flight against a target of 2 per worker
+            wait_until(lambda: routable(local) >= 3, timeout=30, what="new workers ready")
+            scaled_s = time.monotonic() - step
+            before = load.snapshot()
+            wait_until(lambda: len(load.pids_since(before)) >= 3, timeout=30,
+                       what="the new workers take traffic")  # fmt: skip
+            load.wanted = 1  # back down: the extra workers drain and stop
+            wait_until(lambda: len(workers(local)) == 1, timeout=60, what="scaled back to one")
+            after = load.snapshot()
+            wait_until(lambda: sum(load.snapshot().values()) >= sum(after.values()) + 10,
+                       timeout=30, what="traffic after the scale-down")  # fmt: skip
+        finally:
+            load.stop.set()
+            for f in futures:
+                f.result()
+    assert load.failures == []
+    assert len(load.served_by) >= 3 and scaled_s < 30
+    body = httpx.get(f"{local.base_url}/v1/deployments",
+                     headers={"authorization": f"Bearer {local.read_token}"}).json()  # fmt: skip
+    dep_id = body["items"][0]["id"]
+    scaling = httpx.get(f"{local.base_url}/v1/deployments/{dep_id}/scaling",
+                        headers={"authorization": f"Bearer {local.read_token}"}).json()  # fmt: skip
+    assert scaling["autoscaler_running"] is True and scaling["desired_replicas"] == 1
+    reasons = [d["reason"] for d in scaling["decisions"]]
+    assert any("panic" in r or "stable" in r for r in reasons)  # the scale-up, with its reason
+    assert scaling["ready_after_s"] and scaling["ready_after_s"][-1] < 30
