@@ -1,7 +1,8 @@
 """Elastic capacity as real processes: control plane, one region's agent and its workers,
 a router. Load goes up: the autoscaler asks for more workers, the agent starts them, the
 router sends them traffic. Load goes down: the extra workers drain and stop, and no
-request fails on the way.
+request fails on the way. A model scaled to zero: the router holds its first request
+while the control plane starts a worker, then serves it.
 
 The workers are stand-ins (``tests/region_agent/busy_worker.py``: 100 ms per request,
 exact in-flight counts) so that a worker starts in well under a second.
@@ -71,14 +72,25 @@ class Load:
             return Counter(self.served_by)
 
 
-def workers(local: LocalFleet) -> list[dict[str, Any]]:
+def workers(local: LocalFleet, model: str = "m") -> list[dict[str, Any]]:
     snap = local.snapshot()
     region = next((r for r in snap["regions"] if r["name"] == SITE.name), None)
-    return list(region["workers"]) if region else []
+    found = region["workers"] if region else []
+    return [w for w in found if w["worker_id"].startswith(f"{model}-")]
 
 
-def routable(local: LocalFleet) -> int:
-    return sum(1 for w in workers(local) if w["state"] in ("healthy", "degraded"))
+def routable(local: LocalFleet, model: str = "m") -> int:
+    return sum(1 for w in workers(local, model) if w["state"] in ("healthy", "degraded"))
+
+
+def scaling(local: LocalFleet, model: str) -> dict[str, Any]:
+    auth = {"authorization": f"Bearer {local.read_token}"}
+    body = httpx.get(f"{local.base_url}/v1/deployments", params={"model": model}, headers=auth)
+    dep_id = body.json()["items"][0]["id"]
+    found: dict[str, Any] = httpx.get(
+        f"{local.base_url}/v1/deployments/{dep_id}/scaling", headers=auth
+    ).json()
+    return found
 
 
 @pytest.fixture(scope="module")
@@ -89,15 +101,16 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LocalFleet
     local = LocalFleet(work, env=ENV)
     try:
         admin = local.start_control_plane()
-        admin.register_model("m", "1", artifact, dim=4)
         credential = admin.add_region(SITE)
-        admin.deploy("m", "1", SITE.name, None)
         http = httpx.Client(base_url=local.base_url + "/v1", timeout=10,
                             headers={"authorization": f"Bearer {local.admin_token}"})  # fmt: skip
-        dep = http.get("/deployments", params={"model": "m"}).json()["items"][0]
-        patched = http.patch(f"/deployments/{dep['id']}", json={"max_replicas": 4},
-                             headers={"if-match": "*"})  # fmt: skip
-        assert patched.status_code == 200, patched.text
+        # m: 1 to 4 workers; z: 0 to 2 (scale to zero)
+        for model, low, high in (("m", 1, 4), ("z", 0, 2)):
+            admin.register_model(model, "1", artifact, dim=4)
+            body = {"model": model, "version": "1", "region": SITE.name,
+                    "min_replicas": low, "max_replicas": high}  # fmt: skip
+            created = http.post("/deployments", json=body)
+            assert created.status_code == 201, created.text
         http.close()
         admin.close()
         cred = work / "agent.credential"
@@ -147,12 +160,28 @@ def test_load_up_adds_workers_that_serve_and_load_down_drains_them_without_a_fai
                 f.result()
     assert load.failures == []
     assert len(load.served_by) >= 3 and scaled_s < 30
-    body = httpx.get(f"{local.base_url}/v1/deployments",
-                     headers={"authorization": f"Bearer {local.read_token}"}).json()  # fmt: skip
-    dep_id = body["items"][0]["id"]
-    scaling = httpx.get(f"{local.base_url}/v1/deployments/{dep_id}/scaling",
-                        headers={"authorization": f"Bearer {local.read_token}"}).json()  # fmt: skip
-    assert scaling["autoscaler_running"] is True and scaling["desired_replicas"] == 1
-    reasons = [d["reason"] for d in scaling["decisions"]]
+    status = scaling(local, "m")
+    assert status["autoscaler_running"] is True and status["desired_replicas"] == 1
+    reasons = [d["reason"] for d in status["decisions"]]
     assert any("panic" in r or "stable" in r for r in reasons)  # the scale-up, with its reason
-    assert scaling["ready_after_s"] and scaling["ready_after_s"][-1] < 30
+    assert status["ready_after_s"] and status["ready_after_s"][-1] < 30
+
+
+def test_a_model_scaled_to_zero_is_started_by_its_first_request(
+    fleet: tuple[LocalFleet, int],
+) -> None:
+    local, port = fleet
+    # z starts with one worker (no decision yet), is idle, and goes to zero
+    wait_until(lambda: not workers(local, "z"), timeout=60, what="z scaled to zero")
+    assert scaling(local, "z")["desired_replicas"] == 0
+    started = time.monotonic()
+    r = httpx.post(f"http://127.0.0.1:{port}/v2/models/z/infer", json={"inputs": []}, timeout=60)
+    held_s = time.monotonic() - started
+    assert r.status_code == 200, r.text  # held while a worker started, then served
+    assert held_s < 30
+    ready = httpx.get(f"http://127.0.0.1:{port}/v2/health/ready").json()
+    assert ready["cold_start_last_ms"] is not None and ready["cold_start_last_ms"] > 0
+    status = scaling(local, "z")
+    assert status["desired_replicas"] == 1 and status["ready_replicas"] == 1
+    assert status["cold_starts_s"] and status["cold_starts_s"][0] < 30
+    assert any(d["reason"].startswith("activation") for d in status["decisions"])
