@@ -8,7 +8,12 @@ regions with the control plane's own autoscaler sizing every region:
   day, on the same arrivals with the same routing policy; the ratio of GPU-seconds
   and both fleets' latency;
 - a load step (clients within 1,500 km of Frankfurt send 4x for 40% of the run):
-  the time from the step until the busiest region's new GPUs serve.
+  the time from the step until the busiest region's new GPUs serve;
+
+then the same for real on loopback (``bench/_elastic_real.py``): a control plane,
+an agent starting stand-in workers, a router; clients step from 1 to 8 concurrent
+and back; the time until a new worker serves, worker-seconds against holding the
+peak, failed requests, and a cold start from zero through the router's hold.
 
 Simulated time is compressed (a day in minutes), so the autoscaler's windows are
 scaled with it: stable 10 s, panic 2 s, scale-down delay 5 s, decisions every
@@ -96,6 +101,9 @@ def main() -> None:
         return (name, r.requests, r.failed, gpu_s, r.latency.quantile(0.5),
                 r.latency.quantile(0.99), r.slo_met / max(r.requests, 1))  # fmt: skip
 
+    from bench._elastic_real import run as run_real
+
+    real = run_real(args.quick)
     ratio = dyn_gpu_s / sta_gpu_s
     body = table(
         ["fleet", "requests", "failed", "GPU-s", "p50 ms", "p99 ms", "SLO attainment"],
@@ -109,6 +117,17 @@ def main() -> None:
         f" GPUs serving: the first new GPU served {first_serving:.1f} s after the step, 90% of"
         f" the peak {step_to_capacity:.1f} s after it"
         f" (cold start {econf.cold_start_s:g} s)."
+    )
+    body += "\n\n" + table(
+        ["loopback", "requests", "failed", "peak workers", "worker-s", "static peak worker-s",
+         "step to new worker serving s", "cold start from zero s"],
+        [("autoscaled", real.requests, real.failed, real.peak_workers, real.worker_seconds,
+          real.static_peak_worker_seconds, real.step_to_new_worker_serving_s,
+          real.cold_start_s)],
+    )  # fmt: skip
+    body += (
+        "\n\nLoopback: one region, stand-in workers (100 ms per request), 1 then 8 then 1"
+        " concurrent clients through the router; the static fleet holds the peak all along."
     )
     record(
         "autoscale",
@@ -129,6 +148,13 @@ def main() -> None:
             "sim_decision_to_ready_s_median": round(float(np.median(ready_after)), 2)
             if ready_after
             else float("nan"),
+            "real_worker_seconds_autoscaled_over_static_peak": round(
+                real.worker_seconds / max(real.static_peak_worker_seconds, 1e-9), 3
+            ),
+            "real_step_to_new_worker_serving_s": real.step_to_new_worker_serving_s,
+            "real_cold_start_from_zero_s": real.cold_start_s,
+            "real_requests": real.requests,
+            "real_failed": real.failed,
         },
         quick=args.quick,
         write=not args.no_write,

@@ -14,7 +14,7 @@ import pytest
 from meridian.waiting import wait_until_async
 from region_agent.supervisor import LocalProcessSupervisor, WorkerSpec
 
-BUSY = str(Path(__file__).with_name("busy_worker.py"))
+BUSY = str(Path(__file__).resolve().parents[2] / "bench" / "busy_worker.py")
 COMMAND = [sys.executable, BUSY, "--port", "{port}", "--model", "{model}", "--version",
            "{version}", "--delay-ms", "40"]  # fmt: skip
 

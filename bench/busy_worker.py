@@ -1,6 +1,7 @@
-"""A stand-in worker that serves inference slowly and counts what it holds.
+"""A stand-in worker that serves inference slowly and counts what it holds (for load shapes:
+the autoscaling benchmark and tests, where a real model would only slow the start).
 
-Usage: python3 busy_worker.py --port N --model M --version V [--delay-ms D]
+Usage: python3 bench/busy_worker.py --port N --model M --version V [--delay-ms D]
 ``POST /v2/models/{M}[/versions/{V}]/infer`` answers after ``D`` ms (or the
 ``delay_ms`` query parameter's); ``/v2/stats``
 reports the requests in flight and the recent throughput, like the real worker.
