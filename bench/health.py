@@ -23,6 +23,7 @@ import multiprocessing as mp
 import statistics
 import tempfile
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -122,7 +123,9 @@ async def _clients(address: str, agents: int, seconds: float, ready: Any) -> Non
 # --- server side ------------------------------------------------------------------------------
 
 
-async def _measure(mode: str, agents: int, seconds: float, workdir: Path) -> dict[str, float]:
+async def _measure(
+    mode: str, agents: int, seconds: float, workdir: Path, etcd: str | None = None
+) -> dict[str, float]:
     import grpc
     import sqlalchemy as sa
     from sqlalchemy.orm import sessionmaker
@@ -132,13 +135,13 @@ async def _measure(mode: str, agents: int, seconds: float, workdir: Path) -> dic
     from control_plane.fleet_store import FleetStore, credential_hash
     from control_plane.health.ledger import Change
     from control_plane.health.recorder import SqlHealthSink, region_health_table
-    from meridian.coordination import InProcessCoordination
+    from meridian.coordination import InProcessCoordination, open_coordination
     from meridian.snapshot import HealthState
     from meridian.waiting import wait_until_async
     from proto import region_pb2 as pb
     from proto import region_pb2_grpc as pb_grpc
 
-    db = workdir / f"{mode}.db"
+    db = workdir / f"{mode}-{'etcd' if etcd else 'memory'}.db"
     engine = sa.create_engine(f"sqlite:///{db}")
     Base.metadata.create_all(engine)
     metadata = sa.MetaData()
@@ -158,11 +161,15 @@ async def _measure(mode: str, agents: int, seconds: float, workdir: Path) -> dic
         for n in names:
             s.add(Region(name=n, lat=0, lon=0, agent_credential_hash=credential_hash(f"cred-{n}")))
     store = FleetStore(sessions)
-    coord = InProcessCoordination()
+    coord = open_coordination(f"etcd://{etcd}") if etcd else InProcessCoordination()
     sink = SqlHealthSink(engine, health_table)
     # long leases: a starved event loop (the naive mode) must not lose leadership mid-run
     settings = FleetSettings(
-        report_interval_s=1.0, health_flush_s=1.0, leader_ttl_s=30, summary_ttl_s=30
+        report_interval_s=1.0,
+        health_flush_s=1.0,
+        leader_ttl_s=30,
+        summary_ttl_s=30,
+        namespace=f"/bench/health-{uuid.uuid4().hex[:8]}",
     )
     runtime = FleetRuntime(
         settings,
@@ -259,13 +266,32 @@ async def _measure(mode: str, agents: int, seconds: float, workdir: Path) -> dic
     }
 
 
+def _etcd_endpoint() -> str | None:
+    """etcd from MERIDIAN_TEST_ETCD (default 127.0.0.1:2379) when it answers, else None."""
+    import os
+    import socket
+
+    endpoint = os.environ.get("MERIDIAN_TEST_ETCD", "127.0.0.1:2379")
+    host, _, port = endpoint.rpartition(":")
+    try:
+        with socket.create_connection((host, int(port)), timeout=1):
+            return endpoint
+    except OSError:
+        print(f"etcd at {endpoint} is not reachable: measuring in-process coordination only")
+        return None
+
+
 def main() -> None:
     args = parse_args(__doc__.splitlines()[0])
     agents = 8 if args.quick else 16
-    seconds = 6.0 if args.quick else 15.0
+    seconds = 4.0 if args.quick else 15.0
     with tempfile.TemporaryDirectory() as tmp:
         ours = asyncio.run(_measure("meridian", agents, seconds, Path(tmp)))
         naive = asyncio.run(_measure("naive", agents, seconds, Path(tmp)))
+        etcd = _etcd_endpoint()
+        on_etcd = (
+            asyncio.run(_measure("meridian", agents, seconds, Path(tmp), etcd)) if etcd else None
+        )
     ratio = ours["gpu_reports_per_s"] / max(naive["gpu_reports_per_s"], 1e-9)
     rows = [
         [
@@ -276,8 +302,25 @@ def main() -> None:
             r["publish_delay_ms_max"],
             f"{int(r['probes'])} ({int(r['probe_timeouts'])} over 5 s)",
         ]
-        for name, r in (("meridian", ours), ("naive (SQL per report)", naive))
+        for name, r in (
+            ("meridian (in-process coordination)", ours),
+            *((("meridian (etcd)", on_etcd),) if on_etcd else ()),
+            ("naive (SQL per report)", naive),
+        )
     ]
+    figures: dict[str, float | int | str] = {
+        "gpu_reports_per_s": round(ours["gpu_reports_per_s"]),
+        "naive_gpu_reports_per_s": round(naive["gpu_reports_per_s"]),
+        "ingest_ratio_vs_naive": round(ratio, 2),
+        "sql_writes_per_s": round(ours["sql_writes_per_s"], 2),
+        "naive_sql_writes_per_s": round(naive["sql_writes_per_s"], 1),
+        "publish_delay_ms_p50": round(ours["publish_delay_ms_p50"], 1),
+        "publish_delay_ms_max": round(ours["publish_delay_ms_max"], 1),
+    }
+    if on_etcd:
+        figures["etcd_gpu_reports_per_s"] = round(on_etcd["gpu_reports_per_s"])
+        figures["etcd_publish_delay_ms_p50"] = round(on_etcd["publish_delay_ms_p50"], 1)
+        figures["etcd_publish_delay_ms_max"] = round(on_etcd["publish_delay_ms_max"], 1)
     body = (
         f"{agents} agents x {GPUS_PER_AGENT} GPUs ({WORKERS_PER_AGENT} workers each) streaming "
         f"flat out over loopback gRPC for {seconds:.0f}s, from a separate process.\n\n"
@@ -298,15 +341,7 @@ def main() -> None:
         "health",
         "Health plane: report ingestion and snapshot publication",
         body,
-        {
-            "gpu_reports_per_s": round(ours["gpu_reports_per_s"]),
-            "naive_gpu_reports_per_s": round(naive["gpu_reports_per_s"]),
-            "ingest_ratio_vs_naive": round(ratio, 2),
-            "sql_writes_per_s": round(ours["sql_writes_per_s"], 2),
-            "naive_sql_writes_per_s": round(naive["sql_writes_per_s"], 1),
-            "publish_delay_ms_p50": round(ours["publish_delay_ms_p50"], 1),
-            "publish_delay_ms_max": round(ours["publish_delay_ms_max"], 1),
-        },
+        figures,
         quick=args.quick,
         write=not args.no_write,
     )
