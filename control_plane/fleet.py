@@ -41,13 +41,12 @@ from control_plane.health.recorder import (
     row_of,
 )
 from control_plane.health.relay import SummaryRelay
-from control_plane.health.service import RegionServicer
+from control_plane.health.service import RegionServicer, add_region_service
 from control_plane.health.snapshots import SnapshotFeed, SnapshotPublisher, build_snapshot
 from control_plane.leader import Leadership
 from meridian.coordination import Coordination, EventKind
 from meridian.eventwait import wait_event
 from meridian.snapshot import RoutingSnapshot
-from proto import region_pb2_grpc as pb_grpc
 
 __all__ = ["REGISTRY_NUDGE_KEY", "FleetRuntime", "FleetSettings", "drain_action", "nudge_registry"]
 
@@ -169,7 +168,7 @@ class FleetRuntime:
             ("grpc.keepalive_permit_without_calls", 1),
         ]
         server = grpc.aio.server(options=options)
-        pb_grpc.add_RegionServiceServicer_to_server(self.servicer, server)
+        add_region_service(self.servicer, server)
         address = f"{self.settings.grpc_host}:{self.settings.grpc_port}"
         self.grpc_port = server.add_insecure_port(address)
         if self.grpc_port == 0:

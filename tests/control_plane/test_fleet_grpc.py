@@ -296,9 +296,11 @@ async def test_malformed_reports_end_only_their_own_stream(fleet: FleetRuntime) 
             )
             call = raw()
             await call.write(b"\xff\xff\xff\xff")
-            with pytest.raises(grpc.aio.AioRpcError):
+            with pytest.raises(grpc.aio.AioRpcError) as garbage:
                 async for _ in call:
                     pass
+            assert garbage.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert "not an AgentMessage" in (garbage.value.details() or "")
 
         # the good agent's stream was never disturbed: same session, reports still flowing
         await wait_until_async(
