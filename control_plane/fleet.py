@@ -27,9 +27,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
+from sqlalchemy.orm import Session, sessionmaker
 
 from control_plane.autoscale.controller import Autoscaler, DeploymentTarget
 from control_plane.autoscale.policy import AutoscalePolicy, ScalingConfig
+from control_plane.fleet_store import FleetStore
 from control_plane.health.directives import DirectiveBoard, DirectiveReconciler
 from control_plane.health.fleet_view import FleetView
 from control_plane.health.inventory import CredentialCheck, RegistryView
@@ -43,13 +45,13 @@ from control_plane.health.recorder import (
     row_of,
 )
 from control_plane.health.relay import SummaryRelay
-from control_plane.health.service import RegionServicer
+from control_plane.health.service import RegionServicer, add_region_service
 from control_plane.health.snapshots import SnapshotFeed, SnapshotPublisher, build_snapshot
 from control_plane.leader import Leadership
 from meridian.coordination import Coordination, EventKind
+from meridian.errors import Unavailable
 from meridian.eventwait import wait_event
 from meridian.snapshot import RoutingSnapshot
-from proto import region_pb2_grpc as pb_grpc
 
 __all__ = ["REGISTRY_NUDGE_KEY", "FleetRuntime", "FleetSettings", "drain_action", "nudge_registry"]
 
@@ -109,9 +111,11 @@ class FleetRuntime:
         load_registry: Callable[[], Awaitable[RegistryView]],
         check_credential: CredentialCheck,
         health_sink: HealthSink | None = None,
+        set_draining: Callable[[str, bool, str], Awaitable[str]] | None = None,
     ) -> None:
         self.settings = settings
         self.coord = coord
+        self._set_draining = set_draining
         self._load_registry = load_registry
         self.registry = RegistryView()
         self.policy = HealthPolicy(settings.health_config())
@@ -175,6 +179,34 @@ class FleetRuntime:
             )
         self.replicas: dict[tuple[str, str, str], int] = {}  # the autoscaler's last decisions
 
+    @classmethod
+    def with_sql(
+        cls,
+        settings: FleetSettings,
+        sessions: sessionmaker[Session],
+        coord: Coordination,
+        *,
+        check_credential: CredentialCheck | None = None,
+        health_sink: HealthSink | None = None,
+    ) -> FleetRuntime:
+        """The usual wiring: the registry read from (and drains written to) ``sessions``;
+        agent credentials checked against the regions table unless ``check_credential``."""
+        store = FleetStore(sessions)
+        return cls(
+            settings,
+            coord,
+            load_registry=store.load,
+            check_credential=check_credential or store.check_credential,
+            health_sink=health_sink,
+            set_draining=drain_action(store.set_draining, coord, settings.namespace),
+        )
+
+    async def set_draining(self, region: str, draining: bool, actor: str) -> str:
+        """Operator drain/undrain (``control_plane.api_fleet.fleet_router``'s ``set_draining``)."""
+        if self._set_draining is None:
+            raise Unavailable("draining is not configured for this runtime")
+        return await self._set_draining(region, draining, actor)
+
     # --- lifecycle -------------------------------------------------------------------------
 
     async def start(self) -> None:
@@ -185,7 +217,7 @@ class FleetRuntime:
             ("grpc.keepalive_permit_without_calls", 1),
         ]
         server = grpc.aio.server(options=options)
-        pb_grpc.add_RegionServiceServicer_to_server(self.servicer, server)
+        add_region_service(self.servicer, server)
         address = f"{self.settings.grpc_host}:{self.settings.grpc_port}"
         self.grpc_port = server.add_insecure_port(address)
         if self.grpc_port == 0:

@@ -48,12 +48,10 @@ async def serve(args: argparse.Namespace) -> int:
     from sqlalchemy.orm import sessionmaker
 
     from control_plane.api_fleet import fleet_router
-    from control_plane.fleet import FleetRuntime, FleetSettings, drain_action
-    from control_plane.fleet_store import FleetStore
+    from control_plane.fleet import FleetRuntime, FleetSettings
     from meridian.coordination import open_coordination
 
     engine = sa.create_engine(args.db, pool_pre_ping=True)
-    store = FleetStore(sessionmaker(engine, expire_on_commit=False))
     coord = open_coordination(f"etcd://{args.etcd}" if args.etcd else "memory://")
     settings_kwargs: dict[str, object] = {
         "grpc_host": args.grpc_host,
@@ -65,11 +63,10 @@ async def serve(args: argparse.Namespace) -> int:
     }
     if args.replica_id:
         settings_kwargs["replica_id"] = args.replica_id
-    runtime = FleetRuntime(
+    runtime = FleetRuntime.with_sql(
         FleetSettings(**settings_kwargs),  # type: ignore[arg-type]
+        sessionmaker(engine, expire_on_commit=False),
         coord,
-        load_registry=store.load,
-        check_credential=store.check_credential,
     )
 
     def read_auth() -> None:
@@ -98,7 +95,7 @@ async def serve(args: argparse.Namespace) -> int:
         fleet_router(
             runtime.feed,
             runtime.fleet_view,
-            drain_action(store.set_draining, coord, args.namespace),
+            runtime.set_draining,
             read_auth=read_auth,
             admin_auth=admin_auth,
         )

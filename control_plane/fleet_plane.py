@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Depends
 
 from control_plane.api.deps import require_scope
 from control_plane.api_fleet import fleet_router
@@ -67,4 +67,16 @@ def build_fleet(settings: ControlPlaneSettings, registry: Registry) -> FleetPlan
         read_auth=require_scope("read"),
         admin_auth=require_scope("admin"),
     )
+
+    @routes.get("/v1/fleet/status", dependencies=[Depends(require_scope("read"))])
+    async def status() -> dict[str, object]:
+        """This replica: its id, whether it leads, its agents' port, the snapshot it serves."""
+        return {
+            "replica": runtime.settings.replica_id,
+            "leader": runtime.leadership.is_leader,
+            "grpc_port": runtime.grpc_port,
+            "snapshot_version": runtime.feed.version,
+            "agent_streams": runtime.servicer.streams,
+        }
+
     return FleetPlane(runtime, coord, routes)

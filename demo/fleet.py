@@ -30,14 +30,23 @@ def free_port() -> int:
 
 
 @dataclass
+class Replica:
+    child: Child
+    http_port: int
+    grpc_port: int
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+
+@dataclass
 class LocalFleet:
     workdir: Path
     env: dict[str, str] = field(default_factory=dict)
     admin_token: str = field(default_factory=lambda: secrets.token_urlsafe(24))
-    http_port: int = field(default_factory=free_port)
-    grpc_port: int = field(default_factory=free_port)
     children: Children = field(init=False)
-    control_plane: Child | None = None
+    replicas: list[Replica] = field(default_factory=list)
     agents: dict[str, Child] = field(default_factory=dict)
     routers: list[Child] = field(default_factory=list)
     read_token: str = ""
@@ -46,24 +55,42 @@ class LocalFleet:
         self.children = Children(self.workdir / "logs", self.env)
 
     @property
+    def control_plane(self) -> Child | None:
+        return self.replicas[0].child if self.replicas else None
+
+    @property
     def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.http_port}"
+        """The first live control-plane replica's URL."""
+        for replica in self.replicas:
+            if replica.child.alive():
+                return replica.url
+        return self.replicas[0].url if self.replicas else ""
+
+    @property
+    def grpc_port(self) -> int:
+        return self.replicas[0].grpc_port if self.replicas else 0
 
     # --- control plane ---------------------------------------------------------------------
 
     def start_control_plane(self, env: dict[str, str] | None = None) -> Admin:
-        self.control_plane = self.children.start(
-            "control-plane",
-            ["control-plane", "--port", str(self.http_port), "--grpc-port", str(self.grpc_port)],
+        """Start a control-plane replica (call again for more, sharing database and etcd)."""
+        http_port, grpc_port = free_port(), free_port()
+        name = "control-plane" if not self.replicas else f"control-plane-{len(self.replicas) + 1}"
+        child = self.children.start(
+            name,
+            ["control-plane", "--port", str(http_port), "--grpc-port", str(grpc_port)],
             env={
                 "MERIDIAN_DATA_DIR": str(self.workdir / "cp"),
                 "MERIDIAN_BOOTSTRAP_ADMIN_TOKEN": self.admin_token,
                 **(env or {}),
             },
         )
-        self.wait_http(f"{self.base_url}/healthz", self.control_plane, "control plane")
-        admin = Admin(self.base_url, self.admin_token)
-        self.read_token = admin.token("routers", ["read"])
+        replica = Replica(child, http_port, grpc_port)
+        self.replicas.append(replica)
+        self.wait_http(f"{replica.url}/healthz", child, name)
+        admin = Admin(replica.url, self.admin_token)
+        if not self.read_token:
+            self.read_token = admin.token("routers", ["read"])
         return admin
 
     # --- regions -----------------------------------------------------------------------------
@@ -81,7 +108,8 @@ class LocalFleet:
         agent = self.children.start(
             f"agent-{site.name}",
             [
-                "agent", "--control-plane", f"127.0.0.1:{self.grpc_port}",
+                "agent", "--control-plane",
+                ",".join(f"127.0.0.1:{r.grpc_port}" for r in self.replicas),
                 "--region", site.name, "--credential-file", str(cred_file),
                 "--simulate-gpus", str(site.gpus), "--gpu-type", site.gpu_type,
             ],
@@ -93,27 +121,27 @@ class LocalFleet:
 
     def start_router(
         self, *, port: int | None = None, tls_dir: Path | None = None, emulate_wan: bool = False,
-        name: str = "router",
+        name: str = "router", etcd: str | None = None, env: dict[str, str] | None = None,
     ) -> tuple[Child, int]:  # fmt: skip
         port = port or free_port()
-        args = [
-            "router", "--port", str(port), "--control-plane", self.base_url,
-            "--token", self.read_token,
-            "--snapshot-path", str(self.workdir / f"{name}-snapshot.json"),
-        ]  # fmt: skip
+        args = ["router", "--port", str(port), "--token", self.read_token]
+        for replica in self.replicas:
+            args += ["--control-plane", replica.url]
+        args += ["--snapshot-path", str(self.workdir / f"{name}-snapshot.json")]
         if tls_dir is not None:
             args += ["--self-signed", str(tls_dir)]
         if emulate_wan:
             args.append("--emulate-wan")
-        router = self.children.start(name, args)
+        if etcd:
+            args += ["--etcd", etcd]
+        router = self.children.start(name, args, env=env)
         self.routers.append(router)
         return router, port
 
     # --- waiting -----------------------------------------------------------------------------
 
     def live(self) -> list[Child]:
-        cp = [self.control_plane] if self.control_plane else []
-        return [*cp, *self.agents.values(), *self.routers]
+        return [*(r.child for r in self.replicas), *self.agents.values(), *self.routers]
 
     @staticmethod
     def check_alive(children: Sequence[Child]) -> None:
@@ -155,7 +183,7 @@ class LocalFleet:
         last = [""]
 
         def ready() -> bool:
-            self.check_alive([c for c in self.live() if c.name.startswith(("control", "router"))])
+            self.check_alive(self.routers)
             serving = self.serving_regions()
             status = f"regions serving: {len(serving & regions)}/{len(regions)}"
             if report is not None and status != last[0]:

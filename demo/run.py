@@ -88,8 +88,8 @@ def run_demo(opts: DemoOptions) -> int:
         _say("1/5 preparing the model (all-MiniLM-L6-v2 -> ONNX, int8 variant; cached)")
         model = prepare()
         _say(f"    int8 variant: max abs error {model.int8_max_abs_error:.3f} on probe sentences")
-        _say(f"2/5 control plane on {fleet.base_url} (agents: gRPC :{fleet.grpc_port})")
         admin = fleet.start_control_plane()
+        _say(f"2/5 control plane on {fleet.base_url} (agents: gRPC :{fleet.grpc_port})")
         admin.register_model(
             MODEL, "1", model.fp32, int8=model.int8, int8_error=model.int8_max_abs_error
         )

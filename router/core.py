@@ -23,6 +23,7 @@ from router.demand import DemandNotifier, nearest_deployment_region
 from router.http11 import HOP_BY_HOP, Request, Response
 from router.keys import ApiKeys
 from router.locate import EDGE_HEADER, ClientLocator
+from router.observations import Observations
 from router.policies import (
     RouteRequest,
     RouterStats,
@@ -90,6 +91,8 @@ class RouterCore:
                 circuit_open_s=settings.breaker_cooldown_s,
             )
         )
+        self.observed = Observations(self.stats)
+        self._ranked: dict[tuple[object, ...], list[str]] = {}
         self.outstanding: dict[str, int] = defaultdict(int)  # per worker id
         self._versions: tuple[RoutingSnapshot | None, VersionPicker | None] = (None, None)
         self.budget = RetryBudget(ratio=settings.retry_ratio)
@@ -144,6 +147,23 @@ class RouterCore:
 
     # --- routing and failover --------------------------------------------------------------
 
+    def _rank(self, snap: RoutingSnapshot, route: RouteRequest, now: float) -> list[str]:
+        """The policy's ranking, reused for clients within about 25 km during one refresh
+        period of the policy (it would give the same answer); errors invalidate at once."""
+        refresh = getattr(self.policy, "refresh_s", 0.0)
+        if refresh <= 0:
+            return self.policy.rank(snap, self.stats, route, now)
+        key = (
+            snap.version, route.model, int(route.lat * 4), int(route.lon * 4),
+            self.stats.error_version, int(now / refresh),
+        )  # fmt: skip
+        ranked = self._ranked.get(key)
+        if ranked is None:
+            if len(self._ranked) >= 4096:
+                self._ranked.clear()
+            ranked = self._ranked[key] = self.policy.rank(snap, self.stats, route, now)
+        return ranked
+
     def _version_picker(self, snap: RoutingSnapshot) -> VersionPicker:
         cached_snap, picker = self._versions
         if cached_snap is not snap or picker is None:
@@ -172,7 +192,7 @@ class RouterCore:
         self.budget.record_request(started)
         client = self.locator.locate(req.client_host, req.header(EDGE_HEADER))
         route = RouteRequest(model, client.lat, client.lon)
-        ranked = self.policy.rank(snap, self.stats, route, started)
+        ranked = self._rank(snap, route, started)
         if not ranked and not any(r.serves(model) for r in snap.regions):
             homes = [snap.region(d.region) for d in snap.deployments if d.model == model]
             if not homes:
@@ -186,7 +206,7 @@ class RouterCore:
             if isinstance(held, Response):
                 return held
             snap = held
-            ranked = self.policy.rank(snap, self.stats, route, time.monotonic())
+            ranked = self._rank(snap, route, time.monotonic())
         if not ranked and any(r.serves(model) for r in snap.regions):
             # every serving region is ejected by its circuit: try them rather than refuse
             ranked = [r.name for r in snap.routable_regions() if r.serves(model)]
@@ -219,7 +239,7 @@ class RouterCore:
             target = f"/v2/models/{model}" + (f"/versions/{chosen}" if chosen else "") + tail
             url = urlsplit(worker.endpoint)
             host, port = url.hostname or "127.0.0.1", url.port or 80
-            self.stats.on_dispatch(name, now)
+            self.observed.dispatch(name, now)
             self.outstanding[worker.worker_id] += 1
             try:
                 if s.emulate_wan:
@@ -229,7 +249,7 @@ class RouterCore:
                     min(s.attempt_timeout_s, deadline - now),
                 )  # fmt: skip
             except (UpstreamError, TimeoutError) as exc:
-                self.stats.on_error(name, time.monotonic())
+                self.observed.error(name, time.monotonic())
                 self.counters["upstream_failures"] += 1
                 last_error = f"region {name}: {exc or 'timed out'}"
                 continue
@@ -237,11 +257,11 @@ class RouterCore:
                 self.outstanding[worker.worker_id] -= 1
             done = time.monotonic()
             if upstream.status >= 500:
-                self.stats.on_error(name, done)
+                self.observed.error(name, done)
                 self.counters["upstream_5xx"] += 1
                 last_error = f"region {name} answered {upstream.status}"
                 continue
-            self.stats.on_success(name, 0.0, (done - now) * 1000.0, done)
+            self.observed.success(name, (done - now) * 1000.0, done)
             out_headers = [(k, v) for k, v in upstream.headers if k not in HOP_BY_HOP]
             out_headers.append((b"x-meridian-region", name.encode()))
             out_headers.append((b"x-meridian-attempts", str(attempts).encode()))

@@ -21,7 +21,7 @@ from control_plane.db.models import (
     RegionStatus,
 )
 from control_plane.fleet import FleetRuntime, FleetSettings
-from control_plane.fleet_store import FleetStore, credential_hash
+from control_plane.fleet_store import credential_hash
 from meridian.coordination import Coordination
 from meridian.snapshot import RoutingSnapshot
 from region_agent.agent import RegionAgent
@@ -95,10 +95,7 @@ def fast_settings(**overrides: object) -> FleetSettings:
 async def running_fleet(
     sessions: sessionmaker[Session], coord: Coordination, settings: FleetSettings
 ) -> AsyncIterator[FleetRuntime]:
-    store = FleetStore(sessions)
-    runtime = FleetRuntime(
-        settings, coord, load_registry=store.load, check_credential=store.check_credential
-    )
+    runtime = FleetRuntime.with_sql(settings, sessions, coord)
     await runtime.start()
     try:
         yield runtime

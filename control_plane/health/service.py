@@ -25,7 +25,37 @@ from meridian.errors import InvalidInput, MeridianError, grpc_code_for
 from proto import region_pb2 as pb
 from proto import region_pb2_grpc as pb_grpc
 
-__all__ = ["RegionServicer"]
+__all__ = ["RegionServicer", "add_region_service"]
+
+SERVICE = "meridian.region.v1.RegionService"
+
+
+class _Undecodable:
+    """Stands for a message whose bytes are not an ``AgentMessage``."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+
+def _decode(raw: bytes) -> pb.AgentMessage | _Undecodable:
+    try:
+        return pb.AgentMessage.FromString(raw)
+    except Exception as exc:  # protobuf raises DecodeError; anything else is also bad input
+        return _Undecodable(str(exc) or type(exc).__name__)
+
+
+def add_region_service(servicer: RegionServicer, server: grpc.aio.Server) -> None:
+    """Register ``servicer`` like the generated helper does, but decode messages leniently,
+    so bytes that are not a protobuf message end their stream with INVALID_ARGUMENT
+    (the generated deserializer would answer INTERNAL)."""
+    handlers = {
+        "Connect": grpc.stream_stream_rpc_method_handler(
+            servicer.Connect,
+            request_deserializer=_decode,
+            response_serializer=pb.ControlMessage.SerializeToString,
+        )
+    }
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
 
 
 @dataclass
@@ -76,6 +106,8 @@ class RegionServicer(pb_grpc.RegionServiceServicer):
                 raise InvalidInput(
                     f"no register message within {self._register_timeout:.0f}s"
                 ) from None
+            if isinstance(first, _Undecodable):
+                raise InvalidInput(f"the message is not an AgentMessage: {first.reason}")
             if first.WhichOneof("body") != "register":
                 raise InvalidInput("the first message of a stream must be register")
             register = first.register
@@ -98,6 +130,8 @@ class RegionServicer(pb_grpc.RegionServiceServicer):
             writer = asyncio.create_task(self._forward(queue, context))
             ingest = self._ledger.ingest
             async for message in messages:
+                if isinstance(message, _Undecodable):
+                    raise InvalidInput(f"the message is not an AgentMessage: {message.reason}")
                 if message.WhichOneof("body") != "report":
                     raise InvalidInput("after register, a stream carries only reports")
                 validate_report(message.report, inventory)

@@ -16,8 +16,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from control_plane.api_fleet import fleet_router
 from control_plane.db.models import AuditEntry, Region
-from control_plane.fleet import FleetRuntime, drain_action
-from control_plane.fleet_store import FleetStore
+from control_plane.fleet import FleetRuntime
 from meridian.coordination import InProcessCoordination
 from meridian.snapshot import HealthState, RoutingSnapshot
 from meridian.waiting import wait_until_async
@@ -65,7 +64,7 @@ async def env(tmp_path: Path) -> AsyncIterator[Env]:
                 fleet_router(
                     runtime.feed,
                     runtime.fleet_view,
-                    drain_action(FleetStore(sessions).set_draining, coord),
+                    runtime.set_draining,
                     read_auth=read_auth,
                     admin_auth=admin_auth,
                     max_wait_s=10,

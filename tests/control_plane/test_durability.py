@@ -53,6 +53,7 @@ class ControlPlaneProcess:
 def control_plane(data_dir: Path, database_url: str | None) -> Iterator[ControlPlaneProcess]:
     port = services.free_port()
     args = [sys.executable, "-m", "meridian", "control-plane", "--port", str(port)]
+    args += ["--grpc-port", str(services.free_port())]
     args += ["--data-dir", str(data_dir), "--log-level", "warning"]
     if database_url:
         args += ["--database-url", database_url]

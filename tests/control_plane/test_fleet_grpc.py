@@ -175,11 +175,11 @@ async def test_stopped_heartbeats_take_the_region_down_within_the_deadline(
         call = pb_grpc.RegionServiceStub(channel).Connect()
         await call.write(_register("eu-west"))
         await call.read()  # directives
+        last_report = time.monotonic()  # the server receives the report after this
         await call.write(pb.AgentMessage(report=_report(gpus=2)))
         await wait_snapshot(
             lambda: fleet.feed.current, region_state("eu-west", HealthState.HEALTHY), timeout=5
         )
-        last_report = time.monotonic()
         snap, _ = await wait_snapshot(
             lambda: fleet.feed.current, region_state("eu-west", HealthState.DOWN), timeout=5
         )
@@ -296,9 +296,11 @@ async def test_malformed_reports_end_only_their_own_stream(fleet: FleetRuntime) 
             )
             call = raw()
             await call.write(b"\xff\xff\xff\xff")
-            with pytest.raises(grpc.aio.AioRpcError):
+            with pytest.raises(grpc.aio.AioRpcError) as garbage:
                 async for _ in call:
                     pass
+            assert garbage.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert "not an AgentMessage" in (garbage.value.details() or "")
 
         # the good agent's stream was never disturbed: same session, reports still flowing
         await wait_until_async(

@@ -34,6 +34,7 @@ class ControlPlane:
     token: str
     proc: subprocess.Popen[bytes]
     log: Path
+    grpc: str = ""  # host:port the region agents connect to
 
     def client(self, token: str | None = None) -> httpx.Client:
         return httpx.Client(
@@ -75,13 +76,14 @@ def terraform_command() -> type[Any]:
 @pytest.fixture(scope="session")
 def control_plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPlane]:
     data_dir = tmp_path_factory.mktemp("deploy-cp")
-    port = services.free_port()
+    port, grpc_port = services.free_port(), services.free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("MERIDIAN_")}
     env.update(
         PYTHONUNBUFFERED="1",
         MERIDIAN_DATA_DIR=str(data_dir),
         MERIDIAN_DATABASE_URL=f"sqlite:///{data_dir / 'registry.sqlite'}",
         MERIDIAN_HTTP_PORT=str(port),
+        MERIDIAN_GRPC_PORT=str(grpc_port),
         MERIDIAN_BOOTSTRAP_ADMIN_TOKEN=ADMIN_TOKEN,
     )
     log = data_dir / "control-plane.log"
@@ -95,7 +97,13 @@ def control_plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlP
             stderr=subprocess.STDOUT,
         )
     try:
-        cp = ControlPlane(url=f"http://127.0.0.1:{port}", token=ADMIN_TOKEN, proc=proc, log=log)
+        cp = ControlPlane(
+            url=f"http://127.0.0.1:{port}",
+            token=ADMIN_TOKEN,
+            proc=proc,
+            log=log,
+            grpc=f"127.0.0.1:{grpc_port}",
+        )
         wait_until(cp.healthy, timeout=30, what="control plane /healthz")
         yield cp
     finally:

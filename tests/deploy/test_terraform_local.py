@@ -240,3 +240,54 @@ def test_local_example_apply_and_destroy(
                 assert http.get("/v1/models").status_code == 401
     finally:
         _kill_leftovers(records, state_dir)
+
+
+def test_local_example_runs_real_agents_that_report_to_the_control_plane(
+    control_plane: ControlPlane,
+    tmp_path: Path,
+    terraform_env: None,
+    terraform_command: type[Any],
+) -> None:
+    """The example's default agent command: ``meridian agent`` with simulated GPUs."""
+    cp = control_plane
+    work = tmp_path / "terraform"
+    shutil.copytree(
+        ROOT / "deploy" / "terraform",
+        work,
+        ignore=shutil.ignore_patterns(".terraform*", "*.tfstate*", ".meridian"),
+    )
+    state_dir = tmp_path / "state"
+    token_file = tmp_path / "admin-token"
+    token_file.write_text(cp.token + "\n")
+    token_file.chmod(0o600)
+    regions = {"sa-east-1": {"lat": -23.5558, "lon": -46.6396, "gpu_type": "L4", "gpu_count": 2}}
+    variables = {
+        "control_plane_url": cp.url,
+        "control_plane_grpc": cp.grpc,
+        "admin_token_file": str(token_file),
+        "state_dir": str(state_dir),
+        "python": sys.executable,
+        "regions": json.dumps(regions),
+    }
+    tf = terraform_command(cwd=str(work / "examples" / "local"))
+    pid_file = state_dir / "sa-east-1" / "agent.pid"
+    try:
+        _ok(tf.init(), "init")
+        _ok(tf.apply(vars=variables, json=False), "apply")
+
+        def healthy() -> bool:
+            with cp.client(cp.token) as http:
+                r = http.get("/v1/regions/sa-east-1/health")
+            return r.status_code == 200 and r.json().get("state") == "healthy"
+
+        wait_until(healthy, timeout=60, what="the real agent reports sa-east-1 healthy")
+        with cp.client(cp.token) as http:
+            health = http.get("/v1/regions/sa-east-1/health").json()
+        assert health["agent_connected"] is True
+        assert (health["gpu_count"], health["healthy_gpus"]) == (2, 2)  # its simulated GPUs
+        pid = int(pid_file.read_text())
+        _ok(tf.destroy(var=variables, json=False), "destroy")
+        wait_until(lambda: not alive(pid), timeout=20, what="agent stopped")
+        assert "sa-east-1" not in cp.region_names()
+    finally:
+        _kill_leftovers(tmp_path / "no-records", state_dir)

@@ -1,0 +1,61 @@
+"""What the router saw, folded into ``RouterStats`` in bulk.
+
+``RouterStats`` keeps numpy arrays so that policies read the whole fleet in a few
+vector operations; updating them per request costs more than the rest of the
+request. The router notes each dispatch and result in plain counters and folds
+them in at most every ``every_s`` (the policy reuses its queueing charge for as
+long anyway); errors are folded in at once, so circuits open without delay.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import numpy as np
+
+from router.policies import RouterStats
+
+__all__ = ["Observations"]
+
+
+class Observations:
+    def __init__(self, stats: RouterStats, every_s: float = 0.005) -> None:
+        self.stats = stats
+        self.every_s = every_s
+        self._last = 0.0
+        self._sent: dict[str, int] = defaultdict(int)
+        self._ok: dict[str, int] = defaultdict(int)
+        self._service_ms: dict[str, float] = defaultdict(float)
+
+    def dispatch(self, region: str, now: float) -> None:
+        self._sent[region] += 1
+        if now - self._last >= self.every_s:
+            self.flush(now)
+
+    def success(self, region: str, service_ms: float, now: float) -> None:
+        self._ok[region] += 1
+        self._service_ms[region] += service_ms
+        if now - self._last >= self.every_s:
+            self.flush(now)
+
+    def error(self, region: str, now: float) -> None:
+        self.flush(now)
+        self.stats.on_error(region, now)
+
+    def flush(self, now: float) -> None:
+        self._last = now
+        if self._sent:
+            names = tuple(self._sent)
+            counts = np.fromiter(self._sent.values(), dtype=np.float64, count=len(names))
+            self.stats.record_dispatches(self.stats.indices(names), counts, now)
+            self._sent.clear()
+        if self._ok:
+            names = tuple(self._ok)
+            ok = np.fromiter(self._ok.values(), dtype=np.float64, count=len(names))
+            service = np.fromiter(
+                (self._service_ms[n] for n in names), dtype=np.float64, count=len(names)
+            )
+            zeros = np.zeros(len(names))
+            self.stats.record_results(self.stats.indices(names), ok, zeros, zeros, service, now)
+            self._ok.clear()
+            self._service_ms.clear()
