@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
+import orjson
 from sqlalchemy.orm import Session, sessionmaker
 
 from control_plane.autoscale.controller import Autoscaler, DeploymentTarget
@@ -271,6 +272,7 @@ class FleetRuntime:
             group.create_task(self.recorder.run(), name="health-recorder")
             if self.autoscaler is not None:
                 group.create_task(self._autoscale(self.autoscaler), name="autoscaler")
+                group.create_task(self._watch_demand(self.autoscaler), name="demand")
 
     def _health_rows(self) -> dict[str, HealthRow]:
         snapshot = self.publisher.last_published
@@ -287,6 +289,27 @@ class FleetRuntime:
             self.registry = view
             self.publisher.mark()
         await self.reconciler.reconcile(view, self.replicas if self.autoscaler else None)
+
+    async def note_demand(self, model: str, region: str | None) -> None:
+        """A router holds a request for ``model`` (any replica): tell the leader's autoscaler."""
+        value = orjson.dumps({"region": region, "at": time.time()})
+        await self.coord.put(self.settings.key(f"fleet/demand/{model}"), value)
+
+    async def _watch_demand(self, autoscaler: Autoscaler) -> None:
+        prefix = self.settings.key("fleet/demand/")
+        while True:
+            try:
+                async with await self.coord.watch(prefix, prefix=True) as events:
+                    async for event in events:
+                        if event.kind != EventKind.PUT:
+                            continue
+                        with contextlib.suppress(ValueError, TypeError, AttributeError):
+                            region = orjson.loads(event.value).get("region")
+                            model = event.key[len(prefix) :]
+                            autoscaler.note_demand(model, region, time.monotonic())
+            except Exception as exc:
+                log.warning("watching demand failed: %s", exc)
+            await asyncio.sleep(0.5)
 
     async def _autoscale(self, autoscaler: Autoscaler) -> None:
         """Leader only: observe each snapshot, decide replicas, hand them to the directives."""
