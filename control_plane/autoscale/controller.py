@@ -164,6 +164,8 @@ class Autoscaler:
         """Replicas per deployment id, within min/max, the pins and the GPU budget."""
         self._place_demand(targets)
         self._ids = {t.id: t.key for t in targets}
+        for gone in set(self._tracks) - {t.key for t in targets}:
+            del self._tracks[gone]  # the deployment was deleted
         wanted: dict[int, ScalingDecision] = {}
         claims: list[Claim] = []
         for t in targets:

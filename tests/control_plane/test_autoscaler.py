@@ -106,3 +106,13 @@ def test_the_gpu_budget_caps_the_sum_and_says_why() -> None:
     status = scaler.status(1)
     assert status is not None and status.last is not None
     assert "budget" in status.last.reason
+
+
+def test_a_deleted_deployment_is_forgotten() -> None:
+    scaler = Autoscaler(AutoscalePolicy(CFG))
+    scaler.observe(snapshot(1, {"eu": [1], "us": [1]}), 0.0)
+    scaler.decide(targets(), 0.0)
+    assert scaler.status(1) is not None
+    scaler.decide(targets()[1:], 1.0)
+    assert scaler.status(1) is None and scaler.desired("m", "1", "eu") is None
+    assert scaler.status(2) is not None
