@@ -90,8 +90,17 @@ def main() -> None:
     near = great_circle_km_array(world.regions.lat, world.regions.lon, burst.lat, burst.lon)
     growth = np.where(near <= burst.radius_km, peak_during - before, -1)
     hot = int(np.argmax(growth))  # the region inside the burst that grew most
-    reached = times[during & (serving[:, hot] >= 0.9 * peak_during[hot])]
-    step_to_capacity = float(reached[0] - burst.start_s) if len(reached) else float("nan")
+    # the first scale-up the step caused: from the step until that many GPUs serve
+    asked = np.stack(stepper.asked)[:, hot]
+    asked_before = asked[times < burst.start_s][-1]
+    ups = np.flatnonzero((times >= burst.start_s) & (asked > asked_before))
+    step_to_capacity = float("nan")
+    first_target = 0
+    if len(ups):
+        first_target = int(asked[ups[0]])
+        reached = times[(times >= times[ups[0]]) & (serving[:, hot] >= first_target)]
+        if len(reached):
+            step_to_capacity = float(reached[0] - burst.start_s)
     grew = times[during & (serving[:, hot] > before[hot])]
     first_serving = float(grew[0] - burst.start_s) if len(grew) else float("nan")
     statuses = [stepper.autoscaler.status(d.id) for d in stepper.targets]
@@ -114,8 +123,8 @@ def main() -> None:
         f" routing. Static fleet: {int(static_fleet.gpus.sum())} GPUs (each region's autoscaled"
         f" peak) all day. Load step: 4x near Frankfurt at {burst.start_s:.0f} s;"
         f" {world.regions.names[hot]} went from {int(before[hot])} to {int(peak_during[hot])}"
-        f" GPUs serving: the first new GPU served {first_serving:.1f} s after the step, 90% of"
-        f" the peak {step_to_capacity:.1f} s after it"
+        f" GPUs serving: the first new GPU served {first_serving:.1f} s after the step, and the"
+        f" first scale-up's {first_target} GPUs all served {step_to_capacity:.1f} s after it"
         f" (cold start {econf.cold_start_s:g} s)."
     )
     body += "\n\n" + table(

@@ -61,6 +61,7 @@ class ElasticFleet:
         self.version = 0
         self.peak = np.zeros(len(names), dtype=np.int64)  # most GPUs held at once, per region
         self.timeline: list[tuple[float, npt.NDArray[np.int64]]] = []  # (t s, serving GPUs)
+        self.asked: list[npt.NDArray[np.int64]] = []  # GPUs asked for, per decision
 
     def _snapshot(self, sim: Simulation, t_ms: float) -> RoutingSnapshot:
         regions = []
@@ -120,6 +121,7 @@ class ElasticFleet:
             held = int(sim.servers[i]) + sum(1 for _, r in self.starting if r == i)
             self.peak[i] = max(self.peak[i], held)
         self.timeline.append((now, sim.servers.copy()))
+        self.asked.append(np.array([desired[i] for i in range(len(self.names))], dtype=np.int64))
 
     def gpu_seconds(self, sim: Simulation) -> float:
         """GPU time held over the run: serving GPUs and GPUs still starting."""
