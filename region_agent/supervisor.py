@@ -83,6 +83,11 @@ class WorkerSupervisor(Protocol):
     async def close(self) -> None: ...
 
 
+def _identity(spec: WorkerSpec) -> WorkerSpec:
+    """What makes a worker process what it is: not its replica count, not the URL."""
+    return replace(spec, replicas=0, artifact_url="")
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     with closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as s:
         s.bind((host, 0))
@@ -183,9 +188,9 @@ class LocalProcessSupervisor:
                 log.info("draining worker %s", worker_id)
         for worker_id, spec in wanted.items():
             current = self._slots.get(worker_id)
-            if current is not None and replace(current.spec, replicas=0) != replace(
-                spec, replicas=0
-            ):  # new artifact, same version
+            # the same artifact (by digest) may come from another replica's URL after a
+            # control-plane failover: only a different artifact replaces the process
+            if current is not None and _identity(current.spec) != _identity(spec):
                 await self._stop(self._slots.pop(worker_id))
                 current = None
             if current is not None:

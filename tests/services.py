@@ -59,7 +59,7 @@ def fresh_postgres_database() -> Iterator[str]:
     import sqlalchemy as sa
 
     try:
-        admin = sa.create_engine(POSTGRES_URL, isolation_level="AUTOCOMMIT")
+        admin = sa.create_engine(POSTGRES_URL, isolation_level="AUTOCOMMIT", pool_pre_ping=True)
         with admin.connect() as conn:
             conn.execute(sa.text("SELECT 1"))
     except Exception as exc:
