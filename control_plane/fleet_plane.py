@@ -9,14 +9,18 @@ API's own token scopes.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import cast
 
+import sqlalchemy as sa
 from fastapi import APIRouter, Depends
 
 from control_plane.api.deps import require_scope
 from control_plane.api_fleet import fleet_router
 from control_plane.autoscale.policy import ScalingConfig
+from control_plane.db.models import RegionHealth
 from control_plane.fleet import FleetRuntime, FleetSettings, drain_action
 from control_plane.fleet_store import FleetStore
+from control_plane.health.recorder import SqlHealthSink
 from control_plane.registry import Registry
 from control_plane.settings import ControlPlaneSettings
 from meridian.coordination import Coordination, open_coordination
@@ -59,6 +63,7 @@ def build_fleet(settings: ControlPlaneSettings, registry: Registry) -> FleetPlan
         coord,
         load_registry=store.load,
         check_credential=store.check_credential,
+        health_sink=SqlHealthSink(registry.db.engine, cast(sa.Table, RegionHealth.__table__)),
     )
     routes = fleet_router(
         runtime.feed,

@@ -24,6 +24,7 @@ __all__ = [
     "ModelVariant",
     "ModelVersion",
     "Region",
+    "RegionHealth",
     "RegionStatus",
     "utcnow",
 ]
@@ -219,3 +220,20 @@ class AuditEntry(Base):
     entity: Mapped[str] = mapped_column(sa.String(32))  # model | model_version | region | ...
     entity_key: Mapped[str] = mapped_column(sa.String(256))
     detail: Mapped[dict[str, Any]] = mapped_column(default=dict)
+
+
+class RegionHealth(Base):
+    """The last health the leader saw per region, written periodically (changed rows only),
+    so a restarted control plane and operators' queries see it without the live ledger."""
+
+    __tablename__ = "region_health"
+
+    region: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
+    state: Mapped[str] = mapped_column(sa.String(16))
+    reason: Mapped[str] = mapped_column(sa.String(1024), default="")
+    gpu_count: Mapped[int] = mapped_column(default=0)
+    healthy_gpus: Mapped[int] = mapped_column(default=0)
+    workers: Mapped[int] = mapped_column(default=0)
+    routable_workers: Mapped[int] = mapped_column(default=0)
+    last_report_at: Mapped[dt.datetime | None] = mapped_column(default=None)
+    updated_at: Mapped[dt.datetime] = mapped_column(default=utcnow)

@@ -19,6 +19,7 @@ TABLES = {
     "model_versions",
     "model_variants",
     "regions",
+    "region_health",
     "deployments",
     "api_tokens",
     "audit_log",
@@ -54,7 +55,7 @@ def _diff(url: str) -> list[object]:
 def test_upgrade_downgrade_upgrade(database_url: str) -> None:
     assert migrate.current_revision(database_url) is None
     migrate.upgrade(database_url)
-    assert migrate.current_revision(database_url) == "0002_autoscale"
+    assert migrate.current_revision(database_url) == "0003_region_health"
     assert _tables(database_url) == TABLES
     migrate.downgrade(database_url)
     assert migrate.current_revision(database_url) is None

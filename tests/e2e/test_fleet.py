@@ -91,6 +91,26 @@ def test_clients_are_served_by_their_nearest_region(fleet: Fleet) -> None:
         assert r.headers["x-meridian-region"] == region
 
 
+def test_the_leader_persists_region_health_periodically(fleet: Fleet) -> None:
+    import sqlalchemy as sa
+
+    engine = sa.create_engine(f"sqlite:///{fleet.local.workdir / 'cp' / 'meridian.sqlite'}")
+
+    def rows() -> dict[str, str]:
+        with engine.connect() as conn:
+            return dict(conn.execute(sa.text("SELECT region, state FROM region_health")).all())
+
+    try:
+        # rows change only at flushes (every few seconds), and only rows that changed
+        wait_until(
+            lambda: rows() == {s.name: "healthy" for s in SITES},
+            timeout=30,
+            what="region_health rows for every region, healthy",
+        )
+    finally:
+        engine.dispose()
+
+
 def test_killing_a_region_mid_traffic_fails_no_request(fleet: Fleet) -> None:
     served: Counter[str] = Counter()
     failures: list[str] = []
