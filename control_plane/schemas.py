@@ -305,6 +305,8 @@ class ScalingPublic(BaseModel):
     autoscale_pinned: bool
     pinned_replicas: int | None
     autoscaler_running: bool
+    # whether this replica leads (only the leader decides); None without the fleet plane
+    autoscaler_leading: bool | None = None
     ready_replicas: int | None  # routable workers in the latest snapshot
     desired_replicas: int | None
     last_decision: ScalingDecisionPublic | None

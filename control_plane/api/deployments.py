@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Request, Response
 
 from control_plane.autoscale.policy import ScalingDecision
 from control_plane.schemas import (
@@ -79,10 +79,18 @@ def delete_deployment(
 
 @router.get("/{deployment_id}/scaling")
 def get_scaling(
-    deployment_id: RowId, registry: RegistryDep, autoscaler: AutoscalerDep, _: Reader
+    deployment_id: RowId,
+    request: Request,
+    registry: RegistryDep,
+    autoscaler: AutoscalerDep,
+    _: Reader,
 ) -> ScalingPublic:
     """Current and desired replicas and the latest decisions with their reasons."""
     found = registry.get_deployment(deployment_id)
+    fleet = getattr(request.app.state, "fleet", None)
+    leading = None
+    if fleet is not None and autoscaler is fleet.autoscaler:
+        leading = bool(fleet.leadership.is_leader)
     status = autoscaler.status(deployment_id) if autoscaler is not None else None
     now = time.monotonic()
 
@@ -107,6 +115,7 @@ def get_scaling(
         autoscale_pinned=found.autoscale_pinned,
         pinned_replicas=found.pinned_replicas,
         autoscaler_running=autoscaler is not None,
+        autoscaler_leading=leading,
         ready_replicas=status.ready if status else None,
         desired_replicas=status.desired if status else None,
         last_decision=public(status.last) if status and status.last else None,

@@ -10,6 +10,7 @@ import pytest
 from control_plane.autoscale.controller import Autoscaler, DeploymentTarget
 from control_plane.autoscale.policy import AutoscalePolicy, ScalingConfig
 from meridian.snapshot import DeploymentRoute, HealthState, RegionView, RoutingSnapshot
+from meridian.waiting import wait_until
 from tests.control_plane.conftest import Api
 
 
@@ -131,3 +132,11 @@ def test_demand_without_an_autoscaler_is_a_503_with_retry_after(api: Api, no_sca
     dep = deploy(api)
     response = api.client.post(f"/v1/demand/{dep['model']}", headers=api.admin)
     assert response.status_code == 503 and response.headers["retry-after"] == "1"
+
+
+def test_the_fleet_planes_autoscaler_says_whether_it_leads(api: Api) -> None:
+    dep = deploy(api, min_replicas=0, max_replicas=2)
+    url = f"/v1/deployments/{dep['id']}/scaling"
+    wait_until(lambda: api.ok("GET", url)["autoscaler_leading"] is True, timeout=10,
+               what="the only replica leads")  # fmt: skip
+    assert api.ok("GET", url)["autoscaler_running"] is True

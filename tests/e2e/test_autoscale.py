@@ -162,6 +162,7 @@ def test_load_up_adds_workers_that_serve_and_load_down_drains_them_without_a_fai
     assert len(load.served_by) >= 3 and scaled_s < 30
     status = scaling(local, "m")
     assert status["autoscaler_running"] is True and status["desired_replicas"] == 1
+    assert status["autoscaler_leading"] is True  # one replica: it leads
     reasons = [d["reason"] for d in status["decisions"]]
     assert any("panic" in r or "stable" in r for r in reasons)  # the scale-up, with its reason
     assert status["ready_after_s"] and status["ready_after_s"][-1] < 30
