@@ -156,5 +156,9 @@ async def test_wan_emulation_charges_the_modelled_round_trip(tmp_path: Path, two
             assert r.headers["x-meridian-region"] == "far"
     finally:
         await server.stop()
-    assert far_s > 0.2  # Frankfurt-Sydney is about 250-300 ms round trip
-    assert near_s < far_s / 4
+    from router.latency import FITTED, great_circle_km
+
+    sydney_s = FITTED.rtt_ms(great_circle_km(50.1, 8.7, -33.9, 151.2)) / 1000
+    assert sydney_s > 0.2  # Frankfurt-Sydney is modelled at about 280 ms
+    assert far_s >= sydney_s  # the far attempt was held for the modelled round trip
+    assert near_s < sydney_s  # the near one was not
