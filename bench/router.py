@@ -10,7 +10,7 @@ run, four ways to reach it, all on loopback, each a single process on one core:
 - through a naive FastAPI + httpx proxy under uvicorn.
 
 ``wrk`` drives each at 64 connections for throughput, then at a paced half of
-the router's saturation rate for latency; "added latency" is a proxy's
+the router's saturation rate (jittered think time) for latency; "added latency" is a proxy's
 percentile minus the direct one's at the same offered load.
 """
 
@@ -113,7 +113,8 @@ def _wrk_script(tmp: Path, delay_ms: int) -> Path:
         'wrk.headers["x-meridian-client-location"] = "50.1,8.7"',
     ]
     if delay_ms:
-        lines.append(f"function delay() return {delay_ms} end")
+        # jittered think time: connections must not fire in lockstep bursts
+        lines.append(f"function delay() return math.random(0, {2 * delay_ms}) end")
     script.write_text("\n".join(lines) + "\n")
     return script
 
@@ -212,7 +213,7 @@ def main() -> None:
         for name, port in targets.items():
             _wrk(port, _wrk_script(tmp, 0), 64, 1)  # warm up connections and caches
             saturated[name] = _wrk(port, _wrk_script(tmp, 0), 64, seconds)
-        # paced load at half of the router's saturation: c connections, 10 ms between requests
+        # paced load at half of the router's saturation: c connections, 10 ms mean think time
         half_rate = saturated["router"]["rps"] / 2
         conns = max(1, round(half_rate * 0.010))
         paced = {n: _wrk(p, _wrk_script(tmp, 10), conns, seconds) for n, p in targets.items()}
