@@ -32,6 +32,24 @@ def create_app(model: str, threads: int) -> FastAPI:
     return app
 
 
+def create_text_app(model: str, threads: int) -> FastAPI:
+    """The same for a text model: tokenize and embed each request's text as it arrives."""
+    from pathlib import Path
+
+    from worker.engines.base import open_engine
+
+    engine = open_engine(Path(model), "onnx", threads=threads, use_gpu=False)
+    app = FastAPI()
+
+    @app.post("/infer")
+    async def infer(request: Request) -> Response:
+        text = np.array([await request.body()], dtype=object)
+        y = engine.run({"text": text})["embedding"]
+        return Response(y.tobytes(), media_type="application/octet-stream")
+
+    return app
+
+
 def main() -> int:
     import uvicorn
 
@@ -39,9 +57,11 @@ def main() -> int:
     p.add_argument("--port", type=int, required=True)
     p.add_argument("--model", required=True)
     p.add_argument("--threads", type=int, required=True)
+    p.add_argument("--text", action="store_true", help="the model takes text (BYTES)")
     args = p.parse_args()
+    factory = create_text_app if args.text else create_app
     uvicorn.run(
-        create_app(args.model, args.threads),
+        factory(args.model, args.threads),
         host="127.0.0.1",
         port=args.port,
         loop="uvloop",

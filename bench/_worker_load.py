@@ -37,6 +37,21 @@ def oip_body(rows: int, width: int) -> tuple[bytes, dict[str, str]]:
     }
 
 
+TEXT = "Latency is network distance plus queueing plus service time."
+
+
+def text_body(rows: int, width: int) -> tuple[bytes, dict[str, str]]:
+    """An OIP request with ``rows`` sentences as a BYTES tensor (JSON form)."""
+    body = orjson.dumps(
+        {"inputs": [{"name": "text", "datatype": "BYTES", "shape": [rows], "data": [TEXT] * rows}]}
+    )
+    return body, {"Content-Type": "application/json"}
+
+
+def naive_text_body(rows: int, width: int) -> tuple[bytes, dict[str, str]]:
+    return TEXT.encode(), {"Content-Type": "text/plain"}
+
+
 def naive_body(rows: int, width: int) -> tuple[bytes, dict[str, str]]:
     data = np.random.default_rng(0).standard_normal((rows, width)).astype(np.float32).tobytes()
     return data, {"Content-Type": "application/octet-stream"}
@@ -113,14 +128,19 @@ async def run(
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--url", required=True)
-    p.add_argument("--mode", choices=["oip", "naive"], required=True)
+    p.add_argument("--mode", choices=["oip", "naive", "text", "naive-text"], required=True)
     p.add_argument("--concurrency", type=int, required=True)
     p.add_argument("--duration", type=float, required=True)
     p.add_argument("--warmup", type=float, default=0.5)
     p.add_argument("--rows", type=int, default=1)
     p.add_argument("--width", type=int, required=True)
     args = p.parse_args()
-    make = oip_body if args.mode == "oip" else naive_body
+    make = {
+        "oip": oip_body,
+        "naive": naive_body,
+        "text": text_body,
+        "naive-text": naive_text_body,
+    }[args.mode]
     body, headers = make(args.rows, args.width)
     import uvloop  # ships with uvicorn[standard]
 
