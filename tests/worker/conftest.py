@@ -4,7 +4,8 @@ import os
 import socket
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,39 +37,19 @@ class WorkerProcess:
     grpc_address: str
 
 
-@pytest.fixture(scope="session")
-def worker_process(
-    models: BuiltModels, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[WorkerProcess]:
-    """A real ``meridian worker`` subprocess serving the test models.
-
-    gRPC clients talk to it from the test process; the worker's own protobuf
-    stubs stay in the subprocess (they share the ``inference`` package with
-    tritonclient's, and one process cannot hold both)."""
+@contextmanager
+def running_worker(models: Sequence[str], workdir: Path) -> Iterator[WorkerProcess]:
+    """A real ``meridian worker`` subprocess serving ``models`` (``name:version=path``)."""
     http_port, grpc_port = free_port(), free_port()
-    env = {**os.environ, "MERIDIAN_WORKER_CACHE_DIR": str(tmp_path_factory.mktemp("cache"))}
+    env = {**os.environ, "MERIDIAN_WORKER_CACHE_DIR": str(workdir / "cache")}
     cmd = [
-        sys.executable,
-        "-m",
-        "meridian",
-        "worker",
-        "--http-port",
-        str(http_port),
-        "--grpc-port",
-        str(grpc_port),
-        "--engine-threads",
-        "1",
-        "--allow-local-paths",
-        "--max-request-bytes",
-        str(1 << 20),
-        "--model",
-        f"mlp:1={models.mlp_onnx}",
-        "--model",
-        f"cnn:1={models.cnn_onnx}",
-        "--model",
-        f"mlp_ts:1={models.mlp_torchscript}",
-    ]
-    log = (tmp_path_factory.mktemp("log") / "worker.log").open("wb")
+        sys.executable, "-m", "meridian", "worker", "--http-port", str(http_port),
+        "--grpc-port", str(grpc_port), "--engine-threads", "1", "--allow-local-paths",
+        "--max-request-bytes", str(1 << 20),
+    ]  # fmt: skip
+    for model in models:
+        cmd += ["--model", model]
+    log = (workdir / "worker.log").open("wb")
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{http_port}"
     try:
@@ -91,3 +72,21 @@ def worker_process(
             proc.kill()
             proc.wait()
         log.close()
+
+
+@pytest.fixture(scope="session")
+def worker_process(
+    models: BuiltModels, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[WorkerProcess]:
+    """A real worker serving the test models.
+
+    gRPC clients talk to it from the test process; the worker's own protobuf
+    stubs stay in the subprocess (they share the ``inference`` package with
+    tritonclient's, and one process cannot hold both)."""
+    specs = [
+        f"mlp:1={models.mlp_onnx}",
+        f"cnn:1={models.cnn_onnx}",
+        f"mlp_ts:1={models.mlp_torchscript}",
+    ]
+    with running_worker(specs, tmp_path_factory.mktemp("worker")) as worker:
+        yield worker

@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from collections.abc import Iterator
 
 import httpx
 import numpy as np
 import pytest
 
-from meridian.waiting import wait_until
-from tests.worker.conftest import ROOT, WorkerProcess, free_port
+from tests.worker.conftest import WorkerProcess, running_worker
 from tests.worker.text_model import build_text_model, reference
 
 TEXTS = ["hello world", "fast inference across regions", "unknown words here"]
@@ -24,36 +20,8 @@ def text_worker(
 ) -> Iterator[tuple[WorkerProcess, np.ndarray]]:
     directory = tmp_path_factory.mktemp("text")
     table = build_text_model(directory / "text.onnx")
-    http_port, grpc_port = free_port(), free_port()
-    cmd = [
-        sys.executable, "-m", "meridian", "worker", "--http-port", str(http_port),
-        "--grpc-port", str(grpc_port), "--engine-threads", "1", "--allow-local-paths",
-        "--model", f"text:1={directory / 'text.onnx'}",
-    ]  # fmt: skip
-    env = {**os.environ, "MERIDIAN_WORKER_CACHE_DIR": str(directory / "cache")}
-    log = (directory / "worker.log").open("wb")
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{http_port}"
-    try:
-
-        def ready() -> bool:
-            if proc.poll() is not None:
-                raise RuntimeError(f"worker exited with {proc.returncode}")
-            try:
-                return httpx.get(f"{url}/v2/health/ready", timeout=1).status_code == 200
-            except httpx.HTTPError:
-                return False
-
-        wait_until(ready, timeout=60, interval=0.1, what="text worker ready")
-        yield WorkerProcess(url, f"127.0.0.1:{http_port}", f"127.0.0.1:{grpc_port}"), table
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
+    with running_worker([f"text:1={directory / 'text.onnx'}"], directory) as worker:
+        yield worker, table
 
 
 def _expected(table: np.ndarray) -> np.ndarray:
