@@ -29,17 +29,12 @@ from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 from bench.report import parse_args, record, table
+from meridian.net import free_port
 from meridian.snapshot import HealthState, RegionView, RoutingSnapshot, WorkerView
 from meridian.waiting import wait_until
 
 BODY = '{"inputs":[{"name":"x","datatype":"FP32","shape":[1,4],"data":[1.0,2.0,3.0,4.0]}]}'
 PATH = "/v2/models/mlp/infer"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _listening(port: int) -> bool:
@@ -150,7 +145,7 @@ def main() -> None:
             sys.exit(f"{tool} is required (Debian package '{tool}')")
     nginx = shutil.which("nginx") or "/usr/sbin/nginx"
     seconds = 3 if args.quick else 10
-    backend, router, nginx_port, naive = (_free_port() for _ in range(4))
+    backend, router, nginx_port, naive = (free_port() for _ in range(4))
     with tempfile.TemporaryDirectory() as tmp_s, ExitStack() as stack:
         tmp = Path(tmp_s)
         snap = RoutingSnapshot(

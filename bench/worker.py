@@ -19,7 +19,6 @@ from __future__ import annotations
 import itertools
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -32,6 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from bench.report import parse_args, record, table
+from meridian.net import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 DIMS = (256, 1024, 1024, 16)
@@ -91,13 +91,6 @@ def raw_engine(path: Path, width: int, threads: int, seconds: float) -> dict[int
             n += 1
         out[batch] = n * batch / (time.perf_counter() - start)
     return out
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 @contextmanager

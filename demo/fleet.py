@@ -7,7 +7,6 @@ told to), and routers, each a ``meridian`` child process with its own log.
 from __future__ import annotations
 
 import secrets
-import socket
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,15 +17,10 @@ import httpx
 from demo.admin import Admin
 from demo.geography import RegionSite
 from demo.processes import Child, Children
+from meridian.net import free_port
 from meridian.waiting import wait_until
 
 __all__ = ["LocalFleet", "free_port"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass

@@ -18,17 +18,16 @@ import contextlib
 import logging
 import os
 import signal
-import socket
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
-from contextlib import closing
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 import httpx
 
 from meridian.eventwait import wait_event
+from meridian.net import free_port
 
 __all__ = [
     "DEFAULT_WORKER_COMMAND",
@@ -86,12 +85,6 @@ class WorkerSupervisor(Protocol):
 def _identity(spec: WorkerSpec) -> WorkerSpec:
     """What makes a worker process what it is: not its replica count, not the URL."""
     return replace(spec, replicas=0, artifact_url="")
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass

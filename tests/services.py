@@ -16,7 +16,7 @@ import os
 import socket
 import uuid
 from collections.abc import Iterator
-from contextlib import closing, contextmanager
+from contextlib import contextmanager
 
 import pytest
 
@@ -37,12 +37,6 @@ def unavailable(what: str, why: object) -> None:
     if in_ci():
         pytest.fail(message + " (CI=true: a required service must be up)", pytrace=False)
     pytest.skip(message)
-
-
-def free_port() -> int:
-    with closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def tcp_reachable(host: str, port: int, timeout: float = 1.0) -> bool:

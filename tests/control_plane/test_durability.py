@@ -16,8 +16,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from meridian.net import free_port
 from meridian.waiting import wait_until
-from tests import services
 
 ROOT = Path(__file__).resolve().parents[2]
 TOKEN_LINE = re.compile(r"^admin token: (\S+)$", re.MULTILINE)
@@ -51,9 +51,9 @@ class ControlPlaneProcess:
 
 @contextmanager
 def control_plane(data_dir: Path, database_url: str | None) -> Iterator[ControlPlaneProcess]:
-    port = services.free_port()
+    port = free_port()
     args = [sys.executable, "-m", "meridian", "control-plane", "--port", str(port)]
-    args += ["--grpc-port", str(services.free_port())]
+    args += ["--grpc-port", str(free_port())]
     args += ["--data-dir", str(data_dir), "--log-level", "warning"]
     if database_url:
         args += ["--database-url", database_url]

@@ -17,11 +17,11 @@ import pytest
 
 from control_plane.health.snapshots import SnapshotFeed
 from meridian.coordination import open_coordination
+from meridian.net import free_port
 from meridian.snapshot import HealthState
 from meridian.waiting import wait_until, wait_until_async
 from region_agent.gpus import Fault
 from tests.fleet_support import make_registry, start_agent, wait_snapshot
-from tests.services import free_port
 
 pytestmark = [pytest.mark.slow, pytest.mark.etcd, pytest.mark.postgres]
 ROOT = Path(__file__).resolve().parents[2]

@@ -17,6 +17,7 @@ from typing import Any
 import httpx
 import pytest
 
+from meridian.net import free_port
 from meridian.waiting import wait_until
 from tests import services
 
@@ -76,7 +77,7 @@ def terraform_command() -> type[Any]:
 @pytest.fixture(scope="session")
 def control_plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPlane]:
     data_dir = tmp_path_factory.mktemp("deploy-cp")
-    port, grpc_port = services.free_port(), services.free_port()
+    port, grpc_port = free_port(), free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("MERIDIAN_")}
     env.update(
         PYTHONUNBUFFERED="1",

@@ -12,7 +12,7 @@ import pytest
 
 from control_plane.regions_cli import RegionRegistrar, RegionSpec
 from meridian.cli import main
-from tests import services
+from meridian.net import free_port
 
 from .conftest import ControlPlane, unique
 
@@ -210,7 +210,7 @@ def test_bad_input_is_named(
     assert main([*args, "--token-file", str(tmp_path / "missing")]) == 2
     assert "cannot read the admin token file" in capsys.readouterr().err
 
-    dead = f"http://127.0.0.1:{services.free_port()}"
+    dead = f"http://127.0.0.1:{free_port()}"
     assert main(["regions", "delete", "--control-plane", dead, "--name", "x"]) == 1
     assert "cannot reach the control plane" in capsys.readouterr().err
 

@@ -21,8 +21,8 @@ from typing import Any
 
 import pytest
 
+from meridian.net import free_port
 from meridian.waiting import wait_until
-from tests import services
 
 from .conftest import ADMIN_TOKEN, ROOT, ControlPlane
 
@@ -48,7 +48,7 @@ def alive(pid: int) -> bool:
 @contextmanager
 def no_network(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """Route every outbound HTTP(S) request of the commands started inside to a dead port."""
-    dead = f"http://127.0.0.1:{services.free_port()}"
+    dead = f"http://127.0.0.1:{free_port()}"
     with monkeypatch.context() as m:
         for var in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"):
             m.setenv(var, dead)

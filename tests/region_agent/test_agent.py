@@ -13,6 +13,7 @@ import pytest
 
 from control_plane.fleet import FleetRuntime
 from meridian.coordination import InProcessCoordination
+from meridian.net import free_port
 from meridian.snapshot import HealthState
 from meridian.waiting import wait_until_async
 from region_agent.agent import RegionAgent, build_report
@@ -32,7 +33,6 @@ from tests.fleet_support import (
     start_agent,
     wait_snapshot,
 )
-from tests.services import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 STANDIN = Path(__file__).with_name("standin_worker.py")

@@ -36,7 +36,7 @@ async def test_two_router_replicas_share_one_bucket_through_redis(redis_url: str
 
 
 async def test_unreachable_redis_falls_back_to_local_buckets() -> None:
-    from tests.services import free_port
+    from meridian.net import free_port
 
     rl = RedisRateLimiter(f"redis://127.0.0.1:{free_port()}/0", timeout=0.2)
     try:

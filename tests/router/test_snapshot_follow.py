@@ -62,7 +62,7 @@ async def test_follower_takes_existing_and_newer_snapshots(
 
 
 async def test_follower_keeps_the_snapshot_when_the_backend_fails(tmp_path: Path) -> None:
-    from tests.services import free_port
+    from meridian.net import free_port
 
     store = SnapshotStore(tmp_path / "snap.json")
     store.offer(_snap(7))

@@ -11,8 +11,8 @@ from dataclasses import dataclass
 import numpy as np
 import uvicorn
 
+from meridian.net import free_port
 from meridian.waiting import wait_until_async
-from tests.worker.conftest import free_port
 from worker.app import create_app
 from worker.dataplane import DataPlane
 from worker.settings import WorkerSettings
