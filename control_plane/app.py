@@ -15,6 +15,7 @@ from control_plane.api.errors import install_error_handlers
 from control_plane.autoscale.controller import Autoscaler
 from control_plane.db import migrate
 from control_plane.registry import Registry
+from control_plane.registry_nudge import RegistryWriteNudge
 from control_plane.settings import ControlPlaneSettings
 
 __all__ = ["BOOTSTRAP_TOKEN_NAME", "create_app", "open_registry"]
@@ -93,6 +94,7 @@ def create_app(
     app.include_router(api_router())
     if fleet is not None:
         app.include_router(fleet.routes)
+        app.add_middleware(RegistryWriteNudge, nudge=fleet.nudge)
 
     @app.get("/healthz", tags=["health"])
     def healthz() -> dict[str, str]:

@@ -98,7 +98,7 @@ class FleetSettings:
 
 
 async def nudge_registry(coord: Coordination, namespace: str = "/meridian") -> None:
-    """Tell the leader the registry changed (drain, deployments) so it reloads at once."""
+    """Tell the leader the registry changed (any admin write) so it reloads at once."""
     key = f"{namespace.rstrip('/')}/fleet/registry-changed"
     await coord.put(key, str(time.time()).encode())
 

@@ -18,7 +18,7 @@ from control_plane.api.deps import require_scope
 from control_plane.api_fleet import fleet_router
 from control_plane.autoscale.policy import ScalingConfig
 from control_plane.db.models import RegionHealth
-from control_plane.fleet import FleetRuntime, FleetSettings, drain_action
+from control_plane.fleet import FleetRuntime, FleetSettings, drain_action, nudge_registry
 from control_plane.fleet_store import FleetStore
 from control_plane.health.recorder import SqlHealthSink
 from control_plane.registry import Registry
@@ -40,6 +40,10 @@ class FleetPlane:
     async def stop(self) -> None:
         await self.runtime.stop()
         await self.coord.close()
+
+    async def nudge(self) -> None:
+        """The registry changed: have the leader reload it now."""
+        await nudge_registry(self.coord, self.runtime.settings.namespace)
 
 
 def build_fleet(settings: ControlPlaneSettings, registry: Registry) -> FleetPlane:

@@ -1,6 +1,6 @@
 """What the fleet plane reads from (and the one thing it writes to) the registry's SQL.
 
-Reads regions, deployments and agent credentials; writes only a region's
+Reads regions, deployments, end users' API keys and agent credentials; writes only a region's
 ``status`` when an operator drains or undrains it (with an audit entry, in one
 transaction). It takes a plain SQLAlchemy ``sessionmaker`` and runs the blocking
 calls in a worker thread so the event loop never waits on the database.
@@ -16,6 +16,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session, sessionmaker
 
 from control_plane.db.models import (
+    ApiKey,
     AuditEntry,
     Deployment,
     ModelVariant,
@@ -30,6 +31,7 @@ from control_plane.health.inventory import (
     RegistryView,
 )
 from meridian.errors import NotFound, PermissionDenied, Unauthenticated
+from meridian.snapshot import ApiKeyGrant
 
 __all__ = ["FleetStore", "credential_hash"]
 
@@ -100,7 +102,13 @@ class FleetStore:
                         pinned_replicas=dep.pinned_replicas,
                     )
                 )
-            return RegistryView(regions, tuple(deployments))
+            keys = tuple(
+                ApiKeyGrant(k.name, k.key_hash, k.rate_per_s, k.burst, tuple(k.models))
+                for k in session.scalars(
+                    sa.select(ApiKey).where(ApiKey.revoked_at.is_(None)).order_by(ApiKey.name)
+                )
+            )
+            return RegistryView(regions, tuple(deployments), keys)
 
     # --- agent credentials -----------------------------------------------------------------
 

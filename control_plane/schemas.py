@@ -16,6 +16,10 @@ from control_plane.db.models import ModelFormat, RegionStatus
 
 __all__ = [
     "DATATYPES",
+    "ApiKeyCreate",
+    "ApiKeyCreated",
+    "ApiKeyPublic",
+    "ApiKeyUpdate",
     "AuditPublic",
     "DemandAccepted",
     "DemandCreate",
@@ -350,6 +354,56 @@ class TokenCreated(TokenPublic):
     """The token itself, shown this once (only a hash is kept)."""
 
     token: str
+
+
+# --- end users' API keys ------------------------------------------------------
+
+KeyName = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][\w.@:-]*$")]
+RatePerSecond = Annotated[float, Field(gt=0, le=1_000_000, allow_inf_nan=False)]
+Burst = Annotated[float, Field(ge=1, le=10_000_000, allow_inf_nan=False)]
+
+
+class ApiKeyCreate(_Strict):
+    name: KeyName
+    rate_per_s: RatePerSecond = Field(description="sustained requests per second")
+    burst: Burst = Field(description="requests allowed at once above the sustained rate")
+    models: list[ModelName] = Field(
+        default_factory=list, max_length=256, description="models it may call; empty: all"
+    )
+
+    @field_validator("models")
+    @classmethod
+    def _dedupe_models(cls, v: list[str]) -> list[str]:
+        return sorted(set(v))
+
+
+class ApiKeyUpdate(_Strict):
+    rate_per_s: RatePerSecond | None = None
+    burst: Burst | None = None
+    models: list[ModelName] | None = Field(default=None, max_length=256)
+
+    @field_validator("models")
+    @classmethod
+    def _dedupe_models(cls, v: list[str] | None) -> list[str] | None:
+        return None if v is None else sorted(set(v))
+
+
+class ApiKeyPublic(BaseModel):
+    name: str
+    prefix: str
+    rate_per_s: float
+    burst: float
+    models: list[str]
+    created_at: dt.datetime
+    created_by: str
+    revoked_at: dt.datetime | None
+    row_version: int
+
+
+class ApiKeyCreated(ApiKeyPublic):
+    """The key itself, shown this once (only a hash is kept)."""
+
+    key: str
 
 
 class AuditPublic(BaseModel):

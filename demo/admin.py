@@ -93,5 +93,13 @@ class Admin:
             self._ok(self._http.post("/tokens", json={"name": name, "scopes": scopes}))["token"]
         )
 
+    def api_key(self, name: str, rate_per_s: float, burst: float) -> str:
+        """An end user's key for the router (shown once)."""
+        body = {"name": name, "rate_per_s": rate_per_s, "burst": burst}
+        return str(self._ok(self._http.post("/api-keys", json=body))["key"])
+
+    def revoke_api_key(self, name: str) -> None:
+        self._ok(self._http.delete(f"/api-keys/{name}"))
+
     def close(self) -> None:
         self._http.close()

@@ -116,6 +116,7 @@ class LocalFleet:
     def start_router(
         self, *, port: int | None = None, tls_dir: Path | None = None, emulate_wan: bool = False,
         name: str = "router", etcd: str | None = None, env: dict[str, str] | None = None,
+        require_api_key: bool = False,
     ) -> tuple[Child, int]:  # fmt: skip
         port = port or free_port()
         args = ["router", "--port", str(port), "--token", self.read_token]
@@ -126,6 +127,8 @@ class LocalFleet:
             args += ["--self-signed", str(tls_dir)]
         if emulate_wan:
             args.append("--emulate-wan")
+        if require_api_key:
+            args.append("--require-api-key")
         if etcd:
             args += ["--etcd", etcd]
         router = self.children.start(name, args, env=env)

@@ -96,14 +96,18 @@ def run_demo(opts: DemoOptions) -> int:
         _say(f"3/5 {len(sites)} regions, one agent each with 2 simulated GPUs")
         for site in sites:
             fleet.add_region(admin, site, [(MODEL, "1", opts.variant or None)])
+        api_key = admin.api_key("demo-clients", rate_per_s=10_000, burst=1_000)
         admin.close()
         tls_dir = opts.workdir / "tls"
-        _, router_port = fleet.start_router(tls_dir=tls_dir, emulate_wan=True)
-        _say(f"4/5 router on https://127.0.0.1:{router_port} (WAN latency emulated)")
+        _, router_port = fleet.start_router(tls_dir=tls_dir, emulate_wan=True, require_api_key=True)
+        _say(
+            f"4/5 router on https://127.0.0.1:{router_port} (WAN latency emulated; clients "
+            "present an API key issued through /v1/api-keys)"
+        )
         fleet.wait_serving({s.name for s in sites}, report=lambda s: _say("    " + s))
         _say(f"    every region serves '{MODEL}' ({time.monotonic() - started:.0f}s since start)")
         result = asyncio.run(
-            _drive(opts, router_port, str(tls_dir / "router.crt"), fleet.agents, sites)
+            _drive(opts, router_port, str(tls_dir / "router.crt"), api_key, fleet.agents, sites)
         )
         result["startup_s"] = round(time.monotonic() - started, 1)
         out = opts.json_out or (opts.workdir / "result.json")
@@ -121,10 +125,13 @@ async def _drive(
     opts: DemoOptions,
     router_port: int,
     ca_file: str,
+    api_key: str,
     agents: dict[str, Child],
     sites: tuple[RegionSite, ...],
 ) -> dict[str, Any]:
-    traffic = Traffic(f"https://127.0.0.1:{router_port}", CITIES, opts.rate, MODEL, ca_file)
+    traffic = Traffic(
+        f"https://127.0.0.1:{router_port}", CITIES, opts.rate, MODEL, ca_file, api_key=api_key
+    )
     phases = [Phase("steady", opts.steady_s)]
     if opts.fail:
         phases.append(Phase("after failure", opts.after_failure_s))

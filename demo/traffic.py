@@ -62,6 +62,7 @@ class Traffic:
         model: str,
         ca_file: str | None,
         seed: int = 1,
+        api_key: str | None = None,
     ) -> None:
         self.router_url = router_url
         self.cities = cities
@@ -73,6 +74,7 @@ class Traffic:
         )
         self._client = httpx.AsyncClient(
             base_url=router_url,
+            headers={"x-api-key": api_key} if api_key else None,
             verify=verify,
             timeout=httpx.Timeout(30.0, connect=5.0),
             limits=httpx.Limits(max_connections=200, max_keepalive_connections=100),

@@ -35,6 +35,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="delay each request by the modelled client-to-region RTT (one-machine demos)",
     )
     p.add_argument(
+        "--require-api-key",
+        action="store_true",
+        help="refuse model requests without an API key issued through /v1/api-keys",
+    )
+    p.add_argument(
         "--policy",
         default="meridian",
         help="routing policy: meridian, nearest, waterfall, round-robin",
@@ -51,6 +56,8 @@ def main(args: argparse.Namespace) -> int:
             overrides[field] = value
     if args.emulate_wan:
         overrides["emulate_wan"] = True
+    if args.require_api_key:
+        overrides["require_api_key"] = True
     if args.control_plane:
         overrides["control_plane_urls"] = args.control_plane
     if args.etcd:

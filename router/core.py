@@ -73,7 +73,6 @@ class RouterCore:
         pool: UpstreamPool,
         limiter: RateLimiter,
         locator: ClientLocator,
-        keys: ApiKeys | None = None,
         rng: random.Random | None = None,
         demand: DemandNotifier | None = None,
     ) -> None:
@@ -83,7 +82,7 @@ class RouterCore:
         self.pool = pool
         self.limiter = limiter
         self.locator = locator
-        self.keys = keys
+        self._keys: tuple[RoutingSnapshot | None, ApiKeys] = (None, ApiKeys(()))
         self.rng = rng or random.Random()
         self.stats = RouterStats(
             StatsConfig(
@@ -114,26 +113,38 @@ class RouterCore:
         target = _model_path(path)
         if target is None:
             return _error(404, f"no route for {req.method} {path}")
-        denied = await self._admit(req)
+        denied = await self._admit(req, target[0])
         if denied is not None:
             return denied
         return await self._forward(req, *target)
 
     # --- admission -------------------------------------------------------------------------
 
-    async def _admit(self, req: Request) -> Response | None:
+    def _api_keys(self, snap: RoutingSnapshot) -> ApiKeys:
+        cached_snap, keys = self._keys
+        if cached_snap is not snap:
+            keys = ApiKeys(snap.api_keys)
+            self._keys = (snap, keys)
+        return keys
+
+    async def _admit(self, req: Request, model: str) -> Response | None:
         s = self.settings
-        if self.keys is not None:
+        if s.require_api_key:
             presented = req.header(b"x-api-key")
             auth = req.header(b"authorization")
             if presented is None and auth is not None and auth[:7].lower() == b"bearer ":
                 presented = auth[7:].strip()
             if presented is None:
                 return _error(401, "an API key is required (x-api-key or Authorization: Bearer)")
-            policy = self.keys.lookup(presented)
-            if policy is None:
-                return _error(401, "unknown API key")
-            bucket, rate, burst = "key:" + policy.name, policy.rate, policy.burst
+            snap = self.store.current
+            if snap is None:
+                return _error(503, "no routing snapshot yet", [(b"retry-after", b"1")])
+            grant = self._api_keys(snap).lookup(presented)
+            if grant is None:
+                return _error(401, "unknown or revoked API key")
+            if grant.models and model not in grant.models:
+                return _error(403, f"API key {grant.name!r} may not call model '{model}'")
+            bucket, rate, burst = "key:" + grant.name, grant.rate_per_s, grant.burst
         elif s.anonymous_rate > 0:
             bucket, rate, burst = "ip:" + req.client_host, s.anonymous_rate, s.anonymous_burst
         else:

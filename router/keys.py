@@ -1,14 +1,18 @@
-"""End-user API keys: only sha256 digests are held, each with its rate limit."""
+"""End users' API keys as the router checks them: sha256 digests with their limits.
+
+Keys are issued through the admin API (``/v1/api-keys``) and reach every router in
+the routing snapshot, so a router that lost the control plane still checks keys
+(and their revocations up to then) from its saved snapshot.
+"""
 
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
-from pathlib import Path
+from collections.abc import Iterable
 
-import orjson
+from meridian.snapshot import ApiKeyGrant
 
-__all__ = ["ApiKeyPolicy", "ApiKeys", "digest"]
+__all__ = ["ApiKeys", "digest"]
 
 
 def digest(key: str | bytes) -> str:
@@ -16,28 +20,11 @@ def digest(key: str | bytes) -> str:
     return hashlib.sha256(raw).hexdigest()
 
 
-@dataclass(frozen=True, slots=True)
-class ApiKeyPolicy:
-    name: str
-    rate: float  # sustained requests per second
-    burst: float
-
-
 class ApiKeys:
-    def __init__(self, policies: dict[str, ApiKeyPolicy]) -> None:
-        self._by_digest = policies
+    def __init__(self, grants: Iterable[ApiKeyGrant]) -> None:
+        self._by_digest = {g.sha256: g for g in grants}
 
-    @classmethod
-    def from_file(cls, path: Path) -> ApiKeys:
-        data = orjson.loads(path.read_bytes())
-        return cls(
-            {
-                k["sha256"]: ApiKeyPolicy(k["name"], float(k["rate"]), float(k["burst"]))
-                for k in data.get("keys", [])
-            }
-        )
-
-    def lookup(self, presented: bytes) -> ApiKeyPolicy | None:
+    def lookup(self, presented: bytes) -> ApiKeyGrant | None:
         return self._by_digest.get(digest(presented))
 
     def __len__(self) -> int:

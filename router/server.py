@@ -12,7 +12,6 @@ from meridian.coordination import Coordination
 from router.core import RouterCore
 from router.demand import DemandNotifier, HttpDemandSink
 from router.http11 import HttpServer, Limits
-from router.keys import ApiKeys
 from router.locate import ClientLocator
 from router.policies import RoutingPolicy
 from router.ratelimit import LocalRateLimiter, RateLimiter, RedisRateLimiter
@@ -51,7 +50,6 @@ class RouterServer:
             limiter = (
                 RedisRateLimiter(settings.redis_url) if settings.redis_url else LocalRateLimiter()
             )
-        keys = ApiKeys.from_file(settings.api_keys_path) if settings.api_keys_path else None
         demand = None
         if settings.control_plane_urls:
             sink = HttpDemandSink(settings.control_plane_urls, settings.control_plane_token)
@@ -63,7 +61,6 @@ class RouterServer:
             UpstreamPool(),
             limiter,
             ClientLocator(settings.default_location, settings.trusted_proxies, settings.geoip_path),
-            keys,
             demand=demand,
         )
         self._http = HttpServer(self.core.handle, Limits(max_body_bytes=settings.max_body_bytes))

@@ -30,7 +30,9 @@ class RouterSettings(BaseSettings):
     trusted_proxies: tuple[str, ...] = ("127.0.0.1/32", "::1/128")
     geoip_path: str | None = None
     # end-user keys and limits
-    api_keys_path: Path | None = None  # JSON: {"keys": [{"name", "sha256", "rate", "burst"}]}
+    # require an API key issued through the admin API (/v1/api-keys; they arrive in the
+    # routing snapshot) on every model request
+    require_api_key: bool = False
     redis_url: str | None = None
     anonymous_rate: float = 0.0  # requests/s per client address when no key is required; 0 = off
     anonymous_burst: float = 50.0

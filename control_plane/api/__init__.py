@@ -4,7 +4,18 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Depends
 
-from . import artifacts, audit, demand, deployments, models, regions, tokens, variants, versions
+from . import (
+    api_keys,
+    artifacts,
+    audit,
+    demand,
+    deployments,
+    models,
+    regions,
+    tokens,
+    variants,
+    versions,
+)
 from .deps import current_principal
 
 __all__ = ["api_router"]
@@ -14,6 +25,6 @@ def api_router() -> APIRouter:
     """Every ``/v1`` route; each one needs a valid bearer token before anything else."""
     router = APIRouter(prefix="/v1", dependencies=[Depends(current_principal)])
     for module in (models, versions, variants, artifacts, regions, deployments, demand, tokens,
-                   audit):  # fmt: skip
+                   api_keys, audit):  # fmt: skip
         router.include_router(module.router)
     return router

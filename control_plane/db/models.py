@@ -15,6 +15,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import DeclarativeBase, Mapped, declared_attr, mapped_column, relationship
 
 __all__ = [
+    "ApiKey",
     "ApiToken",
     "AuditEntry",
     "Base",
@@ -203,6 +204,28 @@ class ApiToken(Base):
     # space-separated subset of: admin read agent
     scopes: Mapped[str] = mapped_column(sa.String(64))
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    created_by: Mapped[str] = mapped_column(sa.String(128), default="")
+    revoked_at: Mapped[dt.datetime | None] = mapped_column(default=None)
+
+
+class ApiKey(_Versioned, Base):
+    """An end user's key for the router, with its rate limit. Only the sha256 is kept; the
+    routers receive digests and limits in the routing snapshot."""
+
+    __tablename__ = "api_keys"
+    __table_args__ = (
+        sa.CheckConstraint("rate_per_s > 0", name="rate_positive"),
+        sa.CheckConstraint("burst >= 1", name="burst_at_least_one"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(sa.String(128), unique=True)
+    key_hash: Mapped[str] = mapped_column(sa.String(64), unique=True)
+    key_prefix: Mapped[str] = mapped_column(sa.String(16))  # to recognise a key in logs
+    rate_per_s: Mapped[float]
+    burst: Mapped[float]
+    # model names this key may call; empty: every model
+    models: Mapped[list[Any]] = mapped_column(default=list)
     created_by: Mapped[str] = mapped_column(sa.String(128), default="")
     revoked_at: Mapped[dt.datetime | None] = mapped_column(default=None)
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
+from meridian.snapshot import ApiKeyGrant
+
 __all__ = [
     "AgentIdentity",
     "CredentialCheck",
@@ -48,6 +50,7 @@ class DeploymentRecord:
 class RegistryView:
     regions: tuple[RegionRecord, ...] = ()
     deployments: tuple[DeploymentRecord, ...] = ()
+    api_keys: tuple[ApiKeyGrant, ...] = ()  # end users' keys that are not revoked
 
     def region(self, name: str) -> RegionRecord | None:
         return next((r for r in self.regions if r.name == name), None)

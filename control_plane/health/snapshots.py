@@ -82,7 +82,11 @@ def build_snapshot(
         for d in registry.deployments
     )
     return RoutingSnapshot(
-        version=version, generated_at=generated_at, regions=tuple(regions), deployments=deployments
+        version=version,
+        generated_at=generated_at,
+        regions=tuple(regions),
+        deployments=deployments,
+        api_keys=registry.api_keys,
     )
 
 
@@ -145,7 +149,7 @@ class SnapshotPublisher:
 
     async def _publish(self) -> None:
         candidate = self._build(self.version + 1)
-        content = (candidate.regions, candidate.deployments)
+        content = (candidate.regions, candidate.deployments, candidate.api_keys)
         if content == self._last_content:
             return
         await self._coord.put(self.key, candidate.to_json())

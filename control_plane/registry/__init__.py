@@ -15,12 +15,14 @@ from control_plane.db.session import Database, create_database
 from .access import SCOPES, AccessOps, Principal
 from .catalog import ArtifactInfo, CatalogOps
 from .fleet import FleetOps
+from .keys import KeyOps
 
 __all__ = ["SCOPES", "ArtifactInfo", "Principal", "Registry"]
 
 
-class Registry(CatalogOps, FleetOps, AccessOps):
-    """Models, versions, variants, artifacts, regions, deployments, tokens, audit."""
+class Registry(CatalogOps, FleetOps, AccessOps, KeyOps):
+    """Models, versions, variants, artifacts, regions, deployments, tokens, end users' API
+    keys, audit."""
 
     @classmethod
     def open(

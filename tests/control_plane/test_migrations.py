@@ -15,6 +15,7 @@ from control_plane.db.models import Base
 from control_plane.db.session import create_engine
 
 TABLES = {
+    "api_keys",
     "models",
     "model_versions",
     "model_variants",
@@ -55,7 +56,7 @@ def _diff(url: str) -> list[object]:
 def test_upgrade_downgrade_upgrade(database_url: str) -> None:
     assert migrate.current_revision(database_url) is None
     migrate.upgrade(database_url)
-    assert migrate.current_revision(database_url) == "0003_region_health"
+    assert migrate.current_revision(database_url) == "0004_api_keys"
     assert _tables(database_url) == TABLES
     migrate.downgrade(database_url)
     assert migrate.current_revision(database_url) is None

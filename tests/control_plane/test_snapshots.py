@@ -15,7 +15,7 @@ from control_plane.health.ledger import Change
 from control_plane.health.snapshots import SnapshotFeed, SnapshotPublisher, build_snapshot
 from control_plane.health.summary import RegionSummary, WorkerSummary
 from meridian.coordination import InProcessCoordination
-from meridian.snapshot import HealthState
+from meridian.snapshot import ApiKeyGrant, HealthState, RoutingSnapshot
 from meridian.waiting import wait_until_async
 
 PREFIX = "/meridian/fleet/regions/"
@@ -82,6 +82,7 @@ def test_build_snapshot_applies_registry_status() -> None:
         ),
         (DeploymentRecord("m", "1", "eu", traffic_weight=0.9),
          DeploymentRecord("m", "2", "eu", traffic_weight=0.1, variant="int8")),
+        (ApiKeyGrant("acme", "ab" * 32, 5.0, 10.0, ("m",)),),
     )  # fmt: skip
     summaries = {
         "eu": summary("a", HealthState.HEALTHY, 1.0, workers=2),
@@ -103,6 +104,9 @@ def test_build_snapshot_applies_registry_status() -> None:
         ("1", 0.9, ""),
         ("2", 0.1, "int8"),
     ]
+    assert snap.api_keys == registry.api_keys
+    # the JSON form the routers receive and keep on disk carries the same
+    assert RoutingSnapshot.from_json(snap.to_json()) == snap
 
 
 async def test_versions_grow_across_leaders_and_identical_content_is_not_republished() -> None:

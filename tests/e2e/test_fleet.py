@@ -1,6 +1,7 @@
 """The whole system as real processes: control plane, three regions (agents + workers),
-routers. Infer through the router with tritonclient, fail a region mid-traffic, stop
-the control plane, restart a router with no control plane: every request is answered.
+routers that require API keys issued through the admin API. Infer through the router
+with tritonclient, issue and revoke keys, fail a region mid-traffic, stop the control
+plane, restart a router with no control plane: every request is answered.
 """
 
 from __future__ import annotations
@@ -29,19 +30,24 @@ TEXT = "fast inference across regions"
 
 
 class Fleet:
-    def __init__(self, local: LocalFleet, router_port: int, table: np.ndarray, tls: Path) -> None:
+    def __init__(
+        self, local: LocalFleet, router_port: int, table: np.ndarray, tls: Path, api_key: str
+    ) -> None:
         self.local = local
+        self.api_key = api_key
         self.router_port = router_port
         self.table = table
         self.tls = tls
         self.ssl_context = ssl.create_default_context(cafile=str(tls / "router.crt"))
 
-    def infer(self, location: str, port: int | None = None) -> httpx.Response:
+    def infer(
+        self, location: str, port: int | None = None, api_key: str | None = None
+    ) -> httpx.Response:
         body = {"inputs": [{"name": "text", "datatype": "BYTES", "shape": [1], "data": [TEXT]}]}
         return httpx.post(
             f"https://127.0.0.1:{port or self.router_port}/v2/models/tiny/infer",
             json=body,
-            headers={"x-meridian-client-location": location},
+            headers={"x-meridian-client-location": location, "x-api-key": api_key or self.api_key},
             verify=self.ssl_context,
             timeout=30,
         )
@@ -57,12 +63,13 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
         admin.register_model("tiny", "1", work / "tiny.onnx", dim=DIM)
         for site in SITES:
             local.add_region(admin, site, [("tiny", "1", None)])
+        api_key = admin.api_key("e2e-clients", rate_per_s=1000, burst=1000)
         admin.close()
-        _, port = local.start_router(tls_dir=work / "tls")
+        _, port = local.start_router(tls_dir=work / "tls", require_api_key=True)
         local.wait_serving({s.name for s in SITES}, timeout=180)
         router = local.routers[0]
         local.wait_http(f"https://127.0.0.1:{port}/v2/health/ready", router, "router ready")
-        yield Fleet(local, port, table, work / "tls")
+        yield Fleet(local, port, table, work / "tls", api_key)
     finally:
         local.stop()
 
@@ -77,7 +84,7 @@ def test_tritonclient_infers_through_the_router_over_https(fleet: Fleet) -> None
     )
     inp = http.InferInput("text", [1], "BYTES")
     inp.set_data_from_numpy(np.array([TEXT.encode()], dtype=np.object_))
-    result = client.infer("tiny", [inp])
+    result = client.infer("tiny", [inp], headers={"x-api-key": fleet.api_key})
     np.testing.assert_allclose(
         result.as_numpy("embedding")[0], reference(fleet.table, TEXT), rtol=1e-5, atol=1e-6
     )
@@ -89,6 +96,28 @@ def test_clients_are_served_by_their_nearest_region(fleet: Fleet) -> None:
         r = fleet.infer(location)
         assert r.status_code == 200, r.text
         assert r.headers["x-meridian-region"] == region
+
+
+def test_api_keys_issued_and_revoked_through_the_admin_api(fleet: Fleet) -> None:
+    from demo.admin import Admin
+
+    assert fleet.infer(FRANKFURT, api_key="mrk_not-issued").status_code == 401
+    local = fleet.local
+    admin = Admin(local.base_url, local.admin_token)
+    try:
+        key = admin.api_key("short-lived", rate_per_s=100, burst=100)
+        # reaches the router through the routing snapshot
+        wait_until(lambda: fleet.infer(FRANKFURT, api_key=key).status_code == 200,
+                   timeout=10, what="the new key accepted by the router")  # fmt: skip
+        admin.revoke_api_key("short-lived")
+        t0 = time.monotonic()
+        wait_until(lambda: fleet.infer(FRANKFURT, api_key=key).status_code == 401,
+                   timeout=10, what="the revoked key refused by the router")  # fmt: skip
+        revoked_after_s = time.monotonic() - t0
+    finally:
+        admin.close()
+    assert revoked_after_s < 2.0  # the admin write nudges the leader, which republishes
+    assert fleet.infer(FRANKFURT).status_code == 200  # other keys unaffected
 
 
 def test_the_leader_persists_region_health_periodically(fleet: Fleet) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -10,6 +11,7 @@ import httpx
 import orjson
 import pytest
 
+from meridian.snapshot import ApiKeyGrant
 from router.policies import NearestPolicy
 from router.server import RouterServer
 from router.settings import RouterSettings
@@ -106,22 +108,25 @@ async def test_saved_snapshot_survives_a_restart(router, tmp_path: Path) -> None
     assert again.store.confirmed_age() is None  # known stale until a source confirms it
 
 
-async def test_api_keys_and_rate_limits(tmp_path: Path, two_workers) -> None:
+async def test_api_keys_from_the_snapshot_and_rate_limits(tmp_path: Path, two_workers) -> None:
     near, far = two_workers
-    keys = tmp_path / "keys.json"
-    digest = hashlib.sha256(b"secret-key").hexdigest()
-    keys.write_bytes(
-        orjson.dumps({"keys": [{"name": "acme", "sha256": digest, "rate": 0.1, "burst": 2}]})
-    )
-    settings = RouterSettings(port=0, snapshot_path=tmp_path / "s.json", api_keys_path=keys)
+    snap = snapshot_for({"near": (near, 10.0, 10.0), "far": (far, 40.0, 40.0)})
+    acme = ApiKeyGrant("acme", hashlib.sha256(b"secret-key").hexdigest(), 0.1, 2)
+    narrow = ApiKeyGrant("narrow", hashlib.sha256(b"other-key").hexdigest(), 100, 100, ("bert",))
+    settings = RouterSettings(port=0, snapshot_path=tmp_path / "s.json", require_api_key=True)
     server = RouterServer(settings, NearestPolicy())
-    server.store.offer(snapshot_for({"near": (near, 10.0, 10.0), "far": (far, 40.0, 40.0)}))
+    server.store.offer(dataclasses.replace(snap, api_keys=(acme, narrow)))
     port = await server.start()
     try:
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as c:
-            assert (await c.post("/v2/models/mlp/infer", content=b"{}")).status_code == 401
+            missing = await c.post("/v2/models/mlp/infer", content=b"{}")
+            assert missing.status_code == 401
+            assert "API key is required" in missing.json()["error"]
             wrong = await c.post("/v2/models/mlp/infer", headers={"x-api-key": "nope"})
             assert wrong.status_code == 401
+            other_model = await c.post("/v2/models/mlp/infer", headers={"x-api-key": "other-key"})
+            assert other_model.status_code == 403
+            assert "may not call model 'mlp'" in other_model.json()["error"]
             good = {"authorization": "Bearer secret-key"}
             codes = [
                 (await c.post("/v2/models/mlp/infer", headers=good)).status_code for _ in range(3)
@@ -129,8 +134,18 @@ async def test_api_keys_and_rate_limits(tmp_path: Path, two_workers) -> None:
             assert codes == [200, 200, 429]
             limited = await c.post("/v2/models/mlp/infer", headers=good)
             assert int(limited.headers["retry-after"]) >= 1
+            # revoked: the next snapshot no longer carries it
+            server.store.offer(dataclasses.replace(snap, version=2, api_keys=(narrow,)))
+            revoked = await c.post("/v2/models/mlp/infer", headers=good)
+            assert revoked.status_code == 401
+            assert "revoked" in revoked.json()["error"]
     finally:
         await server.stop()
+    # a router restarted from its saved snapshot checks the same keys
+    again = RouterServer(settings, NearestPolicy())
+    assert again.store.current is not None
+    assert [k.name for k in again.store.current.api_keys] == ["narrow"]
+    assert again.store.current.api_keys[0].models == ("bert",)
 
 
 async def test_wan_emulation_charges_the_modelled_round_trip(tmp_path: Path, two_workers) -> None:
