@@ -201,7 +201,7 @@ class RouterCore:
         started = time.monotonic()
         deadline = started + s.total_timeout_s
         self.budget.record_request(started)
-        client = self.locator.locate(req.client_host, req.header(EDGE_HEADER))
+        client = self.locator.locate(req.client_host, req.header(EDGE_HEADER), req.headers)
         route = RouteRequest(model, client.lat, client.lon)
         ranked = self._rank(snap, route, started)
         if not ranked and not any(r.serves(model) for r in snap.regions):
