@@ -146,7 +146,9 @@ class RouterCore:
                 return _error(403, f"API key {grant.name!r} may not call model '{model}'")
             bucket, rate, burst = "key:" + grant.name, grant.rate_per_s, grant.burst
         elif s.anonymous_rate > 0:
-            bucket, rate, burst = "ip:" + req.client_host, s.anonymous_rate, s.anonymous_burst
+            address = self.locator.client_address(req.client_host, req.headers)
+            client = str(address) if address is not None else req.client_host
+            bucket, rate, burst = "ip:" + client, s.anonymous_rate, s.anonymous_burst
         else:
             return None
         wait = await self.limiter.acquire(bucket, rate, burst)

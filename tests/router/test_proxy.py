@@ -177,3 +177,25 @@ async def test_wan_emulation_charges_the_modelled_round_trip(tmp_path: Path, two
     assert sydney_s > 0.2  # Frankfurt-Sydney is modelled at about 280 ms
     assert far_s >= sydney_s  # the far attempt was held for the modelled round trip
     assert near_s < sydney_s  # the near one was not
+
+
+async def test_anonymous_limits_are_per_client_behind_a_trusted_proxy(
+    tmp_path: Path, two_workers
+) -> None:
+    near, far = two_workers
+    settings = RouterSettings(
+        port=0, snapshot_path=tmp_path / "s.json", anonymous_rate=0.01, anonymous_burst=1
+    )
+    server = RouterServer(settings, NearestPolicy())
+    server.store.offer(snapshot_for({"near": (near, 10.0, 10.0), "far": (far, 40.0, 40.0)}))
+    port = await server.start()
+    a = {"x-forwarded-for": "198.51.100.7"}
+    b = {"x-forwarded-for": "203.0.113.9"}
+    try:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as c:
+            first = await c.post("/v2/models/mlp/infer", headers=a)
+            second = await c.post("/v2/models/mlp/infer", headers=a)
+            other = await c.post("/v2/models/mlp/infer", headers=b)
+            assert (first.status_code, second.status_code, other.status_code) == (200, 429, 200)
+    finally:
+        await server.stop()
