@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -199,3 +200,34 @@ async def test_anonymous_limits_are_per_client_behind_a_trusted_proxy(
             assert (first.status_code, second.status_code, other.status_code) == (200, 429, 200)
     finally:
         await server.stop()
+
+
+@pytest.mark.redis
+async def test_two_router_replicas_share_a_keys_budget_through_redis(
+    tmp_path: Path, two_workers, redis_url: str
+) -> None:
+    near, far = two_workers
+    name = f"acme-{uuid.uuid4().hex[:8]}"  # Redis outlives test runs
+    grant = ApiKeyGrant(name, hashlib.sha256(b"shared-key").hexdigest(), 0.01, 4)
+    snap = dataclasses.replace(
+        snapshot_for({"near": (near, 10.0, 10.0), "far": (far, 40.0, 40.0)}), api_keys=(grant,)
+    )
+    routers = []
+    for i in range(2):
+        settings = RouterSettings(
+            port=0, snapshot_path=tmp_path / f"s{i}.json", require_api_key=True, redis_url=redis_url
+        )
+        server = RouterServer(settings, NearestPolicy())
+        server.store.offer(snap)
+        await server.start()
+        routers.append(server)
+    try:
+        codes = []
+        async with httpx.AsyncClient(headers={"x-api-key": "shared-key"}) as c:
+            for i in range(10):
+                url = f"http://127.0.0.1:{routers[i % 2].port}/v2/models/mlp/infer"
+                codes.append((await c.post(url)).status_code)
+        assert codes.count(200) == 4 and codes.count(429) == 6, codes
+    finally:
+        for server in routers:
+            await server.stop()
