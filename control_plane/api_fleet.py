@@ -6,6 +6,8 @@ can mount it:
 - ``GET /v1/routing/snapshot``: the latest snapshot, ``ETag: "<version>"``. With
   ``If-None-Match`` and ``?wait=S`` it long-polls: it answers as soon as a newer
   snapshot exists, or 304 after ``S`` seconds.
+- ``GET /v1/routing/api-keys``: the keyring (end users' key digests and limits), the
+  same way.
 - ``GET /v1/regions/{name}/health``: state, reason, GPUs and workers of a region.
 - ``POST /v1/regions/{name}/drain`` and ``/undrain``: operator draining.
 """
@@ -20,7 +22,7 @@ from fastapi import APIRouter, Depends, Header, Query, Response
 from fastapi.responses import JSONResponse
 
 from control_plane.health.fleet_view import FleetView
-from control_plane.health.snapshots import SnapshotFeed
+from control_plane.health.snapshots import DocumentFeed, KeyringFeed, SnapshotFeed
 from meridian.errors import InvalidInput, MeridianError, NotFound, Unavailable
 
 __all__ = ["fleet_router"]
@@ -51,27 +53,26 @@ def _actor(principal: Any) -> str:
     return principal if isinstance(principal, str) and principal else "operator"
 
 
-def fleet_router(
-    feed: SnapshotFeed,
-    fleet_view: FleetView,
-    set_draining: SetDraining,
-    *,
+def _long_poll_route(
+    router: APIRouter,
+    path: str,
+    feed: DocumentFeed[Any],
+    what: str,
     read_auth: Callable[..., Any],
-    admin_auth: Callable[..., Any],
-    max_wait_s: float = 60.0,
-) -> APIRouter:
-    """``read_auth``/``admin_auth``: FastAPI dependencies (e.g. ``require_scope("read")``)."""
-    router = APIRouter(tags=["fleet"])
+    max_wait_s: float,
+) -> None:
+    """``GET path``: the feed's latest document with ``ETag: "<version>"``; with
+    ``If-None-Match`` and ``?wait=S``, a long-poll (the newer version, or 304 after S)."""
 
-    def snapshot_response() -> Response:
+    def current() -> Response:
         return Response(
             content=feed.raw,
             media_type="application/json",
             headers={"ETag": f'"{feed.version}"', "Cache-Control": "no-cache"},
         )
 
-    @router.get("/v1/routing/snapshot", dependencies=[Depends(read_auth)])
-    async def get_snapshot(
+    @router.get(path, dependencies=[Depends(read_auth)], summary=f"The {what}")
+    async def get_document(
         wait: Annotated[
             float, Query(ge=0, le=max_wait_s, description="long-poll seconds with If-None-Match")
         ] = 0.0,
@@ -82,19 +83,39 @@ def fleet_router(
                 if feed.current is None and wait > 0:
                     await feed.wait_newer(0, wait)
                 if feed.current is None:
-                    raise Unavailable("no routing snapshot has been published yet", retry_after=1)
-                return snapshot_response()
+                    raise Unavailable(f"no {what} has been published yet", retry_after=1)
+                return current()
             known = _parse_etag(if_none_match, feed.version)
             if feed.version > known or (wait > 0 and await feed.wait_newer(known, wait)):
-                return snapshot_response()
+                return current()
             if feed.version < known:
                 # a version from the future: this replica lags, or the ETag is made up
                 raise InvalidInput(
-                    f"snapshot version {known} is newer than the latest ({feed.version})"
+                    f"{what} version {known} is newer than the latest ({feed.version})"
                 )
             return Response(status_code=304, headers={"ETag": f'"{feed.version}"'})
         except MeridianError as exc:
             return _error(exc)
+
+
+def fleet_router(
+    feed: SnapshotFeed,
+    fleet_view: FleetView,
+    set_draining: SetDraining,
+    *,
+    read_auth: Callable[..., Any],
+    admin_auth: Callable[..., Any],
+    max_wait_s: float = 60.0,
+    keyring: KeyringFeed | None = None,
+) -> APIRouter:
+    """``read_auth``/``admin_auth``: FastAPI dependencies (e.g. ``require_scope("read")``)."""
+    router = APIRouter(tags=["fleet"])
+
+    _long_poll_route(router, "/v1/routing/snapshot", feed, "routing snapshot", read_auth,
+                     max_wait_s)  # fmt: skip
+    if keyring is not None:
+        _long_poll_route(router, "/v1/routing/api-keys", keyring, "API keyring", read_auth,
+                         max_wait_s)  # fmt: skip
 
     @router.get("/v1/regions/{name}/health", dependencies=[Depends(read_auth)])
     async def region_health(name: str) -> Response:

@@ -11,6 +11,8 @@ Path of a report: agent → gRPC stream (any replica) → ledger (pure policy) �
 relay → coordination key ``/meridian/fleet/regions/<region>/<replica>`` →
 every replica's fleet view → (leader) snapshot publisher → coordination key
 ``/meridian/routing/snapshot`` → every replica's feed and every router's watch.
+End users' API keys take the same way from the registry (leader) to
+``/meridian/routing/api-keys``, published only when keys change.
 """
 
 from __future__ import annotations
@@ -47,7 +49,13 @@ from control_plane.health.recorder import (
 )
 from control_plane.health.relay import SummaryRelay
 from control_plane.health.service import RegionServicer, add_region_service
-from control_plane.health.snapshots import SnapshotFeed, SnapshotPublisher, build_snapshot
+from control_plane.health.snapshots import (
+    KeyringFeed,
+    KeyringPublisher,
+    SnapshotFeed,
+    SnapshotPublisher,
+    build_snapshot,
+)
 from control_plane.leader import Leadership
 from meridian.coordination import Coordination, EventKind
 from meridian.errors import Unavailable
@@ -142,6 +150,8 @@ class FleetRuntime:
             coord, on_change=self.publisher.mark, prefix=settings.key("fleet/regions/")
         )
         self.feed = SnapshotFeed(coord, key=settings.key("routing/snapshot"))
+        self.keyring = KeyringPublisher(coord, key=settings.key("routing/api-keys"))
+        self.keyring_feed = KeyringFeed(coord, key=settings.key("routing/api-keys"))
         self.board = DirectiveBoard(
             coord,
             report_interval_s=settings.report_interval_s,
@@ -227,6 +237,7 @@ class FleetRuntime:
         # followers of the coordination backend first, so the view is warm before leading
         self._spawn(self.fleet_view.run(), "fleet-view")
         self._spawn(self.feed.run(), "snapshot-feed")
+        self._spawn(self.keyring_feed.run(), "keyring-feed")
         self._spawn(self.board.run(), "directive-board")
         self._spawn(self.relay.run(), "summary-relay")
         self._spawn(self._tick(), "heartbeat-tick")
@@ -264,6 +275,7 @@ class FleetRuntime:
 
     async def _lead(self) -> None:
         await asyncio.wait_for(self.fleet_view.synced.wait(), 30)
+        await self.keyring.new_term()
         await self.refresh_registry()
         async with asyncio.TaskGroup() as group:
             group.create_task(self.publisher.run(), name="snapshot-publisher")
@@ -288,6 +300,7 @@ class FleetRuntime:
         if view != self.registry:
             self.registry = view
             self.publisher.mark()
+        await self.keyring.publish(view.api_keys)  # nothing when the keys did not change
         await self.reconciler.reconcile(view, self.replicas if self.autoscaler else None)
 
     async def note_demand(self, model: str, region: str | None) -> None:

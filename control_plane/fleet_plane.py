@@ -75,6 +75,7 @@ def build_fleet(settings: ControlPlaneSettings, registry: Registry) -> FleetPlan
         drain_action(store.set_draining, coord, settings.fleet_namespace),
         read_auth=require_scope("read"),
         admin_auth=require_scope("admin"),
+        keyring=runtime.keyring_feed,
     )
 
     @routes.get("/v1/fleet/status", dependencies=[Depends(require_scope("read"))])

@@ -31,7 +31,7 @@ from control_plane.health.inventory import (
     RegistryView,
 )
 from meridian.errors import NotFound, PermissionDenied, Unauthenticated
-from meridian.snapshot import ApiKeyGrant
+from meridian.keyring import ApiKeyGrant
 
 __all__ = ["FleetStore", "credential_hash"]
 

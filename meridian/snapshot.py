@@ -16,7 +16,6 @@ from typing import Any
 import orjson
 
 __all__ = [
-    "ApiKeyGrant",
     "DeploymentRoute",
     "HealthState",
     "RegionView",
@@ -92,17 +91,6 @@ class DeploymentRoute:
 
 
 @dataclass(frozen=True, slots=True)
-class ApiKeyGrant:
-    """An end user's API key as routers check it: its sha256, never the key itself."""
-
-    name: str
-    sha256: str
-    rate_per_s: float
-    burst: float
-    models: tuple[str, ...] = ()  # models it may call; empty: every model
-
-
-@dataclass(frozen=True, slots=True)
 class RoutingSnapshot:
     """A versioned, immutable view of the fleet. ``version`` only ever grows."""
 
@@ -110,7 +98,6 @@ class RoutingSnapshot:
     generated_at: float  # wall-clock seconds since the epoch (for age across hosts)
     regions: tuple[RegionView, ...] = ()
     deployments: tuple[DeploymentRoute, ...] = ()
-    api_keys: tuple[ApiKeyGrant, ...] = ()
     _by_name: dict[str, RegionView] = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -150,16 +137,11 @@ class RoutingSnapshot:
             for r in data.get("regions", ())
         )
         deployments = tuple(DeploymentRoute(**d) for d in data.get("deployments", ()))
-        api_keys = tuple(
-            ApiKeyGrant(**{**k, "models": tuple(k.get("models", ()))})
-            for k in data.get("api_keys", ())
-        )
         return cls(
             version=int(data["version"]),
             generated_at=float(data["generated_at"]),
             regions=regions,
             deployments=deployments,
-            api_keys=api_keys,
         )
 
     @classmethod

@@ -20,7 +20,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--token", help="API token (read scope) for the control plane")
     p.add_argument("--etcd", help="etcd host:port to watch the routing snapshot in")
-    p.add_argument("--snapshot-path", type=Path, help="where the last good snapshot is kept")
+    p.add_argument(
+        "--snapshot-path",
+        type=Path,
+        help="where the last good snapshot is kept (and the API keyring, beside it)",
+    )
     p.add_argument("--tls-cert", type=Path)
     p.add_argument("--tls-key", type=Path)
     p.add_argument(

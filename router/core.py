@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 
 import orjson
 
+from meridian.keyring import ApiKeyring
 from meridian.snapshot import RoutingSnapshot
 from router.demand import DemandNotifier, nearest_deployment_region
 from router.http11 import HOP_BY_HOP, Request, Response
@@ -35,7 +36,7 @@ from router.policies import (
 from router.ratelimit import RateLimiter
 from router.resilience import RetryBudget
 from router.settings import RouterSettings
-from router.snapshot_store import SnapshotStore
+from router.snapshot_store import KeyringStore, SnapshotStore
 from router.upstream import UpstreamError, UpstreamPool
 
 __all__ = ["RouterCore"]
@@ -75,6 +76,7 @@ class RouterCore:
         locator: ClientLocator,
         rng: random.Random | None = None,
         demand: DemandNotifier | None = None,
+        keyring: KeyringStore | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
@@ -82,7 +84,8 @@ class RouterCore:
         self.pool = pool
         self.limiter = limiter
         self.locator = locator
-        self._keys: tuple[RoutingSnapshot | None, ApiKeys] = (None, ApiKeys(()))
+        self.keyring = keyring or KeyringStore()
+        self._keys: tuple[ApiKeyring | None, ApiKeys] = (None, ApiKeys(()))
         self.rng = rng or random.Random()
         self.stats = RouterStats(
             StatsConfig(
@@ -120,11 +123,11 @@ class RouterCore:
 
     # --- admission -------------------------------------------------------------------------
 
-    def _api_keys(self, snap: RoutingSnapshot) -> ApiKeys:
-        cached_snap, keys = self._keys
-        if cached_snap is not snap:
-            keys = ApiKeys(snap.api_keys)
-            self._keys = (snap, keys)
+    def _api_keys(self, ring: ApiKeyring) -> ApiKeys:
+        cached_ring, keys = self._keys
+        if cached_ring is not ring:
+            keys = ApiKeys(ring.keys)
+            self._keys = (ring, keys)
         return keys
 
     async def _admit(self, req: Request, model: str) -> Response | None:
@@ -136,10 +139,10 @@ class RouterCore:
                 presented = auth[7:].strip()
             if presented is None:
                 return _error(401, "an API key is required (x-api-key or Authorization: Bearer)")
-            snap = self.store.current
-            if snap is None:
-                return _error(503, "no routing snapshot yet", [(b"retry-after", b"1")])
-            grant = self._api_keys(snap).lookup(presented)
+            ring = self.keyring.current
+            if ring is None:
+                return _error(503, "no API keyring yet", [(b"retry-after", b"1")])
+            grant = self._api_keys(ring).lookup(presented)
             if grant is None:
                 return _error(401, "unknown or revoked API key")
             if grant.models and model not in grant.models:
@@ -333,6 +336,16 @@ class RouterCore:
 
     # --- health ------------------------------------------------------------------------------
 
+    def _keyring_details(self) -> dict[str, object]:
+        if not self.settings.require_api_key:
+            return {}
+        ring, age = self.keyring.current, self.keyring.confirmed_age()
+        return {
+            "keyring_version": ring.version if ring else None,
+            "keyring_confirmed_age_s": None if age is None else round(age, 3),
+            "api_keys": len(ring.keys) if ring else 0,
+        }
+
     def _ready(self) -> Response:
         snap = self.store.current
         age = self.store.confirmed_age()
@@ -348,6 +361,7 @@ class RouterCore:
             if snap
             else [],
             "redis_ok": getattr(self.limiter, "redis_ok", None),
+            **self._keyring_details(),
             "cold_start_held_now": self.held,
             "cold_start_last_ms": self.cold_starts_ms[-1] if self.cold_starts_ms else None,
         }

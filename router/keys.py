@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable
 
-from meridian.snapshot import ApiKeyGrant
+from meridian.keyring import ApiKeyGrant
 
 __all__ = ["ApiKeys", "digest"]
 

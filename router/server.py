@@ -17,8 +17,10 @@ from router.policies import RoutingPolicy
 from router.ratelimit import LocalRateLimiter, RateLimiter, RedisRateLimiter
 from router.settings import RouterSettings
 from router.snapshot_store import (
-    CoordinationSnapshotFollower,
-    HttpSnapshotFollower,
+    CoordinationFollower,
+    DocumentStore,
+    HttpFollower,
+    KeyringStore,
     SnapshotStore,
 )
 from router.tls import server_context
@@ -38,14 +40,18 @@ class RouterServer:
         policy: RoutingPolicy,
         *,
         store: SnapshotStore | None = None,
+        keyring: KeyringStore | None = None,
         limiter: RateLimiter | None = None,
     ) -> None:
         self.settings = settings
         self.store = store or SnapshotStore(settings.snapshot_path)
-        if self.store.current is None:
-            saved = self.store.load_saved()
-            if saved is not None:
-                log.info("starting from saved snapshot v%d", saved.version)
+        self.keyring = keyring or KeyringStore(settings.resolved_keyring_path)
+        stores: tuple[DocumentStore[Any], ...] = (self.store, self.keyring)
+        for saved_store in stores:
+            if saved_store.current is None:
+                saved = saved_store.load_saved()
+                if saved is not None:
+                    log.info("starting from saved %s v%d", saved_store.what, saved.version)
         if limiter is None:
             limiter = (
                 RedisRateLimiter(settings.redis_url) if settings.redis_url else LocalRateLimiter()
@@ -62,6 +68,7 @@ class RouterServer:
             limiter,
             ClientLocator(settings.default_location, settings.trusted_proxies, settings.geoip_path),
             demand=demand,
+            keyring=self.keyring,
         )
         self._http = HttpServer(self.core.handle, Limits(max_body_bytes=settings.max_body_bytes))
         self._tasks: set[asyncio.Task[None]] = set()
@@ -80,15 +87,22 @@ class RouterServer:
 
     async def start(self) -> int:
         s = self.settings
+        followed: list[tuple[DocumentStore[Any], str, str]] = [
+            (self.store, s.snapshot_key, "/v1/routing/snapshot")
+        ]
+        if s.require_api_key:
+            followed.append((self.keyring, s.keyring_key, "/v1/routing/api-keys"))
         if s.coordination_url:
             from meridian.coordination import open_coordination
 
             self._coord = open_coordination(s.coordination_url)
-            watcher = CoordinationSnapshotFollower(self.store, self._coord, s.snapshot_key)
-            self._spawn(watcher.run(), "snapshot-watch")
+            for store, key, _ in followed:
+                watcher = CoordinationFollower(store, self._coord, key)
+                self._spawn(watcher.run(), f"watch {key}")
         if s.control_plane_urls:
-            follower = HttpSnapshotFollower(self.store, s.control_plane_urls, s.control_plane_token)
-            self._spawn(follower.run(), "snapshot-http")
+            for store, _, route in followed:
+                poller = HttpFollower(store, s.control_plane_urls, s.control_plane_token, route)
+                self._spawn(poller.run(), f"poll {route}")
         ssl_ctx = server_context(s.tls_cert, s.tls_key) if s.tls_cert and s.tls_key else None
         self.port = await self._http.start(s.host, s.port, ssl_ctx)
         return self.port

@@ -25,13 +25,16 @@ class RouterSettings(BaseSettings):
     coordination_url: str = ""
     snapshot_key: str = "/meridian/routing/snapshot"
     snapshot_path: Path = Path("var/router/snapshot.json")
+    # end users' API keys (followed only when required): key in etcd, file on disk
+    # (default: beside the snapshot, ``<snapshot>.api-keys.json``)
+    keyring_key: str = "/meridian/routing/api-keys"
+    keyring_path: Path | None = None
     # client location
     default_location: tuple[float, float] = (50.1, 8.7)
     trusted_proxies: tuple[str, ...] = ("127.0.0.1/32", "::1/128")
     geoip_path: str | None = None
     # end-user keys and limits
-    # require an API key issued through the admin API (/v1/api-keys; they arrive in the
-    # routing snapshot) on every model request
+    # require an API key issued through the admin API (/v1/api-keys) on model requests
     require_api_key: bool = False
     redis_url: str | None = None
     anonymous_rate: float = 0.0  # requests/s per client address when no key is required; 0 = off
@@ -51,3 +54,7 @@ class RouterSettings(BaseSettings):
     cold_start_retry_after_s: int = 5
     # demo only: delay each attempt by the modelled client-region RTT (all sockets are loopback)
     emulate_wan: bool = False
+
+    @property
+    def resolved_keyring_path(self) -> Path:
+        return self.keyring_path or self.snapshot_path.with_suffix(".api-keys.json")

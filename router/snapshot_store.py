@@ -1,10 +1,11 @@
-"""The router's copy of the routing snapshot, kept on disk for static stability.
+"""The router's copies of what the control plane publishes, kept on disk for static stability.
 
-The router routes on the last good snapshot whatever happens to the control
-plane, etcd or Redis. Every accepted snapshot is written atomically to disk, and
-a router that starts with no reachable control plane starts from that file.
-``confirmed_age()`` says how long ago a source last confirmed the snapshot is
-current (a new version, or a long-poll that found nothing new).
+Two versioned documents: the routing snapshot and the keyring of end users' API keys.
+The router routes (and checks keys) on the last good version whatever happens to the
+control plane, etcd or Redis. Every accepted version is written atomically to disk,
+and a router that starts with no reachable control plane starts from those files.
+``confirmed_age()`` says how long ago a source last confirmed the document is current
+(a new version, or a long-poll that found nothing new).
 """
 
 from __future__ import annotations
@@ -15,87 +16,124 @@ import logging
 import os
 import random
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Generic, Protocol, TypeVar
 
 import httpx
 
 from meridian.coordination import Coordination
+from meridian.keyring import ApiKeyring
 from meridian.snapshot import RoutingSnapshot
 
-__all__ = ["CoordinationSnapshotFollower", "HttpSnapshotFollower", "SnapshotStore"]
+__all__ = [
+    "CoordinationFollower",
+    "DocumentStore",
+    "HttpFollower",
+    "KeyringStore",
+    "SnapshotStore",
+]
 
 log = logging.getLogger(__name__)
 
 
-class SnapshotStore:
-    def __init__(self, path: Path | None = None) -> None:
+class Document(Protocol):
+    @property
+    def version(self) -> int: ...
+
+    def to_json(self) -> bytes: ...
+
+
+D = TypeVar("D", bound=Document)
+
+
+class DocumentStore(Generic[D]):
+    def __init__(self, path: Path | None, parse: Callable[[bytes], D], what: str) -> None:
         self._path = path
-        self._snapshot: RoutingSnapshot | None = None
+        self._parse = parse
+        self.what = what
+        self._current: D | None = None
         self._confirmed_at: float | None = None
         self.changed = asyncio.Event()
 
     @property
-    def current(self) -> RoutingSnapshot | None:
-        return self._snapshot
+    def current(self) -> D | None:
+        return self._current
 
-    def load_saved(self) -> RoutingSnapshot | None:
-        """Start from the snapshot saved by an earlier run, if any."""
+    def parse(self, raw: bytes) -> D:
+        return self._parse(raw)
+
+    def load_saved(self) -> D | None:
+        """Start from the version saved by an earlier run, if any."""
         if self._path is None or not self._path.exists():
             return None
         try:
-            snap = RoutingSnapshot.from_json(self._path.read_bytes())
+            document = self._parse(self._path.read_bytes())
         except (ValueError, KeyError, TypeError) as exc:
-            log.warning("ignoring unreadable saved snapshot %s: %s", self._path, exc)
+            log.warning("ignoring unreadable saved %s %s: %s", self.what, self._path, exc)
             return None
-        self._snapshot = snap
-        return snap
+        self._current = document
+        return document
 
-    def offer(self, snap: RoutingSnapshot) -> bool:
-        """Accept ``snap`` if it is newer than the current one; persist it. True if accepted."""
+    def offer(self, document: D) -> bool:
+        """Accept ``document`` if it is newer than the current one; persist it."""
         self.confirm()
-        if self._snapshot is not None and snap.version <= self._snapshot.version:
+        if self._current is not None and document.version <= self._current.version:
             return False
-        self._snapshot = snap
+        self._current = document
         if self._path is not None:
-            self._save(snap)
+            self._save(document)
         self.changed.set()
         self.changed = asyncio.Event()
         return True
 
     def confirm(self) -> None:
-        """A source confirmed that the current snapshot is the newest it has."""
+        """A source confirmed that the current version is the newest it has."""
         self._confirmed_at = time.monotonic()
 
     def confirmed_age(self) -> float | None:
-        """Seconds since a source last confirmed the snapshot; None if never (saved file only)."""
+        """Seconds since a source last confirmed the document; None if never (saved file)."""
         if self._confirmed_at is None:
             return None
         return time.monotonic() - self._confirmed_at
 
-    def _save(self, snap: RoutingSnapshot) -> None:
+    def _save(self, document: D) -> None:
         assert self._path is not None
         self._path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self._path.with_suffix(".tmp")
         with open(tmp, "wb") as f:
-            f.write(snap.to_json())
+            f.write(document.to_json())
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, self._path)
 
 
-class HttpSnapshotFollower:
-    """Follows ``GET /v1/routing/snapshot`` with ETag long-polls; backs off when it fails."""
+class SnapshotStore(DocumentStore[RoutingSnapshot]):
+    def __init__(self, path: Path | None = None) -> None:
+        super().__init__(path, RoutingSnapshot.from_json, "routing snapshot")
+
+
+class KeyringStore(DocumentStore[ApiKeyring]):
+    def __init__(self, path: Path | None = None) -> None:
+        super().__init__(path, ApiKeyring.from_json, "API keyring")
+
+
+class HttpFollower(Generic[D]):
+    """Follows a control-plane document route (``/v1/routing/snapshot``, ...) with ETag
+    long-polls over the given control-plane URLs in turn; backs off when it fails."""
 
     def __init__(
         self,
-        store: SnapshotStore,
+        store: DocumentStore[D],
         base_urls: list[str],
         token: str,
+        route: str = "/v1/routing/snapshot",
         wait_s: float = 20.0,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         self._store = store
         self._urls = base_urls
+        self._route = route
         self._wait = wait_s
         self._client = httpx.AsyncClient(
             headers={"authorization": f"Bearer {token}"},
@@ -109,11 +147,11 @@ class HttpSnapshotFollower:
         turn = 0
         try:
             while True:
-                url = self._urls[turn % len(self._urls)].rstrip("/") + "/v1/routing/snapshot"
+                url = self._urls[turn % len(self._urls)].rstrip("/") + self._route
                 try:
                     await self._poll_once(url)
                     backoff = 0.1
-                except (httpx.HTTPError, ValueError, KeyError) as exc:
+                except (httpx.HTTPError, ValueError, KeyError, TypeError) as exc:
                     self.last_error = f"{url}: {exc!r}"
                     turn += 1
                     await asyncio.sleep(backoff * (0.5 + random.random()))
@@ -132,18 +170,18 @@ class HttpSnapshotFollower:
             self._store.confirm()
             return
         response.raise_for_status()
-        self._store.offer(RoutingSnapshot.from_json(response.content))
+        self._store.offer(self._store.parse(response.content))
 
 
-class CoordinationSnapshotFollower:
-    """Follows the snapshot key in etcd (or the in-process backend): read, then watch.
+class CoordinationFollower(Generic[D]):
+    """Follows a document's key in etcd (or the in-process backend): read, then watch.
 
-    When the backend fails the router keeps its snapshot and tries again with backoff;
-    ``confirm`` is called on every event and read so the snapshot's age stays honest.
+    When the backend fails the router keeps its copy and tries again with backoff;
+    ``confirm`` is called on every event and read so the document's age stays honest.
     """
 
     def __init__(
-        self, store: SnapshotStore, coord: Coordination, key: str = "/meridian/routing/snapshot"
+        self, store: DocumentStore[D], coord: Coordination, key: str = "/meridian/routing/snapshot"
     ) -> None:
         self._store = store
         self._coord = coord
@@ -175,6 +213,6 @@ class CoordinationSnapshotFollower:
 
     def _offer(self, raw: bytes) -> None:
         try:
-            self._store.offer(RoutingSnapshot.from_json(raw))
+            self._store.offer(self._store.parse(raw))
         except (ValueError, KeyError, TypeError) as exc:
-            log.warning("ignoring a malformed snapshot: %s", exc)
+            log.warning("ignoring a malformed %s: %s", self._store.what, exc)

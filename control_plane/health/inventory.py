@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from meridian.snapshot import ApiKeyGrant
+from meridian.keyring import ApiKeyGrant
 
 __all__ = [
     "AgentIdentity",

@@ -7,6 +7,8 @@
   across leaders too (a new leader continues from the stored version).
 - :class:`SnapshotFeed` runs on every replica: it follows the published key and
   answers long-polls (the HTTP feed for routers without a coordination client).
+- :class:`KeyringPublisher` (leader) and :class:`KeyringFeed` (every replica) do the
+  same for end users' API keys, a document of its own that changes only when keys do.
 """
 
 from __future__ import annotations
@@ -16,17 +18,29 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable, Mapping
+from typing import Generic, Protocol, TypeVar
 
 from control_plane.health.inventory import RegistryView
 from control_plane.health.ledger import Change
 from control_plane.health.summary import RegionSummary
 from meridian.coordination import Coordination, EventKind
 from meridian.eventwait import wait_event
+from meridian.keyring import ApiKeyGrant, ApiKeyring
 from meridian.snapshot import DeploymentRoute, HealthState, RegionView, RoutingSnapshot
 
-__all__ = ["SNAPSHOT_KEY", "SnapshotFeed", "SnapshotPublisher", "build_snapshot"]
+__all__ = [
+    "KEYRING_KEY",
+    "SNAPSHOT_KEY",
+    "DocumentFeed",
+    "KeyringFeed",
+    "KeyringPublisher",
+    "SnapshotFeed",
+    "SnapshotPublisher",
+    "build_snapshot",
+]
 
 SNAPSHOT_KEY = "/meridian/routing/snapshot"
+KEYRING_KEY = "/meridian/routing/api-keys"
 log = logging.getLogger(__name__)
 
 
@@ -86,7 +100,6 @@ def build_snapshot(
         generated_at=generated_at,
         regions=tuple(regions),
         deployments=deployments,
-        api_keys=registry.api_keys,
     )
 
 
@@ -149,7 +162,7 @@ class SnapshotPublisher:
 
     async def _publish(self) -> None:
         candidate = self._build(self.version + 1)
-        content = (candidate.regions, candidate.deployments, candidate.api_keys)
+        content = (candidate.regions, candidate.deployments)
         if content == self._last_content:
             return
         await self._coord.put(self.key, candidate.to_json())
@@ -159,13 +172,22 @@ class SnapshotPublisher:
         self.publications += 1
 
 
-class SnapshotFeed:
-    """The latest published snapshot on this replica, with long-poll waiting."""
+class Versioned(Protocol):
+    @property
+    def version(self) -> int: ...
 
-    def __init__(self, coord: Coordination, *, key: str = SNAPSHOT_KEY) -> None:
+
+D = TypeVar("D", bound=Versioned)
+
+
+class DocumentFeed(Generic[D]):
+    """The latest published version of a document on this replica, with long-poll waiting."""
+
+    def __init__(self, coord: Coordination, *, key: str, parse: Callable[[bytes], D]) -> None:
         self._coord = coord
         self.key = key
-        self.current: RoutingSnapshot | None = None
+        self._parse = parse
+        self.current: D | None = None
         self.raw: bytes = b""
         self._changed = asyncio.Condition()
 
@@ -175,18 +197,18 @@ class SnapshotFeed:
 
     async def offer(self, raw: bytes) -> None:
         try:
-            snapshot = RoutingSnapshot.from_json(raw)
+            document = self._parse(raw)
         except (ValueError, KeyError, TypeError) as exc:
-            log.warning("ignoring a malformed routing snapshot: %s", exc)
+            log.warning("ignoring a malformed document under %s: %s", self.key, exc)
             return
-        if snapshot.version <= self.version:
+        if document.version <= self.version:
             return
         async with self._changed:
-            self.current, self.raw = snapshot, raw
+            self.current, self.raw = document, raw
             self._changed.notify_all()
 
     async def wait_newer(self, than: int, timeout: float) -> bool:
-        """True once a snapshot newer than ``than`` is held; False after ``timeout``."""
+        """True once a version newer than ``than`` is held; False after ``timeout``."""
         async with self._changed:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(timeout):
@@ -209,6 +231,48 @@ class SnapshotFeed:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                log.warning("following the routing snapshot failed (%s); keeping the last", exc)
+                log.warning("following %s failed (%s); keeping the last", self.key, exc)
             await asyncio.sleep(delay)
             delay = min(delay * 2, 2.0)
+
+
+class SnapshotFeed(DocumentFeed[RoutingSnapshot]):
+    def __init__(self, coord: Coordination, *, key: str = SNAPSHOT_KEY) -> None:
+        super().__init__(coord, key=key, parse=RoutingSnapshot.from_json)
+
+
+class KeyringFeed(DocumentFeed[ApiKeyring]):
+    def __init__(self, coord: Coordination, *, key: str = KEYRING_KEY) -> None:
+        super().__init__(coord, key=key, parse=ApiKeyring.from_json)
+
+
+class KeyringPublisher:
+    """Leader only: publishes the keyring when the set of active keys changes.
+
+    ``new_term`` continues from the stored version (versions grow across leaders) and
+    does not republish what the previous leader already published.
+    """
+
+    def __init__(self, coord: Coordination, *, key: str = KEYRING_KEY) -> None:
+        self._coord = coord
+        self.key = key
+        self.version = 0
+        self._published: tuple[ApiKeyGrant, ...] | None = None
+
+    async def new_term(self) -> None:
+        self._published = None
+        existing = await self._coord.get(self.key)
+        if existing is not None:
+            with contextlib.suppress(ValueError, KeyError, TypeError):
+                stored = ApiKeyring.from_json(existing.value)
+                self.version = max(self.version, stored.version)
+                self._published = stored.keys
+
+    async def publish(self, keys: tuple[ApiKeyGrant, ...]) -> bool:
+        """Publish ``keys`` unless they are what was last published; True if published."""
+        if keys == self._published:
+            return False
+        ring = ApiKeyring(self.version + 1, time.time(), keys)
+        await self._coord.put(self.key, ring.to_json())
+        self.version, self._published = ring.version, keys
+        return True

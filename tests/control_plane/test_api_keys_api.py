@@ -1,5 +1,5 @@
 """``/v1/api-keys``: end users' keys issued through the admin API (both backends), and how
-they reach the routers through the routing snapshot."""
+they reach the routers through the keyring (``/v1/routing/api-keys``)."""
 
 from __future__ import annotations
 
@@ -18,9 +18,9 @@ def _issue(api: Api, **extra: Any) -> dict[str, Any]:
     return result
 
 
-def _snapshot_keys(api: Api) -> dict[str, dict[str, Any]]:
-    snap = api.ok("GET", "/v1/routing/snapshot")
-    return {k["name"]: k for k in snap.get("api_keys", [])}
+def _keyring(api: Api) -> dict[str, dict[str, Any]]:
+    ring = api.client.get("/v1/routing/api-keys", headers=api.admin)
+    return {k["name"]: k for k in ring.json()["keys"]} if ring.status_code == 200 else {}
 
 
 def test_a_key_is_shown_once_and_only_its_hash_is_kept(api: Api) -> None:
@@ -116,10 +116,10 @@ def test_keys_are_admin_only(api: Api) -> None:
     assert r.status_code == 403
 
 
-def test_issued_changed_and_revoked_keys_reach_the_routing_snapshot(api: Api) -> None:
+def test_issued_changed_and_revoked_keys_reach_the_keyring(api: Api) -> None:
     created = _issue(api, models=["mlp"])
     name, digest = created["name"], sha256(created["key"].encode())
-    grant = wait_until(lambda: _snapshot_keys(api).get(name), timeout=10, what="key in snapshot")
+    grant = wait_until(lambda: _keyring(api).get(name), timeout=10, what="key in the keyring")
     assert grant == {
         "name": name, "sha256": digest, "rate_per_s": 5.0, "burst": 10.0, "models": ["mlp"]
     }  # fmt: skip
@@ -127,9 +127,9 @@ def test_issued_changed_and_revoked_keys_reach_the_routing_snapshot(api: Api) ->
     api.ok("PATCH", f"/v1/api-keys/{name}", json={"burst": 99},
            headers=api.headers(**{"If-Match": etag}))  # fmt: skip
     wait_until(
-        lambda: _snapshot_keys(api).get(name, {}).get("burst") == 99.0,
+        lambda: _keyring(api).get(name, {}).get("burst") == 99.0,
         timeout=10,
-        what="new burst in snapshot",
+        what="new burst in the keyring",
     )
     api.ok("DELETE", f"/v1/api-keys/{name}", 204)
-    wait_until(lambda: name not in _snapshot_keys(api), timeout=10, what="key gone from snapshot")
+    wait_until(lambda: name not in _keyring(api), timeout=10, what="key gone from the keyring")

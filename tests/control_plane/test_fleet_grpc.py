@@ -324,15 +324,15 @@ async def test_agent_reconnects_after_a_control_plane_restart_and_resends_state(
             port = first.grpc_port
             agent = start_agent([f"127.0.0.1:{port}"], "eu-west")
             await wait_snapshot(
-                lambda: first.feed.current, region_state("eu-west", HealthState.HEALTHY), timeout=5
+                lambda: first.feed.current, region_state("eu-west", HealthState.HEALTHY), timeout=15
             )
         # the control plane is gone; the agent keeps its workers (no new directives)
         applied = len(agent.supervisor.applied)
         assert not agent.agent.connected.is_set()
         async with running_fleet(sessions, coord, fast_settings(grpc_port=port)) as second:
-            await asyncio.wait_for(agent.agent.connected.wait(), 5)
+            await asyncio.wait_for(agent.agent.connected.wait(), 15)
             snap, _ = await wait_snapshot(
-                lambda: second.feed.current, region_state("eu-west", HealthState.HEALTHY), timeout=5
+                lambda: second.feed.current, region_state("eu-west", HealthState.HEALTHY), timeout=15
             )
             assert agent.agent.sessions == 2
             assert len(agent.supervisor.applied) == applied  # same directives: nothing re-applied

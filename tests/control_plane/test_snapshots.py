@@ -12,10 +12,18 @@ import pytest
 from control_plane.health.fleet_view import FleetView
 from control_plane.health.inventory import DeploymentRecord, RegionRecord, RegistryView
 from control_plane.health.ledger import Change
-from control_plane.health.snapshots import SnapshotFeed, SnapshotPublisher, build_snapshot
+from control_plane.health.snapshots import (
+    KEYRING_KEY,
+    KeyringFeed,
+    KeyringPublisher,
+    SnapshotFeed,
+    SnapshotPublisher,
+    build_snapshot,
+)
 from control_plane.health.summary import RegionSummary, WorkerSummary
 from meridian.coordination import InProcessCoordination
-from meridian.snapshot import ApiKeyGrant, HealthState, RoutingSnapshot
+from meridian.keyring import ApiKeyGrant, ApiKeyring
+from meridian.snapshot import HealthState, RoutingSnapshot
 from meridian.waiting import wait_until_async
 
 PREFIX = "/meridian/fleet/regions/"
@@ -82,7 +90,6 @@ def test_build_snapshot_applies_registry_status() -> None:
         ),
         (DeploymentRecord("m", "1", "eu", traffic_weight=0.9),
          DeploymentRecord("m", "2", "eu", traffic_weight=0.1, variant="int8")),
-        (ApiKeyGrant("acme", "ab" * 32, 5.0, 10.0, ("m",)),),
     )  # fmt: skip
     summaries = {
         "eu": summary("a", HealthState.HEALTHY, 1.0, workers=2),
@@ -104,7 +111,6 @@ def test_build_snapshot_applies_registry_status() -> None:
         ("1", 0.9, ""),
         ("2", 0.1, "int8"),
     ]
-    assert snap.api_keys == registry.api_keys
     # the JSON form the routers receive and keep on disk carries the same
     assert RoutingSnapshot.from_json(snap.to_json()) == snap
 
@@ -136,3 +142,34 @@ async def test_versions_grow_across_leaders_and_identical_content_is_not_republi
     with pytest.raises(TimeoutError):
         await wait_until_async(lambda: feed.version > 3, timeout=0.2)
     await coord.close()
+
+
+async def test_keyring_versions_grow_across_leaders_and_unchanged_keys_are_not_republished() -> (
+    None
+):
+    coord = InProcessCoordination()
+    acme = ApiKeyGrant("acme", "ab" * 32, 5.0, 10.0, ("m",))
+    beta = ApiKeyGrant("beta", "cd" * 32, 1.0, 1.0)
+    try:
+        first = KeyringPublisher(coord)
+        await first.new_term()
+        assert await first.publish((acme,)) is True
+        assert await first.publish((acme,)) is False  # nothing changed
+        assert await first.publish((acme, beta)) is True
+        assert first.version == 2
+        # a new leader continues from the stored version and does not repeat it
+        second = KeyringPublisher(coord)
+        await second.new_term()
+        assert await second.publish((acme, beta)) is False
+        assert await second.publish((beta,)) is True
+        stored = await coord.get(KEYRING_KEY)
+        assert stored is not None
+        ring = ApiKeyring.from_json(stored.value)
+        assert (ring.version, ring.keys) == (3, (beta,))
+        # every replica's feed holds the latest
+        feed = KeyringFeed(coord)
+        async with running(feed.run()):
+            await wait_until_async(lambda: feed.version == 3, timeout=5, what="feed at v3")
+        assert feed.current is not None and feed.current.keys == (beta,)
+    finally:
+        await coord.close()

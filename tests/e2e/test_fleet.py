@@ -193,7 +193,9 @@ def test_a_router_started_with_no_control_plane_serves_from_its_saved_snapshot(
     local = fleet.local
     saved = local.workdir / "router-snapshot.json"
     shutil.copyfile(saved, local.workdir / "second-snapshot.json")
-    router, port = local.start_router(tls_dir=fleet.tls, name="second")
+    keyring = local.workdir / "router-snapshot.api-keys.json"
+    shutil.copyfile(keyring, local.workdir / "second-snapshot.api-keys.json")
+    router, port = local.start_router(tls_dir=fleet.tls, name="second", require_api_key=True)
     local.wait_http(f"https://127.0.0.1:{port}/v2/health/ready", router, "second router")
     r = fleet.infer("35.7,139.7", port=port)
     assert r.status_code == 200 and r.headers["x-meridian-region"] == "ap-northeast-1"

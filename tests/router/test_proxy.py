@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import uuid
 from collections.abc import AsyncIterator
@@ -12,7 +11,7 @@ import httpx
 import orjson
 import pytest
 
-from meridian.snapshot import ApiKeyGrant
+from meridian.keyring import ApiKeyGrant, ApiKeyring
 from router.policies import NearestPolicy
 from router.server import RouterServer
 from router.settings import RouterSettings
@@ -109,17 +108,19 @@ async def test_saved_snapshot_survives_a_restart(router, tmp_path: Path) -> None
     assert again.store.confirmed_age() is None  # known stale until a source confirms it
 
 
-async def test_api_keys_from_the_snapshot_and_rate_limits(tmp_path: Path, two_workers) -> None:
+async def test_api_keys_from_the_keyring_and_rate_limits(tmp_path: Path, two_workers) -> None:
     near, far = two_workers
-    snap = snapshot_for({"near": (near, 10.0, 10.0), "far": (far, 40.0, 40.0)})
     acme = ApiKeyGrant("acme", hashlib.sha256(b"secret-key").hexdigest(), 0.1, 2)
     narrow = ApiKeyGrant("narrow", hashlib.sha256(b"other-key").hexdigest(), 100, 100, ("bert",))
     settings = RouterSettings(port=0, snapshot_path=tmp_path / "s.json", require_api_key=True)
     server = RouterServer(settings, NearestPolicy())
-    server.store.offer(dataclasses.replace(snap, api_keys=(acme, narrow)))
+    server.store.offer(snapshot_for({"near": (near, 10.0, 10.0), "far": (far, 40.0, 40.0)}))
     port = await server.start()
     try:
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as c:
+            no_keyring = await c.post("/v2/models/mlp/infer", headers={"x-api-key": "secret-key"})
+            assert no_keyring.status_code == 503 and no_keyring.headers["retry-after"] == "1"
+            server.keyring.offer(ApiKeyring(1, 0.0, (acme, narrow)))
             missing = await c.post("/v2/models/mlp/infer", content=b"{}")
             assert missing.status_code == 401
             assert "API key is required" in missing.json()["error"]
@@ -135,18 +136,18 @@ async def test_api_keys_from_the_snapshot_and_rate_limits(tmp_path: Path, two_wo
             assert codes == [200, 200, 429]
             limited = await c.post("/v2/models/mlp/infer", headers=good)
             assert int(limited.headers["retry-after"]) >= 1
-            # revoked: the next snapshot no longer carries it
-            server.store.offer(dataclasses.replace(snap, version=2, api_keys=(narrow,)))
+            # revoked: the next keyring no longer carries it
+            server.keyring.offer(ApiKeyring(2, 0.0, (narrow,)))
             revoked = await c.post("/v2/models/mlp/infer", headers=good)
             assert revoked.status_code == 401
             assert "revoked" in revoked.json()["error"]
     finally:
         await server.stop()
-    # a router restarted from its saved snapshot checks the same keys
+    # a router restarted with no control plane checks the keys it saved
+    assert (tmp_path / "s.api-keys.json").exists()
     again = RouterServer(settings, NearestPolicy())
-    assert again.store.current is not None
-    assert [k.name for k in again.store.current.api_keys] == ["narrow"]
-    assert again.store.current.api_keys[0].models == ("bert",)
+    assert again.keyring.current is not None and again.keyring.current.version == 2
+    assert again.keyring.current.keys == (narrow,)
 
 
 async def test_wan_emulation_charges_the_modelled_round_trip(tmp_path: Path, two_workers) -> None:
@@ -209,9 +210,7 @@ async def test_two_router_replicas_share_a_keys_budget_through_redis(
     near, far = two_workers
     name = f"acme-{uuid.uuid4().hex[:8]}"  # Redis outlives test runs
     grant = ApiKeyGrant(name, hashlib.sha256(b"shared-key").hexdigest(), 0.01, 4)
-    snap = dataclasses.replace(
-        snapshot_for({"near": (near, 10.0, 10.0), "far": (far, 40.0, 40.0)}), api_keys=(grant,)
-    )
+    snap = snapshot_for({"near": (near, 10.0, 10.0), "far": (far, 40.0, 40.0)})
     routers = []
     for i in range(2):
         settings = RouterSettings(
@@ -219,6 +218,7 @@ async def test_two_router_replicas_share_a_keys_budget_through_redis(
         )
         server = RouterServer(settings, NearestPolicy())
         server.store.offer(snap)
+        server.keyring.offer(ApiKeyring(1, 0.0, (grant,)))
         await server.start()
         routers.append(server)
     try:

@@ -13,7 +13,7 @@ import pytest
 from meridian.coordination import Coordination, open_coordination
 from meridian.snapshot import HealthState, RegionView, RoutingSnapshot
 from meridian.waiting import wait_until_async
-from router.snapshot_store import CoordinationSnapshotFollower, SnapshotStore
+from router.snapshot_store import CoordinationFollower, SnapshotStore
 
 
 def _snap(version: int) -> RoutingSnapshot:
@@ -40,7 +40,7 @@ async def test_follower_takes_existing_and_newer_snapshots(
     key = f"/test-{uuid.uuid4().hex}/routing/snapshot"
     await coord.put(key, _snap(3).to_json())
     store = SnapshotStore(tmp_path / "snap.json")
-    follower = CoordinationSnapshotFollower(store, coord, key)
+    follower = CoordinationFollower(store, coord, key)
     task = asyncio.create_task(follower.run())
     try:
         await wait_until_async(lambda: store.current is not None, timeout=5, what="first")
@@ -67,7 +67,7 @@ async def test_follower_keeps_the_snapshot_when_the_backend_fails(tmp_path: Path
     store = SnapshotStore(tmp_path / "snap.json")
     store.offer(_snap(7))
     dead = open_coordination(f"etcd://127.0.0.1:{free_port()}")
-    follower = CoordinationSnapshotFollower(store, dead)
+    follower = CoordinationFollower(store, dead)
     task = asyncio.create_task(follower.run())
     try:
         await wait_until_async(lambda: follower.last_error != "", timeout=10, what="an error")
