@@ -141,6 +141,9 @@ async def test_api_keys_from_the_keyring_and_rate_limits(tmp_path: Path, two_wor
             revoked = await c.post("/v2/models/mlp/infer", headers=good)
             assert revoked.status_code == 401
             assert "revoked" in revoked.json()["error"]
+            ready = (await c.get("/v2/health/ready")).json()
+            assert (ready["keyring_version"], ready["api_keys"]) == (2, 1)
+            assert ready["keyring_confirmed_age_s"] is not None
     finally:
         await server.stop()
     # a router restarted with no control plane checks the keys it saved
