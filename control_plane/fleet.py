@@ -89,7 +89,8 @@ class FleetSettings:
     grpc_max_message_bytes: int = 4 * 1024 * 1024
     namespace: str = "/meridian"  # root of every coordination key (one per fleet)
     health_flush_s: float = 5.0  # how often the leader persists changed region health
-    credential_recheck_s: float = 30.0  # live streams of revoked credentials end within this
+    # live streams of revoked credentials end at the next admin write's nudge, or within this
+    credential_recheck_s: float = 30.0
     # elastic capacity: the leader's autoscaler sets every deployment's replicas
     autoscale: bool = True
     autoscale_interval_s: float = 1.0
@@ -178,7 +179,8 @@ class FleetRuntime:
         )
         self._server: grpc.aio.Server | None = None
         self._tasks: list[asyncio.Task[Any]] = []
-        self._registry_changed = asyncio.Event()
+        self._registry_changed = asyncio.Event()  # (leader) reload the registry now
+        self._credentials_changed = asyncio.Event()  # re-check live agent streams now
         self.grpc_port = 0
         self._autoscale_wake = asyncio.Event()
         self.autoscaler: Autoscaler | None = None
@@ -242,6 +244,7 @@ class FleetRuntime:
         self._spawn(self.relay.run(), "summary-relay")
         self._spawn(self._tick(), "heartbeat-tick")
         self._spawn(self._recheck_credentials(), "credential-recheck")
+        self._spawn(self._watch_nudges(), "registry-nudges")
         self._spawn(self.leadership.run(), "leadership")
         await server.start()
         log.info(
@@ -280,7 +283,6 @@ class FleetRuntime:
         async with asyncio.TaskGroup() as group:
             group.create_task(self.publisher.run(), name="snapshot-publisher")
             group.create_task(self._follow_registry(), name="registry-refresh")
-            group.create_task(self._watch_nudges(), name="registry-nudges")
             group.create_task(self.recorder.run(), name="health-recorder")
             if self.autoscaler is not None:
                 group.create_task(self._autoscale(self.autoscaler), name="autoscaler")
@@ -360,7 +362,12 @@ class FleetRuntime:
             except Exception as exc:
                 log.warning("reloading the registry failed: %s; keeping the last view", exc)
 
+    # --- every replica ---------------------------------------------------------------------
+
     async def _watch_nudges(self) -> None:
+        """An admin write happened (any replica): the leader reloads the registry, and
+        every replica re-checks its agents' credentials (a rotated credential or a disabled
+        region ends the stream at once rather than at the next periodic check)."""
         while True:
             try:
                 nudges = self.settings.key("fleet/registry-changed")
@@ -368,15 +375,15 @@ class FleetRuntime:
                     async for event in events:
                         if event.kind == EventKind.PUT:
                             self._registry_changed.set()
+                            self._credentials_changed.set()
             except Exception as exc:
                 log.warning("watching registry nudges failed: %s", exc)
             await asyncio.sleep(0.5)
 
-    # --- every replica ---------------------------------------------------------------------
-
     async def _recheck_credentials(self) -> None:
         while True:
-            await asyncio.sleep(self.settings.credential_recheck_s)
+            await wait_event(self._credentials_changed, self.settings.credential_recheck_s)
+            self._credentials_changed.clear()
             try:
                 await self.servicer.revalidate()
             except Exception as exc:

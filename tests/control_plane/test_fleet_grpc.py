@@ -14,7 +14,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session, sessionmaker
 
 from control_plane.db.models import Region
-from control_plane.fleet import FleetRuntime
+from control_plane.fleet import FleetRuntime, nudge_registry
 from meridian.coordination import Coordination, InProcessCoordination, open_coordination
 from meridian.snapshot import HealthState, RoutingSnapshot
 from meridian.waiting import wait_until_async
@@ -332,7 +332,9 @@ async def test_agent_reconnects_after_a_control_plane_restart_and_resends_state(
         async with running_fleet(sessions, coord, fast_settings(grpc_port=port)) as second:
             await asyncio.wait_for(agent.agent.connected.wait(), 15)
             snap, _ = await wait_snapshot(
-                lambda: second.feed.current, region_state("eu-west", HealthState.HEALTHY), timeout=15
+                lambda: second.feed.current,
+                region_state("eu-west", HealthState.HEALTHY),
+                timeout=15,
             )
             assert agent.agent.sessions == 2
             assert len(agent.supervisor.applied) == applied  # same directives: nothing re-applied
@@ -359,6 +361,26 @@ async def test_live_stream_ends_when_its_region_is_disabled(
             lambda: "PERMISSION_DENIED" in agent.agent.last_error, timeout=3, what="revoked"
         )
         assert "disabled" in agent.agent.last_error
+        await wait_until_async(lambda: fleet.servicer.streams == 0, timeout=3, what="stream gone")
+    finally:
+        await agent.stop()
+
+
+async def test_an_admin_write_nudge_ends_a_revoked_stream_at_once(
+    fleet: FleetRuntime, sessions: sessionmaker[Session]
+) -> None:
+    assert fleet.settings.credential_recheck_s >= 30  # the periodic check is not what ends it
+    agent = start_agent([address(fleet)], "us-east")
+    try:
+        await wait_snapshot(
+            lambda: fleet.feed.current, region_state("us-east", HealthState.HEALTHY), timeout=5
+        )
+        with sessions.begin() as s:
+            s.execute(sa.update(Region).where(Region.name == "us-east").values(status="disabled"))
+        await nudge_registry(fleet.coord, fleet.settings.namespace)  # what every admin write does
+        await wait_until_async(
+            lambda: "PERMISSION_DENIED" in agent.agent.last_error, timeout=5, what="stream ended"
+        )
         await wait_until_async(lambda: fleet.servicer.streams == 0, timeout=3, what="stream gone")
     finally:
         await agent.stop()
