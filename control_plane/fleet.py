@@ -24,7 +24,7 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -56,13 +56,21 @@ from control_plane.health.snapshots import (
     SnapshotPublisher,
     build_snapshot,
 )
+from control_plane.health.summary import RegionSummary
 from control_plane.leader import Leadership
 from meridian.coordination import Coordination, EventKind
 from meridian.errors import Unavailable
 from meridian.eventwait import wait_event
 from meridian.snapshot import RoutingSnapshot
 
-__all__ = ["REGISTRY_NUDGE_KEY", "FleetRuntime", "FleetSettings", "drain_action", "nudge_registry"]
+__all__ = [
+    "REGISTRY_NUDGE_KEY",
+    "FleetRuntime",
+    "FleetSettings",
+    "drain_action",
+    "nudge_registry",
+    "region_gpu_caps",
+]
 
 REGISTRY_NUDGE_KEY = "/meridian/fleet/registry-changed"  # under the default namespace
 log = logging.getLogger(__name__)
@@ -344,7 +352,7 @@ class FleetRuntime:
                 )
                 for d in view.deployments
             ]  # fmt: skip
-            decided = autoscaler.decide(targets, now)
+            decided = autoscaler.decide(targets, now, region_gpu_caps(self.fleet_view.summaries()))
             replicas = {t.key: decided[t.id] for t in targets}
             if replicas != self.replicas:
                 self.replicas = replicas
@@ -393,6 +401,12 @@ class FleetRuntime:
         while True:
             await asyncio.sleep(self.settings.tick_s)
             self.ledger.tick()
+
+
+def region_gpu_caps(summaries: Mapping[str, RegionSummary]) -> dict[str, int]:
+    """GPUs each region can give replicas: its healthy GPUs, for regions whose agent
+    reports GPUs at all (a region without GPU reports is not capped here)."""
+    return {name: s.healthy_gpus for name, s in summaries.items() if s.gpus}
 
 
 def drain_action(

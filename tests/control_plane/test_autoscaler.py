@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from control_plane.autoscale.controller import Autoscaler, DeploymentTarget
 from control_plane.autoscale.policy import AutoscalePolicy, ScalingConfig
+from control_plane.fleet import region_gpu_caps
+from control_plane.health.summary import GpuSummary, RegionSummary
 from meridian.snapshot import (
     DeploymentRoute,
     HealthState,
@@ -116,3 +118,21 @@ def test_a_deleted_deployment_is_forgotten() -> None:
     scaler.decide(targets()[1:], 1.0)
     assert scaler.status(1) is None and scaler.desired("m", "1", "eu") is None
     assert scaler.status(2) is not None
+
+
+def test_a_region_gets_no_more_replicas_than_it_has_healthy_gpus() -> None:
+    gpus = (GpuSummary(0, "ok"), GpuSummary(1, "ok"), GpuSummary(2, "failed"))
+    summaries = {
+        "eu": RegionSummary("eu", "r1", HealthState.DEGRADED, gpus=gpus),
+        "us": RegionSummary("us", "r1", HealthState.HEALTHY),  # reports no GPUs: not capped
+    }
+    caps = region_gpu_caps(summaries)
+    assert caps == {"eu": 2}
+    scaler = Autoscaler(AutoscalePolicy(CFG))
+    for t in range(6):
+        scaler.observe(snapshot(1, {"eu": [40], "us": [40]}), float(t))
+        desired = scaler.decide(targets(), float(t), caps)
+    assert desired[1] == 2 and desired[2] > 2
+    status = scaler.status(1)
+    assert status is not None and status.last is not None
+    assert "region eu has no free GPU" in status.last.reason
