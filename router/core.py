@@ -24,6 +24,8 @@ from router.demand import DemandNotifier, nearest_deployment_region
 from router.http11 import HOP_BY_HOP, Request, Response
 from router.keys import ApiKeys
 from router.locate import EDGE_HEADER, ClientLocator
+from router.metrics import CONTENT_TYPE as METRICS_TYPE
+from router.metrics import RouterMetrics
 from router.observations import Observations
 from router.policies import (
     RouteRequest,
@@ -102,6 +104,7 @@ class RouterCore:
         self.demand = demand
         self.held = 0  # requests waiting for a first worker right now
         self.cold_starts_ms: collections.deque[float] = collections.deque(maxlen=100)
+        self.metrics = RouterMetrics(self)
 
     # --- entry point ---------------------------------------------------------------------
 
@@ -113,6 +116,8 @@ class RouterCore:
             return self._ready()
         if path == "/v2":
             return Response(200, SERVER_METADATA, JSON)
+        if path == "/metrics":
+            return Response(200, self.metrics.render(), [(b"content-type", METRICS_TYPE)])
         target = _model_path(path)
         if target is None:
             return _error(404, f"no route for {req.method} {path}")

@@ -234,3 +234,38 @@ async def test_two_router_replicas_share_a_keys_budget_through_redis(
     finally:
         for server in routers:
             await server.stop()
+
+
+async def test_metrics_report_outcomes_snapshot_age_and_regions(
+    tmp_path: Path, two_workers
+) -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    near, far = two_workers
+    far.status = 503  # every attempt there fails
+    settings = RouterSettings(port=0, snapshot_path=tmp_path / "s.json")
+    server = RouterServer(settings, NearestPolicy())
+    server.store.offer(snapshot_for({"near": (near, 10.0, 10.0), "far": (far, 40.0, 40.0)}))
+    port = await server.start()
+    try:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as c:
+            for location in ("10,10", "40,40", "40,40"):
+                r = await c.post("/v2/models/mlp/infer", headers={EDGE: location})
+                assert r.status_code == 200  # far fails over to near
+            scraped = await c.get("/metrics")
+        assert scraped.status_code == 200
+        assert scraped.headers["content-type"].startswith("text/plain; version=0.0.4")
+        samples = {
+            (s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(scraped.text)
+            for s in family.samples
+        }
+        assert samples[("meridian_router_events_total", (("event", "served"),))] == 3
+        assert samples[("meridian_router_events_total", (("event", "upstream_5xx"),))] == 2
+        assert samples[("meridian_router_snapshot_version", ())] == 1
+        assert 0 <= samples[("meridian_router_snapshot_confirmed_age_seconds", ())] < 60
+        assert samples[("meridian_router_keyring_version", ())] == 0
+        assert samples[("meridian_router_region_routable", (("region", "far"),))] == 1
+        assert samples[("meridian_router_region_outstanding", (("region", "near"),))] == 0
+    finally:
+        await server.stop()

@@ -1,0 +1,106 @@
+"""The router's Prometheus metrics (``GET /metrics``), read from its core at scrape time.
+
+Nothing is counted twice: the hot path only bumps the core's plain counters, and this
+collector turns them, the snapshot's and keyring's versions and ages, and each region's
+routing statistics (outstanding requests, EWMA wait and service time, open circuit) into
+metric families when Prometheus asks.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+if TYPE_CHECKING:
+    from router.core import RouterCore
+
+__all__ = ["CONTENT_TYPE", "RouterMetrics"]
+
+CONTENT_TYPE = b"text/plain; version=0.0.4; charset=utf-8"
+
+
+class _Collector(Collector):
+    def __init__(self, core: RouterCore) -> None:
+        self._core = core
+
+    def collect(self) -> Iterator[Metric]:
+        core = self._core
+        events = CounterMetricFamily(
+            "meridian_router_events",
+            "Requests by outcome (served, failed, rate_limited, upstream_5xx, ...)",
+            labels=["event"],
+        )
+        for name, value in sorted(core.counters.items()):
+            events.add_metric([name], value)
+        yield events
+        yield GaugeMetricFamily(
+            "meridian_router_retry_budget_tokens",
+            "Retries the budget allows right now",
+            value=core.budget.tokens,
+        )
+        yield GaugeMetricFamily(
+            "meridian_router_cold_start_held", "Requests held for a first worker", value=core.held
+        )
+        for what, store in (("snapshot", core.store), ("keyring", core.keyring)):
+            doc = store.current
+            age = store.confirmed_age()
+            yield GaugeMetricFamily(
+                f"meridian_router_{what}_version",
+                f"Version of the {store.what} the router uses (0: none)",
+                value=doc.version if doc is not None else 0,
+            )
+            yield GaugeMetricFamily(
+                f"meridian_router_{what}_confirmed_age_seconds",
+                f"Seconds since a source last confirmed the {store.what} (-1: never)",
+                value=age if age is not None else -1.0,
+            )
+        yield from self._regions()
+
+    def _regions(self) -> Iterator[Metric]:
+        core = self._core
+        snap = core.store.current
+        if snap is None:
+            return
+        now = time.monotonic()
+        families = {
+            "routable": GaugeMetricFamily(
+                "meridian_router_region_routable", "1 when routable", labels=["region"]
+            ),
+            "outstanding": GaugeMetricFamily(
+                "meridian_router_region_outstanding", "Requests in flight", labels=["region"]
+            ),
+            "wait": GaugeMetricFamily(
+                "meridian_router_region_wait_ms", "EWMA of observed queueing", labels=["region"]
+            ),
+            "service": GaugeMetricFamily(
+                "meridian_router_region_service_ms", "EWMA of observed service", labels=["region"]
+            ),
+            "circuit": GaugeMetricFamily(
+                "meridian_router_region_circuit_open", "1 while ejected", labels=["region"]
+            ),
+        }
+        for region in snap.regions:
+            stats = core.stats.region(region.name, now)
+            label = [region.name]
+            families["routable"].add_metric(label, 1.0 if region.state.routable else 0.0)
+            families["outstanding"].add_metric(label, stats.outstanding)
+            families["wait"].add_metric(label, stats.wait_ms)
+            families["service"].add_metric(label, stats.service_ms)
+            families["circuit"].add_metric(label, 1.0 if stats.circuit_open else 0.0)
+        yield from families.values()
+
+
+class RouterMetrics:
+    """One registry per router (no process-wide globals)."""
+
+    def __init__(self, core: RouterCore) -> None:
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(_Collector(core))
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
