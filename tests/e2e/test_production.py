@@ -40,14 +40,15 @@ class Production:
     fleet: LocalFleet
     router_port: int
     table: np.ndarray
+    api_key: str
     models_written: list[str] = field(default_factory=list)
 
-    def infer(self, location: str = NEW_YORK) -> httpx.Response:
+    def infer(self, location: str = NEW_YORK, api_key: str | None = None) -> httpx.Response:
         body = {"inputs": [{"name": "text", "datatype": "BYTES", "shape": [1], "data": [TEXT]}]}
         return httpx.post(
             f"http://127.0.0.1:{self.router_port}/v2/models/tiny/infer",
             json=body,
-            headers={"x-meridian-client-location": location},
+            headers={"x-meridian-client-location": location, "x-api-key": api_key or self.api_key},
             timeout=30,
         )
 
@@ -148,18 +149,19 @@ def production(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Production]
             admin.register_model("tiny", "1", work / "tiny.onnx", dim=DIM)
             for site in SITES:
                 fleet.add_region(admin, site, [("tiny", "1", None)])
+            api_key = admin.api_key("production-clients", rate_per_s=10_000, burst=10_000)
             admin.close()
             _, port = fleet.start_router(
                 etcd=etcd,
+                require_api_key=True,
                 env={
                     "MERIDIAN_ROUTER_SNAPSHOT_KEY": f"{namespace}/routing/snapshot",
+                    "MERIDIAN_ROUTER_KEYRING_KEY": f"{namespace}/routing/api-keys",
                     "MERIDIAN_ROUTER_REDIS_URL": redis_url,
-                    "MERIDIAN_ROUTER_ANONYMOUS_RATE": "10000",
-                    "MERIDIAN_ROUTER_ANONYMOUS_BURST": "10000",
                 },
             )
             fleet.wait_serving({s.name for s in SITES}, timeout=180)
-            prod = Production(fleet, port, table)
+            prod = Production(fleet, port, table, api_key)
             wait_until(lambda: prod.infer().status_code == 200, timeout=30, what="router serves")
             yield prod
         finally:
@@ -184,7 +186,9 @@ def test_tritonclient_through_the_router(production: Production) -> None:
     client = http.InferenceServerClient(f"127.0.0.1:{production.router_port}")
     inp = http.InferInput("text", [1], "BYTES")
     inp.set_data_from_numpy(np.array([TEXT.encode()], dtype=np.object_))
-    out = client.infer("tiny", [inp]).as_numpy("embedding")
+    out = client.infer("tiny", [inp], headers={"x-api-key": production.api_key}).as_numpy(
+        "embedding"
+    )
     np.testing.assert_allclose(out[0], reference(production.table, TEXT), rtol=1e-5, atol=1e-6)
     production.admin_write()
 
@@ -246,3 +250,18 @@ def test_killing_a_region(production: Production) -> None:
     r = production.infer()
     assert r.status_code == 200 and r.headers["x-meridian-region"] == "eu-central-1"
     assert set(production.models_written) <= production.models_present()
+
+
+def test_keys_issued_and_revoked_after_the_leader_changed(production: Production) -> None:
+    # by now the first leader was killed: the keyring's versions continue on the new one
+    admin = Admin(production.fleet.base_url, production.fleet.admin_token)
+    try:
+        key = admin.api_key("late-client", rate_per_s=100, burst=100)
+        wait_until(lambda: production.infer(api_key=key).status_code == 200,
+                   timeout=10, what="the new key accepted")  # fmt: skip
+        admin.revoke_api_key("late-client")
+        wait_until(lambda: production.infer(api_key=key).status_code == 401,
+                   timeout=10, what="the revoked key refused")  # fmt: skip
+    finally:
+        admin.close()
+    assert production.infer().status_code == 200
