@@ -10,12 +10,13 @@ binary when the output asks for ``binary_data`` or the request for
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
 import orjson
 
-from meridian.errors import InvalidInput
+from meridian.errors import InvalidInput, MeridianError
 from worker.tensors import (
     InferenceRequest,
     InferenceResponse,
@@ -26,9 +27,20 @@ from worker.tensors import (
     datatype_of,
 )
 
-__all__ = ["HEADER_LENGTH", "decode_infer", "encode_infer"]
+__all__ = ["HEADER_LENGTH", "decode_infer", "encode_infer", "error_body"]
 
 HEADER_LENGTH = "inference-header-content-length"
+JSON = "application/json"
+
+
+def error_body(exc: MeridianError) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
+    """Status, JSON body and headers for a domain error (the one REST encoding)."""
+    body: dict[str, object] = {"error": exc.message, "code": exc.code}
+    headers = [(b"content-type", JSON.encode())]
+    if exc.retry_after is not None:
+        body["retry_after"] = exc.retry_after
+        headers.append((b"retry-after", str(max(1, math.ceil(exc.retry_after))).encode()))
+    return exc.status, orjson.dumps(body), headers
 
 
 def parse_header_length(value: str | None, body_size: int) -> int | None:
