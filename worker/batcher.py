@@ -15,7 +15,6 @@ lone client is not delayed waiting for rows that are not coming.
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import time
 from collections import deque
@@ -44,14 +43,30 @@ class BatchPolicy:
     retry_after_s: float = 1.0
 
 
-@dataclass(slots=True, eq=False)
 class _Pending:
-    inputs: Mapping[str, np.ndarray]
-    rows: int
-    key: _ShapeKey
-    future: asyncio.Future[dict[str, np.ndarray]]
-    enqueued: float
-    queued: bool = True
+    """One queued request."""
+
+    __slots__ = ("batcher", "enqueued", "future", "inputs", "key", "queued", "rows")
+
+    def __init__(
+        self,
+        inputs: Mapping[str, np.ndarray],
+        rows: int,
+        key: _ShapeKey,
+        future: asyncio.Future[dict[str, np.ndarray]],
+        enqueued: float,
+    ) -> None:
+        self.inputs = inputs
+        self.rows = rows
+        self.key = key
+        self.future = future
+        self.enqueued = enqueued
+        self.queued = True
+        self.batcher: DynamicBatcher | None = None
+
+    def on_done(self, future: asyncio.Future[dict[str, np.ndarray]]) -> None:
+        if future.cancelled() and self.batcher is not None:
+            self.batcher._cancelled(self)
 
 
 class DynamicBatcher:
@@ -76,7 +91,10 @@ class DynamicBatcher:
         self.stats: ModelStats = metrics.model(label)
         self._queue: deque[_Pending] = deque()
         self._live = 0
-        self._wakeup = asyncio.Event()
+        self._ready: dict[_ShapeKey, int] = {}  # rows queued per shape
+        self._waiter: asyncio.Future[None] | None = None
+        self._want: tuple[_ShapeKey, int] | None = None
+        self._event_loop: asyncio.AbstractEventLoop | None = None
         self._task: asyncio.Task[None] | None = None
         self._closed = False
         self._last_rows = 1
@@ -114,7 +132,7 @@ class DynamicBatcher:
     async def stop(self, *, drain_s: float = 10.0) -> None:
         """Stop taking requests; answer what is queued (up to ``drain_s``), refuse the rest."""
         self._closed = True
-        self._wakeup.set()
+        self._wake()
         if self._task is not None:
             try:
                 async with asyncio.timeout(drain_s):
@@ -131,7 +149,8 @@ class DynamicBatcher:
             item.queued = False
             if not item.future.done():
                 item.future.set_exception(Unavailable(f"model '{self.label}' was unloaded"))
-        self._set_depth(0)
+        self._ready.clear()
+        self.stats.queue_depth = 0
 
     # -- submitting ----------------------------------------------------------------
     async def infer(
@@ -163,96 +182,137 @@ class DynamicBatcher:
                 f"model '{self.label}' queue is full ({self._policy.max_queue_size} requests)",
                 retry_after=self._policy.retry_after_s,
             )
-        first = next(iter(inputs.values()))
+        if len(inputs) == 1:
+            ((name, first),) = inputs.items()
+            key: _ShapeKey = ((name, first.dtype.str, first.shape[1:]),)
+        else:
+            first = next(iter(inputs.values()))
+            key = tuple((n, a.dtype.str, a.shape[1:]) for n, a in sorted(inputs.items()))
         rows = int(first.shape[0]) if self._batchable and first.ndim else 1
-        key: _ShapeKey = tuple(
-            (name, a.dtype.str, tuple(a.shape[1:])) for name, a in sorted(inputs.items())
-        )
-        future: asyncio.Future[dict[str, np.ndarray]] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[dict[str, np.ndarray]] = self._loop_ref().create_future()
         item = _Pending(inputs, rows, key, future, time.monotonic())
-        future.add_done_callback(functools.partial(self._on_done, item))
+        future.add_done_callback(item.on_done)
+        item.batcher = self
         self._queue.append(item)
         self._live += 1
-        self.stats.in_flight += 1
-        self._set_depth(self._live)
-        self._wakeup.set()
+        ready = self._ready[key] = self._ready.get(key, 0) + rows
+        stats = self.stats
+        stats.in_flight += 1
+        stats.queue_depth = self._live
+        if self._waiter is not None and (
+            self._want is None or (key == self._want[0] and ready >= self._want[1])
+        ):
+            self._wake()
         return future
 
-    def _on_done(self, item: _Pending, future: asyncio.Future[dict[str, np.ndarray]]) -> None:
-        if not future.cancelled():
-            return
+    def _loop_ref(self) -> asyncio.AbstractEventLoop:
+        loop = self._event_loop
+        if loop is None:
+            loop = self._event_loop = asyncio.get_running_loop()
+        return loop
+
+    def _cancelled(self, item: _Pending) -> None:
+        """A queued or running request's caller went away (disconnect, timeout)."""
         self.stats.dropped += 1
         self._m_dropped.inc()
         self.stats.in_flight -= 1
         if item.queued:
             item.queued = False
             self._live -= 1
-            self._set_depth(self._live)
-
-    def _set_depth(self, depth: int) -> None:
-        self.stats.queue_depth = depth
+            self._ready[item.key] -= item.rows
+            self.stats.queue_depth = self._live
+            if self._queue and self._queue[0] is item:
+                self._wake()  # the fill wait was for this request
 
     # -- the batching loop ---------------------------------------------------------
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None:
+            self._waiter = None
+            if not waiter.done():
+                waiter.set_result(None)
+
+    async def _wait(self, want: tuple[_ShapeKey, int] | None, timeout_s: float | None) -> None:
+        """Sleep until ``want`` (rows of one shape) is queued -- any request when
+        None -- or ``timeout_s`` passes. Submitting wakes the loop only then, not
+        on every request."""
+        loop = self._loop_ref()
+        waiter = self._waiter = loop.create_future()
+        self._want = want
+        timer = loop.call_later(timeout_s, self._wake) if timeout_s is not None else None
+        try:
+            await waiter
+        finally:
+            self._waiter = None
+            if timer is not None:
+                timer.cancel()
+
     def _drop_dead_head(self) -> None:
         while self._queue and not self._queue[0].queued:
             self._queue.popleft()
 
-    def _rows_ready(self, key: _ShapeKey) -> int:
-        return sum(i.rows for i in self._queue if i.queued and i.key == key)
-
     def _take(self, key: _ShapeKey) -> list[_Pending]:
         limit = self._policy.max_batch_size if self._batchable else 1
         batch: list[_Pending] = []
-        rest: deque[_Pending] = deque()
         rows = 0
-        for item in self._queue:
+        queue = self._queue
+        # The common case, one shape: take from the front while it fits.
+        while queue:
+            item = queue[0]
             if not item.queued:
+                queue.popleft()
                 continue
-            if item.key == key and (not batch or rows + item.rows <= limit):
-                item.queued = False
-                batch.append(item)
-                rows += item.rows
-            else:
-                rest.append(item)
-        self._queue = rest
+            if item.key != key or (batch and rows + item.rows > limit):
+                break
+            queue.popleft()
+            item.queued = False
+            batch.append(item)
+            rows += item.rows
+        if queue and rows < limit and self._ready[key] > rows:
+            # Requests of this shape wait behind others: pick them out, keep the order.
+            rest: deque[_Pending] = deque()
+            for item in queue:
+                if not item.queued:
+                    continue
+                if item.key == key and rows + item.rows <= limit:
+                    item.queued = False
+                    batch.append(item)
+                    rows += item.rows
+                else:
+                    rest.append(item)
+            self._queue = rest
+        self._ready[key] -= rows
         self._live -= len(batch)
-        self._set_depth(self._live)
+        self.stats.queue_depth = self._live
         return batch
 
     async def _loop(self) -> None:
         limit = self._policy.max_batch_size if self._batchable else 1
+        delay = self._policy.max_queue_delay_s
         while True:
             self._drop_dead_head()
             if not self._queue:
                 if self._closed:
                     return
-                self._wakeup.clear()
-                await self._wakeup.wait()
+                await self._wait(None, None)
                 continue
             head = self._queue[0]
-            deadline = head.enqueued + self._policy.max_queue_delay_s
             # Wait for the batch to fill only as far as recent load suggests: a
             # lone client (last batch one request) is answered at once instead
             # of paying the full delay for rows that are not coming.
             target = min(limit, self._last_rows)
-            while head.queued and self._rows_ready(head.key) < target:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    break
-                self._wakeup.clear()
-                try:
-                    async with asyncio.timeout(remaining):
-                        await self._wakeup.wait()
-                except TimeoutError:
-                    break
-            if not head.queued:
-                continue
+            if self._ready[head.key] < target and not self._closed:
+                remaining = head.enqueued + delay - time.monotonic()
+                if remaining > 0:
+                    await self._wait((head.key, target), remaining)
+                if not head.queued:
+                    continue
             await self._run(self._take(head.key))
 
     async def _run(self, batch: list[_Pending]) -> None:
         start = time.monotonic()
-        for item in batch:
-            self._m_queue.observe(start - item.enqueued)
+        enqueued = np.fromiter((i.enqueued for i in batch), dtype=np.float64, count=len(batch))
+        self._m_queue.observe_many(start - enqueued)
         if len(batch) == 1:
             inputs = batch[0].inputs
         else:
@@ -261,7 +321,7 @@ class DynamicBatcher:
             }
         total = sum(i.rows for i in batch)
         self._last_rows = max(1, total)
-        loop = asyncio.get_running_loop()
+        loop = self._loop_ref()
         try:
             outputs = await loop.run_in_executor(self._executor, self._run_fn, inputs)
         except MeridianError as exc:
@@ -274,31 +334,34 @@ class DynamicBatcher:
         done = time.monotonic()
         self._m_compute.observe(done - start)
         self._m_batch.observe(total)
-        self.stats.batches += 1
-        self.stats.rows += total
-        self.stats.observe_compute(total, done - start)
-        if len(batch) == 1:
-            answered = self._finish(batch[0], outputs, done)
-        elif any(v.ndim == 0 or v.shape[0] != total for v in outputs.values()):
+        stats = self.stats
+        stats.batches += 1
+        stats.rows += total
+        stats.observe_compute(total, done - start)
+        if len(batch) > 1 and any(v.ndim == 0 or v.shape[0] != total for v in outputs.values()):
             self._fail(batch, MeridianError(f"model '{self.label}' outputs are not batched"))
             return
+        answered: list[bool] = []
+        offset = 0
+        for item in batch:
+            end = offset + item.rows
+            future = item.future
+            if future.done():  # cancelled while running: already counted as dropped
+                answered.append(False)
+            else:
+                future.set_result(
+                    outputs if len(batch) == 1 else {k: v[offset:end] for k, v in outputs.items()}
+                )
+                answered.append(True)
+            offset = end
+        if all(answered):
+            latencies = done - enqueued
         else:
-            answered = 0
-            offset = 0
-            for item in batch:
-                end = offset + item.rows
-                answered += self._finish(item, {k: v[offset:end] for k, v in outputs.items()}, done)
-                offset = end
-        self._m_ok.inc(answered)
-
-    def _finish(self, item: _Pending, outputs: dict[str, np.ndarray], now: float) -> int:
-        if item.future.done():  # cancelled while running: already counted as dropped
-            return 0
-        item.future.set_result(outputs)
-        self.stats.in_flight -= 1
-        self.stats.completed(now - item.enqueued, now)
-        self._m_request.observe(now - item.enqueued)
-        return 1
+            latencies = (done - enqueued)[np.array(answered)]
+        stats.in_flight -= len(latencies)
+        stats.completed(latencies, done)
+        self._m_request.observe_many(latencies)
+        self._m_ok.inc(len(latencies))
 
     def _fail(self, batch: list[_Pending], exc: MeridianError) -> None:
         for item in batch:
