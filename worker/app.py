@@ -19,6 +19,7 @@ from fastapi import FastAPI
 from worker.dataplane import SERVER_VERSION, DataPlane
 from worker.repository import LoadRequest
 from worker.rest import WorkerApp, install_routes
+from worker.rest_codec import InferDecoder
 from worker.settings import WorkerSettings
 
 __all__ = ["ModelSpec", "create_app", "running", "serve"]
@@ -105,6 +106,7 @@ def create_app(
         openapi_url=None,
     )
     app.state.dataplane = dp
+    app.state.infer_decoder = InferDecoder()
     app.state.grpc_port = None
     install_routes(app)
     return app

@@ -161,18 +161,25 @@ class DynamicBatcher:
         Cancelling the caller (client gone) or the timeout cancels the queued
         request, which the batcher then skips.
         """
-        future = self.submit(inputs)
+        return await self.wait(self.submit(inputs), timeout_s)
+
+    async def wait(
+        self, future: asyncio.Future[dict[str, np.ndarray]], timeout_s: float | None
+    ) -> dict[str, np.ndarray]:
+        """The outputs of a submitted request; past ``timeout_s`` it is cancelled."""
         if timeout_s is None:
             return await future
         try:
             async with asyncio.timeout(timeout_s):
                 return await future
         except TimeoutError:
-            raise UpstreamTimeout(
-                f"model '{self.label}' did not answer within {timeout_s:.3f}s"
-            ) from None
+            raise self.timeout_error(timeout_s) from None
+
+    def timeout_error(self, timeout_s: float) -> UpstreamTimeout:
+        return UpstreamTimeout(f"model '{self.label}' did not answer within {timeout_s:.3f}s")
 
     def submit(self, inputs: Mapping[str, np.ndarray]) -> asyncio.Future[dict[str, np.ndarray]]:
+        """Queue one request; cancelling the future drops it (or its answer)."""
         if self._closed:
             raise Unavailable(f"model '{self.label}' is not loaded", retry_after=1.0)
         if self._live >= self._policy.max_queue_size:

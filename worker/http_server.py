@@ -27,9 +27,10 @@ from typing import Any, cast
 import httptools
 
 from meridian.errors import PayloadTooLarge
-from worker.dataplane import DataPlane
-from worker.rest_codec import error_body
-from worker.rest_infer import INFER_PATH, Answer, answer_infer, internal_error
+from worker.dataplane import DataPlane, Queued
+from worker.rest_codec import InferDecoder, error_body
+from worker.rest_infer import INFER_PATH, Answer, begin_infer, finish_infer, internal_error
+from worker.tensors import InferenceRequest
 
 __all__ = ["HttpServer"]
 
@@ -102,6 +103,45 @@ class _Request:
     refused: Answer | None  # answered without running the route (413, 431)
 
 
+class _InferenceCall:
+    """An inference request in the batch queue, answered from its future's callback.
+
+    A disconnect cancels the future (the batcher then skips the request); the
+    request's ``timeout`` parameter is a timer that does the same and answers 504."""
+
+    __slots__ = ("_conn", "_expired", "_http", "_queued", "_request", "_timer")
+
+    def __init__(
+        self, conn: _Connection, http: _Request, queued: Queued, request: InferenceRequest
+    ) -> None:
+        self._conn = conn
+        self._http = http
+        self._queued = queued
+        self._request = request
+        self._timer: asyncio.TimerHandle | None = None
+        self._expired = False
+        future = queued.future
+        conn.current = future
+        if request.timeout_s is not None:
+            self._timer = asyncio.get_running_loop().call_later(request.timeout_s, self._expire)
+        future.add_done_callback(self._done)
+
+    def _expire(self) -> None:
+        self._expired = True
+        self._queued.future.cancel()
+
+    def _done(self, future: asyncio.Future[Any]) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        if not future.cancelled():
+            answer = finish_infer(self._queued, self._request)
+        elif self._expired and self._request.timeout_s is not None:
+            answer = error_body(self._queued.model.batcher.timeout_error(self._request.timeout_s))
+        else:
+            return  # the client went away: nobody to answer
+        self._conn.answered(self._http, answer)
+
+
 class _Connection(asyncio.Protocol):
     """One client connection: parses requests and answers them in order."""
 
@@ -119,7 +159,9 @@ class _Connection(asyncio.Protocol):
         self._refused: Answer | None = None
         self._waiting: deque[_Request] = deque()
         self._paused = False
-        self.task: asyncio.Task[None] | None = None
+        # What the request being answered waits on: its queued inference, or the
+        # task running another route. None while nothing is being answered.
+        self.current: asyncio.Future[Any] | None = None
 
     # -- asyncio.Protocol ----------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -132,8 +174,8 @@ class _Connection(asyncio.Protocol):
         self._server.connections.discard(self)
         self._transport = None
         self._waiting.clear()
-        if self.task is not None:
-            self.task.cancel()  # the client is gone: drop what it asked for
+        if self.current is not None:
+            self.current.cancel()  # the client is gone: drop what it asked for
 
     def data_received(self, data: bytes) -> None:
         try:
@@ -199,13 +241,12 @@ class _Connection(asyncio.Protocol):
             refused,
         )
         self._body = []
-        if self.task is None:
-            self.task = self._loop.create_task(self._answer(request))
-        else:
-            self._waiting.append(request)
-            if len(self._waiting) >= _MAX_PIPELINED and self._transport is not None:
-                self._transport.pause_reading()
-                self._paused = True
+        self._waiting.append(request)
+        if self.current is None:
+            self._answer_waiting()
+        elif len(self._waiting) >= _MAX_PIPELINED and self._transport is not None:
+            self._transport.pause_reading()
+            self._paused = True
 
     # -- answering -----------------------------------------------------------------------
     def _refuse_body(self, what: str) -> None:
@@ -218,32 +259,68 @@ class _Connection(asyncio.Protocol):
         """A request that cannot be parsed: answer 400 and close."""
         transport = self._transport
         if transport is not None and not transport.is_closing():
-            if self.task is None:  # else an answer is still being written: just close
+            if self.current is None:  # else an answer is still due first: just close
                 transport.write(self._server.encode(400, message, [], keep_alive=False))
             transport.close()
 
-    async def _answer(self, request: _Request) -> None:
-        server = self._server
-        while True:
-            if request.refused is not None:
-                status, body, headers = request.refused
-            else:
-                status, body, headers = await server.respond(request, self)
-            transport = self._transport
-            if transport is None or transport.is_closing():
-                return
-            head_only = request.method == "HEAD"
-            transport.write(server.encode(status, body, headers, request.keep_alive, head_only))
-            if not request.keep_alive:
-                transport.close()
-                return
-            if not self._waiting:
-                self.task = None
-                return
+    def _answer_waiting(self) -> None:
+        """Answer parsed requests in order until one has to wait (or none is left).
+
+        Inference is decoded and queued here, and answered from the batch's
+        completion callback; other routes run as a task; answers known at once
+        (errors, refusals) are written at once."""
+        while self.current is None and self._waiting:
             request = self._waiting.popleft()
+            transport = self._transport
+            if transport is None:
+                return
             if self._paused and len(self._waiting) < _MAX_PIPELINED // 2:
                 self._paused = False
                 transport.resume_reading()
+            if request.refused is not None:
+                answer = request.refused
+            elif request.method == "POST" and (match := INFER_PATH.match(request.path)):
+                started = begin_infer(
+                    self._server.dataplane,
+                    self._server.decoder,
+                    match["name"],
+                    match["version"],
+                    request.headers,
+                    request.body,
+                )
+                if len(started) == 3:
+                    answer = started
+                else:
+                    _InferenceCall(self, request, *started)
+                    return
+            else:
+                self.current = self._loop.create_task(self._route(request))
+                return
+            if not self._write(request, answer):
+                return
+
+    def _write(self, request: _Request, answer: Answer) -> bool:
+        """Send ``answer``; whether the connection stays open for more."""
+        transport = self._transport
+        if transport is None or transport.is_closing():
+            return False
+        status, body, headers = answer
+        head_only = request.method == "HEAD"
+        transport.write(self._server.encode(status, body, headers, request.keep_alive, head_only))
+        if not request.keep_alive:
+            transport.close()
+            return False
+        return True
+
+    def answered(self, request: _Request, answer: Answer) -> None:
+        """The request being answered is done: send it, go on with the next."""
+        self.current = None
+        if self._write(request, answer):
+            self._answer_waiting()
+
+    async def _route(self, request: _Request) -> None:
+        answer = await self._server.respond(request, self)
+        self.answered(request, answer)
 
     def close(self) -> None:
         if self._transport is not None:
@@ -257,6 +334,7 @@ class HttpServer:
         self.app = app
         self.dataplane = dataplane
         self.max_body_bytes = dataplane.settings.max_request_bytes
+        self.decoder = InferDecoder()
         self.connections: set[_Connection] = set()
         self._server: asyncio.Server | None = None
         self._clock = _Clock()
@@ -277,7 +355,7 @@ class HttpServer:
         if self._server is None:
             return
         self._server.close()
-        busy = [c.task for c in self.connections if c.task is not None]
+        busy = [c.current for c in self.connections if c.current is not None]
         if busy:
             await asyncio.wait(busy, timeout=grace_s)
         for conn in list(self.connections):
@@ -307,12 +385,7 @@ class HttpServer:
         return b"".join(parts)
 
     async def respond(self, request: _Request, conn: _Connection) -> Answer:
-        if request.method == "POST":
-            match = INFER_PATH.match(request.path)
-            if match is not None:
-                return await answer_infer(
-                    self.dataplane, match["name"], match["version"], request.headers, request.body
-                )
+        """Any route but inference, through the framework app."""
         try:
             return await self._asgi(request, conn)
         except Exception:

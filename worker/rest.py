@@ -160,7 +160,10 @@ class WorkerApp(FastAPI):
         if scope["type"] == "http" and scope["method"] == "POST":
             match = INFER_PATH.match(scope["path"])
             if match is not None:
-                await handle_infer(self.state.dataplane, match, scope, receive, send)
+                state = self.state
+                await handle_infer(
+                    state.dataplane, state.infer_decoder, match, scope, receive, send
+                )
                 return
         await super().__call__(scope, receive, send)
 

@@ -6,7 +6,8 @@ the request's headers and body, decodes them with :mod:`worker.rest_codec`,
 calls the data plane and returns the status, body and headers to send. Errors
 are encoded by :func:`worker.rest_codec.error_body`, the same as every route.
 
-The worker's own HTTP server (:mod:`worker.http_server`) calls it directly;
+The worker's own HTTP server (:mod:`worker.http_server`) calls its two halves,
+:func:`begin_infer` and :func:`finish_infer`, directly (no task per request);
 :func:`handle_infer` adapts it to ASGI for the framework app (used when the app
 runs under an ASGI server): it reads the body straight from ``receive`` (413
 past the limit) and, while the request waits, watches for the client's
@@ -23,14 +24,17 @@ from collections.abc import Awaitable, Callable, MutableMapping, Sequence
 from typing import Any
 
 from meridian.errors import InvalidInput, MeridianError, PayloadTooLarge
-from worker.dataplane import DataPlane
-from worker.rest_codec import decode_infer, encode_infer, error_body, parse_header_length
+from worker.dataplane import DataPlane, Queued
+from worker.rest_codec import InferDecoder, encode_infer, error_body, parse_header_length
+from worker.tensors import InferenceRequest
 
 __all__ = [
     "CLIENT_CLOSED",
     "INFER_PATH",
     "Answer",
     "answer_infer",
+    "begin_infer",
+    "finish_infer",
     "handle_infer",
     "internal_error",
 ]
@@ -74,17 +78,34 @@ def check_headers(headers: Headers, limit: int) -> str | None:
     return header_length
 
 
-async def answer_infer(
-    dp: DataPlane, model: str, version: str | None, headers: Headers, body: bytes
-) -> Answer:
-    """Decode, infer, encode. Cancelling the caller cancels the queued request."""
+def begin_infer(
+    dp: DataPlane,
+    decoder: InferDecoder,
+    model: str,
+    version: str | None,
+    headers: Headers,
+    body: bytes,
+) -> Answer | tuple[Queued, InferenceRequest]:
+    """Decode and queue a request: the queued request (finish it with
+    :func:`finish_infer` once its future is done), or at once the answer to a
+    request refused before it reached the queue."""
     try:
         header_length = parse_header_length(
             check_headers(headers, dp.settings.max_request_bytes), len(body)
         )
-        request = decode_infer(body, header_length, model, version)
-        result = await dp.infer(request)
-        payload, json_size = encode_infer(result, request)
+        request = decoder.decode(body, header_length, model, version)
+        return dp.submit(request), request
+    except MeridianError as exc:
+        return error_body(exc)
+    except Exception:
+        log.exception("unexpected error in inference")
+        return internal_error()
+
+
+def finish_infer(queued: Queued, request: InferenceRequest) -> Answer:
+    """The answer to a queued request whose future is done (not cancelled)."""
+    try:
+        payload, json_size = encode_infer(queued.response(), request)
     except MeridianError as exc:
         return error_body(exc)
     except Exception:
@@ -97,6 +118,29 @@ async def answer_infer(
         payload,
         [(b"content-type", _BINARY), (_HEADER_LENGTH, str(json_size).encode())],
     )
+
+
+async def answer_infer(
+    dp: DataPlane,
+    decoder: InferDecoder,
+    model: str,
+    version: str | None,
+    headers: Headers,
+    body: bytes,
+) -> Answer:
+    """Decode, infer, encode. Cancelling the caller cancels the queued request."""
+    started = begin_infer(dp, decoder, model, version, headers, body)
+    if len(started) == 3:
+        return started
+    queued, request = started
+    try:
+        await queued.model.batcher.wait(queued.future, request.timeout_s)
+    except MeridianError as exc:
+        return error_body(exc)
+    except Exception:
+        log.exception("unexpected error in inference")
+        return internal_error()
+    return finish_infer(queued, request)
 
 
 # -- the ASGI adapter -------------------------------------------------------------------
@@ -147,7 +191,12 @@ async def _unless_disconnected(answer: Awaitable[Answer], receive: Receive) -> A
 
 
 async def handle_infer(
-    dp: DataPlane, match: re.Match[str], scope: Scope, receive: Receive, send: Send
+    dp: DataPlane,
+    decoder: InferDecoder,
+    match: re.Match[str],
+    scope: Scope,
+    receive: Receive,
+    send: Send,
 ) -> None:
     """:func:`answer_infer` as an ASGI application."""
     headers: Headers = scope["headers"]
@@ -160,7 +209,7 @@ async def handle_infer(
         await _send(send, *error_body(exc))
         return
     answer = await _unless_disconnected(
-        answer_infer(dp, match["name"], match["version"], headers, body), receive
+        answer_infer(dp, decoder, match["name"], match["version"], headers, body), receive
     )
     await _send(send, *(answer or (CLIENT_CLOSED, b"", [])))
 
