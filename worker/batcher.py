@@ -4,12 +4,17 @@ Requests wait in a bounded queue. While the engine is idle, the batcher takes
 the oldest live request and every queued request of the same shape signature
 (up to ``max_batch_size`` rows), waiting at most ``max_queue_delay`` for the
 batch to fill; it concatenates them along dimension 0, runs the engine once in
-a worker thread and hands each request its slice of the outputs (views, no
+the model's thread and hands each request its slice of the outputs (views, no
 copy). Requests of different shapes are grouped separately, never mixed. A full
 queue refuses at once (``Unavailable`` with a retry hint) instead of growing
 latency; a request whose caller went away (future cancelled) is skipped.
 The fill wait aims at the previous batch's size (never above the maximum), so a
 lone client is not delayed waiting for rows that are not coming.
+
+The batcher has no task of its own: it acts on events, all on the event loop --
+a request queued, the fill deadline passing, the engine finishing a batch. When
+the engine finishes, the next batch is taken at once from what queued while it
+ran, so under load batches gather while the engine is busy.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Mapping
 from concurrent.futures import Executor
+from concurrent.futures import Future as ThreadFuture
 from dataclasses import dataclass
 
 import numpy as np
@@ -85,6 +91,7 @@ class DynamicBatcher:
         self.label = label
         self._run_fn = run
         self._policy = policy
+        self._limit = policy.max_batch_size if batchable else 1
         self._batchable = batchable
         self._executor = executor
         self._metrics = metrics
@@ -92,11 +99,12 @@ class DynamicBatcher:
         self._queue: deque[_Pending] = deque()
         self._live = 0
         self._ready: dict[_ShapeKey, int] = {}  # rows queued per shape
-        self._waiter: asyncio.Future[None] | None = None
-        self._want: tuple[_ShapeKey, int] | None = None
-        self._event_loop: asyncio.AbstractEventLoop | None = None
-        self._task: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._started = False
         self._closed = False
+        self._running: list[_Pending] | None = None  # the batch in the engine
+        self._timer: asyncio.TimerHandle | None = None  # the fill deadline
+        self._idle: asyncio.Event | None = None  # set when drained (while stopping)
         self._last_rows = 1
         self._m_batch = metrics.batch_size.labels(label)
         self._m_queue = metrics.queue_time.labels(label)
@@ -126,30 +134,35 @@ class DynamicBatcher:
         self.stats.observe_compute(rows, time.monotonic() - start, weight=1.0)
 
     def start(self) -> None:
-        if self._task is None:
-            self._task = asyncio.create_task(self._loop(), name=f"batcher:{self.label}")
+        """Start running batches (requests may queue before)."""
+        self._event_loop()
+        self._started = True
+        self._dispatch()
 
     async def stop(self, *, drain_s: float = 10.0) -> None:
         """Stop taking requests; answer what is queued (up to ``drain_s``), refuse the rest."""
         self._closed = True
-        self._wake()
-        if self._task is not None:
-            try:
-                async with asyncio.timeout(drain_s):
-                    await asyncio.shield(self._task)
-            except TimeoutError:
-                self._task.cancel()
+        if self._started:
+            idle = self._idle = asyncio.Event()
+            self._dispatch()
+            if self._running is not None or self._live:
                 try:
-                    await self._task
-                except asyncio.CancelledError:
-                    pass
-            self._task = None
+                    async with asyncio.timeout(drain_s):
+                        await idle.wait()
+                except TimeoutError:
+                    log.warning("%s: queue not drained within %.1fs", self.label, drain_s)
+        self._started = False  # nothing more goes to the engine
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         while self._queue:
             item = self._queue.popleft()
-            item.queued = False
-            if not item.future.done():
-                item.future.set_exception(Unavailable(f"model '{self.label}' was unloaded"))
+            if item.queued:
+                item.queued = False
+                if not item.future.done():
+                    item.future.set_exception(Unavailable(f"model '{self.label}' was unloaded"))
         self._ready.clear()
+        self._live = 0
         self.stats.queue_depth = 0
 
     # -- submitting ----------------------------------------------------------------
@@ -196,26 +209,24 @@ class DynamicBatcher:
             first = next(iter(inputs.values()))
             key = tuple((n, a.dtype.str, a.shape[1:]) for n, a in sorted(inputs.items()))
         rows = int(first.shape[0]) if self._batchable and first.ndim else 1
-        future: asyncio.Future[dict[str, np.ndarray]] = self._loop_ref().create_future()
+        future: asyncio.Future[dict[str, np.ndarray]] = self._event_loop().create_future()
         item = _Pending(inputs, rows, key, future, time.monotonic())
         future.add_done_callback(item.on_done)
         item.batcher = self
         self._queue.append(item)
         self._live += 1
-        ready = self._ready[key] = self._ready.get(key, 0) + rows
+        self._ready[key] = self._ready.get(key, 0) + rows
         stats = self.stats
         stats.in_flight += 1
         stats.queue_depth = self._live
-        if self._waiter is not None and (
-            self._want is None or (key == self._want[0] and ready >= self._want[1])
-        ):
-            self._wake()
+        if self._running is None:
+            self._dispatch()
         return future
 
-    def _loop_ref(self) -> asyncio.AbstractEventLoop:
-        loop = self._event_loop
+    def _event_loop(self) -> asyncio.AbstractEventLoop:
+        loop = self._loop
         if loop is None:
-            loop = self._event_loop = asyncio.get_running_loop()
+            loop = self._loop = asyncio.get_running_loop()
         return loop
 
     def _cancelled(self, item: _Pending) -> None:
@@ -228,38 +239,47 @@ class DynamicBatcher:
             self._live -= 1
             self._ready[item.key] -= item.rows
             self.stats.queue_depth = self._live
-            if self._queue and self._queue[0] is item:
-                self._wake()  # the fill wait was for this request
+            if self._running is None and self._queue and self._queue[0] is item:
+                self._dispatch()  # the fill wait was for this request
 
-    # -- the batching loop ---------------------------------------------------------
-    def _wake(self) -> None:
-        waiter = self._waiter
-        if waiter is not None:
-            self._waiter = None
-            if not waiter.done():
-                waiter.set_result(None)
+    # -- batching --------------------------------------------------------------------
+    def _dispatch(self) -> None:
+        """Run the next batch if the engine is idle and one is due, else make
+        sure the fill deadline will look again."""
+        if self._running is not None or not self._started:
+            return
+        queue = self._queue
+        while queue and not queue[0].queued:
+            queue.popleft()
+        if not queue:
+            self._cancel_timer()
+            if self._closed and self._idle is not None:
+                self._idle.set()
+            return
+        head = queue[0]
+        # Wait for the batch to fill only as far as recent load suggests: a
+        # lone client (last batch one request) is answered at once instead
+        # of paying the full delay for rows that are not coming.
+        if not self._closed and self._ready[head.key] < min(self._limit, self._last_rows):
+            remaining = head.enqueued + self._policy.max_queue_delay_s - time.monotonic()
+            if remaining > 0:
+                if self._timer is None:
+                    self._timer = self._event_loop().call_later(remaining, self._deadline)
+                return
+        self._cancel_timer()
+        self._run(self._take(head.key))
 
-    async def _wait(self, want: tuple[_ShapeKey, int] | None, timeout_s: float | None) -> None:
-        """Sleep until ``want`` (rows of one shape) is queued -- any request when
-        None -- or ``timeout_s`` passes. Submitting wakes the loop only then, not
-        on every request."""
-        loop = self._loop_ref()
-        waiter = self._waiter = loop.create_future()
-        self._want = want
-        timer = loop.call_later(timeout_s, self._wake) if timeout_s is not None else None
-        try:
-            await waiter
-        finally:
-            self._waiter = None
-            if timer is not None:
-                timer.cancel()
+    def _deadline(self) -> None:
+        self._timer = None
+        self._dispatch()
 
-    def _drop_dead_head(self) -> None:
-        while self._queue and not self._queue[0].queued:
-            self._queue.popleft()
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
 
     def _take(self, key: _ShapeKey) -> list[_Pending]:
-        limit = self._policy.max_batch_size if self._batchable else 1
+        limit = self._limit
         batch: list[_Pending] = []
         rows = 0
         queue = self._queue
@@ -293,44 +313,45 @@ class DynamicBatcher:
         self.stats.queue_depth = self._live
         return batch
 
-    async def _loop(self) -> None:
-        limit = self._policy.max_batch_size if self._batchable else 1
-        delay = self._policy.max_queue_delay_s
-        while True:
-            self._drop_dead_head()
-            if not self._queue:
-                if self._closed:
-                    return
-                await self._wait(None, None)
-                continue
-            head = self._queue[0]
-            # Wait for the batch to fill only as far as recent load suggests: a
-            # lone client (last batch one request) is answered at once instead
-            # of paying the full delay for rows that are not coming.
-            target = min(limit, self._last_rows)
-            if self._ready[head.key] < target and not self._closed:
-                remaining = head.enqueued + delay - time.monotonic()
-                if remaining > 0:
-                    await self._wait((head.key, target), remaining)
-                if not head.queued:
-                    continue
-            await self._run(self._take(head.key))
-
-    async def _run(self, batch: list[_Pending]) -> None:
+    def _run(self, batch: list[_Pending]) -> None:
+        """Hand ``batch`` to the engine thread; :meth:`_finished` takes it back."""
         start = time.monotonic()
-        enqueued = np.fromiter((i.enqueued for i in batch), dtype=np.float64, count=len(batch))
-        self._m_queue.observe_many(start - enqueued)
         if len(batch) == 1:
             inputs = batch[0].inputs
         else:
             inputs = {
                 name: np.concatenate([i.inputs[name] for i in batch]) for name in batch[0].inputs
             }
-        total = sum(i.rows for i in batch)
-        self._last_rows = max(1, total)
-        loop = self._loop_ref()
+        self._running = batch
+        self._last_rows = max(1, sum(i.rows for i in batch))
+        loop = self._event_loop()
         try:
-            outputs = await loop.run_in_executor(self._executor, self._run_fn, inputs)
+            job = self._executor.submit(self._run_fn, inputs)
+        except RuntimeError:  # the executor is shut down: the model is going away
+            self._running = None
+            self._fail(batch, Unavailable(f"model '{self.label}' was unloaded"))
+            return
+        job.add_done_callback(
+            lambda done: loop.call_soon_threadsafe(self._finished, batch, start, done)
+        )
+
+    def _finished(
+        self, batch: list[_Pending], start: float, job: ThreadFuture[dict[str, np.ndarray]]
+    ) -> None:
+        self._running = None
+        try:
+            self._answer(batch, start, job)
+        except Exception:  # a bug here must not leave the batch waiting forever
+            log.exception("answering a batch of %s failed", self.label)
+            self._fail(batch, MeridianError("internal error while running the model"))
+        self._dispatch()
+
+    def _answer(
+        self, batch: list[_Pending], start: float, job: ThreadFuture[dict[str, np.ndarray]]
+    ) -> None:
+        total = sum(i.rows for i in batch)
+        try:
+            outputs = job.result()
         except MeridianError as exc:
             self._fail(batch, exc)
             return
@@ -339,6 +360,8 @@ class DynamicBatcher:
             self._fail(batch, MeridianError("internal error while running the model"))
             return
         done = time.monotonic()
+        enqueued = np.fromiter((i.enqueued for i in batch), dtype=np.float64, count=len(batch))
+        self._m_queue.observe_many(start - enqueued)
         self._m_compute.observe(done - start)
         self._m_batch.observe(total)
         stats = self.stats
