@@ -1,8 +1,9 @@
 """Load generator for ``bench.worker`` (run as its own process so its CPU use is
 not charged to the server's event loop): closed-loop clients, one keep-alive connection each.
 
-Prints one JSON line: requests, errors, elapsed seconds, latency percentiles and
-the client's CPU seconds.
+Prints one JSON line: requests, errors, elapsed seconds and latency percentiles
+(after the warm-up), and the client's CPU seconds with the responses it got
+over the whole run.
 """
 
 from __future__ import annotations
@@ -90,6 +91,7 @@ class _Client(asyncio.Protocol):
         self._transport: asyncio.Transport | None = None
         self._buffer = b""
         self._sent = 0.0
+        self.answered = 0  # responses, warm-up included
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = cast(asyncio.Transport, transport)
@@ -126,6 +128,7 @@ class _Client(asyncio.Protocol):
             return
         self._buffer = buffer[end + 4 + length :]
         now = time.perf_counter()
+        self.answered += 1
         if self._sent >= self._measure_from:
             if head[9:12] == b"200":
                 self._latencies.append(now - self._sent)
@@ -150,11 +153,13 @@ async def run(
     stop_at = measure_from + duration
     loop = asyncio.get_running_loop()
     done: list[asyncio.Future[None]] = []
+    clients: list[_Client] = []
     for _ in range(concurrency):
         finished: asyncio.Future[None] = loop.create_future()
         client = _Client(request, stop_at, measure_from, latencies, errors, finished)
         await loop.create_connection(functools.partial(_same, client), host, port)
         done.append(finished)
+        clients.append(client)
     await asyncio.gather(*done)
     elapsed = time.perf_counter() - measure_from
     cpu_s = time.process_time() - cpu_start
@@ -164,6 +169,7 @@ async def run(
         "errors": len(errors),
         "elapsed_s": elapsed,
         "cpu_s": cpu_s,  # the client's own CPU over the whole run, warm-up included
+        "answered": sum(c.answered for c in clients),  # over the same span
         "p50_ms": float(np.percentile(lat, 50)) if lat.size else 0.0,
         "p99_ms": float(np.percentile(lat, 99)) if lat.size else 0.0,
     }
