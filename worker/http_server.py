@@ -158,7 +158,9 @@ class _Connection(asyncio.Protocol):
         self._body_len = 0
         self._refused: Answer | None = None
         self._waiting: deque[_Request] = deque()
-        self._paused = False
+        self._paused = False  # reading paused: too many requests waiting
+        self._write_paused = False  # reading paused: the client is not reading answers
+        self.last_active = self._loop.time()
         # What the request being answered waits on: its queued inference, or the
         # task running another route. None while nothing is being answered.
         self.current: asyncio.Future[Any] | None = None
@@ -178,12 +180,28 @@ class _Connection(asyncio.Protocol):
             self.current.cancel()  # the client is gone: drop what it asked for
 
     def data_received(self, data: bytes) -> None:
+        self.last_active = self._loop.time()
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade:
             self._fail(b"protocol upgrades are not supported")
         except httptools.HttpParserError as exc:
             self._fail(f"malformed HTTP request: {exc}".encode())
+
+    def pause_writing(self) -> None:
+        # Answers pile up unread: read no more requests until they drain.
+        self._write_paused = True
+        if self._transport is not None:
+            self._transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        if self._transport is not None and not self._paused:
+            self._transport.resume_reading()
+
+    def idle(self) -> bool:
+        """Nothing being answered or waiting to be."""
+        return self.current is None and not self._waiting
 
     # -- httptools callbacks -------------------------------------------------------------
     def on_message_begin(self) -> None:
@@ -276,7 +294,8 @@ class _Connection(asyncio.Protocol):
                 return
             if self._paused and len(self._waiting) < _MAX_PIPELINED // 2:
                 self._paused = False
-                transport.resume_reading()
+                if not self._write_paused:
+                    transport.resume_reading()
             if request.refused is not None:
                 answer = request.refused
             elif request.method == "POST" and (match := INFER_PATH.match(request.path)):
@@ -328,10 +347,15 @@ class _Connection(asyncio.Protocol):
 
 
 class HttpServer:
-    """Serves ``app`` (ASGI) on one listening socket, inference calls directly."""
+    """Serves ``app`` (ASGI) on one listening socket, inference calls directly.
 
-    def __init__(self, app: AsgiApp, dataplane: DataPlane) -> None:
+    A connection with nothing to answer and no bytes received for ``keep_alive_s``
+    is closed."""
+
+    def __init__(self, app: AsgiApp, dataplane: DataPlane, *, keep_alive_s: float = 5.0) -> None:
         self.app = app
+        self.keep_alive_s = keep_alive_s
+        self._sweeper: asyncio.TimerHandle | None = None
         self.dataplane = dataplane
         self.max_body_bytes = dataplane.settings.max_request_bytes
         self.decoder = InferDecoder()
@@ -347,13 +371,25 @@ class HttpServer:
         )
         sockname = self._server.sockets[0].getsockname()
         self._address = (str(sockname[0]), int(sockname[1]))
+        self._sweep()
         return self._address[1]
+
+    def _sweep(self) -> None:
+        """Close idle keep-alive connections; runs every second or so."""
+        loop = asyncio.get_running_loop()
+        horizon = loop.time() - self.keep_alive_s
+        for conn in [c for c in self.connections if c.last_active < horizon and c.idle()]:
+            conn.close()
+        self._sweeper = loop.call_later(min(1.0, self.keep_alive_s / 2), self._sweep)
 
     async def stop(self, grace_s: float = 5.0) -> None:
         """Stop listening, let requests being answered finish (up to ``grace_s``),
         then close every connection."""
         if self._server is None:
             return
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
         self._server.close()
         busy = [c.current for c in self.connections if c.current is not None]
         if busy:

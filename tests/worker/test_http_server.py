@@ -12,7 +12,9 @@ import pytest
 
 from meridian.waiting import wait_until_async
 from tests.worker.inprocess import GateEngine, LiveWorker, live_worker
+from worker.app import create_app
 from worker.dataplane import DataPlane
+from worker.http_server import HttpServer
 from worker.settings import WorkerSettings
 
 
@@ -158,3 +160,29 @@ async def test_stopping_finishes_requests_being_answered(tmp_path: Path) -> None
     await stopping
     writer.close()
     assert status == 200 and orjson.loads(body)["outputs"][0]["data"] == [10.0] * 4
+
+
+async def test_idle_keep_alive_connections_are_closed(tmp_path: Path) -> None:
+    settings = WorkerSettings(cache_dir=tmp_path, max_queue_delay_ms=0, grpc_port=None)
+    dp = DataPlane(settings)
+    gate = GateEngine(width=4)
+    await dp.install_engine("gate", "1", gate)
+    app = create_app(settings, dataplane=dp)
+    async with app.router.lifespan_context(app):
+        server = HttpServer(app, dp, keep_alive_s=0.2)
+        port = await server.start("127.0.0.1", 0)
+        try:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            # A request that takes longer than the keep-alive time is still answered...
+            gate.gate.clear()
+            writer.write(_infer_request(2))
+            await wait_until_async(gate.running.is_set, timeout=10, what="engine busy")
+            await asyncio.sleep(0.5)  # longer than keep_alive_s, on purpose
+            gate.gate.set()
+            status, _, _ = await _read_response(reader)
+            assert status == 200
+            # ...and then the idle connection is closed.
+            assert await asyncio.wait_for(reader.read(), 10) == b""
+            writer.close()
+        finally:
+            await server.stop()
