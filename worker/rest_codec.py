@@ -163,7 +163,7 @@ class _Slot:
     def __init__(self, name: str, datatype: str, array: np.ndarray, offset: int) -> None:
         self.name = name
         self.datatype = datatype
-        self.dtype = array.dtype
+        self.dtype = array.dtype  # the array itself is not kept
         self.shape = array.shape
         self.count = array.size
         self.offset = offset
@@ -173,10 +173,14 @@ class _Plan:
     """A binary request header decoded once: its requests differ only in their
     tensor bytes, which become arrays without parsing the header again."""
 
-    __slots__ = ("binary_size", "request", "slots")
+    __slots__ = ("binary_output", "binary_size", "id", "outputs", "slots", "timeout_s")
 
     def __init__(self, request: InferenceRequest, slots: list[_Slot], binary_size: int) -> None:
-        self.request = request
+        # Everything but the tensors: a plan must not keep a request body alive.
+        self.outputs = request.outputs
+        self.id = request.id
+        self.binary_output = request.binary_output
+        self.timeout_s = request.timeout_s
         self.slots = slots
         self.binary_size = binary_size
 
@@ -185,7 +189,6 @@ class _Plan:
     ) -> InferenceRequest | None:
         if len(body) - header_length != self.binary_size:
             return None  # let the full decoder say what is wrong
-        template = self.request
         return InferenceRequest(
             model,
             version,
@@ -199,10 +202,10 @@ class _Plan:
                 )
                 for slot in self.slots
             ],
-            template.outputs,
-            template.id,
-            template.binary_output,
-            template.timeout_s,
+            self.outputs,
+            self.id,
+            self.binary_output,
+            self.timeout_s,
         )
 
 
@@ -212,17 +215,19 @@ class InferDecoder:
     A client sending many requests of one shape repeats the same JSON header; a
     repeat skips the JSON parsing and checks and only maps the tensor bytes.
     Headers are keyed by their exact bytes (a request id makes each one new);
-    at most ``size`` are kept, forgotten all at once when full."""
+    at most ``size`` headers of up to ``max_header_bytes`` are kept, forgotten all
+    at once when full."""
 
-    def __init__(self, size: int = 256) -> None:
+    def __init__(self, size: int = 256, max_header_bytes: int = 4096) -> None:
         self._size = size
+        self._max_header_bytes = max_header_bytes
         self._plans: dict[bytes, _Plan] = {}
 
     def decode(
         self, body: bytes, header_length: int | None, model: str, version: str | None
     ) -> InferenceRequest:
-        if header_length is None:
-            return _decode(body, None, model, version, None)
+        if header_length is None or header_length > self._max_header_bytes:
+            return _decode(body, header_length, model, version, None)
         head = body[:header_length]
         plan = self._plans.get(head)
         if plan is not None:
