@@ -67,6 +67,11 @@ _STATUS_LINES = {
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 # Headers the server writes itself; the app's own are dropped.
 _FRAMING = frozenset({b"content-length", b"transfer-encoding", b"connection", b"date"})
+_HEADERS_TOO_LARGE: Answer = (
+    431,
+    b'{"error":"request headers are too large","code":"headers_too_large"}',
+    [(b"content-type", b"application/json")],
+)
 _MAX_PIPELINED = 16  # parsed requests waiting per connection before reading pauses
 _MAX_HEADERS = 100
 _MAX_HEADER_BYTES = 64 * 1024
@@ -219,7 +224,7 @@ class _Connection(asyncio.Protocol):
         self._header_bytes += len(name) + len(value)
         if len(self._headers) >= _MAX_HEADERS or self._header_bytes > _MAX_HEADER_BYTES:
             if self._refused is None:
-                self._refused = 431, b"request headers are too large", []
+                self._refused = _HEADERS_TOO_LARGE
             return
         self._headers.append((name.lower(), value))
 

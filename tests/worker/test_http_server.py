@@ -115,6 +115,17 @@ async def test_bodies_past_the_limit_are_413_and_close(worker: LiveWorker) -> No
         writer.close()
 
 
+async def test_too_many_headers_are_431_and_close(worker: LiveWorker) -> None:
+    reader, writer = await _connect(worker)
+    many = b"".join(b"X-Filler-%d: y\r\n" % i for i in range(120))
+    writer.write(b"GET /v2/health/live HTTP/1.1\r\nHost: t\r\n" + many + b"\r\n")
+    status, headers, body = await _read_response(reader)
+    assert status == 431 and headers[b"connection"] == b"close"
+    assert orjson.loads(body)["code"] == "headers_too_large"
+    assert await asyncio.wait_for(reader.read(), 10) == b""
+    writer.close()
+
+
 async def test_malformed_request_is_400_and_close(worker: LiveWorker) -> None:
     reader, writer = await _connect(worker)
     writer.write(b"NOT HTTP AT ALL\r\n\r\n")
