@@ -399,8 +399,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             "threads, doubled the server's rate under the same client; the batch fill wait "
             "now follows the last batch's size, so a lone client is answered at once (p50 "
             "at c=1 about 1 ms); scrape-time gauges and batch-level counters took metric "
-            "updates off the per-request path; a lean load generator (asyncio streams "
-            "instead of aiohttp) left the server more of the shared CPU.",
+            "updates off the per-request path; a lean load generator (now an asyncio "
+            "protocol, about 15 us of CPU per request) left the server more of the shared "
+            "CPU. Then, measured as medians of alternating runs under one client on a busy "
+            "machine: the worker's own HTTP/1.1 server with inference answered from the "
+            "batch's completion callback (no task per request), binary headers decoded once "
+            "per shape, a batcher driven by events that starts the next batch as the engine "
+            "finishes, and metrics recorded per batch took the server's CPU per request at "
+            "c=64 from about 215 to 105 us (event loop 162 to 60 us) and its rate from 4,100 "
+            "to 9,300 rows/s (c=1 p50 0.52 to 0.39 ms).",
         ]
     )
     record(
