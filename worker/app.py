@@ -1,10 +1,14 @@
 """The worker process: ``create_app`` builds the REST app whose lifespan also runs
-the gRPC server, so both transports share one event loop and one data plane."""
+the gRPC server, so both transports share one event loop and one data plane;
+:func:`running` serves it on the worker's own HTTP server."""
 
 from __future__ import annotations
 
+import asyncio
+import gc
 import logging
 import os
+import signal
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -15,9 +19,10 @@ from fastapi import FastAPI
 from worker.dataplane import SERVER_VERSION, DataPlane
 from worker.repository import LoadRequest
 from worker.rest import WorkerApp, install_routes
+from worker.rest_codec import InferDecoder
 from worker.settings import WorkerSettings
 
-__all__ = ["ModelSpec", "create_app", "serve"]
+__all__ = ["ModelSpec", "create_app", "running", "serve"]
 
 log = logging.getLogger(__name__)
 
@@ -101,25 +106,43 @@ def create_app(
         openapi_url=None,
     )
     app.state.dataplane = dp
+    app.state.infer_decoder = InferDecoder()
     app.state.grpc_port = None
     install_routes(app)
     return app
 
 
-def serve(settings: WorkerSettings, models: Sequence[ModelSpec] = ()) -> None:
-    """Run the worker until interrupted: uvicorn (uvloop, httptools) plus gRPC."""
-    import uvicorn
+@asynccontextmanager
+async def running(app: FastAPI, host: str, port: int) -> AsyncIterator[int]:
+    """Run ``app``'s lifespan (models, gRPC) and serve it over HTTP; yields the bound
+    port. On exit, requests being answered finish (up to 5 s) before the lifespan ends."""
+    from worker.http_server import HttpServer
 
-    config = uvicorn.Config(
-        create_app(settings, models=models),
-        host=settings.host,
-        port=settings.http_port,
-        loop="uvloop",
-        http="httptools",
-        lifespan="on",
-        access_log=False,
-        proxy_headers=False,
-        log_level="warning",
-        timeout_graceful_shutdown=5,
-    )
-    uvicorn.Server(config).run()
+    async with app.router.lifespan_context(app):
+        server = HttpServer(app, app.state.dataplane)
+        bound = await server.start(host, port)
+        try:
+            yield bound
+        finally:
+            await server.stop(grace_s=5.0)
+
+
+def serve(settings: WorkerSettings, models: Sequence[ModelSpec] = ()) -> None:
+    """Run the worker until interrupted (SIGINT, SIGTERM): HTTP plus gRPC, on uvloop."""
+    import uvloop
+
+    uvloop.run(_serve(settings, models))
+
+
+async def _serve(settings: WorkerSettings, models: Sequence[ModelSpec]) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    app = create_app(settings, models=models)
+    async with running(app, settings.host, settings.http_port):
+        # Everything loaded so far (libraries, models) lives as long as the process:
+        # keep it out of the cyclic collector's passes over the young objects.
+        gc.collect()
+        gc.freeze()
+        await stop.wait()

@@ -22,7 +22,7 @@ from worker.repository import LoadedModel, LoadRequest, ModelRepository, local_p
 from worker.settings import WorkerSettings
 from worker.tensors import InferenceRequest, InferenceResponse, TensorSpec
 
-__all__ = ["EXTENSIONS", "SERVER_VERSION", "DataPlane"]
+__all__ = ["EXTENSIONS", "SERVER_VERSION", "DataPlane", "Queued"]
 
 SERVER_VERSION = "0.1.0"
 EXTENSIONS = ["binary_tensor_data", "model_repository", "statistics"]
@@ -71,6 +71,31 @@ def check_inputs(request: InferenceRequest, specs: list[TensorSpec]) -> dict[str
                 )
             rows = array.shape[0]
     return given
+
+
+class Queued:
+    """A request in its model's batch queue: ``future`` completes with the outputs."""
+
+    __slots__ = ("future", "model", "request_id", "wanted")
+
+    def __init__(
+        self,
+        model: LoadedModel,
+        future: asyncio.Future[dict[str, np.ndarray]],
+        wanted: list[str] | None,
+        request_id: str,
+    ) -> None:
+        self.model = model
+        self.future = future
+        self.wanted = wanted
+        self.request_id = request_id
+
+    def response(self) -> InferenceResponse:
+        """The answer, once ``future`` is done (raises what it raised)."""
+        outputs = self.future.result()
+        if self.wanted is not None:
+            outputs = {name: outputs[name] for name in self.wanted}
+        return InferenceResponse(self.model.name, self.model.version, outputs, self.request_id)
 
 
 class DataPlane:
@@ -138,15 +163,19 @@ class DataPlane:
 
     # -- inference -----------------------------------------------------------------
     async def infer(self, request: InferenceRequest) -> InferenceResponse:
+        queued = self.submit(request)
+        await queued.model.batcher.wait(queued.future, request.timeout_s)
+        return queued.response()
+
+    def submit(self, request: InferenceRequest) -> Queued:
+        """Check ``request`` and queue it with its model's batcher (the first half of
+        :meth:`infer`, for callers that wait on the future themselves)."""
         if not self._ready:
             raise Unavailable("worker is not ready", retry_after=1.0)
         model = self.repository.get(request.model, request.version)
         inputs = check_inputs(request, model.engine.inputs)
         wanted = self._requested_outputs(request, model)
-        outputs = await model.batcher.infer(inputs, timeout_s=request.timeout_s)
-        if wanted is not None:
-            outputs = {name: outputs[name] for name in wanted}
-        return InferenceResponse(model.name, model.version, outputs, request.id)
+        return Queued(model, model.batcher.submit(inputs), wanted, request.id)
 
     @staticmethod
     def _requested_outputs(request: InferenceRequest, model: LoadedModel) -> list[str] | None:

@@ -2,20 +2,83 @@
 
 The JSON view (``GET /v2/stats``) is what the region agent scrapes: queue depth,
 in-flight requests, throughput and latency percentiles per model.
+
+The batcher records a whole batch at a time: histograms take an array of
+observations (:class:`BatchHistogram`) and :meth:`ModelStats.completed` a batch's
+latencies, so the cost per request stays a few array elements.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from collections import deque
+from collections.abc import Iterator, Sequence
 
 import numpy as np
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client.core import HistogramMetricFamily
+from prometheus_client.utils import floatToGoString
 
-__all__ = ["ModelStats", "WorkerMetrics"]
+__all__ = ["BatchHistogram", "ModelStats", "WorkerMetrics"]
 
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 _TIME_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+
+
+class HistogramSeries:
+    """One label set of a :class:`BatchHistogram`: counts per bucket and the sum."""
+
+    __slots__ = ("_bounds", "counts", "total")
+
+    def __init__(self, bounds: np.ndarray) -> None:
+        self._bounds = bounds
+        self.counts = np.zeros(len(bounds), dtype=np.int64)  # per bucket, not cumulative
+        self.total = 0.0
+
+    def observe(self, value: float) -> None:
+        self.counts[int(np.searchsorted(self._bounds, value))] += 1
+        self.total += value
+
+    def observe_many(self, values: np.ndarray) -> None:
+        """Record every element of ``values`` (one batch's observations)."""
+        if values.size:
+            index = np.searchsorted(self._bounds, values)  # first bound >= value: "le"
+            self.counts += np.bincount(index, minlength=len(self._bounds))
+            self.total += float(values.sum())
+
+
+class BatchHistogram:
+    """A Prometheus histogram with one ``model`` label, fed arrays of observations.
+
+    Exposed like ``prometheus_client.Histogram`` (``_bucket`` with ``le``,
+    ``_count``, ``_sum``); a batch of observations costs one ``searchsorted``
+    rather than a locked update per value."""
+
+    def __init__(
+        self, name: str, documentation: str, buckets: Sequence[float], registry: CollectorRegistry
+    ) -> None:
+        self._name = name
+        self._documentation = documentation
+        self._bounds = np.array([*buckets, math.inf], dtype=np.float64)
+        self._les = [floatToGoString(b) for b in self._bounds]
+        self._series: dict[str, HistogramSeries] = {}
+        registry.register(self)
+
+    def labels(self, model: str) -> HistogramSeries:
+        series = self._series.get(model)
+        if series is None:
+            series = self._series[model] = HistogramSeries(self._bounds)
+        return series
+
+    def collect(self) -> Iterator[HistogramMetricFamily]:
+        family = HistogramMetricFamily(self._name, self._documentation, labels=["model"])
+        for model, series in list(self._series.items()):
+            cumulative = np.cumsum(series.counts).tolist()
+            family.add_metric(
+                [model], list(zip(self._les, map(float, cumulative), strict=True)), series.total
+            )
+        yield family
 
 
 class ModelStats:
@@ -32,13 +95,19 @@ class ModelStats:
         self.rows = 0
         self.capacity_rps = 0.0  # rows/s the engine sustains, from timed runs (EWMA)
         self._latencies: deque[float] = deque(maxlen=window)
-        self._completions: deque[float] = deque()
+        self._completions: deque[tuple[float, int]] = deque()  # (when, how many)
+        self._completed_in_window = 0
         self._rate_window_s = rate_window_s
 
-    def completed(self, latency_s: float, now: float) -> None:
-        self.requests += 1
-        self._latencies.append(latency_s)
-        self._completions.append(now)
+    def completed(self, latencies_s: np.ndarray, now: float) -> None:
+        """Requests answered at ``now`` after ``latencies_s`` (one batch's worth)."""
+        count = len(latencies_s)
+        if not count:
+            return
+        self.requests += count
+        self._latencies.extend(latencies_s.tolist())
+        self._completions.append((now, count))
+        self._completed_in_window += count
         self._trim(now)
 
     def observe_compute(self, rows: int, seconds: float, weight: float = 0.2) -> None:
@@ -52,8 +121,8 @@ class ModelStats:
 
     def _trim(self, now: float) -> None:
         horizon = now - self._rate_window_s
-        while self._completions and self._completions[0] < horizon:
-            self._completions.popleft()
+        while self._completions and self._completions[0][0] < horizon:
+            self._completed_in_window -= self._completions.popleft()[1]
 
     def snapshot(self, now: float) -> dict[str, float | int]:
         self._trim(now)
@@ -69,7 +138,7 @@ class ModelStats:
             "batches": self.batches,
             "rows": self.rows,
             "mean_batch_rows": (self.rows / self.batches) if self.batches else 0.0,
-            "throughput_rps": len(self._completions) / self._rate_window_s,
+            "throughput_rps": self._completed_in_window / self._rate_window_s,
             "capacity_rps": round(self.capacity_rps, 2),
             "latency_p50_ms": float(p50),
             "latency_p90_ms": float(p90),
@@ -89,33 +158,17 @@ class WorkerMetrics:
             ["model", "outcome"],
             registry=r,
         )
-        self.batch_size = Histogram(
-            "meridian_worker_batch_rows",
-            "Rows per engine run",
-            ["model"],
-            buckets=_BATCH_BUCKETS,
-            registry=r,
+        self.batch_size = BatchHistogram(
+            "meridian_worker_batch_rows", "Rows per engine run", _BATCH_BUCKETS, r
         )
-        self.queue_time = Histogram(
-            "meridian_worker_queue_seconds",
-            "Time from enqueue to engine start",
-            ["model"],
-            buckets=_TIME_BUCKETS,
-            registry=r,
+        self.queue_time = BatchHistogram(
+            "meridian_worker_queue_seconds", "Time from enqueue to engine start", _TIME_BUCKETS, r
         )
-        self.compute_time = Histogram(
-            "meridian_worker_compute_seconds",
-            "Engine run time per batch",
-            ["model"],
-            buckets=_TIME_BUCKETS,
-            registry=r,
+        self.compute_time = BatchHistogram(
+            "meridian_worker_compute_seconds", "Engine run time per batch", _TIME_BUCKETS, r
         )
-        self.request_time = Histogram(
-            "meridian_worker_request_seconds",
-            "Time from enqueue to result",
-            ["model"],
-            buckets=_TIME_BUCKETS,
-            registry=r,
+        self.request_time = BatchHistogram(
+            "meridian_worker_request_seconds", "Time from enqueue to result", _TIME_BUCKETS, r
         )
         self.queue_depth = Gauge(
             "meridian_worker_queue_depth",

@@ -9,7 +9,6 @@ anything else is a bug and answers 500 with a fixed message.
 from __future__ import annotations
 
 import logging
-import math
 from typing import Annotated
 
 import orjson
@@ -19,6 +18,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from meridian.errors import InvalidInput, MeridianError, PayloadTooLarge
 from worker.dataplane import DataPlane
 from worker.repository import LoadRequest
+from worker.rest_codec import error_body
 from worker.rest_infer import INFER_PATH, Receive, Scope, Send, handle_infer
 
 __all__ = ["WorkerApp", "error_body", "install_error_handlers", "install_routes"]
@@ -30,16 +30,6 @@ JSON = "application/json"
 
 def json_response(body: object, status: int = 200) -> Response:
     return Response(orjson.dumps(body), status_code=status, media_type=JSON)
-
-
-def error_body(exc: MeridianError) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
-    """Status, JSON body and headers for a domain error (the one REST encoding)."""
-    body: dict[str, object] = {"error": exc.message, "code": exc.code}
-    headers = [(b"content-type", JSON.encode())]
-    if exc.retry_after is not None:
-        body["retry_after"] = exc.retry_after
-        headers.append((b"retry-after", str(max(1, math.ceil(exc.retry_after))).encode()))
-    return exc.status, orjson.dumps(body), headers
 
 
 def error_response(exc: MeridianError) -> Response:
@@ -170,7 +160,10 @@ class WorkerApp(FastAPI):
         if scope["type"] == "http" and scope["method"] == "POST":
             match = INFER_PATH.match(scope["path"])
             if match is not None:
-                await handle_infer(self.state.dataplane, match, scope, receive, send, error_body)
+                state = self.state
+                await handle_infer(
+                    state.dataplane, state.infer_decoder, match, scope, receive, send
+                )
                 return
         await super().__call__(scope, receive, send)
 

@@ -10,12 +10,13 @@ binary when the output asks for ``binary_data`` or the request for
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
 import orjson
 
-from meridian.errors import InvalidInput
+from meridian.errors import InvalidInput, MeridianError
 from worker.tensors import (
     InferenceRequest,
     InferenceResponse,
@@ -26,9 +27,20 @@ from worker.tensors import (
     datatype_of,
 )
 
-__all__ = ["HEADER_LENGTH", "decode_infer", "encode_infer"]
+__all__ = ["HEADER_LENGTH", "InferDecoder", "decode_infer", "encode_infer", "error_body"]
 
 HEADER_LENGTH = "inference-header-content-length"
+JSON = "application/json"
+
+
+def error_body(exc: MeridianError) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
+    """Status, JSON body and headers for a domain error (the one REST encoding)."""
+    body: dict[str, object] = {"error": exc.message, "code": exc.code}
+    headers = [(b"content-type", JSON.encode())]
+    if exc.retry_after is not None:
+        body["retry_after"] = exc.retry_after
+        headers.append((b"retry-after", str(max(1, math.ceil(exc.retry_after))).encode()))
+    return exc.status, orjson.dumps(body), headers
 
 
 def parse_header_length(value: str | None, body_size: int) -> int | None:
@@ -52,6 +64,19 @@ def _params(obj: dict[str, Any], where: str) -> dict[str, Any]:
 def decode_infer(
     body: bytes, header_length: int | None, model: str, version: str | None
 ) -> InferenceRequest:
+    """The request in ``body`` (its first ``header_length`` bytes JSON, when given)."""
+    return _decode(body, header_length, model, version, None)
+
+
+def _decode(
+    body: bytes,
+    header_length: int | None,
+    model: str,
+    version: str | None,
+    layout: list[_Slot | None] | None,
+) -> InferenceRequest:
+    """:func:`decode_infer`; when ``layout`` is a list, also appends where each
+    input's bytes lie (None for inputs given as JSON data)."""
     view = memoryview(body)
     head = view if header_length is None else view[:header_length]
     try:
@@ -89,9 +114,14 @@ def decode_infer(
                     f"binary data ({len(binary) - offset} bytes left)"
                 )
             array = array_from_bytes(binary[offset : offset + size], datatype, shape, name)
+            if layout is not None:
+                binary_slot = array.dtype != object
+                layout.append(_Slot(name, datatype, array, offset) if binary_slot else None)
             offset += size
         elif "data" in item:
             array = array_from_list(item["data"], datatype, shape, name)
+            if layout is not None:
+                layout.append(None)
         else:
             raise InvalidInput(f"tensor '{name}': needs 'data' or a binary_data_size parameter")
         inputs.append(InputTensor(name, datatype, array))
@@ -123,6 +153,95 @@ def decode_infer(
         binary_output=default_binary,
         timeout_s=timeout_us / 1e6 if timeout_us else None,
     )
+
+
+class _Slot:
+    """Where one binary input lies in the binary part of a request."""
+
+    __slots__ = ("count", "datatype", "dtype", "name", "offset", "shape")
+
+    def __init__(self, name: str, datatype: str, array: np.ndarray, offset: int) -> None:
+        self.name = name
+        self.datatype = datatype
+        self.dtype = array.dtype  # the array itself is not kept
+        self.shape = array.shape
+        self.count = array.size
+        self.offset = offset
+
+
+class _Plan:
+    """A binary request header decoded once: its requests differ only in their
+    tensor bytes, which become arrays without parsing the header again."""
+
+    __slots__ = ("binary_output", "binary_size", "id", "outputs", "slots", "timeout_s")
+
+    def __init__(self, request: InferenceRequest, slots: list[_Slot], binary_size: int) -> None:
+        # Everything but the tensors: a plan must not keep a request body alive.
+        self.outputs = request.outputs
+        self.id = request.id
+        self.binary_output = request.binary_output
+        self.timeout_s = request.timeout_s
+        self.slots = slots
+        self.binary_size = binary_size
+
+    def decode(
+        self, body: bytes, header_length: int, model: str, version: str | None
+    ) -> InferenceRequest | None:
+        if len(body) - header_length != self.binary_size:
+            return None  # let the full decoder say what is wrong
+        return InferenceRequest(
+            model,
+            version,
+            [
+                InputTensor(
+                    slot.name,
+                    slot.datatype,
+                    np.frombuffer(
+                        body, slot.dtype, slot.count, header_length + slot.offset
+                    ).reshape(slot.shape),
+                )
+                for slot in self.slots
+            ],
+            self.outputs,
+            self.id,
+            self.binary_output,
+            self.timeout_s,
+        )
+
+
+class InferDecoder:
+    """:func:`decode_infer` that remembers recent binary request headers.
+
+    A client sending many requests of one shape repeats the same JSON header; a
+    repeat skips the JSON parsing and checks and only maps the tensor bytes.
+    Headers are keyed by their exact bytes (a request id makes each one new);
+    at most ``size`` headers of up to ``max_header_bytes`` are kept, forgotten all
+    at once when full."""
+
+    def __init__(self, size: int = 256, max_header_bytes: int = 4096) -> None:
+        self._size = size
+        self._max_header_bytes = max_header_bytes
+        self._plans: dict[bytes, _Plan] = {}
+
+    def decode(
+        self, body: bytes, header_length: int | None, model: str, version: str | None
+    ) -> InferenceRequest:
+        if header_length is None or header_length > self._max_header_bytes:
+            return _decode(body, header_length, model, version, None)
+        head = body[:header_length]
+        plan = self._plans.get(head)
+        if plan is not None:
+            request = plan.decode(body, header_length, model, version)
+            if request is not None:
+                return request
+        layout: list[_Slot | None] = []
+        request = _decode(body, header_length, model, version, layout)
+        slots = [slot for slot in layout if slot is not None]
+        if len(slots) == len(layout):
+            if len(self._plans) >= self._size:
+                self._plans.clear()
+            self._plans[head] = _Plan(request, slots, len(body) - header_length)
+        return request
 
 
 def encode_infer(

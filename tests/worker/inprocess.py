@@ -7,13 +7,14 @@ import threading
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import uvicorn
 
 from meridian.net import free_port
 from meridian.waiting import wait_until_async
-from worker.app import create_app
+from worker.app import create_app, running
 from worker.dataplane import DataPlane
 from worker.settings import WorkerSettings
 from worker.tensors import TensorSpec
@@ -51,12 +52,24 @@ class LiveWorker:
     dataplane: DataPlane
 
 
+Front = Literal["worker", "asgi"]
+FRONTS: tuple[Front, ...] = ("worker", "asgi")
+
+
 @asynccontextmanager
-async def live_worker(settings: WorkerSettings, dataplane: DataPlane) -> AsyncIterator[LiveWorker]:
+async def live_worker(
+    settings: WorkerSettings, dataplane: DataPlane, front: Front = "worker"
+) -> AsyncIterator[LiveWorker]:
+    """The worker's app on a real socket: served by the worker's own HTTP server
+    (as ``meridian worker`` runs it), or by uvicorn as a plain ASGI app."""
     port = free_port()
     app = create_app(
         settings.model_copy(update={"http_port": port, "grpc_port": None}), dataplane=dataplane
     )
+    if front == "worker":
+        async with running(app, "127.0.0.1", port) as bound:
+            yield LiveWorker(f"http://127.0.0.1:{bound}", dataplane)
+        return
     config = uvicorn.Config(
         app, host="127.0.0.1", port=port, lifespan="on", log_level="warning", access_log=False
     )

@@ -12,7 +12,7 @@ import orjson
 import pytest
 
 from meridian.waiting import wait_until_async
-from tests.worker.inprocess import GateEngine, LiveWorker, live_worker
+from tests.worker.inprocess import FRONTS, Front, GateEngine, LiveWorker, live_worker
 from worker.dataplane import DataPlane
 from worker.settings import WorkerSettings
 
@@ -27,12 +27,19 @@ async def gate() -> GateEngine:
     return GateEngine()
 
 
+@pytest.fixture(params=FRONTS)
+def front(request: pytest.FixtureRequest) -> Front:
+    """Every test here runs on both HTTP front ends."""
+    value: Front = request.param
+    return value
+
+
 @pytest.fixture
-async def worker(tmp_path: Path, gate: GateEngine) -> AsyncIterator[LiveWorker]:
+async def worker(tmp_path: Path, gate: GateEngine, front: Front) -> AsyncIterator[LiveWorker]:
     settings = _settings(tmp_path, max_queue_size=8, max_batch_size=16)
     dp = DataPlane(settings)
     await dp.install_engine("gate", "1", gate)
-    async with live_worker(settings, dp) as w:
+    async with live_worker(settings, dp, front) as w:
         yield w
     gate.gate.set()
 
@@ -164,11 +171,14 @@ async def test_request_timeout_parameter_answers_504(worker: LiveWorker, gate: G
     assert _stats(worker)["dropped"] == 1
 
 
-async def test_bad_requests_get_clear_4xx(tmp_path: Path) -> None:
+async def test_bad_requests_get_clear_4xx(tmp_path: Path, front: Front) -> None:
     settings = _settings(tmp_path, max_request_bytes=4096)
     dp = DataPlane(settings)
     await dp.install_engine("gate", "1", GateEngine(width=4))
-    async with live_worker(settings, dp) as w, httpx.AsyncClient(base_url=w.url) as client:
+    async with (
+        live_worker(settings, dp, front) as w,
+        httpx.AsyncClient(base_url=w.url) as client,
+    ):
         url = "/v2/models/gate/infer"
         big = await client.post(url, content=b"x" * 5000)
         assert big.status_code == 413
@@ -242,11 +252,14 @@ class _BrokenEngine(GateEngine):
         raise RuntimeError("secret internal detail")
 
 
-async def test_engine_failure_is_500_with_a_fixed_message(tmp_path: Path) -> None:
+async def test_engine_failure_is_500_with_a_fixed_message(tmp_path: Path, front: Front) -> None:
     settings = _settings(tmp_path)
     dp = DataPlane(settings)
     await dp.install_engine("broken", "1", _BrokenEngine(width=4))
-    async with live_worker(settings, dp) as w, httpx.AsyncClient(base_url=w.url) as client:
+    async with (
+        live_worker(settings, dp, front) as w,
+        httpx.AsyncClient(base_url=w.url) as client,
+    ):
         r = await client.post("/v2/models/broken/infer", json=_body(np.ones((1, 4), np.float32)))
         assert r.status_code == 500
         assert "secret" not in r.text
