@@ -34,6 +34,7 @@ class _UpstreamConnection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self._parser = httptools.HttpResponseParser(self)
         self._waiter: asyncio.Future[UpstreamResponse] | None = None
+        self._timer: asyncio.TimerHandle | None = None
         self._headers: list[tuple[bytes, bytes]] = []
         self._body: list[bytes] = []
         self.reusable = True
@@ -44,16 +45,14 @@ class _UpstreamConnection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
         self.reusable = False
-        if self._waiter is not None and not self._waiter.done():
-            self._waiter.set_exception(UpstreamError(f"worker closed the connection ({exc})"))
+        self._fail(UpstreamError(f"worker closed the connection ({exc})"))
 
     def data_received(self, data: bytes) -> None:
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserError as exc:
             self.reusable = False
-            if self._waiter is not None and not self._waiter.done():
-                self._waiter.set_exception(UpstreamError(f"malformed response from worker: {exc}"))
+            self._fail(UpstreamError(f"malformed response from worker: {exc}"))
             if self.transport is not None:
                 self.transport.close()
 
@@ -66,21 +65,44 @@ class _UpstreamConnection(asyncio.Protocol):
     def on_message_complete(self) -> None:
         if not self._parser.should_keep_alive():
             self.reusable = False
+        self._stop_timer()
         waiter = self._waiter
         if waiter is not None and not waiter.done():
-            body = b"".join(self._body)
+            body = self._body[0] if len(self._body) == 1 else b"".join(self._body)
             waiter.set_result(UpstreamResponse(self._parser.get_status_code(), self._headers, body))
 
-    def send(self, payload: bytes) -> asyncio.Future[UpstreamResponse]:
+    def send(self, payload: bytes, deadline: float) -> asyncio.Future[UpstreamResponse]:
+        """Write one request; the future fails with TimeoutError at ``deadline`` (loop time).
+
+        A timer handle rather than ``asyncio.timeout``: this runs once per request.
+        """
         assert self.transport is not None
         self._headers = []
         self._body = []
-        self._waiter = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        self._waiter = loop.create_future()
+        self._timer = loop.call_at(deadline, self._timed_out)
         self.transport.write(payload)
         return self._waiter
 
+    def _timed_out(self) -> None:
+        self._timer = None
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_exception(TimeoutError())
+
+    def _stop_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _fail(self, exc: Exception) -> None:
+        self._stop_timer()
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_exception(exc)
+
     def close(self) -> None:
         self.reusable = False
+        self._stop_timer()
         if self.transport is not None:
             self.transport.close()
 
@@ -92,6 +114,7 @@ class UpstreamPool:
         self._idle: dict[tuple[str, int], deque[_UpstreamConnection]] = defaultdict(deque)
         self._max_idle = max_idle
         self._connect_timeout = connect_timeout
+        self._host_lines: dict[tuple[str, int], bytes] = {}
 
     async def _connect(self, host: str, port: int) -> _UpstreamConnection:
         loop = asyncio.get_running_loop()
@@ -122,31 +145,37 @@ class UpstreamPool:
     ) -> UpstreamResponse:
         """Send one request and return the whole response; raises UpstreamError or TimeoutError."""
         key = (host, port)
-        head = [f"{method} {target} HTTP/1.1\r\nhost: {host}:{port}\r\n".encode()]
+        host_line = self._host_lines.get(key)
+        if host_line is None:
+            host_line = self._host_lines[key] = f"host: {host}:{port}\r\n".encode()
+        head = [f"{method} {target} HTTP/1.1\r\n".encode(), host_line]
         for k, v in headers:
-            head += [k, b": ", v, b"\r\n"]
-        head.append(b"content-length: %d\r\n\r\n" % len(body))
-        payload = b"".join(head) + body
+            head += (k, b": ", v, b"\r\n")
+        head += (b"content-length: %d\r\n\r\n" % len(body), body)
+        payload = b"".join(head)
         reused = True
         conn = self._take_idle(key)
         if conn is None:
             reused = False
             conn = await self._connect(host, port)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
         try:
-            async with asyncio.timeout(timeout):
-                try:
-                    response = await conn.send(payload)
-                except UpstreamError:
-                    if not reused:
-                        raise
-                    # a pooled connection the worker had already closed: retry once on a new one
+            try:
+                response = await conn.send(payload, deadline)
+            except UpstreamError:
+                if not reused:
+                    raise
+                # a pooled connection the worker had already closed: retry once on a new one
+                async with asyncio.timeout_at(deadline):
                     conn = await self._connect(host, port)
-                    response = await conn.send(payload)
+                response = await conn.send(payload, deadline)
         except BaseException:
             conn.close()
             raise
-        if conn.reusable and len(self._idle[key]) < self._max_idle:
-            self._idle[key].append(conn)
+        idle = self._idle[key]
+        if conn.reusable and len(idle) < self._max_idle:
+            idle.append(conn)
         else:
             conn.close()
         return response
