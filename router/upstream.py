@@ -9,6 +9,7 @@ from the pool.
 from __future__ import annotations
 
 import asyncio
+import math
 from collections import defaultdict, deque
 from dataclasses import dataclass
 from typing import cast
@@ -29,12 +30,53 @@ class UpstreamResponse:
     body: bytes
 
 
-class _UpstreamConnection(asyncio.Protocol):
+class _Deadlines:
+    """Fails requests in flight at their deadlines, with one timer for all of them.
+
+    A timer per request costs more than the rest of the pool's work for it; deadlines
+    of requests sent later are nearly always later too, so the one timer, armed at the
+    soonest deadline, is seldom moved and rarely fires while requests complete in time.
+    """
+
     def __init__(self) -> None:
+        self._in_flight: dict[_UpstreamConnection, float] = {}
+        self._timer: asyncio.TimerHandle | None = None
+        self._armed = math.inf
+
+    def add(self, conn: _UpstreamConnection, deadline: float) -> None:
+        self._in_flight[conn] = deadline
+        if deadline < self._armed:
+            self._arm(deadline)
+
+    def discard(self, conn: _UpstreamConnection) -> None:
+        self._in_flight.pop(conn, None)
+
+    def _arm(self, deadline: float) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = asyncio.get_running_loop().call_at(deadline, self._fire)
+        self._armed = deadline
+
+    def _fire(self) -> None:
+        self._timer = None
+        self._armed = math.inf
+        # timers have a resolution of a millisecond (uvloop's clock too); without this
+        # slack a deadline a fraction of one away would rearm the timer for no time at all
+        now = asyncio.get_running_loop().time() + 0.001
+        late = [conn for conn, deadline in self._in_flight.items() if deadline <= now]
+        for conn in late:
+            del self._in_flight[conn]
+            conn.timed_out()
+        if self._in_flight:
+            self._arm(min(self._in_flight.values()))
+
+
+class _UpstreamConnection(asyncio.Protocol):
+    def __init__(self, deadlines: _Deadlines) -> None:
         self.transport: asyncio.Transport | None = None
         self._parser = httptools.HttpResponseParser(self)
+        self._deadlines = deadlines
         self._waiter: asyncio.Future[UpstreamResponse] | None = None
-        self._timer: asyncio.TimerHandle | None = None
         self._headers: list[tuple[bytes, bytes]] = []
         self._body: list[bytes] = []
         self.reusable = True
@@ -65,44 +107,34 @@ class _UpstreamConnection(asyncio.Protocol):
     def on_message_complete(self) -> None:
         if not self._parser.should_keep_alive():
             self.reusable = False
-        self._stop_timer()
+        self._deadlines.discard(self)
         waiter = self._waiter
         if waiter is not None and not waiter.done():
             body = self._body[0] if len(self._body) == 1 else b"".join(self._body)
             waiter.set_result(UpstreamResponse(self._parser.get_status_code(), self._headers, body))
 
     def send(self, payload: bytes, deadline: float) -> asyncio.Future[UpstreamResponse]:
-        """Write one request; the future fails with TimeoutError at ``deadline`` (loop time).
-
-        A timer handle rather than ``asyncio.timeout``: this runs once per request.
-        """
+        """Write one request; the future fails with TimeoutError at ``deadline`` (loop time)."""
         assert self.transport is not None
         self._headers = []
         self._body = []
-        loop = asyncio.get_running_loop()
-        self._waiter = loop.create_future()
-        self._timer = loop.call_at(deadline, self._timed_out)
+        self._waiter = asyncio.get_running_loop().create_future()
+        self._deadlines.add(self, deadline)
         self.transport.write(payload)
         return self._waiter
 
-    def _timed_out(self) -> None:
-        self._timer = None
+    def timed_out(self) -> None:
         if self._waiter is not None and not self._waiter.done():
             self._waiter.set_exception(TimeoutError())
 
-    def _stop_timer(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-
     def _fail(self, exc: Exception) -> None:
-        self._stop_timer()
+        self._deadlines.discard(self)
         if self._waiter is not None and not self._waiter.done():
             self._waiter.set_exception(exc)
 
     def close(self) -> None:
         self.reusable = False
-        self._stop_timer()
+        self._deadlines.discard(self)
         if self.transport is not None:
             self.transport.close()
 
@@ -115,12 +147,16 @@ class UpstreamPool:
         self._max_idle = max_idle
         self._connect_timeout = connect_timeout
         self._host_lines: dict[tuple[str, int], bytes] = {}
+        self._deadlines = _Deadlines()
 
     async def _connect(self, host: str, port: int) -> _UpstreamConnection:
         loop = asyncio.get_running_loop()
+        deadlines = self._deadlines
         try:
             async with asyncio.timeout(self._connect_timeout):
-                _, conn = await loop.create_connection(_UpstreamConnection, host, port)
+                _, conn = await loop.create_connection(
+                    lambda: _UpstreamConnection(deadlines), host, port
+                )
         except (OSError, TimeoutError) as exc:
             raise UpstreamError(f"cannot connect to worker {host}:{port}: {exc!r}") from exc
         return conn

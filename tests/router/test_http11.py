@@ -135,6 +135,35 @@ async def test_upstream_timeout_raises_and_drops_the_connection() -> None:
         await server.stop()
 
 
+async def test_upstream_deadlines_each_hold_for_requests_in_flight_together() -> None:
+    hanging, ok = _Hanging(), StandInWorker("ok")
+    server = HttpServer(hanging.handle)
+    port = await server.start("127.0.0.1", 0)
+    await ok.start()
+    pool = UpstreamPool()
+    finished: list[str] = []
+
+    async def call(name: str, port: int, timeout: float) -> None:
+        try:
+            await pool.request("127.0.0.1", port, "POST", "/x", [], b"{}", timeout)
+            finished.append(name)
+        except TimeoutError:
+            finished.append(name + " timed out")
+
+    try:
+        long = asyncio.create_task(call("long", port, 0.4))
+        await wait_until_async(lambda: hanging.started == 1, timeout=5, what="sent")
+        short = asyncio.create_task(call("short", port, 0.05))  # sooner than the first
+        answered = asyncio.create_task(call("answered", ok.port, 0.05))
+        await asyncio.gather(long, short, answered)
+        assert finished == ["answered", "short timed out", "long timed out"]
+        await wait_until_async(lambda: hanging.cancelled == 2, timeout=5, what="cancelled")
+    finally:
+        pool.close()
+        await ok.stop()
+        await server.stop()
+
+
 async def test_upstream_retries_once_when_a_pooled_connection_was_closed() -> None:
     served = 0
 
@@ -220,3 +249,18 @@ async def test_client_gone_abandons_the_upstream_request(tmp_path: Path) -> None
     finally:
         await server.stop()
         await slow.stop()
+
+
+async def test_request_targets_are_split_into_path_and_query(echo: int) -> None:
+    cases = {
+        b"/a%20b": b"/a%20b?|",
+        b"//x/y": b"//x/y?|",
+        b"/m?k=v&w": b"/m?k=v&w|",
+        b"/f#frag": b"/f?|",
+        b"http://h:1/abs?q=1": b"/abs?q=1|",
+    }
+    for target, expected in cases.items():
+        out = await _exchange(echo, b"GET " + target + b" HTTP/1.1\r\nconnection: close\r\n\r\n")
+        assert out.endswith(b"\r\n\r\n" + expected), (target, out)
+    out = await _exchange(echo, b"GET /a\xc3\xa9 HTTP/1.1\r\nconnection: close\r\n\r\n")
+    assert out.startswith(b"HTTP/1.1 400 Bad Request\r\n")
