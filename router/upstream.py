@@ -46,33 +46,35 @@ class _Deadlines:
     def add(self, conn: _UpstreamConnection, deadline: float) -> None:
         self._in_flight[conn] = deadline
         if deadline < self._armed:
-            self._arm(deadline)
+            self._arm(conn.loop, deadline)
 
     def discard(self, conn: _UpstreamConnection) -> None:
         self._in_flight.pop(conn, None)
 
-    def _arm(self, deadline: float) -> None:
+    def _arm(self, loop: asyncio.AbstractEventLoop, deadline: float) -> None:
         if self._timer is not None:
             self._timer.cancel()
-        self._timer = asyncio.get_running_loop().call_at(deadline, self._fire)
+        self._timer = loop.call_at(deadline, self._fire, loop)
         self._armed = deadline
 
-    def _fire(self) -> None:
+    def _fire(self, loop: asyncio.AbstractEventLoop) -> None:
         self._timer = None
         self._armed = math.inf
         # timers have a resolution of a millisecond (uvloop's clock too); without this
         # slack a deadline a fraction of one away would rearm the timer for no time at all
-        now = asyncio.get_running_loop().time() + 0.001
+        now = loop.time() + 0.001
         late = [conn for conn, deadline in self._in_flight.items() if deadline <= now]
         for conn in late:
             del self._in_flight[conn]
             conn.timed_out()
         if self._in_flight:
-            self._arm(min(self._in_flight.values()))
+            self._arm(loop, min(self._in_flight.values()))
 
 
 class _UpstreamConnection(asyncio.Protocol):
-    def __init__(self, deadlines: _Deadlines) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, deadlines: _Deadlines) -> None:
+        # the loop is kept: asyncio.get_running_loop() costs a getpid() call on Python 3.11
+        self.loop = loop
         self.transport: asyncio.Transport | None = None
         self._parser = httptools.HttpResponseParser(self)
         self._deadlines = deadlines
@@ -118,7 +120,7 @@ class _UpstreamConnection(asyncio.Protocol):
         assert self.transport is not None
         self._headers = []
         self._body = []
-        self._waiter = asyncio.get_running_loop().create_future()
+        self._waiter = self.loop.create_future()
         self._deadlines.add(self, deadline)
         self.transport.write(payload)
         return self._waiter
@@ -155,7 +157,7 @@ class UpstreamPool:
         try:
             async with asyncio.timeout(self._connect_timeout):
                 _, conn = await loop.create_connection(
-                    lambda: _UpstreamConnection(deadlines), host, port
+                    lambda: _UpstreamConnection(loop, deadlines), host, port
                 )
         except (OSError, TimeoutError) as exc:
             raise UpstreamError(f"cannot connect to worker {host}:{port}: {exc!r}") from exc
@@ -194,8 +196,7 @@ class UpstreamPool:
         if conn is None:
             reused = False
             conn = await self._connect(host, port)
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
+        deadline = conn.loop.time() + timeout
         try:
             try:
                 response = await conn.send(payload, deadline)
