@@ -44,6 +44,8 @@ REASONS = {
 # "HTTP/1.1 200 OK\r\n" and so on, encoded once
 STATUS_LINES = {code: f"HTTP/1.1 {code} {reason}\r\n".encode() for code, reason in REASONS.items()}
 
+METHODS = {m.encode(): m for m in ("GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH")}
+
 # Hop-by-hop headers are never forwarded by a proxy (RFC 9110 7.6.1).
 HOP_BY_HOP = frozenset(
     {
@@ -114,6 +116,8 @@ class _Connection(asyncio.Protocol):
     def __init__(self, server: HttpServer) -> None:
         self._server = server
         self._limits = server.limits
+        self._max_header_bytes = server.limits.max_header_bytes
+        self._max_headers = server.limits.max_headers
         self._parser = httptools.HttpRequestParser(self)
         self._transport: asyncio.Transport | None = None
         self._client_host = ""
@@ -167,12 +171,11 @@ class _Connection(asyncio.Protocol):
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self._header_bytes += len(name) + len(value)
-        if self._header_bytes > self._limits.max_header_bytes or (
-            len(self._headers) >= self._limits.max_headers
-        ):
+        headers = self._headers
+        if self._header_bytes > self._max_header_bytes or len(headers) >= self._max_headers:
             self._rejected = self._rejected or _text(431, "request headers are too large")
             return
-        self._headers.append((name.lower(), value))
+        headers.append((name.lower(), value))
 
     def on_body(self, body: bytes) -> None:
         self._body_len += len(body)
@@ -198,13 +201,14 @@ class _Connection(asyncio.Protocol):
             else:  # origin form without a query: what parse_url would return
                 path, query = url, b""
             body = self._body
+            method = self._parser.get_method()
             request = Request(
-                method=self._parser.get_method().decode(),
-                path=path.decode("latin-1"),
-                query=query.decode("latin-1"),
-                headers=self._headers,
-                body=body[0] if len(body) == 1 else b"".join(body),
-                client_host=self._client_host,
+                METHODS.get(method) or method.decode(),
+                path.decode("latin-1"),
+                query.decode("latin-1"),
+                self._headers,
+                body[0] if len(body) == 1 else b"".join(body),
+                self._client_host,
             )
             item = (request, keep_alive)
         self._pending.append(item)
