@@ -19,7 +19,7 @@ from urllib.parse import urlsplit
 import orjson
 
 from meridian.keyring import ApiKeyring
-from meridian.snapshot import RoutingSnapshot
+from meridian.snapshot import RegionView, RoutingSnapshot, WorkerView
 from router.demand import DemandNotifier, nearest_deployment_region
 from router.http11 import HOP_BY_HOP, Request, Response
 from router.keys import ApiKeys
@@ -33,7 +33,8 @@ from router.policies import (
     RoutingPolicy,
     StatsConfig,
     VersionPicker,
-    pick_worker,
+    choose_worker,
+    serving_workers,
 )
 from router.ratelimit import RateLimiter
 from router.resilience import RetryBudget
@@ -99,6 +100,12 @@ class RouterCore:
         self._ranked: dict[tuple[object, ...], list[str]] = {}
         self.outstanding: dict[str, int] = defaultdict(int)  # per worker id
         self._versions: tuple[RoutingSnapshot | None, VersionPicker | None] = (None, None)
+        # per-request lookups kept between requests: workers serving (region, model) in
+        # ``_serving_snap``, worker endpoints as (host, port), route requests by location
+        self._serving: dict[tuple[str, str], tuple[WorkerView, ...]] = {}
+        self._serving_snap: RoutingSnapshot | None = None
+        self._endpoints: dict[str, tuple[str, int]] = {}
+        self._routes: dict[tuple[str, float, float], RouteRequest] = {}
         self.budget = RetryBudget(ratio=settings.retry_ratio)
         self.counters: dict[str, int] = defaultdict(int)
         self.demand = demand
@@ -192,6 +199,40 @@ class RouterCore:
             self._versions = (snap, picker)
         return picker
 
+    def _workers(
+        self, snap: RoutingSnapshot, region: RegionView, model: str
+    ) -> tuple[WorkerView, ...]:
+        """``serving_workers`` of the region, computed once per snapshot."""
+        if snap is not self._serving_snap:
+            self._serving = {}
+            self._serving_snap = snap
+        key = (region.name, model)
+        workers = self._serving.get(key)
+        if workers is None:
+            workers = self._serving[key] = serving_workers(region, model)
+        return workers
+
+    def _endpoint(self, endpoint: str) -> tuple[str, int]:
+        """A worker's base URL as (host, port), parsed once."""
+        hostport = self._endpoints.get(endpoint)
+        if hostport is None:
+            url = urlsplit(endpoint)
+            hostport = (url.hostname or "127.0.0.1", url.port or 80)
+            if len(self._endpoints) >= 4096:
+                self._endpoints.clear()
+            self._endpoints[endpoint] = hostport
+        return hostport
+
+    def _route(self, model: str, lat: float, lon: float) -> RouteRequest:
+        """The (immutable) route request for a model and client location, shared."""
+        key = (model, lat, lon)
+        route = self._routes.get(key)
+        if route is None:
+            if len(self._routes) >= 4096:
+                self._routes.clear()
+            route = self._routes[key] = RouteRequest(model, lat, lon)
+        return route
+
     async def _wan_delay(self, snap: RoutingSnapshot, route: RouteRequest, region: str) -> None:
         """Demo only: hold the request for the modelled client-to-region round trip.
 
@@ -212,7 +253,7 @@ class RouterCore:
         deadline = started + s.total_timeout_s
         self.budget.record_request(started)
         client = self.locator.locate(req.client_host, req.header(EDGE_HEADER), req.headers)
-        route = RouteRequest(model, client.lat, client.lon)
+        route = self._route(model, client.lat, client.lon)
         ranked = self._rank(snap, route, started)
         if not ranked and not any(r.serves(model) for r in snap.regions):
             homes = [snap.region(d.region) for d in snap.deployments if d.model == model]
@@ -250,7 +291,7 @@ class RouterCore:
             if chosen is None and rest == "infer":
                 dep = self._version_picker(snap).pick(model, name, self.rng)
                 chosen = dep.version if dep is not None else None
-            worker = pick_worker(region, model, self.rng, self.outstanding)
+            worker = choose_worker(self._workers(snap, region, model), self.rng, self.outstanding)
             if worker is None:
                 continue
             if attempts > 0 and not self.budget.try_retry(now):
@@ -258,8 +299,7 @@ class RouterCore:
                 break
             attempts += 1
             target = f"/v2/models/{model}" + (f"/versions/{chosen}" if chosen else "") + tail
-            url = urlsplit(worker.endpoint)
-            host, port = url.hostname or "127.0.0.1", url.port or 80
+            host, port = self._endpoint(worker.endpoint)
             self.observed.dispatch(name, now)
             self.outstanding[worker.worker_id] += 1
             try:

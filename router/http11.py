@@ -4,7 +4,8 @@ The router's hot path is a proxy: parse a request, pick an upstream, pass the
 bytes through, write the answer back. A general ASGI stack costs several times
 the work of that, so the router speaks HTTP/1.1 itself. It supports keep-alive,
 ``Content-Length`` and chunked request bodies (via the parser), a body size
-limit, and answers in order on each connection.
+limit, and answers in order on each connection (one task per connection takes
+its requests from a list, woken by a bare future when the list was empty).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ssl
+from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import cast
@@ -38,6 +40,11 @@ REASONS = {
     503: "Service Unavailable",
     504: "Gateway Timeout",
 }
+
+# "HTTP/1.1 200 OK\r\n" and so on, encoded once
+STATUS_LINES = {code: f"HTTP/1.1 {code} {reason}\r\n".encode() for code, reason in REASONS.items()}
+
+METHODS = {m.encode(): m for m in ("GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH")}
 
 # Hop-by-hop headers are never forwarded by a proxy (RFC 9110 7.6.1).
 HOP_BY_HOP = frozenset(
@@ -78,16 +85,19 @@ class Response:
     headers: list[tuple[bytes, bytes]] = field(default_factory=list)
 
     def encode(self, keep_alive: bool) -> bytes:
-        reason = REASONS.get(self.status, "Unknown")
-        head = [f"HTTP/1.1 {self.status} {reason}\r\n".encode()]
+        head = STATUS_LINES.get(self.status)
+        if head is None:
+            head = f"HTTP/1.1 {self.status} {REASONS.get(self.status, 'Unknown')}\r\n".encode()
+        parts = [head]
         for k, v in self.headers:
-            head += [k, b": ", v, b"\r\n"]
-        head.append(b"content-length: %d\r\n" % len(self.body))
-        if not keep_alive:
-            head.append(b"connection: close\r\n")
-        head.append(b"\r\n")
-        head.append(self.body)
-        return b"".join(head)
+            parts += (k, b": ", v, b"\r\n")
+        parts.append(
+            b"content-length: %d\r\n\r\n" % len(self.body)
+            if keep_alive
+            else b"content-length: %d\r\nconnection: close\r\n\r\n" % len(self.body)
+        )
+        parts.append(self.body)
+        return b"".join(parts)
 
 
 Handler = Callable[[Request], Awaitable[Response]]
@@ -106,6 +116,8 @@ class _Connection(asyncio.Protocol):
     def __init__(self, server: HttpServer) -> None:
         self._server = server
         self._limits = server.limits
+        self._max_header_bytes = server.limits.max_header_bytes
+        self._max_headers = server.limits.max_headers
         self._parser = httptools.HttpRequestParser(self)
         self._transport: asyncio.Transport | None = None
         self._client_host = ""
@@ -115,8 +127,11 @@ class _Connection(asyncio.Protocol):
         self._body: list[bytes] = []
         self._body_len = 0
         self._rejected: Response | None = None
-        self._queue: asyncio.Queue[tuple[Request | Response, bool] | None] = asyncio.Queue()
+        # requests not answered yet, oldest first; the task answering them, and the future
+        # it waits on while there are none
+        self._pending: deque[tuple[Request | Response, bool]] = deque()
         self._writer: asyncio.Task[None] | None = None
+        self._wakeup: asyncio.Future[None] | None = None
 
     # --- asyncio.Protocol -------------------------------------------------------------------
 
@@ -143,7 +158,8 @@ class _Connection(asyncio.Protocol):
 
     # --- httptools callbacks ----------------------------------------------------------------
 
-    def on_message_begin(self) -> None:
+    def _next_message(self) -> None:
+        """Forget the request just parsed (no ``on_message_begin``: one callback less)."""
         self._url = b""
         self._headers = []
         self._header_bytes = 0
@@ -156,12 +172,11 @@ class _Connection(asyncio.Protocol):
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self._header_bytes += len(name) + len(value)
-        if self._header_bytes > self._limits.max_header_bytes or (
-            len(self._headers) >= self._limits.max_headers
-        ):
+        headers = self._headers
+        if self._header_bytes > self._max_header_bytes or len(headers) >= self._max_headers:
             self._rejected = self._rejected or _text(431, "request headers are too large")
             return
-        self._headers.append((name.lower(), value))
+        headers.append((name.lower(), value))
 
     def on_body(self, body: bytes) -> None:
         self._body_len += len(body)
@@ -176,19 +191,34 @@ class _Connection(asyncio.Protocol):
 
     def on_message_complete(self) -> None:
         keep_alive = self._parser.should_keep_alive()
+        item: tuple[Request | Response, bool]
         if self._rejected is not None:
-            self._queue.put_nowait((self._rejected, False))
-            return
-        url = httptools.parse_url(self._url)
-        request = Request(
-            method=self._parser.get_method().decode(),
-            path=(url.path or b"/").decode("latin-1"),
-            query=(url.query or b"").decode("latin-1"),
-            headers=self._headers,
-            body=b"".join(self._body) if len(self._body) != 1 else self._body[0],
-            client_host=self._client_host,
-        )
-        self._queue.put_nowait((request, keep_alive))
+            item = (self._rejected, False)
+        else:
+            url = self._url
+            if b"?" in url or b"#" in url or url[:1] != b"/":
+                parsed = httptools.parse_url(url)
+                path, query = parsed.path or b"/", parsed.query or b""
+            else:  # origin form without a query: what parse_url would return
+                path, query = url, b""
+            body = self._body
+            method = self._parser.get_method()
+            request = Request(
+                METHODS.get(method) or method.decode(),
+                path.decode("latin-1"),
+                query.decode("latin-1"),
+                self._headers,
+                body[0] if len(body) == 1 else b"".join(body),
+                self._client_host,
+            )
+            item = (request, keep_alive)
+        self._next_message()
+        self._pending.append(item)
+        wakeup = self._wakeup
+        if wakeup is not None:
+            self._wakeup = None
+            if not wakeup.done():  # cancelled with the connection
+                wakeup.set_result(None)
 
     # --- answering --------------------------------------------------------------------------
 
@@ -199,11 +229,13 @@ class _Connection(asyncio.Protocol):
 
     async def _answer_in_order(self) -> None:
         handler = self._server.handler
+        pending = self._pending
+        loop = asyncio.get_running_loop()
         while True:
-            item = await self._queue.get()
-            if item is None:
-                return
-            req, keep_alive = item
+            if not pending:
+                self._wakeup = loop.create_future()
+                await self._wakeup
+            req, keep_alive = pending.popleft()
             if isinstance(req, Response):
                 response = req
             else:

@@ -89,6 +89,7 @@ class ClientLocator:
         self._trusted = tuple(ipaddress.ip_network(n, strict=False) for n in trusted_proxies)
         self._reader: Any = None
         self._trust_cache: dict[str, bool] = {}
+        self._header_cache: dict[bytes, Location | None] = {}  # edge header -> its location
         if geoip_path:
             import maxminddb
 
@@ -145,9 +146,12 @@ class ClientLocator:
     ) -> Location:
         """``headers`` (lower-cased names) is read for ``X-Forwarded-For`` only."""
         if edge_header is not None and self._trusted_host(client_host):
-            parsed = parse_location(edge_header.decode("latin-1"))
-            if parsed is not None:
-                return Location(parsed[0], parsed[1], "header")
+            try:
+                located = self._header_cache[edge_header]
+            except KeyError:
+                located = self._from_header(edge_header)
+            if located is not None:
+                return located
         if self._reader is not None:
             addr = self.client_address(client_host, headers)
             try:
@@ -158,6 +162,15 @@ class ClientLocator:
             if isinstance(loc, dict) and "latitude" in loc and "longitude" in loc:
                 return Location(float(loc["latitude"]), float(loc["longitude"]), "geoip")
         return self._default
+
+    def _from_header(self, edge_header: bytes) -> Location | None:
+        parsed = parse_location(edge_header.decode("latin-1"))
+        located = None if parsed is None else Location(parsed[0], parsed[1], "header")
+        if len(edge_header) <= 64:  # the same locations recur: remember short values, bounded
+            if len(self._header_cache) >= 65536:
+                self._header_cache.clear()
+            self._header_cache[edge_header] = located
+        return located
 
     def close(self) -> None:
         if self._reader is not None:

@@ -9,6 +9,7 @@ from the pool.
 from __future__ import annotations
 
 import asyncio
+import math
 from collections import defaultdict, deque
 from dataclasses import dataclass
 from typing import cast
@@ -29,10 +30,57 @@ class UpstreamResponse:
     body: bytes
 
 
-class _UpstreamConnection(asyncio.Protocol):
+class _Deadlines:
+    """Fails requests in flight at their deadlines, with one timer for all of them.
+
+    A timer per request (made, armed, cancelled and freed every time) costs a few
+    microseconds; deadlines of requests sent later are nearly always later too, so the
+    one timer, armed at the soonest deadline, is seldom moved and fires about once per
+    timeout period while requests complete in time.
+    """
+
     def __init__(self) -> None:
+        self._in_flight: dict[_UpstreamConnection, float] = {}
+        self._timer: asyncio.TimerHandle | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None  # the timer's
+        self._armed = math.inf
+
+    def add(self, conn: _UpstreamConnection, deadline: float) -> None:
+        self._in_flight[conn] = deadline
+        if deadline < self._armed or conn.loop is not self._loop:
+            self._arm(conn.loop, deadline)
+
+    def discard(self, conn: _UpstreamConnection) -> None:
+        self._in_flight.pop(conn, None)
+
+    def _arm(self, loop: asyncio.AbstractEventLoop, deadline: float) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = loop.call_at(deadline, self._fire, loop)
+        self._loop = loop
+        self._armed = deadline
+
+    def _fire(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._timer = None
+        self._armed = math.inf
+        # timers have a resolution of a millisecond (uvloop's clock too); without this
+        # slack a deadline a fraction of one away would rearm the timer for no time at all
+        now = loop.time() + 0.001
+        late = [conn for conn, deadline in self._in_flight.items() if deadline <= now]
+        for conn in late:
+            del self._in_flight[conn]
+            conn.timed_out()
+        if self._in_flight:
+            self._arm(loop, min(self._in_flight.values()))
+
+
+class _UpstreamConnection(asyncio.Protocol):
+    def __init__(self, loop: asyncio.AbstractEventLoop, deadlines: _Deadlines) -> None:
+        # the loop is kept: asyncio.get_running_loop() costs a getpid() call on Python 3.11
+        self.loop = loop
         self.transport: asyncio.Transport | None = None
         self._parser = httptools.HttpResponseParser(self)
+        self._deadlines = deadlines
         self._waiter: asyncio.Future[UpstreamResponse] | None = None
         self._headers: list[tuple[bytes, bytes]] = []
         self._body: list[bytes] = []
@@ -44,16 +92,14 @@ class _UpstreamConnection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
         self.reusable = False
-        if self._waiter is not None and not self._waiter.done():
-            self._waiter.set_exception(UpstreamError(f"worker closed the connection ({exc})"))
+        self._fail(UpstreamError(f"worker closed the connection ({exc})"))
 
     def data_received(self, data: bytes) -> None:
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserError as exc:
             self.reusable = False
-            if self._waiter is not None and not self._waiter.done():
-                self._waiter.set_exception(UpstreamError(f"malformed response from worker: {exc}"))
+            self._fail(UpstreamError(f"malformed response from worker: {exc}"))
             if self.transport is not None:
                 self.transport.close()
 
@@ -66,21 +112,34 @@ class _UpstreamConnection(asyncio.Protocol):
     def on_message_complete(self) -> None:
         if not self._parser.should_keep_alive():
             self.reusable = False
+        self._deadlines.discard(self)
         waiter = self._waiter
         if waiter is not None and not waiter.done():
-            body = b"".join(self._body)
+            body = self._body[0] if len(self._body) == 1 else b"".join(self._body)
             waiter.set_result(UpstreamResponse(self._parser.get_status_code(), self._headers, body))
 
-    def send(self, payload: bytes) -> asyncio.Future[UpstreamResponse]:
+    def send(self, payload: bytes, deadline: float) -> asyncio.Future[UpstreamResponse]:
+        """Write one request; the future fails with TimeoutError at ``deadline`` (loop time)."""
         assert self.transport is not None
         self._headers = []
         self._body = []
-        self._waiter = asyncio.get_running_loop().create_future()
+        self._waiter = self.loop.create_future()
+        self._deadlines.add(self, deadline)
         self.transport.write(payload)
         return self._waiter
 
+    def timed_out(self) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_exception(TimeoutError())
+
+    def _fail(self, exc: Exception) -> None:
+        self._deadlines.discard(self)
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_exception(exc)
+
     def close(self) -> None:
         self.reusable = False
+        self._deadlines.discard(self)
         if self.transport is not None:
             self.transport.close()
 
@@ -92,12 +151,17 @@ class UpstreamPool:
         self._idle: dict[tuple[str, int], deque[_UpstreamConnection]] = defaultdict(deque)
         self._max_idle = max_idle
         self._connect_timeout = connect_timeout
+        self._host_lines: dict[tuple[str, int], bytes] = {}
+        self._deadlines = _Deadlines()
 
     async def _connect(self, host: str, port: int) -> _UpstreamConnection:
         loop = asyncio.get_running_loop()
+        deadlines = self._deadlines
         try:
             async with asyncio.timeout(self._connect_timeout):
-                _, conn = await loop.create_connection(_UpstreamConnection, host, port)
+                _, conn = await loop.create_connection(
+                    lambda: _UpstreamConnection(loop, deadlines), host, port
+                )
         except (OSError, TimeoutError) as exc:
             raise UpstreamError(f"cannot connect to worker {host}:{port}: {exc!r}") from exc
         return conn
@@ -122,31 +186,36 @@ class UpstreamPool:
     ) -> UpstreamResponse:
         """Send one request and return the whole response; raises UpstreamError or TimeoutError."""
         key = (host, port)
-        head = [f"{method} {target} HTTP/1.1\r\nhost: {host}:{port}\r\n".encode()]
+        host_line = self._host_lines.get(key)
+        if host_line is None:
+            host_line = self._host_lines[key] = f"host: {host}:{port}\r\n".encode()
+        head = [f"{method} {target} HTTP/1.1\r\n".encode("latin-1"), host_line]
         for k, v in headers:
-            head += [k, b": ", v, b"\r\n"]
-        head.append(b"content-length: %d\r\n\r\n" % len(body))
-        payload = b"".join(head) + body
+            head += (k, b": ", v, b"\r\n")
+        head += (b"content-length: %d\r\n\r\n" % len(body), body)
+        payload = b"".join(head)
         reused = True
         conn = self._take_idle(key)
         if conn is None:
             reused = False
             conn = await self._connect(host, port)
+        deadline = conn.loop.time() + timeout
         try:
-            async with asyncio.timeout(timeout):
-                try:
-                    response = await conn.send(payload)
-                except UpstreamError:
-                    if not reused:
-                        raise
-                    # a pooled connection the worker had already closed: retry once on a new one
+            try:
+                response = await conn.send(payload, deadline)
+            except UpstreamError:
+                if not reused:
+                    raise
+                # a pooled connection the worker had already closed: retry once on a new one
+                async with asyncio.timeout_at(deadline):
                     conn = await self._connect(host, port)
-                    response = await conn.send(payload)
+                response = await conn.send(payload, deadline)
         except BaseException:
             conn.close()
             raise
-        if conn.reusable and len(self._idle[key]) < self._max_idle:
-            self._idle[key].append(conn)
+        idle = self._idle[key]
+        if conn.reusable and len(idle) < self._max_idle:
+            idle.append(conn)
         else:
             conn.close()
         return response

@@ -21,7 +21,12 @@ same objects through ``choose_batch``.
 from router.policies.base import FleetTable, RouteRequest, RoutingPolicy
 from router.policies.baselines import NearestPolicy, OraclePolicy, RoundRobinPolicy, WaterfallPolicy
 from router.policies.meridian import MeridianPolicy, expected_wait_ms
-from router.policies.selection import VersionPicker, pick_worker
+from router.policies.selection import (
+    VersionPicker,
+    choose_worker,
+    pick_worker,
+    serving_workers,
+)
 from router.policies.stats import RegionStats, RouterStats, StatsConfig
 
 __all__ = [
@@ -37,6 +42,8 @@ __all__ = [
     "StatsConfig",
     "VersionPicker",
     "WaterfallPolicy",
+    "choose_worker",
     "expected_wait_ms",
     "pick_worker",
+    "serving_workers",
 ]

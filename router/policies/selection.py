@@ -6,11 +6,11 @@ from __future__ import annotations
 import bisect
 import itertools
 import random
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 from meridian.snapshot import DeploymentRoute, RegionView, RoutingSnapshot, WorkerView
 
-__all__ = ["VersionPicker", "pick_worker"]
+__all__ = ["VersionPicker", "choose_worker", "pick_worker", "serving_workers"]
 
 
 def _serves(worker: WorkerView, model: str) -> bool:
@@ -18,18 +18,22 @@ def _serves(worker: WorkerView, model: str) -> bool:
     return any(m == model or m.startswith(prefix) for m in worker.models)
 
 
-def pick_worker(
-    region: RegionView,
-    model: str,
+def serving_workers(region: RegionView, model: str) -> tuple[WorkerView, ...]:
+    """The routable workers of ``region`` that have any version of ``model`` loaded."""
+    return tuple(w for w in region.workers if w.state.routable and _serves(w, model))
+
+
+def choose_worker(
+    workers: Sequence[WorkerView],
     rng: random.Random,
     outstanding: Mapping[str, int] | None = None,
 ) -> WorkerView | None:
-    """Two random routable workers serving ``model``; the one with the shorter queue wins.
+    """Two random ones of ``workers`` (see :func:`serving_workers`); the one with the
+    shorter queue wins.
 
     Load is the worker's reported queue depth + in-flight, plus what this router has
     outstanding on it (``outstanding`` by worker id) since the report.
     """
-    workers = [w for w in region.workers if w.state.routable and _serves(w, model)]
     if not workers:
         return None
     if len(workers) == 1:
@@ -41,6 +45,17 @@ def pick_worker(
         return w.queue_depth + w.in_flight + extra.get(w.worker_id, 0)
 
     return b if load(b) < load(a) else a
+
+
+def pick_worker(
+    region: RegionView,
+    model: str,
+    rng: random.Random,
+    outstanding: Mapping[str, int] | None = None,
+) -> WorkerView | None:
+    """Power of two choices among the region's workers serving ``model``
+    (:func:`choose_worker` over :func:`serving_workers`)."""
+    return choose_worker(serving_workers(region, model), rng, outstanding)
 
 
 class VersionPicker:
