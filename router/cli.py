@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import logging
 import signal
 from pathlib import Path
@@ -87,6 +88,10 @@ async def _serve(settings: object, policy: str) -> int:
     assert isinstance(settings, RouterSettings)
     server = RouterServer(settings, make_policy(policy))
     port = await server.start()
+    # Libraries, the policy's tables and the snapshot live as long as the process: keep
+    # them out of the cyclic collector's passes (shorter pauses, fewer slow requests).
+    gc.collect()
+    gc.freeze()
     scheme = "https" if settings.tls_cert else "http"
     print(f"router listening on {scheme}://{settings.host}:{port}", flush=True)
     stop = asyncio.Event()
