@@ -20,7 +20,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="control-plane base URL to follow the snapshot from (repeatable)",
     )
     p.add_argument("--token", help="API token (read scope) for the control plane")
-    p.add_argument("--etcd", help="etcd host:port to watch the routing snapshot in")
+    p.add_argument("--etcd", help="etcd host:port to watch the routing snapshot (and keyring) in")
     p.add_argument(
         "--snapshot-path",
         type=Path,

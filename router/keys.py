@@ -1,8 +1,8 @@
 """End users' API keys as the router checks them: sha256 digests with their limits.
 
 Keys are issued through the admin API (``/v1/api-keys``) and reach every router in
-the routing snapshot, so a router that lost the control plane still checks keys
-(and their revocations up to then) from its saved snapshot.
+the keyring (:mod:`meridian.keyring`), so a router that lost the control plane still
+checks keys (and their revocations up to then) from its saved keyring.
 """
 
 from __future__ import annotations

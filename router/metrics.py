@@ -30,6 +30,7 @@ class _Collector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         core = self._core
+        core.observed.flush(time.monotonic())  # results held back for the next dispatch
         events = CounterMetricFamily(
             "meridian_router_events",
             "Requests by outcome (served, failed, rate_limited, upstream_5xx, ...)",

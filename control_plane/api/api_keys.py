@@ -1,7 +1,7 @@
 """``/v1/api-keys``: end users' keys for the router, with their rate limits.
 
 The key is shown once, at creation. Routers learn of new, changed and revoked keys
-through the routing snapshot (digests and limits only), within about a second.
+through the keyring (digests and limits only), within about a second.
 """
 
 from __future__ import annotations

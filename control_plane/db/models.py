@@ -210,7 +210,7 @@ class ApiToken(Base):
 
 class ApiKey(_Versioned, Base):
     """An end user's key for the router, with its rate limit. Only the sha256 is kept; the
-    routers receive digests and limits in the routing snapshot."""
+    routers receive digests and limits in the keyring."""
 
     __tablename__ = "api_keys"
     __table_args__ = (

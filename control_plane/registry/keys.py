@@ -1,5 +1,5 @@
 """End users' API keys: issued here, checked by the routers (which get digests and limits
-through the routing snapshot). A key is shown once, at creation; only its sha256 is kept."""
+through the keyring). A key is shown once, at creation; only its sha256 is kept."""
 
 from __future__ import annotations
 
@@ -92,7 +92,7 @@ class KeyOps(RegistryBase):
             return api_key_public(row)
 
     def revoke_api_key(self, name: str, *, actor: str) -> schemas.ApiKeyPublic:
-        """Revoke a key (idempotent); routers refuse it once the next snapshot reaches them."""
+        """Revoke a key (idempotent); routers refuse it once the next keyring reaches them."""
         with self._write() as s:
             row = self._key_row(s, name)
             if row.revoked_at is None:
