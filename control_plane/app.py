@@ -94,7 +94,8 @@ def create_app(
     app.include_router(api_router())
     if fleet is not None:
         app.include_router(fleet.routes)
-        app.add_middleware(RegistryWriteNudge, nudge=fleet.nudge)
+        # demand hints from routers (up to one a second per model) change nothing there
+        app.add_middleware(RegistryWriteNudge, nudge=fleet.nudge, skip_prefixes=("/v1/demand/",))
 
     @app.get("/healthz", tags=["health"])
     def healthz() -> dict[str, str]:

@@ -64,7 +64,6 @@ from meridian.eventwait import wait_event
 from meridian.snapshot import RoutingSnapshot
 
 __all__ = [
-    "REGISTRY_NUDGE_KEY",
     "FleetRuntime",
     "FleetSettings",
     "drain_action",
@@ -72,7 +71,6 @@ __all__ = [
     "region_gpu_caps",
 ]
 
-REGISTRY_NUDGE_KEY = "/meridian/fleet/registry-changed"  # under the default namespace
 log = logging.getLogger(__name__)
 
 
@@ -285,7 +283,8 @@ class FleetRuntime:
         )
 
     async def _lead(self) -> None:
-        await asyncio.wait_for(self.fleet_view.synced.wait(), 30)
+        if not await wait_event(self.fleet_view.synced, 30):
+            raise TimeoutError("the fleet view did not sync within 30 s")
         await self.keyring.new_term()
         await self.refresh_registry()
         async with asyncio.TaskGroup() as group:

@@ -9,7 +9,6 @@ calls in a worker thread so the event loop never waits on the database.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import hmac
 
 import sqlalchemy as sa
@@ -30,14 +29,14 @@ from control_plane.health.inventory import (
     RegionRecord,
     RegistryView,
 )
+from control_plane.registry._base import secret_hash
 from meridian.errors import NotFound, PermissionDenied, Unauthenticated
 from meridian.keyring import ApiKeyGrant
 
 __all__ = ["FleetStore", "credential_hash"]
 
 
-def credential_hash(credential: str) -> str:
-    return hashlib.sha256(credential.encode()).hexdigest()
+credential_hash = secret_hash  # how every stored credential is hashed
 
 
 class FleetStore:

@@ -31,18 +31,24 @@ class RegistryWriteNudge:
     """ASGI middleware: after a successful write under ``/v1/``, call ``nudge`` once."""
 
     def __init__(
-        self, app: ASGIApp, nudge: Callable[[], Awaitable[None]], timeout_s: float = 1.0
+        self,
+        app: ASGIApp,
+        nudge: Callable[[], Awaitable[None]],
+        timeout_s: float = 1.0,
+        skip_prefixes: tuple[str, ...] = (),
     ) -> None:
+        """``skip_prefixes``: writes that do not touch the registry (router demand hints)."""
         self.app = app
         self._nudge = nudge
         self._timeout = timeout_s
-        self.sent = 0
+        self._skip = skip_prefixes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if (
             scope["type"] != "http"
             or scope["method"] in READ_METHODS
             or not scope["path"].startswith("/v1/")
+            or scope["path"].startswith(self._skip)
         ):
             await self.app(scope, receive, send)
             return
@@ -51,7 +57,6 @@ class RegistryWriteNudge:
             if message["type"] == "http.response.start" and 200 <= message["status"] < 300:
                 try:
                     await asyncio.wait_for(self._nudge(), self._timeout)
-                    self.sent += 1
                 except Exception as exc:  # the periodic reload catches up
                     log.warning("could not nudge the fleet leader after a write: %r", exc)
             await send(message)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
 import random
 import time
 from collections import defaultdict
@@ -18,6 +17,7 @@ from urllib.parse import urlsplit
 
 import orjson
 
+from meridian.eventwait import wait_event
 from meridian.keyring import ApiKeyring
 from meridian.snapshot import RegionView, RoutingSnapshot, WorkerView
 from router.demand import DemandNotifier, nearest_deployment_region
@@ -366,9 +366,7 @@ class RouterCore:
                 left = until - time.monotonic()
                 if left <= 0:
                     break
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(min(left, 1.0)):
-                        await changed.wait()
+                await wait_event(changed, min(left, 1.0))
         finally:
             self.held -= 1
         self.counters["cold_start_timeouts"] += 1

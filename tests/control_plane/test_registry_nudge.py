@@ -33,7 +33,11 @@ def _app(nudges: list[str], fail: bool = False) -> FastAPI:
     def outside() -> None:
         return None
 
-    app.add_middleware(RegistryWriteNudge, nudge=nudge)
+    @app.post("/v1/demand/m", status_code=202)
+    def hint() -> None:
+        return None
+
+    app.add_middleware(RegistryWriteNudge, nudge=nudge, skip_prefixes=("/v1/demand/",))
     return app
 
 
@@ -43,6 +47,7 @@ def test_only_successful_v1_writes_nudge() -> None:
         assert client.get("/v1/things").status_code == 200
         assert client.post("/v1/refused").status_code == 409
         assert client.post("/healthz").status_code == 200
+        assert client.post("/v1/demand/m").status_code == 202  # no registry write
         assert nudges == []
         r = client.post("/v1/things")
         assert r.status_code == 201 and r.json() == {"nudges_before": 0}
