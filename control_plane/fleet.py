@@ -286,6 +286,7 @@ class FleetRuntime:
         if not await wait_event(self.fleet_view.synced, 30):
             raise TimeoutError("the fleet view did not sync within 30 s")
         await self.keyring.new_term()
+        self.reconciler.new_term()
         await self.refresh_registry()
         async with asyncio.TaskGroup() as group:
             group.create_task(self.publisher.run(), name="snapshot-publisher")

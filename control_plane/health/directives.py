@@ -79,18 +79,25 @@ class DirectiveReconciler:
         self._config = dict(config or {})
         self._prefix = prefix
         self._stored: dict[str, int] = {}
+        self._loaded = False
         self.writes = 0
+
+    def new_term(self) -> None:
+        """Leadership (re)gained: another leader may have written since; read again."""
+        self._stored.clear()
+        self._loaded = False
 
     async def reconcile(
         self,
         registry: RegistryView,
         replicas: Mapping[tuple[str, str, str], int] | None = None,
     ) -> None:
-        if not self._stored:
+        if not self._loaded:
             items, _ = await self._coord.get_prefix(self._prefix)
             for kv in items:
                 stored = pb.Directives.FromString(kv.value)
                 self._stored[kv.key[len(self._prefix) :]] = stored.generation
+            self._loaded = True
         for region in [r for r in self._stored if registry.region(r) is None]:
             await self._coord.delete(self._prefix + region)  # the region was deleted
             del self._stored[region]
