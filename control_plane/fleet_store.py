@@ -18,6 +18,7 @@ from control_plane.db.models import (
     ApiKey,
     AuditEntry,
     Deployment,
+    Model,
     ModelVariant,
     ModelVersion,
     Region,
@@ -66,8 +67,9 @@ class FleetStore:
                 for r in session.scalars(sa.select(Region).order_by(Region.name))
             )
             rows = session.execute(
-                sa.select(Deployment, ModelVersion, Region.name)
+                sa.select(Deployment, ModelVersion, Model.name, Region.name)
                 .join(ModelVersion, Deployment.model_version_id == ModelVersion.id)
+                .join(Model, ModelVersion.model_id == Model.id)
                 .join(Region, Deployment.region_id == Region.id)
                 .order_by(Deployment.id)
             ).all()
@@ -75,9 +77,9 @@ class FleetStore:
                 (v.model_version_id, v.name): v for v in session.scalars(sa.select(ModelVariant))
             }
             deployments = []
-            for dep, version, region_name in rows:
+            for dep, version, model_name, region_name in rows:  # one query, not one per model
                 url, sha = version.artifact_uri or "", version.artifact_sha256 or ""
-                path = f"/v1/models/{version.model.name}/versions/{version.version}"
+                path = f"/v1/models/{model_name}/versions/{version.version}"
                 if dep.variant:
                     variant = variants.get((version.id, dep.variant))
                     if variant is not None:
@@ -87,7 +89,7 @@ class FleetStore:
                     url = f"{self._artifact_base}{path}/artifact"
                 deployments.append(
                     DeploymentRecord(
-                        model=version.model.name,
+                        model=model_name,
                         version=version.version,
                         region=region_name,
                         variant=dep.variant or "",
