@@ -6,12 +6,12 @@ One model (a CPU MLP, about 2.7 MFLOP per row) on one machine, in one run:
     rows/s is the ceiling nothing over HTTP can beat;
 (b) worker: ``meridian worker`` with dynamic batching, OIP v2 REST with binary
     tensors, under closed-loop concurrency 1, 16 and 64;
-(c) naive: a FastAPI endpoint that runs the model per request, no batching,
-    same uvicorn, same load.
+(c) naive: a FastAPI endpoint under uvicorn that runs the model per request, no
+    batching, same load.
 
-The load generator is a separate process (aiohttp, keep-alive), so its CPU is
-not charged to the server's event loop -- but on a small machine it still
-competes with the server and the engine for the same cores.
+The load generator is a separate process (an asyncio protocol, keep-alive), so its
+CPU is not charged to the server -- but on a small machine it still competes with
+the server and the engine for the same cores.
 """
 
 from __future__ import annotations

@@ -20,7 +20,7 @@ from demo.processes import Child, Children
 from meridian.net import free_port
 from meridian.waiting import wait_until
 
-__all__ = ["LocalFleet", "free_port"]
+__all__ = ["LocalFleet"]
 
 
 @dataclass

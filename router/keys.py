@@ -26,6 +26,3 @@ class ApiKeys:
 
     def lookup(self, presented: bytes) -> ApiKeyGrant | None:
         return self._by_digest.get(digest(presented))
-
-    def __len__(self) -> int:
-        return len(self._by_digest)

@@ -6,10 +6,12 @@ does the least HTTP/1.1 needs: keep-alive, ``Content-Length`` and chunked
 request bodies (via the parser), ``Expect: 100-continue``, a body size limit
 (413), pipelined requests answered in order, and one write per response.
 
-The inference route is called directly (:func:`worker.rest_infer.answer_infer`);
-every other request goes to the framework app in process, as ASGI, so those
-routes are written once. When a client disconnects, the task answering it is
-cancelled, which drops its request from the batch queue.
+Inference is decoded and queued as soon as the request is parsed
+(:func:`worker.rest_infer.begin_infer`) and answered from the batch's completion
+callback (:func:`worker.rest_infer.finish_infer`), with no task per request; every
+other request goes to the framework app in process, as ASGI, so those routes are
+written once. When a client disconnects, its queued request is cancelled, which
+drops it from the batch queue.
 """
 
 from __future__ import annotations

@@ -21,7 +21,7 @@ from worker.repository import LoadRequest
 from worker.rest_codec import error_body
 from worker.rest_infer import INFER_PATH, Receive, Scope, Send, handle_infer
 
-__all__ = ["WorkerApp", "error_body", "install_error_handlers", "install_routes"]
+__all__ = ["WorkerApp", "install_error_handlers", "install_routes"]
 
 log = logging.getLogger(__name__)
 
