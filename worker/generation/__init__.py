@@ -1,0 +1,1 @@
+"""Generative models: continuous batching over a paged KV cache with prefix reuse."""
