@@ -17,6 +17,10 @@ def etcd_endpoint() -> str:
     return services.require_etcd()
 
 
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    services.stop_session_etcd()  # the etcd this session started, if any, and its data dir
+
+
 @pytest.fixture
 def postgres_url() -> Iterator[str]:
     with services.fresh_postgres_database() as url:
