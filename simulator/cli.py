@@ -14,7 +14,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rate", type=float, default=None, help="mean requests/s (100000)")
     parser.add_argument("--out", type=Path, default=Path("simulation-out"), help="output folder")
     parser.add_argument("--quick", action="store_true", help="20,000 req/s for 10 s")
-    parser.add_argument("--data", type=Path, default=None, help="shared data dir")
+    parser.add_argument(
+        "--data",
+        type=Path,
+        default=None,
+        help="full data directory laid out like shared/data (default: $MERIDIAN_DATA,"
+        " else the extracts shipped in simulator/defaults)",
+    )
     parser.add_argument(
         "--policies",
         default="nearest,waterfall,round-robin,meridian,oracle",
@@ -32,19 +38,23 @@ def main(args: argparse.Namespace) -> int:
 
     import orjson
 
-    from simulator.data import default_data_dir
     from simulator.engine import SimConfig
     from simulator.report import plot_cdfs, plot_map, summary_table, to_json, utilization_table
     from simulator.scenarios import POLICIES, SCENARIOS, World, run_scenario, standard
+    from simulator.sources import DEFAULTS, configured_data_dir
 
     policies = [p.strip() for p in args.policies.split(",") if p.strip()]
     unknown = [p for p in policies if p not in POLICIES]
     if unknown:
         print(f"unknown policy: {', '.join(unknown)} (choose from {', '.join(POLICIES)})")
         return 2
-    data: Path = args.data or default_data_dir()
-    if not (data / "latency").is_dir():
-        print(f"no data directory at {data}: pass --data or set MERIDIAN_DATA", file=sys.stderr)
+    data: Path | None = args.data or configured_data_dir()
+    if data is not None and not (data / "latency").is_dir():
+        print(
+            f"no data directory at {data} (no latency/ in it): pass --data DIR laid out like"
+            " shared/data, or neither --data nor MERIDIAN_DATA for the shipped extracts",
+            file=sys.stderr,
+        )
         return 2
     rate = args.rate if args.rate is not None else (20_000.0 if args.quick else 100_000.0)
     duration = args.duration if args.duration is not None else (10.0 if args.quick else 30.0)
@@ -53,6 +63,7 @@ def main(args: argparse.Namespace) -> int:
         return 2
     names = SCENARIOS if args.scenario == "all" else (args.scenario,)
     world = World.load(data, args.trace)
+    print(f"data: {data if data is not None else f'shipped extracts in {DEFAULTS}'}")
     config = replace(SimConfig(), detection_s=args.detection)
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)

@@ -1,4 +1,5 @@
-"""The real data the simulator runs on, read by path from the shared data directory.
+"""The real data the simulator runs on: the extracts shipped in ``simulator/defaults/``
+or, given a directory, the full files (``simulator.sources`` reads both the same way).
 
 - regions: AWS region codes and city coordinates (oaustegard aws-regions.csv, from
   cloudping.co's region table), and the AWS inter-region p50 RTT matrix;
@@ -18,12 +19,14 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
-from router.latency_fit import AWS, aws_region_coords, default_data_dir
+from router.latency_fit import default_data_dir
+from simulator.sources import aws_inter_region, configured_data_dir, open_trace, places
 
 __all__ = [
     "Places",
     "Regions",
     "Trace",
+    "configured_data_dir",
     "default_data_dir",
     "load_places",
     "load_regions",
@@ -31,10 +34,6 @@ __all__ = [
 ]
 
 FloatArray = npt.NDArray[np.float64]
-
-NATURAL_EARTH = "places/martynafford_natural-earth-geojson/ne_50m_populated_places_simple.json"
-AZURE_TRACE = "traces/Azure_AzurePublicDataset/AzureLLMInferenceTrace_{}.csv"
-MOONCAKE = "traces/kvcache-ai_Mooncake/conversation_trace.jsonl"
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,57 +71,51 @@ class Trace:
         return profile
 
 
-def load_regions(data: Path) -> Regions:
-    coords = aws_region_coords(data)
-    with open(data / AWS / "aws-regions.csv", newline="") as f:
-        cities = {r["code"]: r["city"] for r in csv.DictReader(f)}
-    names = tuple(sorted(coords))
-    matrix = json.loads((data / AWS / "aws-ping-p50-1y.json").read_text())["data"]
+def load_regions(data: Path | None = None) -> Regions:
+    """The AWS regions and their measured RTT matrix; ``data=None``: the shipped extract."""
+    aws = aws_inter_region(data)
+    names = tuple(sorted(aws.coords))
     rtt = np.full((len(names), len(names)), np.nan)
     for i, a in enumerate(names):
         for j, b in enumerate(names):
-            v = matrix.get(a, {}).get(b)
+            v = aws.rtt_ms.get(a, {}).get(b)
             if v is not None:
-                rtt[i, j] = float(v)
+                rtt[i, j] = v
     return Regions(
         names=names,
-        cities=tuple(cities[n] for n in names),
-        lat=np.array([coords[n][0] for n in names]),
-        lon=np.array([coords[n][1] for n in names]),
+        cities=tuple(aws.cities[n] for n in names),
+        lat=np.array([aws.coords[n][0] for n in names]),
+        lon=np.array([aws.coords[n][1] for n in names]),
         rtt_ms=rtt,
     )
 
 
-def load_places(data: Path) -> Places:
-    features = json.loads((data / NATURAL_EARTH).read_text())["features"]
-    rows = [f["properties"] for f in features if (f["properties"].get("pop_max") or 0) > 0]
+def load_places(data: Path | None = None) -> Places:
+    rows = places(data)
     return Places(
-        names=tuple(str(r["nameascii"]) for r in rows),
-        lat=np.array([float(r["latitude"]) for r in rows]),
-        lon=np.array([float(r["longitude"]) for r in rows]),
-        population=np.array([float(r["pop_max"]) for r in rows]),
+        names=tuple(p.name for p in rows),
+        lat=np.array([p.lat for p in rows]),
+        lon=np.array([p.lon for p in rows]),
+        population=np.array([p.population for p in rows]),
     )
 
 
-def load_trace(data: Path, name: str = "conv") -> Trace:
-    if name in ("conv", "code"):
-        stamps, inp, out = [], [], []
-        with open(data / AZURE_TRACE.format(name), newline="") as f:
-            for row in csv.DictReader(f):
-                # "2023-11-16 18:15:46.6805900": trim the 7th fractional digit for fromisoformat
-                stamps.append(datetime.fromisoformat(row["TIMESTAMP"][:26]).timestamp())
-                inp.append(float(row["ContextTokens"]))
-                out.append(float(row["GeneratedTokens"]))
-        t = np.array(stamps)
-        return Trace(name, t - t.min(), np.array(inp), np.array(out))
-    if name == "mooncake":
-        ts, inp, out = [], [], []
-        with open(data / MOONCAKE) as f:
+def load_trace(data: Path | None = None, name: str = "conv") -> Trace:
+    with open_trace(data, name) as f:
+        if name == "mooncake":
+            ts, inp, out = [], [], []
             for line in f:
                 rec = json.loads(line)
                 ts.append(rec["timestamp"] / 1000.0)
                 inp.append(float(rec["input_length"]))
                 out.append(float(rec["output_length"]))
-        order = np.argsort(ts, kind="stable")
-        return Trace(name, np.array(ts)[order], np.array(inp)[order], np.array(out)[order])
-    raise ValueError(f"unknown trace {name!r}: choose conv, code or mooncake")
+            order = np.argsort(ts, kind="stable")
+            return Trace(name, np.array(ts)[order], np.array(inp)[order], np.array(out)[order])
+        stamps, inp, out = [], [], []
+        for row in csv.DictReader(f):
+            # "2023-11-16 18:15:46.6805900": trim the 7th fractional digit for fromisoformat
+            stamps.append(datetime.fromisoformat(row["TIMESTAMP"][:26]).timestamp())
+            inp.append(float(row["ContextTokens"]))
+            out.append(float(row["GeneratedTokens"]))
+        t = np.array(stamps)
+        return Trace(name, t - t.min(), np.array(inp), np.array(out))

@@ -63,7 +63,8 @@ class World:
     trace: Trace
 
     @classmethod
-    def load(cls, data: Path, trace: str = "conv") -> World:
+    def load(cls, data: Path | None = None, trace: str = "conv") -> World:
+        """From the full files in ``data``, or from the shipped extracts when ``None``."""
         return cls(load_regions(data), load_places(data), load_trace(data, trace))
 
 

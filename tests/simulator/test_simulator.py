@@ -12,14 +12,11 @@ import pytest
 import router.policies as router_policies
 from meridian.cli import main as meridian_main
 from router.policies import MeridianPolicy, StatsConfig
-from simulator.data import Places, Trace, default_data_dir
+from simulator.data import Places, Trace
 from simulator.engine import FleetEvent, FleetSpec, SimConfig, Simulation
 from simulator.metrics import PolicyResult
 from simulator.scenarios import POLICIES, Scenario, World, make_policy, run_scenario, standard
 from simulator.workload import CostModel, Workload
-
-DATA = default_data_dir()
-needs_data = pytest.mark.skipif(not (DATA / "latency").is_dir(), reason=f"no shared data at {DATA}")
 
 
 def erlang_c_wait_ms(c: int, rho: float, service_ms: float) -> float:
@@ -83,12 +80,9 @@ def test_every_policy_agrees_when_there_is_one_region() -> None:
 
 @pytest.fixture(scope="module")
 def world() -> World:
-    if not (DATA / "latency").is_dir():
-        pytest.skip(f"no shared data at {DATA}")
-    return World.load(DATA)
+    return World.load()  # the extracts shipped with the simulator (test_data.py: = the full files)
 
 
-@needs_data
 def test_the_oracle_is_never_beaten_on_the_mean(world: World) -> None:
     scenario = standard("burst", rate_rps=4000.0, duration_s=4.0)
     results = run_scenario(world, scenario)
@@ -99,7 +93,6 @@ def test_the_oracle_is_never_beaten_on_the_mean(world: World) -> None:
         assert oracle <= r.latency.mean() * 1.01, name
 
 
-@needs_data
 def test_failed_region_gets_no_traffic_after_detection(world: World) -> None:
     """Circuit breaker off: only the health plane's detection takes the region out."""
     fail_at, until, detection = 2.0, 6.0, 1.0
@@ -121,7 +114,6 @@ def test_failed_region_gets_no_traffic_after_detection(world: World) -> None:
         assert r.retried > 0 and r.failed == 0, name  # every failed attempt was retried
 
 
-@needs_data
 def test_circuit_breaker_ejects_the_region_before_the_health_plane(world: World) -> None:
     scenario = Scenario(
         "fail",
@@ -154,7 +146,6 @@ def test_the_simulator_drives_the_routers_policy_object(monkeypatch: pytest.Monk
     assert res.completed > 0 and len(calls) > 0
 
 
-@needs_data
 def test_meridian_beats_the_baselines_under_a_burst(world: World) -> None:
     scenario = standard("burst", rate_rps=8000.0, duration_s=5.0)
     results = run_scenario(world, scenario, ["nearest", "waterfall", "meridian"])
@@ -163,16 +154,17 @@ def test_meridian_beats_the_baselines_under_a_burst(world: World) -> None:
     assert p99["meridian"] <= 0.85 * p99["waterfall"]
 
 
-@needs_data
 def test_cli_writes_tables_json_and_plots(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.delenv("MERIDIAN_DATA", raising=False)  # no data argument: the shipped extracts
     out = tmp_path / "sim"
     args = ["simulate", "--scenario", "steady", "--rate", "2000", "--duration", "2"]
     args += ["--policies", "nearest,meridian", "--out", str(out)]
     assert meridian_main(args) == 0
     text = capsys.readouterr().out
     assert "| meridian |" in text and "| nearest |" in text
+    assert "data: shipped extracts" in text
     assert (out / "simulation.json").is_file()
     assert (out / "steady-cdf.png").stat().st_size > 1000
     assert (out / "steady-map.png").stat().st_size > 1000
@@ -181,6 +173,14 @@ def test_cli_writes_tables_json_and_plots(
 def test_cli_rejects_an_unknown_policy(tmp_path: Path) -> None:
     args = ["simulate", "--policies", "fastest", "--out", str(tmp_path)]
     assert meridian_main(args) == 2
+
+
+def test_cli_rejects_a_data_directory_without_the_files(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = ["simulate", "--data", str(tmp_path / "nowhere"), "--out", str(tmp_path / "sim")]
+    assert meridian_main(args) == 2
+    assert "no data directory at" in capsys.readouterr().err
 
 
 def test_config_is_plain_data() -> None:
