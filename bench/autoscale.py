@@ -22,7 +22,6 @@ second, cold start 2 s (a worker start of ~10 minutes against a day).
 
 from __future__ import annotations
 
-import sys
 from dataclasses import replace
 
 import numpy as np
@@ -30,11 +29,11 @@ import numpy as np
 from bench.report import parse_args, record, table
 from router.latency import great_circle_km_array
 from router.policies import MeridianPolicy
-from simulator.data import default_data_dir
 from simulator.elastic import ElasticConfig, ElasticFleet
 from simulator.engine import FleetSpec, SimConfig, Simulation
 from simulator.metrics import PolicyResult
 from simulator.scenarios import World, build_fleet, standard
+from simulator.sources import configured_data_dir
 from simulator.workload import Workload
 
 
@@ -58,9 +57,8 @@ def workload(world: World, rate: float, scenario_name: str, duration: float) -> 
 
 def main() -> None:
     args = parse_args(__doc__.splitlines()[0])
-    data = default_data_dir()
-    if not (data / "latency").is_dir():
-        sys.exit(f"no shared data at {data}: set MERIDIAN_DATA")
+    # the full files where MERIDIAN_DATA names them, else the shipped extracts (same arrays)
+    data = configured_data_dir()
     rate, day = (2_000.0, 60.0) if args.quick else (5_000.0, 240.0)
     world = World.load(data)
     cfg = SimConfig(duration_s=day)

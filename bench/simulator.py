@@ -8,18 +8,15 @@ same arrivals; reports simulated requests per wall-clock second and the p99 rati
 
 from __future__ import annotations
 
-import sys
-
 from bench.report import parse_args, record, table
-from simulator.data import default_data_dir
 from simulator.scenarios import World, run_scenario, standard
+from simulator.sources import configured_data_dir
 
 
 def main() -> None:
     args = parse_args(__doc__.splitlines()[0])
-    data = default_data_dir()
-    if not (data / "latency").is_dir():
-        sys.exit(f"no shared data at {data}: set MERIDIAN_DATA")
+    # the full files where MERIDIAN_DATA names them, else the shipped extracts (same arrays)
+    data = configured_data_dir()
     rate, duration = (20_000.0, 10.0) if args.quick else (100_000.0, 30.0)
     world = World.load(data)
     results = run_scenario(
