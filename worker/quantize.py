@@ -15,22 +15,26 @@ Why this form. ONNX Runtime multiplies u8 activations by s8 weights; on x86-64
 CPUs without VNNI (AVX2, AVX-512 without VNNI) the kernel adds pairs of
 products in 16-bit lanes with saturation (``vpmaddubsw``), and full-range
 weights overflow them: 255 * 127 * 2 > 32767. VNNI CPUs accumulate in 32 bits
-and do not. The same full-range model is therefore accurate on one machine and
+and do not (ONNX Runtime's quantization documentation names the issue and
+``reduce_range`` as its remedy). The same full-range model is therefore accurate on one machine and
 off by a quarter of its output range on another. With 7-bit weights a pair
 sums to at most 255 * 64 * 2 = 32640, which fits: the integer results are exact
-on every x86-64 CPU, so the error does not depend on the CPU model. Measured on
-a 2-core AVX2 machine (relative error; speed-up over fp32, one thread)::
+on every x86-64 CPU, so the error does not depend on the CPU model.
 
-    model               s8 full range   s8 7-bit       s8 7-bit per-channel   u8u8 per-channel
-    test MLP 16-256-4   0.39  x1.34     0.030  x1.17   0.023  x1.10           0.014  x1.02
-    bench MLP 256-1024  0.019 x1.88     0.039  x1.77   0.026  x1.73           0.016  x1.37
-    MiniLM-L6 (random)  0.36  x1.61     0.68   x1.41   0.17   x1.73           0.15   x1.17
+Measured with ``python -m bench.quantize`` on a 2-core AVX2 machine without
+VNNI (relative error; speed-up over fp32 at batch 8 sentences / 64 rows, one
+thread)::
 
-Full range saturates (0.39 on the test MLP). Per-tensor 7-bit weights lose too
-much on MiniLM (0.68); per-channel scales win it back. u8 weights with u8
-activations (u8u8) are exact everywhere too and slightly more accurate, but
-their kernels are slower (x1.17 against x1.73 on MiniLM), so the variant is s8
-7-bit per-channel. ``python -m bench.quantize`` measures it again.
+    model                 s8 full range   s8 7-bit per-channel   u8u8 per-channel
+    MiniLM-L6 (sentences) 0.24   x1.58    0.113  x1.46           0.116  x1.33
+    bench MLP 256-1024    0.019  x1.63    0.026  x1.79           0.016  x1.42
+    test MLP 16-256-4     0.39   x1.34    0.023  x1.28           0.014  x1.13
+
+Full range saturates here (0.39 on the test MLP, 0.24 on MiniLM). Per-tensor 7-bit weights lose too much on MiniLM (0.52):
+per-channel scales win it back. u8 weights with u8 activations (u8u8) are exact
+everywhere too, about as accurate, but their kernels are slower (x1.49 against
+x1.78 on one MiniLM sentence, x1.5 against x1.97 on the heavy MLP), so the
+variant is s8 7-bit per-channel. docs/worker.md has the full table.
 """
 
 from __future__ import annotations
