@@ -30,11 +30,12 @@ thread)::
     bench MLP 256-1024    0.019  x1.63    0.026  x1.79           0.016  x1.42
     test MLP 16-256-4     0.39   x1.34    0.023  x1.28           0.014  x1.13
 
-Full range saturates here (0.39 on the test MLP, 0.24 on MiniLM). Per-tensor 7-bit weights lose too much on MiniLM (0.52):
-per-channel scales win it back. u8 weights with u8 activations (u8u8) are exact
-everywhere too, about as accurate, but their kernels are slower (x1.49 against
-x1.78 on one MiniLM sentence, x1.5 against x1.97 on the heavy MLP), so the
-variant is s8 7-bit per-channel. docs/worker.md has the full table.
+Full range saturates here (0.39 on the test MLP, 0.24 on MiniLM). Per-tensor
+7-bit weights lose too much on MiniLM (0.52): per-channel scales win it back.
+u8 weights with u8 activations (u8u8) are exact everywhere too and about as
+accurate, but their kernels are slower (x1.49 against x1.78 on one MiniLM
+sentence, x1.5 against x1.97 on the heavy MLP), so the variant is s8 7-bit
+per-channel. docs/worker.md has the full table.
 """
 
 from __future__ import annotations

