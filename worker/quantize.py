@@ -26,15 +26,15 @@ VNNI (relative error; speed-up over fp32 at batch 8 sentences / 64 rows, one
 thread)::
 
     model                 s8 full range   s8 7-bit per-channel   u8u8 per-channel
-    MiniLM-L6 (sentences) 0.24   x1.58    0.113  x1.46           0.116  x1.33
-    bench MLP 256-1024    0.019  x1.63    0.026  x1.79           0.016  x1.42
-    test MLP 16-256-4     0.39   x1.34    0.023  x1.28           0.014  x1.13
+    MiniLM-L6 (sentences) 0.24   x1.70    0.113  x1.76           0.116  x1.27
+    bench MLP 256-1024    0.019  x1.73    0.026  x1.91           0.016  x1.49
+    test MLP 16-256-4     0.39   x1.40    0.023  x1.31           0.014  x1.13
 
 Full range saturates here (0.39 on the test MLP, 0.24 on MiniLM). Per-tensor
 7-bit weights lose too much on MiniLM (0.52): per-channel scales win it back.
 u8 weights with u8 activations (u8u8) are exact everywhere too and about as
-accurate, but their kernels are slower (x1.49 against x1.78 on one MiniLM
-sentence, x1.5 against x1.97 on the heavy MLP), so the variant is s8 7-bit
+accurate, but their kernels are slower (x1.53 against x1.70 on one MiniLM
+sentence, x1.54 against x1.94 on the heavy MLP), so the variant is s8 7-bit
 per-channel. docs/worker.md has the full table.
 """
 
