@@ -11,8 +11,8 @@ default). The stats JSON it understands (missing fields take defaults)::
      "latency_p99_ms": 0.0}
 
 A worker's stderr passes through the supervisor (relayed to the agent's own
-stderr) so that, when the worker exits on its own, the last line it wrote -- the
-reason, e.g. a model refused at load because it failed its accuracy probes --
+stderr) so that, when the worker exits on its own with a non-zero status, the
+last line it wrote -- the reason, e.g. a model refused at load because it failed its accuracy probes --
 becomes the ``error`` of its status, reported to the control plane until the
 worker is ready again.
 """
@@ -282,17 +282,16 @@ class LocalProcessSupervisor:
     async def _stop(self, slot: _Slot) -> None:
         slot.stopping = True
         process = slot.process
-        if process is None or process.returncode is not None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            process.send_signal(signal.SIGTERM)
-        try:
-            async with asyncio.timeout(self._stop_timeout):
-                await process.wait()
-        except TimeoutError:
+        if process is not None and process.returncode is None:
             with contextlib.suppress(ProcessLookupError):
-                process.kill()
-            await process.wait()
+                process.send_signal(signal.SIGTERM)
+            try:
+                async with asyncio.timeout(self._stop_timeout):
+                    await process.wait()
+            except TimeoutError:
+                with contextlib.suppress(ProcessLookupError):
+                    process.kill()
+                await process.wait()
         await self._end_relay(slot)
 
     @staticmethod
@@ -320,7 +319,8 @@ class LocalProcessSupervisor:
                     slot.restarts += 1
                     delay = min(self._max_backoff, 0.5 * 2 ** (slot.restarts - 1))
                     await self._end_relay(slot)
-                    reason = _last_line(slot.stderr_tail)
+                    # a worker that exits by itself says why last; one killed by a signal did not
+                    reason = _last_line(slot.stderr_tail) if process.returncode > 0 else ""
                     slot.error = f"exited with {process.returncode}" + (
                         f": {reason}" if reason else ""
                     )
