@@ -12,9 +12,9 @@ default). The stats JSON it understands (missing fields take defaults)::
 
 A worker's stderr passes through the supervisor (relayed to the agent's own
 stderr) so that, when the worker exits on its own with a non-zero status, the
-last line it wrote -- the reason, e.g. a model refused at load because it failed its accuracy probes --
-becomes the ``error`` of its status, reported to the control plane until the
-worker is ready again.
+last line it wrote -- the reason, e.g. a model refused at load because it failed
+its accuracy probes -- becomes the ``error`` of its status, reported to the
+control plane until the worker is ready again.
 """
 
 from __future__ import annotations
