@@ -89,7 +89,7 @@ class GpuStatus(_message.Message):
     def __init__(self, index: _Optional[int] = ..., utilization: _Optional[float] = ..., memory_used_bytes: _Optional[int] = ..., memory_total_bytes: _Optional[int] = ..., temperature_c: _Optional[float] = ..., power_w: _Optional[float] = ..., ecc_corrected: _Optional[int] = ..., ecc_uncorrected: _Optional[int] = ..., xid_events: _Optional[_Iterable[_Union[XidEvent, _Mapping]]] = ..., throttle_reasons: _Optional[_Iterable[str]] = ..., hung: _Optional[bool] = ..., recent_xids: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class WorkerStatus(_message.Message):
-    __slots__ = ("worker_id", "endpoint", "grpc_endpoint", "models", "ready", "queue_depth", "in_flight", "throughput_rps", "latency_p50_ms", "latency_p99_ms", "gpu_indices", "capacity_rps", "draining")
+    __slots__ = ("worker_id", "endpoint", "grpc_endpoint", "models", "ready", "queue_depth", "in_flight", "throughput_rps", "latency_p50_ms", "latency_p99_ms", "gpu_indices", "capacity_rps", "draining", "error")
     WORKER_ID_FIELD_NUMBER: _ClassVar[int]
     ENDPOINT_FIELD_NUMBER: _ClassVar[int]
     GRPC_ENDPOINT_FIELD_NUMBER: _ClassVar[int]
@@ -103,6 +103,7 @@ class WorkerStatus(_message.Message):
     GPU_INDICES_FIELD_NUMBER: _ClassVar[int]
     CAPACITY_RPS_FIELD_NUMBER: _ClassVar[int]
     DRAINING_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
     worker_id: str
     endpoint: str
     grpc_endpoint: str
@@ -116,7 +117,8 @@ class WorkerStatus(_message.Message):
     gpu_indices: _containers.RepeatedScalarFieldContainer[int]
     capacity_rps: float
     draining: bool
-    def __init__(self, worker_id: _Optional[str] = ..., endpoint: _Optional[str] = ..., grpc_endpoint: _Optional[str] = ..., models: _Optional[_Iterable[str]] = ..., ready: _Optional[bool] = ..., queue_depth: _Optional[int] = ..., in_flight: _Optional[int] = ..., throughput_rps: _Optional[float] = ..., latency_p50_ms: _Optional[float] = ..., latency_p99_ms: _Optional[float] = ..., gpu_indices: _Optional[_Iterable[int]] = ..., capacity_rps: _Optional[float] = ..., draining: _Optional[bool] = ...) -> None: ...
+    error: str
+    def __init__(self, worker_id: _Optional[str] = ..., endpoint: _Optional[str] = ..., grpc_endpoint: _Optional[str] = ..., models: _Optional[_Iterable[str]] = ..., ready: _Optional[bool] = ..., queue_depth: _Optional[int] = ..., in_flight: _Optional[int] = ..., throughput_rps: _Optional[float] = ..., latency_p50_ms: _Optional[float] = ..., latency_p99_ms: _Optional[float] = ..., gpu_indices: _Optional[_Iterable[int]] = ..., capacity_rps: _Optional[float] = ..., draining: _Optional[bool] = ..., error: _Optional[str] = ...) -> None: ...
 
 class ControlMessage(_message.Message):
     __slots__ = ("directives",)

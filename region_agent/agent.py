@@ -68,6 +68,7 @@ def build_report(seq: int, gpus: Sequence[GpuSample], workers: Sequence[WorkerSt
                 latency_p99_ms=w.latency_p99_ms,
                 gpu_indices=w.gpu_indices,
                 draining=w.draining,
+                error=w.error,
             )
         )
     return report

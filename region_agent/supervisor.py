@@ -9,6 +9,12 @@ default). The stats JSON it understands (missing fields take defaults)::
     {"ready": true, "models": ["name:version"], "queue_depth": 0, "in_flight": 0,
      "throughput_rps": 0.0, "capacity_rps": 0.0, "latency_p50_ms": 0.0,
      "latency_p99_ms": 0.0}
+
+A worker's stderr passes through the supervisor (relayed to the agent's own
+stderr) so that, when the worker exits on its own with a non-zero status, the
+last line it wrote -- the reason, e.g. a model refused at load because it failed
+its accuracy probes -- becomes the ``error`` of its status, reported to the
+control plane until the worker is ready again.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ import os
 import signal
 import sys
 import time
+from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
@@ -73,6 +80,7 @@ class WorkerStat:
     latency_p99_ms: float = 0.0
     gpu_indices: tuple[int, ...] = ()
     draining: bool = False  # being removed: reported so that routing stops sending to it
+    error: str = ""  # why the worker last exited, until it is ready again
 
 
 class WorkerSupervisor(Protocol):
@@ -103,6 +111,9 @@ class _Slot:
     draining_since: float | None = None  # monotonic; set when no longer wanted
     scraped_at: float = 0.0  # monotonic time of the last successful scrape
     waiter: asyncio.Task[None] | None = field(default=None, repr=False)
+    relay: asyncio.Task[None] | None = field(default=None, repr=False)  # its stderr
+    stderr_tail: deque[bytes] = field(default_factory=lambda: deque(maxlen=32), repr=False)
+    error: str = ""
 
 
 class LocalProcessSupervisor:
@@ -217,6 +228,7 @@ class LocalProcessSupervisor:
                         endpoint=self._endpoint(slot),
                         grpc_endpoint=f"{self._host}:{slot.grpc_port}",
                         gpu_indices=slot.gpus,
+                        error=slot.error,
                     )
                 )
         return out
@@ -252,26 +264,49 @@ class LocalProcessSupervisor:
         if slot.gpus:
             env["CUDA_VISIBLE_DEVICES"] = values["gpu"]
         slot.process = await asyncio.create_subprocess_exec(
-            *argv, env=env, stdin=asyncio.subprocess.DEVNULL, start_new_session=True
+            *argv,
+            env=env,
+            stdin=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.PIPE,
+            start_new_session=True,
         )
         slot.started_at = time.monotonic()
         slot.stat = None
+        slot.stderr_tail.clear()
+        assert slot.process.stderr is not None
+        slot.relay = asyncio.create_task(
+            _relay(slot.process.stderr, slot.stderr_tail), name=f"stderr-{slot.worker_id}"
+        )
         log.info("started worker %s (pid %d)", slot.worker_id, slot.process.pid)
 
     async def _stop(self, slot: _Slot) -> None:
         slot.stopping = True
         process = slot.process
-        if process is None or process.returncode is not None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            process.send_signal(signal.SIGTERM)
-        try:
-            async with asyncio.timeout(self._stop_timeout):
-                await process.wait()
-        except TimeoutError:
+        if process is not None and process.returncode is None:
             with contextlib.suppress(ProcessLookupError):
-                process.kill()
-            await process.wait()
+                process.send_signal(signal.SIGTERM)
+            try:
+                async with asyncio.timeout(self._stop_timeout):
+                    await process.wait()
+            except TimeoutError:
+                with contextlib.suppress(ProcessLookupError):
+                    process.kill()
+                await process.wait()
+        await self._end_relay(slot)
+
+    @staticmethod
+    async def _end_relay(slot: _Slot) -> None:
+        """Wait (briefly) for the exited worker's last stderr bytes to be relayed."""
+        relay, slot.relay = slot.relay, None
+        if relay is None:
+            return
+        try:
+            async with asyncio.timeout(2.0):
+                await relay
+        except TimeoutError:  # a grandchild holds the pipe open: stop reading it
+            relay.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await relay
 
     async def _loop(self) -> None:
         while True:
@@ -283,10 +318,15 @@ class LocalProcessSupervisor:
                         slot.restarts = 0  # it ran well for a while: forget old crashes
                     slot.restarts += 1
                     delay = min(self._max_backoff, 0.5 * 2 ** (slot.restarts - 1))
+                    await self._end_relay(slot)
+                    # a worker that exits by itself says why last; one killed by a signal did not
+                    reason = _last_line(slot.stderr_tail) if process.returncode > 0 else ""
+                    slot.error = f"exited with {process.returncode}" + (
+                        f": {reason}" if reason else ""
+                    )
                     log.warning(
-                        "worker %s exited with %s; restarting in %.1fs",
-                        slot.worker_id, process.returncode, delay,
-                    )  # fmt: skip
+                        "worker %s %s; restarting in %.1fs", slot.worker_id, slot.error, delay
+                    )
                     slot.process = None
                     slot.stat = None
                     slot.next_start = now + delay
@@ -341,6 +381,7 @@ class LocalProcessSupervisor:
             grpc_endpoint=f"{self._host}:{slot.grpc_port}",
             gpu_indices=slot.gpus,
             models=(f"{slot.spec.model}:{slot.spec.version}",),
+            error=slot.error,
         )
         try:
             response = await self._client.get(self._endpoint(slot) + self._scrape_path)
@@ -351,9 +392,13 @@ class LocalProcessSupervisor:
             slot.stat = replace(base, ready=False)
             return
         slot.scraped_at = time.monotonic()
+        ready = bool(data.get("ready", True))
+        if ready:
+            slot.error = ""  # it serves again: an earlier failure is history
         slot.stat = replace(
             base,
-            ready=bool(data.get("ready", True)),
+            error=slot.error,
+            ready=ready,
             models=tuple(str(m) for m in data.get("models", base.models)),
             queue_depth=_int(data.get("queue_depth")),
             in_flight=_int(data.get("in_flight")),
@@ -362,6 +407,27 @@ class LocalProcessSupervisor:
             latency_p50_ms=_float(data.get("latency_p50_ms")),
             latency_p99_ms=_float(data.get("latency_p99_ms")),
         )
+
+
+MAX_ERROR_CHARS = 1000
+
+
+async def _relay(stream: asyncio.StreamReader, tail: deque[bytes]) -> None:
+    """Copy a worker's stderr to ours, keeping its last chunks for :func:`_last_line`."""
+    while chunk := await stream.read(1 << 16):
+        with contextlib.suppress(OSError):
+            os.write(2, chunk)
+        tail.append(chunk)
+
+
+def _last_line(tail: deque[bytes]) -> str:
+    """The last non-blank line of what a worker wrote, at most MAX_ERROR_CHARS."""
+    text = b"".join(tail)[-(1 << 16) :].decode("utf-8", errors="replace")
+    for line in reversed(text.splitlines()):
+        if line.strip():
+            line = line.strip()
+            return line if len(line) <= MAX_ERROR_CHARS else line[: MAX_ERROR_CHARS - 3] + "..."
+    return ""
 
 
 def _int(value: object) -> int:

@@ -18,6 +18,7 @@ from worker.artifacts import ArtifactCache
 from worker.batcher import BatchPolicy
 from worker.engines.base import Engine, open_engine
 from worker.metrics import WorkerMetrics
+from worker.probes import ProbeMismatch
 from worker.repository import LoadedModel, LoadRequest, ModelRepository, local_path
 from worker.settings import WorkerSettings
 from worker.tensors import InferenceRequest, InferenceResponse, TensorSpec
@@ -200,7 +201,7 @@ class DataPlane:
                 request.artifact_url, request.sha256, token=request.token
             )
             sha = request.sha256.lower()
-        engine = await self._open(path, request)
+        engine = await self._open(name, path, request)
         return await self.repository.install(
             name,
             request.version,
@@ -220,7 +221,7 @@ class DataPlane:
         req = LoadRequest(
             version=version, variant=variant, format=guess_format(path), path=str(path)
         )
-        engine = await self._open(local_path(str(path)), req)
+        engine = await self._open(name, local_path(str(path)), req)
         return await self.repository.install(
             name, version, variant, engine, source=str(path), warm_up=True
         )
@@ -234,11 +235,16 @@ class DataPlane:
     async def unload(self, name: str, version: str | None = None) -> None:
         await self.repository.remove(name, version)
 
-    async def _open(self, path: Path, request: LoadRequest) -> Engine:
-        return await asyncio.to_thread(
-            open_engine,
-            path,
-            request.format,
-            threads=self.settings.engine_threads,
-            use_gpu=self.settings.use_gpu,
-        )
+    async def _open(self, name: str, path: Path, request: LoadRequest) -> Engine:
+        try:
+            return await asyncio.to_thread(
+                open_engine,
+                path,
+                request.format,
+                threads=self.settings.engine_threads,
+                use_gpu=self.settings.use_gpu,
+            )
+        except ProbeMismatch as exc:  # name what was refused, for the load answer and logs
+            raise ProbeMismatch(
+                f"{name}:{request.version} variant {request.variant}: {exc.message}"
+            ) from exc

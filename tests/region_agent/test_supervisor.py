@@ -10,8 +10,10 @@ from pathlib import Path
 import pytest
 
 from meridian.waiting import wait_until_async
+from region_agent.agent import build_report
 from region_agent.supervisor import LocalProcessSupervisor, WorkerSpec
 
+ROOT = Path(__file__).resolve().parents[2]
 STANDIN = str(Path(__file__).with_name("standin_worker.py"))
 COMMAND = [
     sys.executable,
@@ -94,6 +96,7 @@ async def test_crashed_worker_is_restarted(supervisor: LocalProcessSupervisor) -
         timeout=10,
         what="a new ready process",
     )
+    assert all(s.error == "" for s in supervisor.statuses())  # ready again: no failure shown
 
 
 async def test_unreachable_stats_mean_not_ready() -> None:
@@ -110,5 +113,38 @@ async def test_unreachable_stats_mean_not_ready() -> None:
             what="a scrape",
         )
         assert sup.statuses()[0].ready is False
+    finally:
+        await sup.close()
+
+
+async def test_a_refused_model_reaches_the_report(tmp_path: Path) -> None:
+    """A real worker whose int8 variant fails its accuracy probes exits at start-up; the
+    reason it wrote last is the worker's error in the agent's report."""
+    from tests.worker.models import build
+    from worker.quantize import build_variant
+
+    variant = tmp_path / "wide.int8.onnx"
+    build_variant(build(tmp_path).wide_onnx, variant, tolerance=1e-9, samples=8)
+    command = [
+        sys.executable, "-m", "meridian", "worker", "--http-port", "{port}", "--grpc-port", "-1",
+        "--engine-threads", "1", "--model", "{model}:{version}:{variant}={artifact_url}",
+    ]  # fmt: skip
+    sup = LocalProcessSupervisor(
+        command=command, scrape_interval_s=0.1, env={"PYTHONPATH": str(ROOT)}, max_backoff_s=60
+    )
+    await sup.start()
+    try:
+        await sup.apply([WorkerSpec("wide", "1", "int8", artifact_url=str(variant))])
+        await wait_until_async(
+            lambda: sup.statuses()[0].error, timeout=60, what="the worker's failure"
+        )
+        error = sup.statuses()[0].error
+        assert error.startswith("exited with 1: "), error
+        assert "wide:1 variant int8: model wide.int8.onnx fails its accuracy probes" in error
+        assert "exceeds the recorded tolerance 1e-09; not serving it" in error
+        assert sup.statuses()[0].ready is False
+        report = build_report(1, [], sup.statuses())
+        assert report.workers[0].error == error
+        assert report.workers[0].worker_id == "wide-1-int8-0"
     finally:
         await sup.close()

@@ -5,8 +5,12 @@ from __future__ import annotations
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from worker.probes import ProbeSet
 
 
 @dataclass(frozen=True)
@@ -108,3 +112,13 @@ def torchscript_reference(path: Path, x: np.ndarray) -> np.ndarray:
     with torch.inference_mode():
         out: np.ndarray = module(torch.from_numpy(x)).numpy()
     return out
+
+
+def probes_of(path: Path) -> ProbeSet:
+    """The accuracy probes recorded in an ONNX model's metadata."""
+    import onnx
+
+    from worker.probes import PROBES_KEY, ProbeSet
+
+    meta = {p.key: p.value for p in onnx.load(str(path)).metadata_props}
+    return ProbeSet.decode(meta[PROBES_KEY])

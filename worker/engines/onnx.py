@@ -1,4 +1,9 @@
-"""ONNX Runtime engine: CUDA execution provider when present, CPU otherwise."""
+"""ONNX Runtime engine: CUDA execution provider when present, CPU otherwise.
+
+A model carrying accuracy probes (:mod:`worker.probes`, written by ``meridian
+quantize``) is checked against them as it opens: past its recorded tolerance on
+this host it is refused with :class:`worker.probes.ProbeMismatch` (HTTP 422).
+"""
 
 from __future__ import annotations
 
@@ -11,6 +16,7 @@ import numpy as np
 import onnxruntime as ort
 
 from meridian.errors import InvalidInput
+from worker.probes import PROBES_KEY, ProbeSet, verify
 from worker.tensors import TensorSpec
 
 __all__ = ["OnnxEngine"]
@@ -69,6 +75,21 @@ class OnnxEngine:
         self.outputs = [_spec(a) for a in self._session.get_outputs()]
         self._output_names = [o.name for o in self.outputs]
         self.metadata: dict[str, str] = dict(self._session.get_modelmeta().custom_metadata_map)
+        self.probe_error: float | None = None  # relative error on its probes, when it has some
+        self._check_probes(path)
+
+    def _check_probes(self, path: Path) -> None:
+        text = self.metadata.get(PROBES_KEY)
+        if text is None:
+            log.info("%s has no accuracy probes: its outputs on this host are not checked", path)
+            return
+        try:
+            self.probe_error = verify(ProbeSet.decode(text), self.run, f"model {path.name}")
+        except InvalidInput as exc:
+            log.error("refusing %s: %s", path, exc.message)
+            self.close()
+            raise
+        log.info("%s passes its accuracy probes (relative error %.4g)", path, self.probe_error)
 
     def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         results = self._session.run(self._output_names, dict(inputs))
