@@ -26,16 +26,12 @@ class PreparedModel:
 
 
 def prepare(cache_dir: Path | None = None, tolerance: float = 0.15) -> PreparedModel:
-    """Export the ONNX model and quantize it; refuse an int8 variant past ``tolerance``."""
-    from worker.minilm import export
-    from worker.quantize import quantize_int8
+    """Export the ONNX model and its int8 variant (probes recorded in it, so every worker
+    checks it on its own CPU); refuse a variant past ``tolerance``."""
+    from worker.minilm import export, export_int8
 
     fp32 = export(cache_dir)
-    int8 = fp32.with_name(fp32.stem + ".int8.onnx")
-    if not int8.exists():
-        tmp = int8.with_suffix(".tmp")
-        quantize_int8(fp32, tmp)
-        tmp.replace(int8)
+    int8 = export_int8(cache_dir)
     a, b = _embed(fp32), _embed(int8)
     max_abs = float(np.abs(a - b).max())
     min_cos = float((a * b).sum(axis=1).min())

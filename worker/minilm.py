@@ -69,7 +69,8 @@ def export_int8(cache_dir: Path | None = None, *, tolerance: float = INT8_TOLERA
     from worker.quantize import build_variant
 
     fp32 = export(cache_dir)
-    target = fp32.with_name(f"{fp32.stem}.int8-probed.onnx")
+    # the name says the form (7-bit per-channel weights): a change of form is a new file
+    target = fp32.with_name(f"{fp32.stem}.int8-probed-r7pc.onnx")
     if target.exists():
         return target
     tmp = target.with_suffix(".tmp")
