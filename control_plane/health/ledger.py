@@ -207,7 +207,9 @@ class HealthLedger:
                         worker_id=w.worker_id,
                         endpoint=w.endpoint,
                         state=wa.state,
-                        reason=wa.reason,
+                        # a worker's own last error (e.g. a variant refused by its accuracy
+                        # probes) says more to an operator than its state alone
+                        reason="; ".join(r for r in (wa.reason, w.error) if r),
                         grpc_endpoint=w.grpc_endpoint,
                         models=tuple(w.models),
                         queue_depth=w.queue_depth,

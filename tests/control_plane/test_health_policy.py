@@ -45,6 +45,7 @@ class Worker:
     capacity_rps: float = 0.0
     latency_p50_ms: float = 0.0
     latency_p99_ms: float = 0.0
+    error: str = ""
 
 
 @dataclass
@@ -120,6 +121,17 @@ def test_unready_worker_is_down_and_region_degraded() -> None:
     a = assess([Gpu(0)], [Worker("a", [0], ready=False), Worker("b", [0])])
     assert a.workers["a"].state == HealthState.DOWN
     assert a.state == HealthState.DEGRADED and "worker a not ready" in a.reason
+
+
+def test_a_workers_own_error_reaches_the_region_summary() -> None:
+    ledger = HealthLedger(POLICY, replica="r1", on_change=lambda r, c: None, clock=Clock())
+    token = object()
+    ledger.register("eu", token=token, agent_id="a", agent_version="1", inventory=[])
+    refused = "exited with 1: m:1 variant int8: relative error 0.3 exceeds the recorded tolerance"
+    ledger.ingest("eu", token, Report([Gpu(0)], [Worker("a", [0], ready=False, error=refused)]))
+    summary = ledger.summary("eu")
+    assert summary is not None
+    assert "not ready" in summary.workers[0].reason and refused in summary.workers[0].reason
 
 
 def test_no_report_yet_is_down() -> None:
