@@ -55,3 +55,20 @@ def build_tiny_gpt2(
     torch.manual_seed(0)
     GPT2LMHeadModel(config).save_pretrained(str(out))
     return out
+
+
+def build_tiny_llama(out: Path) -> Path:
+    """Llama-style: RMSNorm, rotary positions, SwiGLU, two query heads per KV head."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    out.mkdir(parents=True, exist_ok=True)
+    vocab = save_tokenizer(out)
+    config = LlamaConfig(
+        vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+        bos_token_id=0, eos_token_id=0, initializer_range=0.5, tie_word_embeddings=False,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    LlamaForCausalLM(config).save_pretrained(str(out))
+    return out
