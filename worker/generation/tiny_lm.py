@@ -124,7 +124,8 @@ def _build(out: Path, recipe: TinyLmRecipe) -> None:
         show_progress=False,
     )
     tok.train_from_iterator(docs, trainer=trainer)
-    eos_id = int(tok.token_to_id(EOS))
+    eos_id = tok.token_to_id(EOS)
+    assert eos_id is not None
     ids: list[int] = []
     for enc in tok.encode_batch(docs):
         ids.extend(enc.ids)
