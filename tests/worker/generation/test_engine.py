@@ -14,7 +14,7 @@ from tests.worker.generation.conftest import EngineFactory
 from worker.generation.engine import Engine
 from worker.generation.factory import open_generation_engine
 from worker.generation.settings import GenerationSettings
-from worker.generation.types import SamplingParams, TokenEvent
+from worker.generation.types import GenerationEngine, SamplingParams, TokenEvent
 
 GREEDY = SamplingParams(max_tokens=12, temperature=0.0, ignore_eos=True)
 
@@ -208,6 +208,9 @@ async def test_stop_aborts_what_is_in_flight(engine_factory: EngineFactory) -> N
 
 
 def test_chat_prompt_uses_the_template(tiny_gpt2: Path) -> None:
-    engine = open_generation_engine(tiny_gpt2, GenerationSettings(kv_cache_tokens=64), name="chat")
+    # the engine is what transports take: the contract's protocol
+    engine: GenerationEngine = open_generation_engine(
+        tiny_gpt2, GenerationSettings(kv_cache_tokens=64), name="chat"
+    )
     ids = engine.chat_prompt([{"role": "user", "content": "hello"}])
     assert engine.decode(ids) == "<|user|>hello\n<|assistant|>"
