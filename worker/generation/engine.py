@@ -222,10 +222,10 @@ class Engine:
     ) -> list[tuple[Sequence, TokenEvent]]:
         """One scheduler step; runs in the engine's thread."""
         sched = self._scheduler
-        for seq in aborts:
-            sched.remove(seq)
         for seq in adds:
             sched.add(seq)
+        for seq in aborts:  # after the adds: a consumer may leave before its first step
+            sched.remove(seq)
         scheduled = sched.schedule()
         if not scheduled:
             return []
