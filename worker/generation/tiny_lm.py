@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import ast
 import fcntl
+import hashlib
 import json
 import logging
 import math
@@ -57,10 +58,9 @@ class TinyLmRecipe:
 
     @property
     def dirname(self) -> str:
-        return (
-            f"meridian-tiny-gpt2-v{self.version}-l{self.n_layer}-d{self.n_embd}"
-            f"-v{self.vocab_size}-s{self.steps}"
-        )
+        # any change to the recipe names a new directory
+        tag = hashlib.sha256(repr(self).encode()).hexdigest()[:10]
+        return f"meridian-tiny-gpt2-l{self.n_layer}-d{self.n_embd}-{tag}"
 
 
 def ensure_tiny_lm(cache_dir: Path | None = None, recipe: TinyLmRecipe | None = None) -> Path:
