@@ -5,7 +5,7 @@ from __future__ import annotations
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -47,7 +47,7 @@ def _cnn() -> object:
     ).eval()
 
 
-def _export(module: object, example: object, path: Path) -> None:
+def _export(module: Any, example: object, path: Path) -> None:
     import torch
 
     with warnings.catch_warnings():
