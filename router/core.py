@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
+import logging
 import random
 import time
 from collections import defaultdict
@@ -27,6 +29,7 @@ from router.locate import EDGE_HEADER, ClientLocator
 from router.metrics import CONTENT_TYPE as METRICS_TYPE
 from router.metrics import RouterMetrics
 from router.observations import Observations
+from router.outliers import WorkerOutliers
 from router.policies import (
     RouteRequest,
     RouterStats,
@@ -40,9 +43,12 @@ from router.ratelimit import RateLimiter
 from router.resilience import RetryBudget
 from router.settings import RouterSettings
 from router.snapshot_store import KeyringStore, SnapshotStore
-from router.upstream import UpstreamError, UpstreamPool
+from router.upstream import UpstreamConnectError, UpstreamError, UpstreamPool
 
 __all__ = ["RouterCore"]
+
+log = logging.getLogger(__name__)
+MAX_PROBES = 16  # shadow and connect probes in flight at once
 
 JSON = [(b"content-type", b"application/json")]
 SERVER_METADATA = orjson.dumps(
@@ -97,6 +103,11 @@ class RouterCore:
             )
         )
         self.observed = Observations(self.stats)
+        self.outliers = WorkerOutliers()
+        self._probes: set[asyncio.Task[None]] = set()
+        # worker id -> (region, worker) of ``_index_snap``, for probes
+        self._worker_index: dict[str, tuple[str, WorkerView]] = {}
+        self._index_snap: RoutingSnapshot | None = None
         self._ranked: dict[tuple[object, ...], list[str]] = {}
         self.outstanding: dict[str, int] = defaultdict(int)  # per worker id
         self._versions: tuple[RoutingSnapshot | None, VersionPicker | None] = (None, None)
@@ -291,7 +302,8 @@ class RouterCore:
             if chosen is None and rest == "infer":
                 dep = self._version_picker(snap).pick(model, name, self.rng)
                 chosen = dep.version if dep is not None else None
-            worker = choose_worker(self._workers(snap, region, model), self.rng, self.outstanding)
+            serving = self._workers(snap, region, model)
+            worker = choose_worker(self.outliers.usable(serving, now), self.rng, self.outstanding)
             if worker is None:
                 continue
             if attempts > 0 and not self.budget.try_retry(now):
@@ -302,13 +314,20 @@ class RouterCore:
             host, port = self._endpoint(worker.endpoint)
             self.observed.dispatch(name, now)
             self.outstanding[worker.worker_id] += 1
+            sent = now
             try:
                 if s.emulate_wan:
                     await self._wan_delay(snap, route, name)
+                    sent = time.monotonic()
                 upstream = await self.pool.request(
                     host, port, req.method, target + query, headers, req.body,
                     min(s.attempt_timeout_s, deadline - now),
                 )  # fmt: skip
+            except UpstreamConnectError as exc:
+                self._refused(snap, region, model, worker, time.monotonic())
+                self.counters["upstream_failures"] += 1
+                last_error = f"region {name}: {exc}"
+                continue
             except (UpstreamError, TimeoutError) as exc:
                 self.observed.error(name, time.monotonic())
                 self.counters["upstream_failures"] += 1
@@ -322,7 +341,12 @@ class RouterCore:
                 self.counters["upstream_5xx"] += 1
                 last_error = f"region {name} answered {upstream.status}"
                 continue
-            self.observed.success(name, (done - now) * 1000.0, done)
+            took_ms = (done - sent) * 1000.0
+            excess_ms = took_ms - self.pool.network_ms(host, port) - worker.latency_p50_ms
+            self.observed.success(name, took_ms, excess_ms, done)
+            self.outliers.observe(worker.worker_id, excess_ms, done)
+            if not self.outliers.quiet:
+                self._probe(snap, model, target + query, req.method, headers, req.body, done)
             out_headers = [(k, v) for k, v in upstream.headers if k not in HOP_BY_HOP]
             out_headers.append((b"x-meridian-region", name.encode()))
             out_headers.append((b"x-meridian-attempts", str(attempts).encode()))
@@ -332,6 +356,110 @@ class RouterCore:
         status = 504 if time.monotonic() >= deadline else 502
         return _error(status, f"all regions failed after {attempts} attempts: {last_error}",
                       [(b"x-meridian-attempts", str(attempts).encode())])  # fmt: skip
+
+    # --- outliers: ejection on refusal, probation of slow workers ----------------------------
+
+    def _refused(
+        self, snap: RoutingSnapshot, region: RegionView, model: str, worker: WorkerView, now: float
+    ) -> None:
+        """No connection to ``worker``: eject it now; eject its region once none is left."""
+        self.observed.error(region.name, now)
+        if self.outliers.eject(worker.worker_id, worker.endpoint):
+            self.counters["worker_ejections"] += 1
+            log.warning("ejected worker %s of region %s: connection failed",
+                        worker.worker_id, region.name)  # fmt: skip
+        if all(self.outliers.is_ejected(w.worker_id) for w in self._workers(snap, region, model)):
+            self.stats.open_circuit(region.name, now)
+
+    def _worker_of(self, snap: RoutingSnapshot, worker_id: str) -> tuple[str, WorkerView] | None:
+        if snap is not self._index_snap:
+            self._worker_index = {w.worker_id: (r.name, w) for r in snap.regions for w in r.workers}
+            self._index_snap = snap
+            self.outliers.forget_except(set(self._worker_index))
+        return self._worker_index.get(worker_id)
+
+    def _probe(
+        self,
+        snap: RoutingSnapshot,
+        model: str,
+        target: str,
+        method: str,
+        headers: list[tuple[bytes, bytes]],
+        body: bytes,
+        now: float,
+    ) -> None:
+        """Probe the slow and ejected workers that are due: a connect to an ejected one, a
+        shadow copy of this request (its answer discarded) to a slow one serving ``model``."""
+        for worker_id in self.outliers.probes_due(now):
+            found = self._worker_of(snap, worker_id)
+            if found is None or len(self._probes) >= MAX_PROBES:
+                continue
+            region, worker = found
+            if self.outliers.is_ejected(worker_id):
+                coro = self._connect_probe(worker)
+            elif any(m == model or m.startswith(model + ":") for m in worker.models):
+                shadow = [*headers, (b"x-meridian-shadow", b"1")]
+                coro = self._shadow_probe(region, worker, method, target, shadow, body)
+            else:
+                continue
+            task = asyncio.get_running_loop().create_task(coro)
+            self._probes.add(task)
+            task.add_done_callback(self._probes.discard)
+
+    async def _connect_probe(self, worker: WorkerView) -> None:
+        host, port = self._endpoint(worker.endpoint)
+        try:
+            async with asyncio.timeout(self.settings.attempt_timeout_s):
+                _, writer = await asyncio.open_connection(host, port)
+        except (OSError, TimeoutError):
+            return
+        writer.close()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()
+        self.outliers.readmit(worker.worker_id)
+        self.counters["worker_readmissions"] += 1
+        log.info("readmitted worker %s: it accepts connections again", worker.worker_id)
+
+    async def _shadow_probe(
+        self,
+        region: str,
+        worker: WorkerView,
+        method: str,
+        target: str,
+        headers: list[tuple[bytes, bytes]],
+        body: bytes,
+    ) -> None:
+        host, port = self._endpoint(worker.endpoint)
+        timeout = self.settings.attempt_timeout_s
+        sent = time.monotonic()
+        try:
+            upstream = await self.pool.request(host, port, method, target, headers, body, timeout)
+        except UpstreamConnectError:
+            if self.outliers.eject(worker.worker_id, worker.endpoint):
+                self.counters["worker_ejections"] += 1
+            return
+        except TimeoutError:
+            upstream = None
+        except UpstreamError:
+            return
+        done = time.monotonic()
+        self.counters["shadow_probes"] += 1
+        if upstream is not None and upstream.status >= 500:
+            return
+        took_ms = (done - sent) * 1000.0
+        excess_ms = took_ms - self.pool.network_ms(host, port) - worker.latency_p50_ms
+        self.outliers.observe(worker.worker_id, excess_ms, done)
+        if self.stats.region(region, done).wait_ms > self.outliers.config.slow_ms:
+            self.stats.observe_wait(region, excess_ms, done)  # keep a slow region's figure fresh
+
+    async def close(self) -> None:
+        """Cancel the probes in flight."""
+        for task in list(self._probes):
+            task.cancel()
+        for task in list(self._probes):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self._probes.clear()
 
     async def _hold(
         self, model: str, route: RouteRequest, deadline: float

@@ -2,7 +2,8 @@
 
 Nothing is counted twice: the hot path only bumps the core's plain counters, and this
 collector turns them, the snapshot's and keyring's versions and ages, and each region's
-routing statistics (outstanding requests, EWMA wait and service time, open circuit) into
+routing statistics (outstanding requests, EWMA wait and service time, open circuit, workers
+ejected or slow) into
 metric families when Prometheus asks.
 """
 
@@ -84,7 +85,18 @@ class _Collector(Collector):
             "circuit": GaugeMetricFamily(
                 "meridian_router_region_circuit_open", "1 while ejected", labels=["region"]
             ),
+            "ejected": GaugeMetricFamily(
+                "meridian_router_workers_ejected",
+                "Workers out of routing until they accept connections again",
+                labels=["region"],
+            ),
+            "slow": GaugeMetricFamily(
+                "meridian_router_workers_slow",
+                "Workers far slower than they report (passed over, probed in the shadow)",
+                labels=["region"],
+            ),
         }
+        outliers = core.outliers
         for region in snap.regions:
             stats = core.stats.region(region.name, now)
             label = [region.name]
@@ -93,6 +105,10 @@ class _Collector(Collector):
             families["wait"].add_metric(label, stats.wait_ms)
             families["service"].add_metric(label, stats.service_ms)
             families["circuit"].add_metric(label, 1.0 if stats.circuit_open else 0.0)
+            ids = [w.worker_id for w in region.workers]
+            ejected = sum(1 for i in ids if outliers.is_ejected(i))
+            families["ejected"].add_metric(label, ejected)
+            families["slow"].add_metric(label, sum(1 for i in ids if outliers.is_slow(i, now)))
         yield from families.values()
 
 
