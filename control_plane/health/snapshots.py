@@ -18,8 +18,10 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from typing import Generic, Protocol, TypeVar
 
+from control_plane.health.grace import ReconnectGrace
 from control_plane.health.inventory import RegistryView
 from control_plane.health.ledger import Change
 from control_plane.health.summary import RegionSummary
@@ -50,10 +52,20 @@ def build_snapshot(
     summaries: Mapping[str, RegionSummary],
     *,
     generated_at: float,
+    carried: Mapping[str, RegionView] | None = None,
 ) -> RoutingSnapshot:
+    """``carried``: views to keep for regions with no summary (a leader's reconnect grace,
+    ``control_plane.health.grace``); without one, such a region is down."""
     regions: list[RegionView] = []
     for record in registry.regions:
         summary = summaries.get(record.name)
+        kept = carried.get(record.name) if carried and summary is None else None
+        if kept is not None and record.status != "disabled":
+            state = kept.state
+            if record.status == "draining" and state != HealthState.DOWN:
+                state = HealthState.DRAINING
+            regions.append(replace(kept, state=state, lat=record.lat, lon=record.lon))
+            continue
         if record.status == "disabled" or summary is None:
             regions.append(
                 RegionView(
@@ -112,12 +124,14 @@ class SnapshotPublisher:
         key: str = SNAPSHOT_KEY,
         debounce_s: float = 0.05,
         load_interval_s: float = 1.0,
+        grace_s: float = 0.0,
     ) -> None:
         self._coord = coord
         self._build = build
         self.key = key
         self._debounce = debounce_s
         self._load_interval = load_interval_s
+        self.grace = ReconnectGrace(grace_s)  # the builder reads ``grace.carried(now)``
         self._urgent = False
         self._load = False
         self._wake = asyncio.Event()
@@ -134,18 +148,38 @@ class SnapshotPublisher:
             self._urgent = True
             self._wake.set()
 
+    def hold(self) -> None:
+        """The coordination store is back after a loss: the summaries that lapsed meanwhile
+        are not yet renewed; keep the regions as last published for the grace period."""
+        if self.grace.grace_s > 0:
+            self.grace.begin(time.monotonic(), self.last_published)
+            log.info("store regained: keeping the last regions' states for %.1fs",
+                     self.grace.grace_s)  # fmt: skip
+
     async def run(self) -> None:
         # a new term: another leader may have published since, so compare with nothing
         self._last_content = None
         existing = await self._coord.get(self.key)
+        stored = None
         if existing is not None:
             with contextlib.suppress(ValueError, KeyError, TypeError):
-                self.version = max(self.version, RoutingSnapshot.from_json(existing.value).version)
+                stored = RoutingSnapshot.from_json(existing.value)
+                self.version = max(self.version, stored.version)
+        self.grace.begin(time.monotonic(), stored or self.last_published)
+        if self.grace.active(time.monotonic()):
+            log.info("new term: regions not yet reported keep their states for %.1fs",
+                     self.grace.grace_s)  # fmt: skip
         await self._publish()
         last = time.monotonic()
         while True:
-            timeout = max(0.0, self._load_interval - (time.monotonic() - last))
+            now = time.monotonic()
+            timeout = max(0.0, self._load_interval - (now - last))
+            in_grace = self.grace.active(now)
+            if in_grace:
+                timeout = min(timeout, self.grace.left_s(now))
             await wait_event(self._wake, timeout)
+            if in_grace and not self.grace.active(time.monotonic()):
+                self._urgent = True  # the grace is over: silent regions are published down
             if self._urgent:
                 await asyncio.sleep(self._debounce)  # gather a burst of changes into one
             elif not self._load or time.monotonic() - last < self._load_interval:
