@@ -40,7 +40,7 @@ from router.policies import (
     serving_workers,
 )
 from router.ratelimit import RateLimiter
-from router.resilience import RetryBudget
+from router.resilience import LastGoodView, RetryBudget
 from router.settings import RouterSettings
 from router.snapshot_store import KeyringStore, SnapshotStore
 from router.upstream import UpstreamConnectError, UpstreamError, UpstreamPool
@@ -104,6 +104,7 @@ class RouterCore:
         )
         self.observed = Observations(self.stats)
         self.outliers = WorkerOutliers()
+        self.last_good = LastGoodView()
         self._probes: set[asyncio.Task[None]] = set()
         # worker id -> (region, worker) of ``_index_snap``, for probes
         self._worker_index: dict[str, tuple[str, WorkerView]] = {}
@@ -259,6 +260,7 @@ class RouterCore:
         snap = self.store.current
         if snap is None:
             return _error(503, "no routing snapshot yet", [(b"retry-after", b"1")])
+        snap = self.last_good.view(snap, model)
         s = self.settings
         started = time.monotonic()
         deadline = started + s.total_timeout_s
@@ -531,6 +533,7 @@ class RouterCore:
             ]
             if snap
             else [],
+            "models_on_last_good_snapshot": sorted(self.last_good.held),
             "redis_ok": getattr(self.limiter, "redis_ok", None),
             **self._keyring_details(),
             "cold_start_held_now": self.held,

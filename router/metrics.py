@@ -48,6 +48,16 @@ class _Collector(Collector):
         yield GaugeMetricFamily(
             "meridian_router_cold_start_held", "Requests held for a first worker", value=core.held
         )
+        yield GaugeMetricFamily(
+            "meridian_router_models_on_last_good_snapshot",
+            "Models routed on their last good snapshot: the current one has all their regions down",
+            value=len(core.last_good.held),
+        )
+        yield CounterMetricFamily(
+            "meridian_router_snapshot_panics",
+            "Times a snapshot with every region of a model down was not believed",
+            value=core.last_good.panics,
+        )
         for what, store in (("snapshot", core.store), ("keyring", core.keyring)):
             doc = store.current
             age = store.confirmed_age()
