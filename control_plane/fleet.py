@@ -93,6 +93,9 @@ class FleetSettings:
     # long, for their agents to reconnect (they retry at least every 5 s): None = the larger
     # of 6 s and 3 report intervals
     reconnect_grace_s: float | None = None
+    # the leader republishes the snapshot and keyring at least this often, unchanged too:
+    # their generated_at then tells routers how stale what they hold is
+    refresh_s: float = 5.0
     debounce_s: float = 0.05  # state changes are published within this
     registry_refresh_s: float = 2.0
     directive_config: dict[str, str] = field(default_factory=dict)
@@ -163,6 +166,7 @@ class FleetRuntime:
             debounce_s=settings.debounce_s,
             load_interval_s=settings.load_interval_s,
             grace_s=settings.grace_s,
+            refresh_s=settings.refresh_s,
         )
         self.fleet_view = FleetView(
             coord,
@@ -171,7 +175,9 @@ class FleetRuntime:
             on_resync=self.publisher.hold,
         )
         self.feed = SnapshotFeed(coord, key=settings.key("routing/snapshot"))
-        self.keyring = KeyringPublisher(coord, key=settings.key("routing/api-keys"))
+        self.keyring = KeyringPublisher(
+            coord, key=settings.key("routing/api-keys"), refresh_s=settings.refresh_s
+        )
         self.keyring_feed = KeyringFeed(coord, key=settings.key("routing/api-keys"))
         self.board = DirectiveBoard(
             coord,

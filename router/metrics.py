@@ -68,7 +68,8 @@ class _Collector(Collector):
             )
             yield GaugeMetricFamily(
                 f"meridian_router_{what}_confirmed_age_seconds",
-                f"Seconds since a source last confirmed the {store.what} (-1: never)",
+                f"Seconds since the control plane's leader generated (or republished) the "
+                f"{store.what} the router uses (-1: none)",
                 value=age if age is not None else -1.0,
             )
         yield from self._regions()

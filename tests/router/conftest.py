@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
@@ -59,7 +60,7 @@ def snapshot_for(
         )
         for name, (w, lat, lon) in workers.items()
     )
-    return RoutingSnapshot(version=version, generated_at=0.0, regions=regions)
+    return RoutingSnapshot(version=version, generated_at=time.time(), regions=regions)
 
 
 @pytest.fixture
