@@ -93,9 +93,11 @@ class FleetSettings:
     # long, for their agents to reconnect (they retry at least every 5 s): None = the larger
     # of 6 s and 3 report intervals
     reconnect_grace_s: float | None = None
-    # the leader republishes the snapshot and keyring at least this often, unchanged too:
-    # their generated_at then tells routers how stale what they hold is
+    # the leader republishes the snapshot (and the keyring, which may be large, less often)
+    # at least this often, unchanged too: their generated_at tells routers how stale
+    # what they hold is
     refresh_s: float = 5.0
+    keyring_refresh_s: float = 60.0
     debounce_s: float = 0.05  # state changes are published within this
     registry_refresh_s: float = 2.0
     directive_config: dict[str, str] = field(default_factory=dict)
@@ -176,7 +178,7 @@ class FleetRuntime:
         )
         self.feed = SnapshotFeed(coord, key=settings.key("routing/snapshot"))
         self.keyring = KeyringPublisher(
-            coord, key=settings.key("routing/api-keys"), refresh_s=settings.refresh_s
+            coord, key=settings.key("routing/api-keys"), refresh_s=settings.keyring_refresh_s
         )
         self.keyring_feed = KeyringFeed(coord, key=settings.key("routing/api-keys"))
         self.board = DirectiveBoard(
