@@ -293,6 +293,7 @@ class RouterCore:
         query = ("?" + req.query) if req.query else ""
         attempts = 0
         last_error = "no region could be tried"
+        outliers = not self.outliers.quiet and self._some_usable(snap, ranked, model, started)
         for name in ranked:
             now = time.monotonic()
             if now >= deadline or attempts >= s.max_attempts:
@@ -305,7 +306,9 @@ class RouterCore:
                 dep = self._version_picker(snap).pick(model, name, self.rng)
                 chosen = dep.version if dep is not None else None
             serving = self._workers(snap, region, model)
-            worker = choose_worker(self.outliers.usable(serving, now), self.rng, self.outstanding)
+            if outliers:
+                serving = self.outliers.usable(serving, now)
+            worker = choose_worker(serving, self.rng, self.outstanding)
             if worker is None:
                 continue
             if attempts > 0 and not self.budget.try_retry(now):
@@ -348,6 +351,7 @@ class RouterCore:
             self.observed.success(name, took_ms, excess_ms, done)
             self.outliers.observe(worker.worker_id, excess_ms, done)
             if not self.outliers.quiet:
+                self.outliers.readmit(worker.worker_id)  # it answered (tried in a panic)
                 self._probe(snap, model, target + query, req.method, headers, req.body, done)
             out_headers = [(k, v) for k, v in upstream.headers if k not in HOP_BY_HOP]
             out_headers.append((b"x-meridian-region", name.encode()))
@@ -355,6 +359,9 @@ class RouterCore:
             self.counters["served"] += 1
             return Response(upstream.status, upstream.body, out_headers)
         self.counters["failed"] += 1
+        if not self.outliers.quiet:  # keep probing the ejected: nothing else will readmit them
+            path = f"/v2/models/{model}" + (f"/versions/{version}" if version else "") + tail
+            self._probe(snap, model, path + query, req.method, headers, req.body, time.monotonic())
         status = 504 if time.monotonic() >= deadline else 502
         return _error(status, f"all regions failed after {attempts} attempts: {last_error}",
                       [(b"x-meridian-attempts", str(attempts).encode())])  # fmt: skip
@@ -372,6 +379,18 @@ class RouterCore:
                         worker.worker_id, region.name)  # fmt: skip
         if all(self.outliers.is_ejected(w.worker_id) for w in self._workers(snap, region, model)):
             self.stats.open_circuit(region.name, now)
+
+    def _some_usable(
+        self, snap: RoutingSnapshot, ranked: list[str], model: str, now: float
+    ) -> bool:
+        """Whether any ranked region has a worker that is neither ejected nor passed over;
+        when none has, every worker is tried anyway (Envoy's panic: the router's own view
+        may be what is wrong, say after a blip of its network)."""
+        for name in ranked:
+            region = snap.region(name)
+            if region is not None and self.outliers.usable(self._workers(snap, region, model), now):
+                return True
+        return False
 
     def _worker_of(self, snap: RoutingSnapshot, worker_id: str) -> tuple[str, WorkerView] | None:
         if snap is not self._index_snap:

@@ -112,3 +112,13 @@ async def test_a_dead_region_is_ejected_on_its_first_refusal(fleet) -> None:
     assert not server.core.outliers.is_ejected("eu-w1")
     assert server.core.counters["worker_readmissions"] == 1
     assert _share(again, "eu", 1.0, 1.5) == 1.0
+
+
+async def test_with_every_worker_ejected_the_router_tries_them_anyway(fleet) -> None:
+    """The router's own view may be what is wrong (a blip of its network): a panic."""
+    server, workers = fleet
+    for name, w in workers.items():
+        server.core.outliers.eject(f"{name}-w1", w.endpoint)
+    results = await _load(server.port, 0.5, rate=20)
+    assert all(status == 200 for _, _, status, _ in results)
+    assert server.core.outliers.quiet  # answering readmitted them
