@@ -15,6 +15,7 @@ import logging
 import random
 import time
 from collections import defaultdict
+from collections.abc import Sequence
 from urllib.parse import urlsplit
 
 import orjson
@@ -305,7 +306,7 @@ class RouterCore:
             if chosen is None and rest == "infer":
                 dep = self._version_picker(snap).pick(model, name, self.rng)
                 chosen = dep.version if dep is not None else None
-            serving = self._workers(snap, region, model)
+            serving: Sequence[WorkerView] = self._workers(snap, region, model)
             if outliers:
                 serving = self.outliers.usable(serving, now)
             worker = choose_worker(serving, self.rng, self.outstanding)
