@@ -55,12 +55,14 @@ def build_snapshot(
     generated_at: float,
     carried: Mapping[str, RegionView] | None = None,
 ) -> RoutingSnapshot:
-    """``carried``: views to keep for regions with no summary (a leader's reconnect grace,
+    """``carried``: views to keep for regions with no summary, or one from an agent that
+    has registered but not reported yet (a leader's reconnect grace,
     ``control_plane.health.grace``); without one, such a region is down."""
     regions: list[RegionView] = []
     for record in registry.regions:
         summary = summaries.get(record.name)
-        kept = carried.get(record.name) if carried and summary is None else None
+        silent = summary is None or summary.last_report_at == 0.0
+        kept = carried.get(record.name) if carried and silent else None
         if kept is not None and record.status != "disabled":
             state = kept.state
             if record.status == "draining" and state != HealthState.DOWN:

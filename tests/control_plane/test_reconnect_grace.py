@@ -69,6 +69,10 @@ def test_grace_carries_the_previous_regions_until_it_ends() -> None:
     assert snap.region("eu").state == HealthState.HEALTHY  # type: ignore[union-attr]
     assert snap.region("eu").workers == previous.region("eu").workers  # type: ignore[union-attr]
     assert snap.region("us").state == HealthState.DEGRADED  # type: ignore[union-attr]
+    # an agent that has registered but not reported yet is still silent
+    registered = RegionSummary(region="eu", replica="b", state=HealthState.DOWN)
+    snap = build_snapshot(8, REGISTRY, {"eu": registered}, generated_at=0.0, carried=carried)
+    assert snap.region("eu").state == HealthState.HEALTHY  # type: ignore[union-attr]
     # the grace is over: a region still silent is down
     assert grace.carried(105.0) == {}
     late = build_snapshot(9, REGISTRY, {}, generated_at=0.0, carried=grace.carried(105.0))
