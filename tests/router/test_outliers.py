@@ -160,3 +160,18 @@ def test_a_refused_worker_is_ejected_at_once_and_its_region_when_none_is_left() 
     later = stats.config.circuit_open_s + 0.1
     assert policy.rank(snap, stats, PARIS, later)[0] == "eu-central-1"
     assert outliers.usable(eu.workers, later) == []
+
+
+def test_observations_carry_the_unexplained_wait_to_the_region() -> None:
+    """What ``meridian_router_region_wait_ms`` shows: no longer 0 for a slow region."""
+    from router.observations import Observations
+
+    stats = RouterStats()
+    observed = Observations(stats, every_s=0.0)
+    for i in range(20):
+        observed.dispatch("eu-central-1", now=i * 0.01)
+        observed.success("eu-central-1", service_ms=305.0, wait_ms=300.0, now=i * 0.01)
+    observed.flush(0.2)
+    region = stats.region("eu-central-1", 0.2)
+    assert region.wait_ms > 250.0 and region.service_ms > 250.0
+    assert region.outstanding == 0
