@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
 import logging
 import random
 import time
@@ -40,6 +39,7 @@ from router.policies import (
     choose_worker,
     serving_workers,
 )
+from router.probes import OutlierProbes
 from router.ratelimit import RateLimiter
 from router.resilience import LastGoodView, RetryBudget
 from router.settings import RouterSettings
@@ -49,7 +49,6 @@ from router.upstream import UpstreamConnectError, UpstreamError, UpstreamPool
 __all__ = ["RouterCore"]
 
 log = logging.getLogger(__name__)
-MAX_PROBES = 16  # shadow and connect probes in flight at once
 
 JSON = [(b"content-type", b"application/json")]
 SERVER_METADATA = orjson.dumps(
@@ -106,10 +105,6 @@ class RouterCore:
         self.observed = Observations(self.stats)
         self.outliers = WorkerOutliers()
         self.last_good = LastGoodView()
-        self._probes: set[asyncio.Task[None]] = set()
-        # worker id -> (region, worker) of ``_index_snap``, for probes
-        self._worker_index: dict[str, tuple[str, WorkerView]] = {}
-        self._index_snap: RoutingSnapshot | None = None
         self._ranked: dict[tuple[object, ...], list[str]] = {}
         self.outstanding: dict[str, int] = defaultdict(int)  # per worker id
         self._versions: tuple[RoutingSnapshot | None, VersionPicker | None] = (None, None)
@@ -121,6 +116,10 @@ class RouterCore:
         self._routes: dict[tuple[str, float, float], RouteRequest] = {}
         self.budget = RetryBudget(ratio=settings.retry_ratio)
         self.counters: dict[str, int] = defaultdict(int)
+        self.probes = OutlierProbes(
+            pool, self.outliers, self.stats, self.counters, self._endpoint,
+            timeout_s=settings.attempt_timeout_s,
+        )  # fmt: skip
         self.demand = demand
         self.held = 0  # requests waiting for a first worker right now
         self.cold_starts_ms: collections.deque[float] = collections.deque(maxlen=100)
@@ -353,7 +352,9 @@ class RouterCore:
             self.outliers.observe(worker.worker_id, excess_ms, done)
             if not self.outliers.quiet:
                 self.outliers.readmit(worker.worker_id)  # it answered (tried in a panic)
-                self._probe(snap, model, target + query, req.method, headers, req.body, done)
+                self.probes.start_due(
+                    snap, model, target + query, req.method, headers, req.body, done
+                )
             out_headers = [(k, v) for k, v in upstream.headers if k not in HOP_BY_HOP]
             out_headers.append((b"x-meridian-region", name.encode()))
             out_headers.append((b"x-meridian-attempts", str(attempts).encode()))
@@ -362,7 +363,8 @@ class RouterCore:
         self.counters["failed"] += 1
         if not self.outliers.quiet:  # keep probing the ejected: nothing else will readmit them
             path = f"/v2/models/{model}" + (f"/versions/{version}" if version else "") + tail
-            self._probe(snap, model, path + query, req.method, headers, req.body, time.monotonic())
+            now = time.monotonic()
+            self.probes.start_due(snap, model, path + query, req.method, headers, req.body, now)
         status = 504 if time.monotonic() >= deadline else 502
         return _error(status, f"all regions failed after {attempts} attempts: {last_error}",
                       [(b"x-meridian-attempts", str(attempts).encode())])  # fmt: skip
@@ -393,95 +395,9 @@ class RouterCore:
                 return True
         return False
 
-    def _worker_of(self, snap: RoutingSnapshot, worker_id: str) -> tuple[str, WorkerView] | None:
-        if snap is not self._index_snap:
-            self._worker_index = {w.worker_id: (r.name, w) for r in snap.regions for w in r.workers}
-            self._index_snap = snap
-            self.outliers.forget_except(set(self._worker_index))
-        return self._worker_index.get(worker_id)
-
-    def _probe(
-        self,
-        snap: RoutingSnapshot,
-        model: str,
-        target: str,
-        method: str,
-        headers: list[tuple[bytes, bytes]],
-        body: bytes,
-        now: float,
-    ) -> None:
-        """Probe the slow and ejected workers that are due: a connect to an ejected one, a
-        shadow copy of this request (its answer discarded) to a slow one serving ``model``."""
-        for worker_id in self.outliers.probes_due(now):
-            found = self._worker_of(snap, worker_id)
-            if found is None or len(self._probes) >= MAX_PROBES:
-                continue
-            region, worker = found
-            if self.outliers.is_ejected(worker_id):
-                coro = self._connect_probe(worker)
-            elif any(m == model or m.startswith(model + ":") for m in worker.models):
-                shadow = [*headers, (b"x-meridian-shadow", b"1")]
-                coro = self._shadow_probe(region, worker, method, target, shadow, body)
-            else:
-                continue
-            task = asyncio.get_running_loop().create_task(coro)
-            self._probes.add(task)
-            task.add_done_callback(self._probes.discard)
-
-    async def _connect_probe(self, worker: WorkerView) -> None:
-        host, port = self._endpoint(worker.endpoint)
-        try:
-            async with asyncio.timeout(self.settings.attempt_timeout_s):
-                _, writer = await asyncio.open_connection(host, port)
-        except (OSError, TimeoutError):
-            return
-        writer.close()
-        with contextlib.suppress(OSError):
-            await writer.wait_closed()
-        self.outliers.readmit(worker.worker_id)
-        self.counters["worker_readmissions"] += 1
-        log.info("readmitted worker %s: it accepts connections again", worker.worker_id)
-
-    async def _shadow_probe(
-        self,
-        region: str,
-        worker: WorkerView,
-        method: str,
-        target: str,
-        headers: list[tuple[bytes, bytes]],
-        body: bytes,
-    ) -> None:
-        host, port = self._endpoint(worker.endpoint)
-        timeout = self.settings.attempt_timeout_s
-        sent = time.monotonic()
-        try:
-            upstream = await self.pool.request(host, port, method, target, headers, body, timeout)
-        except UpstreamConnectError:
-            if self.outliers.eject(worker.worker_id, worker.endpoint):
-                self.counters["worker_ejections"] += 1
-            return
-        except TimeoutError:
-            upstream = None
-        except UpstreamError:
-            return
-        done = time.monotonic()
-        self.counters["shadow_probes"] += 1
-        if upstream is not None and upstream.status >= 500:
-            return
-        took_ms = (done - sent) * 1000.0
-        excess_ms = took_ms - self.pool.network_ms(host, port) - worker.latency_p50_ms
-        self.outliers.observe(worker.worker_id, excess_ms, done)
-        if self.stats.region(region, done).wait_ms > self.outliers.config.slow_ms:
-            self.stats.observe_wait(region, excess_ms, done)  # keep a slow region's figure fresh
-
     async def close(self) -> None:
         """Cancel the probes in flight."""
-        for task in list(self._probes):
-            task.cancel()
-        for task in list(self._probes):
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
-        self._probes.clear()
+        await self.probes.close()
 
     async def _hold(
         self, model: str, route: RouteRequest, deadline: float
