@@ -115,9 +115,11 @@ async def test_a_replica_cut_off_from_etcd_does_not_keep_the_snapshot_young(
         await wait_until_async(
             lambda: (store.confirmed_age() or 0.0) > 12.0, timeout=20, what="the age grows"
         )
+        held = store.current
+        assert held is not None
         async with httpx.AsyncClient() as client:
-            r = await client.get(f"{url}/v1/routing/snapshot", params={"wait": 0},
-                                 headers={"if-none-match": f'"{store.current.version}"'})  # type: ignore[union-attr]  # fmt: skip
+            poll = {"if-none-match": f'"{held.version}"'}
+            r = await client.get(f"{url}/v1/routing/snapshot", params={"wait": 0}, headers=poll)
         assert r.status_code == 503
         assert "cannot reach the coordination store" in r.text
     finally:
