@@ -5,7 +5,8 @@ can mount it:
 
 - ``GET /v1/routing/snapshot``: the latest snapshot, ``ETag: "<version>"``. With
   ``If-None-Match`` and ``?wait=S`` it long-polls: it answers as soon as a newer
-  snapshot exists, or 304 after ``S`` seconds.
+  snapshot exists, or 304 after ``S`` seconds; 503 while this replica cannot reach the
+  coordination store (it cannot tell whether a newer one exists).
 - ``GET /v1/routing/api-keys``: the keyring (end users' key digests and limits), the
   same way.
 - ``GET /v1/regions/{name}/health``: state, reason, GPUs and workers of a region.
@@ -86,6 +87,13 @@ def _long_poll_route(
                     raise Unavailable(f"no {what} has been published yet", retry_after=1)
                 return current()
             known = _parse_etag(if_none_match, feed.version)
+            if not feed.live:
+                # cut off from the coordination store: "nothing newer" would be a guess
+                raise Unavailable(
+                    f"this replica cannot reach the coordination store; its {what} "
+                    f"(version {feed.version}) may be stale: ask another replica",
+                    retry_after=1,
+                )
             if feed.version > known or (wait > 0 and await feed.wait_newer(known, wait)):
                 return current()
             if feed.version < known:

@@ -89,6 +89,15 @@ class FleetSettings:
     summary_ttl_s: float = 3.0  # a dead replica's summaries vanish after this
     leader_ttl_s: float = 2.0  # a dead leader is replaced after about this
     load_interval_s: float = 1.0  # load-only changes are relayed/published this often
+    # a new leader (or one that regained the store) keeps silent regions' last states this
+    # long, for their agents to reconnect (they retry at least every 5 s): None = the larger
+    # of 6 s and 3 report intervals
+    reconnect_grace_s: float | None = None
+    # the leader republishes the snapshot (and the keyring, which may be large, less often)
+    # at least this often, unchanged too: their generated_at tells routers how stale
+    # what they hold is
+    refresh_s: float = 5.0
+    keyring_refresh_s: float = 60.0
     debounce_s: float = 0.05  # state changes are published within this
     registry_refresh_s: float = 2.0
     directive_config: dict[str, str] = field(default_factory=dict)
@@ -105,6 +114,12 @@ class FleetSettings:
 
     def key(self, path: str) -> str:
         return f"{self.namespace.rstrip('/')}/{path}"
+
+    @property
+    def grace_s(self) -> float:
+        if self.reconnect_grace_s is not None:
+            return self.reconnect_grace_s
+        return max(6.0, 3 * self.report_interval_s)
 
     def health_config(self) -> HealthConfig:
         return HealthConfig(
@@ -152,12 +167,19 @@ class FleetRuntime:
             key=settings.key("routing/snapshot"),
             debounce_s=settings.debounce_s,
             load_interval_s=settings.load_interval_s,
+            grace_s=settings.grace_s,
+            refresh_s=settings.refresh_s,
         )
         self.fleet_view = FleetView(
-            coord, on_change=self.publisher.mark, prefix=settings.key("fleet/regions/")
+            coord,
+            on_change=self.publisher.mark,
+            prefix=settings.key("fleet/regions/"),
+            on_resync=self.publisher.hold,
         )
         self.feed = SnapshotFeed(coord, key=settings.key("routing/snapshot"))
-        self.keyring = KeyringPublisher(coord, key=settings.key("routing/api-keys"))
+        self.keyring = KeyringPublisher(
+            coord, key=settings.key("routing/api-keys"), refresh_s=settings.keyring_refresh_s
+        )
         self.keyring_feed = KeyringFeed(coord, key=settings.key("routing/api-keys"))
         self.board = DirectiveBoard(
             coord,
@@ -279,7 +301,11 @@ class FleetRuntime:
 
     def _build(self, version: int) -> RoutingSnapshot:
         return build_snapshot(
-            version, self.registry, self.fleet_view.summaries(), generated_at=time.time()
+            version,
+            self.registry,
+            self.fleet_view.summaries(),
+            generated_at=time.time(),
+            carried=self.publisher.grace.carried(time.monotonic()),
         )
 
     async def _lead(self) -> None:

@@ -36,6 +36,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--report-interval", type=float, default=1.0)
     p.add_argument("--leader-ttl", type=float, default=2.0)
     p.add_argument("--summary-ttl", type=float, default=3.0)
+    p.add_argument(
+        "--reconnect-grace",
+        type=float,
+        default=None,
+        help="seconds a new leader keeps silent regions' last states (default: 6 s or more)",
+    )
     p.add_argument("--admin-token", default="")
     p.add_argument("--namespace", default="/meridian", help="root of the coordination keys")
     p.add_argument("--log-level", default="INFO")
@@ -61,6 +67,8 @@ async def serve(args: argparse.Namespace) -> int:
         "summary_ttl_s": args.summary_ttl,
         "namespace": args.namespace,
     }
+    if args.reconnect_grace is not None:
+        settings_kwargs["reconnect_grace_s"] = args.reconnect_grace
     if args.replica_id:
         settings_kwargs["replica_id"] = args.replica_id
     runtime = FleetRuntime.with_sql(

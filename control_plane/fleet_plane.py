@@ -54,6 +54,8 @@ def build_fleet(settings: ControlPlaneSettings, registry: Registry) -> FleetPlan
             grpc_host=settings.grpc_host,
             grpc_port=settings.grpc_port,
             report_interval_s=settings.report_interval_s,
+            reconnect_grace_s=settings.reconnect_grace_s,
+            refresh_s=settings.snapshot_refresh_s,
             namespace=settings.fleet_namespace,
             autoscale=settings.autoscale_enabled,
             scaling=ScalingConfig(

@@ -46,6 +46,11 @@ class ControlPlaneSettings(BaseSettings):
     public_url: str | None = None
     report_interval_s: float = Field(default=1.0, gt=0)
     fleet_namespace: str = "/meridian"
+    # a new leader keeps silent regions' last states this long while agents reconnect
+    # (None: the larger of 6 s and 3 report intervals); docs/fleet-health.md
+    reconnect_grace_s: float | None = Field(default=None, ge=0)
+    # the leader republishes an unchanged snapshot this often (routers' staleness)
+    snapshot_refresh_s: float = Field(default=5.0, ge=0)
     # --- elastic capacity (the leader's autoscaler) ---
     autoscale_enabled: bool = True
     autoscale_target_concurrency: float = Field(default=4.0, gt=0)  # in flight + queued/worker

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import logging
 import random
 import time
 from collections import defaultdict
+from collections.abc import Sequence
 from urllib.parse import urlsplit
 
 import orjson
@@ -27,6 +29,7 @@ from router.locate import EDGE_HEADER, ClientLocator
 from router.metrics import CONTENT_TYPE as METRICS_TYPE
 from router.metrics import RouterMetrics
 from router.observations import Observations
+from router.outliers import WorkerOutliers
 from router.policies import (
     RouteRequest,
     RouterStats,
@@ -36,13 +39,16 @@ from router.policies import (
     choose_worker,
     serving_workers,
 )
+from router.probes import OutlierProbes
 from router.ratelimit import RateLimiter
-from router.resilience import RetryBudget
+from router.resilience import LastGoodView, RetryBudget
 from router.settings import RouterSettings
 from router.snapshot_store import KeyringStore, SnapshotStore
-from router.upstream import UpstreamError, UpstreamPool
+from router.upstream import UpstreamConnectError, UpstreamError, UpstreamPool
 
 __all__ = ["RouterCore"]
+
+log = logging.getLogger(__name__)
 
 JSON = [(b"content-type", b"application/json")]
 SERVER_METADATA = orjson.dumps(
@@ -97,6 +103,8 @@ class RouterCore:
             )
         )
         self.observed = Observations(self.stats)
+        self.outliers = WorkerOutliers()
+        self.last_good = LastGoodView()
         self._ranked: dict[tuple[object, ...], list[str]] = {}
         self.outstanding: dict[str, int] = defaultdict(int)  # per worker id
         self._versions: tuple[RoutingSnapshot | None, VersionPicker | None] = (None, None)
@@ -108,6 +116,10 @@ class RouterCore:
         self._routes: dict[tuple[str, float, float], RouteRequest] = {}
         self.budget = RetryBudget(ratio=settings.retry_ratio)
         self.counters: dict[str, int] = defaultdict(int)
+        self.probes = OutlierProbes(
+            pool, self.outliers, self.stats, self.counters, self._endpoint,
+            timeout_s=settings.attempt_timeout_s,
+        )  # fmt: skip
         self.demand = demand
         self.held = 0  # requests waiting for a first worker right now
         self.cold_starts_ms: collections.deque[float] = collections.deque(maxlen=100)
@@ -248,6 +260,7 @@ class RouterCore:
         snap = self.store.current
         if snap is None:
             return _error(503, "no routing snapshot yet", [(b"retry-after", b"1")])
+        snap = self.last_good.view(snap, model)
         s = self.settings
         started = time.monotonic()
         deadline = started + s.total_timeout_s
@@ -280,6 +293,7 @@ class RouterCore:
         query = ("?" + req.query) if req.query else ""
         attempts = 0
         last_error = "no region could be tried"
+        outliers = not self.outliers.quiet and self._some_usable(snap, ranked, model, started)
         for name in ranked:
             now = time.monotonic()
             if now >= deadline or attempts >= s.max_attempts:
@@ -291,7 +305,10 @@ class RouterCore:
             if chosen is None and rest == "infer":
                 dep = self._version_picker(snap).pick(model, name, self.rng)
                 chosen = dep.version if dep is not None else None
-            worker = choose_worker(self._workers(snap, region, model), self.rng, self.outstanding)
+            serving: Sequence[WorkerView] = self._workers(snap, region, model)
+            if outliers:
+                serving = self.outliers.usable(serving, now)
+            worker = choose_worker(serving, self.rng, self.outstanding)
             if worker is None:
                 continue
             if attempts > 0 and not self.budget.try_retry(now):
@@ -302,13 +319,20 @@ class RouterCore:
             host, port = self._endpoint(worker.endpoint)
             self.observed.dispatch(name, now)
             self.outstanding[worker.worker_id] += 1
+            sent = now
             try:
                 if s.emulate_wan:
                     await self._wan_delay(snap, route, name)
+                    sent = time.monotonic()
                 upstream = await self.pool.request(
                     host, port, req.method, target + query, headers, req.body,
                     min(s.attempt_timeout_s, deadline - now),
                 )  # fmt: skip
+            except UpstreamConnectError as exc:
+                self._refused(snap, region, model, worker, time.monotonic())
+                self.counters["upstream_failures"] += 1
+                last_error = f"region {name}: {exc}"
+                continue
             except (UpstreamError, TimeoutError) as exc:
                 self.observed.error(name, time.monotonic())
                 self.counters["upstream_failures"] += 1
@@ -322,16 +346,58 @@ class RouterCore:
                 self.counters["upstream_5xx"] += 1
                 last_error = f"region {name} answered {upstream.status}"
                 continue
-            self.observed.success(name, (done - now) * 1000.0, done)
+            took_ms = (done - sent) * 1000.0
+            excess_ms = took_ms - self.pool.network_ms(host, port) - worker.latency_p50_ms
+            self.observed.success(name, took_ms, excess_ms, done)
+            self.outliers.observe(worker.worker_id, excess_ms, done)
+            if not self.outliers.quiet:
+                self.outliers.readmit(worker.worker_id)  # it answered (tried in a panic)
+                self.probes.start_due(
+                    snap, model, target + query, req.method, headers, req.body, done
+                )
             out_headers = [(k, v) for k, v in upstream.headers if k not in HOP_BY_HOP]
             out_headers.append((b"x-meridian-region", name.encode()))
             out_headers.append((b"x-meridian-attempts", str(attempts).encode()))
             self.counters["served"] += 1
             return Response(upstream.status, upstream.body, out_headers)
         self.counters["failed"] += 1
+        if not self.outliers.quiet:  # keep probing the ejected: nothing else will readmit them
+            path = f"/v2/models/{model}" + (f"/versions/{version}" if version else "") + tail
+            now = time.monotonic()
+            self.probes.start_due(snap, model, path + query, req.method, headers, req.body, now)
         status = 504 if time.monotonic() >= deadline else 502
         return _error(status, f"all regions failed after {attempts} attempts: {last_error}",
                       [(b"x-meridian-attempts", str(attempts).encode())])  # fmt: skip
+
+    # --- outliers: ejection on refusal, probation of slow workers ----------------------------
+
+    def _refused(
+        self, snap: RoutingSnapshot, region: RegionView, model: str, worker: WorkerView, now: float
+    ) -> None:
+        """No connection to ``worker``: eject it now; eject its region once none is left."""
+        self.observed.error(region.name, now)
+        if self.outliers.eject(worker.worker_id, worker.endpoint):
+            self.counters["worker_ejections"] += 1
+            log.warning("ejected worker %s of region %s: connection failed",
+                        worker.worker_id, region.name)  # fmt: skip
+        if all(self.outliers.is_ejected(w.worker_id) for w in self._workers(snap, region, model)):
+            self.stats.open_circuit(region.name, now)
+
+    def _some_usable(
+        self, snap: RoutingSnapshot, ranked: list[str], model: str, now: float
+    ) -> bool:
+        """Whether any ranked region has a worker that is neither ejected nor passed over;
+        when none has, every worker is tried anyway (Envoy's panic: the router's own view
+        may be what is wrong, say after a blip of its network)."""
+        for name in ranked:
+            region = snap.region(name)
+            if region is not None and self.outliers.usable(self._workers(snap, region, model), now):
+                return True
+        return False
+
+    async def close(self) -> None:
+        """Cancel the probes in flight."""
+        await self.probes.close()
 
     async def _hold(
         self, model: str, route: RouteRequest, deadline: float
@@ -403,6 +469,7 @@ class RouterCore:
             ]
             if snap
             else [],
+            "models_on_last_good_snapshot": sorted(self.last_good.held),
             "redis_ok": getattr(self.limiter, "redis_ok", None),
             **self._keyring_details(),
             "cold_start_held_now": self.held,

@@ -2,7 +2,8 @@
 
 Nothing is counted twice: the hot path only bumps the core's plain counters, and this
 collector turns them, the snapshot's and keyring's versions and ages, and each region's
-routing statistics (outstanding requests, EWMA wait and service time, open circuit) into
+routing statistics (outstanding requests, EWMA wait and service time, open circuit, workers
+ejected or slow) into
 metric families when Prometheus asks.
 """
 
@@ -47,6 +48,16 @@ class _Collector(Collector):
         yield GaugeMetricFamily(
             "meridian_router_cold_start_held", "Requests held for a first worker", value=core.held
         )
+        yield GaugeMetricFamily(
+            "meridian_router_models_on_last_good_snapshot",
+            "Models routed on their last good snapshot: the current one has all their regions down",
+            value=len(core.last_good.held),
+        )
+        yield CounterMetricFamily(
+            "meridian_router_snapshot_panics",
+            "Times a snapshot with every region of a model down was not believed",
+            value=core.last_good.panics,
+        )
         for what, store in (("snapshot", core.store), ("keyring", core.keyring)):
             doc = store.current
             age = store.confirmed_age()
@@ -57,7 +68,8 @@ class _Collector(Collector):
             )
             yield GaugeMetricFamily(
                 f"meridian_router_{what}_confirmed_age_seconds",
-                f"Seconds since a source last confirmed the {store.what} (-1: never)",
+                f"Seconds since the control plane's leader generated (or republished) the "
+                f"{store.what} the router uses (-1: none)",
                 value=age if age is not None else -1.0,
             )
         yield from self._regions()
@@ -84,7 +96,18 @@ class _Collector(Collector):
             "circuit": GaugeMetricFamily(
                 "meridian_router_region_circuit_open", "1 while ejected", labels=["region"]
             ),
+            "ejected": GaugeMetricFamily(
+                "meridian_router_workers_ejected",
+                "Workers out of routing until they accept connections again",
+                labels=["region"],
+            ),
+            "slow": GaugeMetricFamily(
+                "meridian_router_workers_slow",
+                "Workers far slower than they report (passed over, probed in the shadow)",
+                labels=["region"],
+            ),
         }
+        outliers = core.outliers
         for region in snap.regions:
             stats = core.stats.region(region.name, now)
             label = [region.name]
@@ -93,6 +116,10 @@ class _Collector(Collector):
             families["wait"].add_metric(label, stats.wait_ms)
             families["service"].add_metric(label, stats.service_ms)
             families["circuit"].add_metric(label, 1.0 if stats.circuit_open else 0.0)
+            ids = [w.worker_id for w in region.workers]
+            ejected = sum(1 for i in ids if outliers.is_ejected(i))
+            families["ejected"].add_metric(label, ejected)
+            families["slow"].add_metric(label, sum(1 for i in ids if outliers.is_slow(i, now)))
         yield from families.values()
 
 

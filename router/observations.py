@@ -26,15 +26,19 @@ class Observations:
         self._sent: dict[str, int] = defaultdict(int)
         self._ok: dict[str, int] = defaultdict(int)
         self._service_ms: dict[str, float] = defaultdict(float)
+        self._wait_ms: dict[str, float] = defaultdict(float)
 
     def dispatch(self, region: str, now: float) -> None:
         self._sent[region] += 1
         if now - self._last >= self.every_s:
             self.flush(now)
 
-    def success(self, region: str, service_ms: float, now: float) -> None:
+    def success(self, region: str, service_ms: float, wait_ms: float, now: float) -> None:
+        """An answer in ``service_ms``; ``wait_ms`` of it is unexplained: the attempt's time
+        less one network round trip less the latency the worker reports for itself."""
         self._ok[region] += 1
         self._service_ms[region] += service_ms
+        self._wait_ms[region] += wait_ms
         if now - self._last >= self.every_s:
             self.flush(now)
 
@@ -55,7 +59,11 @@ class Observations:
             service = np.fromiter(
                 (self._service_ms[n] for n in names), dtype=np.float64, count=len(names)
             )
-            zeros = np.zeros(len(names))
-            self.stats.record_results(self.stats.indices(names), ok, zeros, zeros, service, now)
+            wait = np.fromiter(
+                (self._wait_ms[n] for n in names), dtype=np.float64, count=len(names)
+            )
+            failed = np.zeros(len(names))
+            self.stats.record_results(self.stats.indices(names), ok, failed, wait, service, now)
             self._ok.clear()
             self._service_ms.clear()
+            self._wait_ms.clear()

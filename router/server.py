@@ -114,6 +114,7 @@ class RouterServer:
         for task in list(self._tasks):
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+        await self.core.close()
         if self.core.demand is not None:
             await self.core.demand.close()
         if self._coord is not None:

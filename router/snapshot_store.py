@@ -4,8 +4,14 @@ Two versioned documents: the routing snapshot and the keyring of end users' API 
 The router routes (and checks keys) on the last good version whatever happens to the
 control plane, etcd or Redis. Every accepted version is written atomically to disk,
 and a router that starts with no reachable control plane starts from those files.
-``confirmed_age()`` says how long ago a source last confirmed the document is current
-(a new version, or a long-poll that found nothing new).
+
+``confirmed_age()`` is the document's staleness: seconds since the control plane's
+leader generated it (its ``generated_at``, wall-clock seconds, read once on receipt).
+The leader republishes at least every few seconds while it can reach the coordination
+store, so the age stays small exactly while a leader vouches for what the router holds;
+a long-poll answered "nothing newer" vouches for nothing and does not reset it, nor
+does reading the same version again from etcd or from the file saved on disk.
+``heard_age()`` is only how long ago a source last answered.
 """
 
 from __future__ import annotations
@@ -41,6 +47,9 @@ class Document(Protocol):
     @property
     def version(self) -> int: ...
 
+    @property
+    def generated_at(self) -> float: ...
+
     def to_json(self) -> bytes: ...
 
 
@@ -53,7 +62,8 @@ class DocumentStore(Generic[D]):
         self._parse = parse
         self.what = what
         self._current: D | None = None
-        self._confirmed_at: float | None = None
+        self._generated_mono: float | None = None  # generated_at on the monotonic clock
+        self._heard_at: float | None = None
         self.changed = asyncio.Event()
 
     @property
@@ -72,15 +82,20 @@ class DocumentStore(Generic[D]):
         except (ValueError, KeyError, TypeError) as exc:
             log.warning("ignoring unreadable saved %s %s: %s", self.what, self._path, exc)
             return None
-        self._current = document
+        self._take(document)
         return document
+
+    def _take(self, document: D) -> None:
+        self._current = document
+        age = max(0.0, time.time() - document.generated_at)  # across hosts: wall clocks
+        self._generated_mono = time.monotonic() - age
 
     def offer(self, document: D) -> bool:
         """Accept ``document`` if it is newer than the current one; persist it."""
         self.confirm()
         if self._current is not None and document.version <= self._current.version:
             return False
-        self._current = document
+        self._take(document)
         if self._path is not None:
             self._save(document)
         self.changed.set()
@@ -88,14 +103,20 @@ class DocumentStore(Generic[D]):
         return True
 
     def confirm(self) -> None:
-        """A source confirmed that the current version is the newest it has."""
-        self._confirmed_at = time.monotonic()
+        """A source answered (a new version, or nothing newer): see ``heard_age``."""
+        self._heard_at = time.monotonic()
 
     def confirmed_age(self) -> float | None:
-        """Seconds since a source last confirmed the document; None if never (saved file)."""
-        if self._confirmed_at is None:
+        """Seconds since the leader generated the current document; None without one."""
+        if self._generated_mono is None:
             return None
-        return time.monotonic() - self._confirmed_at
+        return time.monotonic() - self._generated_mono
+
+    def heard_age(self) -> float | None:
+        """Seconds since a source last answered; None if none has (a saved file)."""
+        if self._heard_at is None:
+            return None
+        return time.monotonic() - self._heard_at
 
     def _save(self, document: D) -> None:
         assert self._path is not None
@@ -176,8 +197,9 @@ class HttpFollower(Generic[D]):
 class CoordinationFollower(Generic[D]):
     """Follows a document's key in etcd (or the in-process backend): read, then watch.
 
-    When the backend fails the router keeps its copy and tries again with backoff;
-    ``confirm`` is called on every event and read so the document's age stays honest.
+    When the backend fails the router keeps its copy and tries again with backoff. The
+    document's age is its own (``generated_at``): reading the same version again after a
+    reconnect does not make it younger.
     """
 
     def __init__(

@@ -16,11 +16,16 @@ from typing import cast
 
 import httptools
 
-__all__ = ["UpstreamError", "UpstreamPool", "UpstreamResponse"]
+__all__ = ["UpstreamConnectError", "UpstreamError", "UpstreamPool", "UpstreamResponse"]
 
 
 class UpstreamError(Exception):
     """The worker could not be reached or broke the connection (retryable)."""
+
+
+class UpstreamConnectError(UpstreamError):
+    """No connection could be made (refused, unreachable, connect timeout): the worker is
+    not there, unlike a connection that broke mid-request."""
 
 
 @dataclass(slots=True)
@@ -153,17 +158,27 @@ class UpstreamPool:
         self._connect_timeout = connect_timeout
         self._host_lines: dict[tuple[str, int], bytes] = {}
         self._deadlines = _Deadlines()
+        self._connect_ms: dict[tuple[str, int], float] = {}
+
+    def network_ms(self, host: str, port: int) -> float:
+        """The quickest TCP connect seen to ``host:port`` (ms): one network round trip,
+        which a slow worker process cannot inflate (the kernel answers the handshake)."""
+        return self._connect_ms.get((host, port), 0.0)
 
     async def _connect(self, host: str, port: int) -> _UpstreamConnection:
         loop = asyncio.get_running_loop()
         deadlines = self._deadlines
+        started = loop.time()
         try:
             async with asyncio.timeout(self._connect_timeout):
                 _, conn = await loop.create_connection(
                     lambda: _UpstreamConnection(loop, deadlines), host, port
                 )
         except (OSError, TimeoutError) as exc:
-            raise UpstreamError(f"cannot connect to worker {host}:{port}: {exc!r}") from exc
+            raise UpstreamConnectError(f"cannot connect to worker {host}:{port}: {exc!r}") from exc
+        took = (loop.time() - started) * 1000.0
+        key = (host, port)
+        self._connect_ms[key] = min(took, self._connect_ms.get(key, took))
         return conn
 
     def _take_idle(self, key: tuple[str, int]) -> _UpstreamConnection | None:

@@ -29,7 +29,12 @@ class FleetView:
         *,
         on_change: Callable[[str, Change], None] | None = None,
         prefix: str = REGIONS_PREFIX,
+        on_resync: Callable[[], None] | None = None,
     ) -> None:
+        """``on_resync`` is called when the view reads the store again after losing it,
+        before it applies what it reads (summaries may have lapsed meanwhile)."""
+        self._on_resync = on_resync
+        self.resyncs = 0
         self._coord = coord
         self._prefix = prefix
         self._listeners: list[Callable[[str, Change], None]] = [on_change] if on_change else []
@@ -94,8 +99,12 @@ class FleetView:
         for listener in self._listeners:
             listener(region, change)
 
-    async def _sync(self) -> int:
+    async def _sync(self, resync: bool = False) -> int:
         items, revision = await self._coord.get_prefix(self._prefix)
+        if resync:  # reachable again: tell the publisher before lapsed summaries vanish
+            self.resyncs += 1
+            if self._on_resync is not None:
+                self._on_resync()
         seen: set[tuple[str, str]] = set()
         for kv in items:
             parts = self._split(kv.key)
@@ -111,9 +120,11 @@ class FleetView:
     async def run(self) -> None:
         """Follow the summaries until cancelled; reconnects with backoff."""
         delay = 0.1
+        lost = False
         while True:
             try:
-                revision = await self._sync()
+                revision = await self._sync(resync=lost)
+                lost = False
                 self.synced.set()
                 async with await self._coord.watch(
                     self._prefix, prefix=True, start_revision=revision + 1
@@ -126,6 +137,7 @@ class FleetView:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
+                lost = True
                 log.warning("following region summaries failed (%s); keeping the last view", exc)
             await asyncio.sleep(delay)
             delay = min(delay * 2, 2.0)

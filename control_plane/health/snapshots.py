@@ -3,7 +3,8 @@
 - :func:`build_snapshot` is pure: registry view + merged region summaries → snapshot.
 - :class:`SnapshotPublisher` runs on the leader only: a routing-membership change
   is published within ``debounce_s``; load-only changes at most every
-  ``load_interval_s``; identical content is never republished. Versions only grow,
+  ``load_interval_s``; identical content only every ``refresh_s`` (so that a
+  snapshot's ``generated_at`` tells routers how stale it is). Versions only grow,
   across leaders too (a new leader continues from the stored version).
 - :class:`SnapshotFeed` runs on every replica: it follows the published key and
   answers long-polls (the HTTP feed for routers without a coordination client).
@@ -18,8 +19,10 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from typing import Generic, Protocol, TypeVar
 
+from control_plane.health.grace import ReconnectGrace
 from control_plane.health.inventory import RegistryView
 from control_plane.health.ledger import Change
 from control_plane.health.summary import RegionSummary
@@ -50,10 +53,22 @@ def build_snapshot(
     summaries: Mapping[str, RegionSummary],
     *,
     generated_at: float,
+    carried: Mapping[str, RegionView] | None = None,
 ) -> RoutingSnapshot:
+    """``carried``: views to keep for regions with no summary, or one from an agent that
+    has registered but not reported yet (a leader's reconnect grace,
+    ``control_plane.health.grace``); without one, such a region is down."""
     regions: list[RegionView] = []
     for record in registry.regions:
         summary = summaries.get(record.name)
+        silent = summary is None or summary.last_report_at == 0.0
+        kept = carried.get(record.name) if carried and silent else None
+        if kept is not None and record.status != "disabled":
+            state = kept.state
+            if record.status == "draining" and state != HealthState.DOWN:
+                state = HealthState.DRAINING
+            regions.append(replace(kept, state=state, lat=record.lat, lon=record.lon))
+            continue
         if record.status == "disabled" or summary is None:
             regions.append(
                 RegionView(
@@ -112,12 +127,20 @@ class SnapshotPublisher:
         key: str = SNAPSHOT_KEY,
         debounce_s: float = 0.05,
         load_interval_s: float = 1.0,
+        grace_s: float = 0.0,
+        refresh_s: float = 5.0,
     ) -> None:
         self._coord = coord
         self._build = build
         self.key = key
         self._debounce = debounce_s
         self._load_interval = load_interval_s
+        self.grace = ReconnectGrace(grace_s)  # the builder reads ``grace.carried(now)``
+        # at least this often the leader republishes, unchanged content too: a snapshot's
+        # ``generated_at`` is then a leader's word that it is current, and routers measure
+        # their staleness from it (0: only on changes)
+        self._refresh = refresh_s
+        self._published_at = float("-inf")  # monotonic
         self._urgent = False
         self._load = False
         self._wake = asyncio.Event()
@@ -134,18 +157,42 @@ class SnapshotPublisher:
             self._urgent = True
             self._wake.set()
 
+    def hold(self) -> None:
+        """The coordination store is back after a loss: the summaries that lapsed meanwhile
+        are not yet renewed; keep the regions as last published for the grace period."""
+        if self.grace.grace_s > 0:
+            self.grace.begin(time.monotonic(), self.last_published)
+            log.info("store regained: keeping the last regions' states for %.1fs",
+                     self.grace.grace_s)  # fmt: skip
+
     async def run(self) -> None:
         # a new term: another leader may have published since, so compare with nothing
         self._last_content = None
         existing = await self._coord.get(self.key)
+        stored = None
         if existing is not None:
             with contextlib.suppress(ValueError, KeyError, TypeError):
-                self.version = max(self.version, RoutingSnapshot.from_json(existing.value).version)
+                stored = RoutingSnapshot.from_json(existing.value)
+                self.version = max(self.version, stored.version)
+        self.grace.begin(time.monotonic(), stored or self.last_published)
+        if self.grace.active(time.monotonic()):
+            log.info("new term: regions not yet reported keep their states for %.1fs",
+                     self.grace.grace_s)  # fmt: skip
         await self._publish()
         last = time.monotonic()
         while True:
-            timeout = max(0.0, self._load_interval - (time.monotonic() - last))
+            now = time.monotonic()
+            timeout = max(0.0, self._load_interval - (now - last))
+            in_grace = self.grace.active(now)
+            if in_grace:
+                timeout = min(timeout, self.grace.left_s(now))
+            if self._refresh > 0:
+                timeout = min(timeout, max(0.0, self._published_at + self._refresh - now))
             await wait_event(self._wake, timeout)
+            if in_grace and not self.grace.active(time.monotonic()):
+                self._urgent = True  # the grace is over: silent regions are published down
+            if self._refresh_due():
+                self._urgent = True
             if self._urgent:
                 await asyncio.sleep(self._debounce)  # gather a burst of changes into one
             elif not self._load or time.monotonic() - last < self._load_interval:
@@ -160,15 +207,19 @@ class SnapshotPublisher:
                 await asyncio.sleep(0.2)
             last = time.monotonic()
 
+    def _refresh_due(self) -> bool:
+        return self._refresh > 0 and time.monotonic() - self._published_at >= self._refresh
+
     async def _publish(self) -> None:
         candidate = self._build(self.version + 1)
         content = (candidate.regions, candidate.deployments)
-        if content == self._last_content:
+        if content == self._last_content and not self._refresh_due():
             return
         await self._coord.put(self.key, candidate.to_json())
         self.version = candidate.version
         self._last_content = content
         self.last_published = candidate
+        self._published_at = time.monotonic()
         self.publications += 1
 
 
@@ -190,6 +241,9 @@ class DocumentFeed(Generic[D]):
         self.current: D | None = None
         self.raw: bytes = b""
         self._changed = asyncio.Condition()
+        # following the store right now; a replica cut off from it cannot vouch that what
+        # it holds is current, so its long-poll answers 503 instead of 304
+        self.live = False
 
     @property
     def version(self) -> int:
@@ -225,6 +279,7 @@ class DocumentFeed(Generic[D]):
                         await self.offer(kv.value)
                 async with await self._coord.watch(self.key, start_revision=revision + 1) as events:
                     delay = 0.1
+                    self.live = True
                     async for event in events:
                         if event.kind == EventKind.PUT:
                             await self.offer(event.value)
@@ -232,6 +287,8 @@ class DocumentFeed(Generic[D]):
                 raise
             except Exception as exc:
                 log.warning("following %s failed (%s); keeping the last", self.key, exc)
+            finally:
+                self.live = False
             await asyncio.sleep(delay)
             delay = min(delay * 2, 2.0)
 
@@ -250,14 +307,20 @@ class KeyringPublisher:
     """Leader only: publishes the keyring when the set of active keys changes.
 
     ``new_term`` continues from the stored version (versions grow across leaders) and
-    does not republish what the previous leader already published.
+    does not republish what the previous leader already published. Unchanged keys are
+    republished every ``refresh_s`` all the same (the keyring's ``generated_at`` is how
+    routers measure its staleness): the leader read them from the registry just now.
     """
 
-    def __init__(self, coord: Coordination, *, key: str = KEYRING_KEY) -> None:
+    def __init__(
+        self, coord: Coordination, *, key: str = KEYRING_KEY, refresh_s: float = 5.0
+    ) -> None:
         self._coord = coord
         self.key = key
         self.version = 0
         self._published: tuple[ApiKeyGrant, ...] | None = None
+        self._refresh = refresh_s
+        self._published_at = float("-inf")  # monotonic
 
     async def new_term(self) -> None:
         self._published = None
@@ -267,12 +330,17 @@ class KeyringPublisher:
                 stored = ApiKeyring.from_json(existing.value)
                 self.version = max(self.version, stored.version)
                 self._published = stored.keys
+                age = max(0.0, time.time() - stored.generated_at)
+                self._published_at = time.monotonic() - age
 
     async def publish(self, keys: tuple[ApiKeyGrant, ...]) -> bool:
-        """Publish ``keys`` unless they are what was last published; True if published."""
-        if keys == self._published:
+        """Publish ``keys`` unless they are what was last published (and that is recent);
+        True if published."""
+        fresh = self._refresh <= 0 or time.monotonic() - self._published_at < self._refresh
+        if keys == self._published and fresh:
             return False
         ring = ApiKeyring(self.version + 1, time.time(), keys)
         await self._coord.put(self.key, ring.to_json())
         self.version, self._published = ring.version, keys
+        self._published_at = time.monotonic()
         return True

@@ -189,7 +189,8 @@ class RouterStats:
         self.version += 1
 
     def on_success(self, region: str, wait_ms: float, service_ms: float, now: float) -> None:
-        """A response: ``wait_ms`` = observed time minus RTT minus the worker's compute time."""
+        """A response: ``wait_ms`` = observed time minus RTT minus the worker's compute time
+        (signed: an EWMA of it stays near 0 while reports are honest)."""
         i = self._slot(region)
         a = self.config.ewma_alpha
         self.outstanding[i] = max(self.outstanding[i] - 1.0, 0.0)
@@ -198,6 +199,24 @@ class RouterStats:
         self.service_ms[i] = prior + a * (service_ms - prior) if prior > 0 else service_ms
         self.observed_at[i] = now
         self.consecutive_errors[i] = 0.0
+        self.version += 1
+
+    def observe_wait(self, region: str, wait_ms: float, now: float) -> None:
+        """A wait seen outside the request flow (a shadow probe of a slow region): moves
+        the wait EWMA only, not the outstanding count or the rate."""
+        i = self._slot(region)
+        self.wait_ms[i] += self.config.ewma_alpha * (wait_ms - self.wait_ms[i])
+        self.observed_at[i] = now
+        self.version += 1
+
+    def open_circuit(self, region: str, now: float) -> None:
+        """Eject the region at once (every worker of it refused a connection)."""
+        i = self._slot(region)
+        self.circuit_open_until[i] = max(
+            self.circuit_open_until[i], now + self.config.circuit_open_s
+        )
+        self.consecutive_errors[i] = 0.0
+        self.error_version += 1
         self.version += 1
 
     def on_error(self, region: str, now: float) -> None:
@@ -222,9 +241,11 @@ class RouterStats:
         return out
 
     def waits(self, idx: IntArray | slice, now: float) -> FloatArray:
-        """Observed wait per region, fading while no new observation arrives."""
+        """Observed wait per region (never below 0), fading while no new observation
+        arrives."""
         age = np.maximum(now - self.observed_at[idx], 0.0)
-        out: FloatArray = self.wait_ms[idx] * np.exp(-age / self.config.wait_decay_s)
+        fade = np.exp(-age / self.config.wait_decay_s)
+        out: FloatArray = np.maximum(self.wait_ms[idx], 0.0) * fade
         return out
 
     def in_region(

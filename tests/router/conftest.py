@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
@@ -13,22 +15,27 @@ from router.http11 import HttpServer, Request, Response
 
 @dataclass
 class StandInWorker:
-    """Answers OIP-shaped requests; ``status`` can be switched to simulate a broken worker."""
+    """Answers OIP-shaped requests; ``status`` can be switched to simulate a broken worker,
+    ``delay_s`` a slow one (a gray failure: it answers, late)."""
 
     name: str
     status: int = 200
+    delay_s: float = 0.0
     seen: list[Request] = field(default_factory=list)
     server: HttpServer | None = None
     port: int = 0
 
     async def handle(self, req: Request) -> Response:
         self.seen.append(req)
+        if self.delay_s > 0:
+            await asyncio.sleep(self.delay_s)
         body = b'{"model_name":"mlp","outputs":[],"served_by":"' + self.name.encode() + b'"}'
         return Response(self.status, body, [(b"content-type", b"application/json")])
 
     async def start(self) -> None:
+        """Listen on a free port, or on the port it had before (a restarted worker)."""
         self.server = HttpServer(self.handle)
-        self.port = await self.server.start("127.0.0.1", 0)
+        self.port = await self.server.start("127.0.0.1", self.port)
 
     async def stop(self) -> None:
         assert self.server is not None
@@ -53,7 +60,7 @@ def snapshot_for(
         )
         for name, (w, lat, lon) in workers.items()
     )
-    return RoutingSnapshot(version=version, generated_at=0.0, regions=regions)
+    return RoutingSnapshot(version=version, generated_at=time.time(), regions=regions)
 
 
 @pytest.fixture

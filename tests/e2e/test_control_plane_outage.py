@@ -1,0 +1,159 @@
+"""The whole control plane down and back, with real processes under steady traffic.
+
+Two control-plane replicas on PostgreSQL + etcd, two regions (agents and real
+workers), a router following etcd and both replicas. Both replicas are killed, stay
+down until etcd has forgotten every region's summary, and start again on the same
+ports. No request may fail: first with the control plane's reconnect grace (the new
+leader publishes no region down, and the router never has to distrust a snapshot),
+then with the grace off (the new leader publishes every region down before the agents
+are back, and the router keeps its last good view of the model and says so).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import httpx
+import pytest
+
+from demo.fleet import LocalFleet, Replica
+from meridian.coordination import open_coordination
+from meridian.snapshot import RoutingSnapshot
+from meridian.waiting import wait_until
+from tests import services
+from tests.e2e.test_production import SITES, Production, Traffic
+from tests.worker.text_model import DIM, build_text_model
+
+pytestmark = pytest.mark.slow
+
+
+@dataclass
+class Outage:
+    prod: Production
+    etcd: str
+    namespace: str
+    cp_env: dict[str, str]
+
+    def kill_control_plane(self) -> None:
+        for replica in self.prod.fleet.replicas:
+            replica.child.kill_group()
+
+    def summaries_left(self) -> int:
+        async def count() -> int:
+            coord = open_coordination(f"etcd://{self.etcd}")
+            try:
+                items, _ = await coord.get_prefix(f"{self.namespace}/fleet/regions/")
+            finally:
+                await coord.close()
+            return len(items)
+
+        return asyncio.run(count())
+
+    def snapshot_version(self) -> int:
+        async def read() -> int:
+            coord = open_coordination(f"etcd://{self.etcd}")
+            try:
+                kv = await coord.get(f"{self.namespace}/routing/snapshot")
+            finally:
+                await coord.close()
+            return RoutingSnapshot.from_json(kv.value).version if kv is not None else 0
+
+        return asyncio.run(read())
+
+    def restart_control_plane(self, env: dict[str, str]) -> None:
+        fleet = self.prod.fleet
+        for i, old in enumerate(list(fleet.replicas)):
+            child = fleet.children.start(
+                f"control-plane-restarted-{i + 1}",
+                ["control-plane", "--port", str(old.http_port), "--grpc-port", str(old.grpc_port)],
+                env={"MERIDIAN_DATA_DIR": str(fleet.workdir / "cp"),
+                     "MERIDIAN_BOOTSTRAP_ADMIN_TOKEN": fleet.admin_token, **self.cp_env, **env},
+            )  # fmt: skip
+            fleet.replicas[i] = Replica(child, old.http_port, old.grpc_port)
+        for replica in fleet.replicas:
+            fleet.wait_http(f"{replica.url}/healthz", replica.child, replica.child.name)
+
+    def router_metric(self, name: str) -> float:
+        text = httpx.get(f"http://127.0.0.1:{self.prod.router_port}/metrics", timeout=5).text
+        for line in text.splitlines():
+            if line.startswith(name + " "):
+                return float(line.split()[1])
+        raise AssertionError(f"{name} not in the router's /metrics")
+
+    def run(self, env: dict[str, str]) -> Traffic:
+        """Kill both replicas under traffic, wait out the summaries, restart them; traffic
+        goes on until the agents are back and the grace is over."""
+        traffic = Traffic(self.prod)
+        try:
+            traffic.wait_more(10, "traffic before the outage")
+            before = self.snapshot_version()
+            self.kill_control_plane()
+            wait_until(lambda: self.summaries_left() == 0, timeout=30, what="summaries lapse")
+            traffic.wait_more(10, "traffic during the outage")
+            self.restart_control_plane(env)
+            wait_until(lambda: self.prod.leader(), timeout=30, what="a new leader")
+            wait_until(lambda: self.snapshot_version() > before, timeout=30, what="it publishes")
+            wait_until(lambda: self.summaries_left() >= len(SITES), timeout=30,
+                       what="the agents are back")  # fmt: skip
+            traffic.wait_more(40, "traffic after the outage")  # past the grace (6 s) too
+        finally:
+            traffic.stop()
+        return traffic
+
+
+@pytest.fixture(scope="module")
+def outage(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Outage]:
+    etcd = services.require_etcd()
+    work = tmp_path_factory.mktemp("outage")
+    table = build_text_model(work / "tiny.onnx")
+    namespace = f"/e2e-outage-{uuid.uuid4().hex[:8]}"
+    with services.fresh_postgres_database() as db_url:
+        fleet = LocalFleet(work, env={"MERIDIAN_REPORT_INTERVAL_S": "0.5"})
+        cp_env = {
+            "MERIDIAN_DATABASE_URL": db_url,
+            "MERIDIAN_COORDINATION_URL": f"etcd://{etcd}",
+            "MERIDIAN_FLEET_NAMESPACE": namespace,
+        }
+        try:
+            admin = fleet.start_control_plane(cp_env)
+            fleet.start_control_plane(cp_env).close()
+            admin.register_model("tiny", "1", work / "tiny.onnx", dim=DIM)
+            for site in SITES:
+                fleet.add_region(admin, site, [("tiny", "1", None)])
+            api_key = admin.api_key("outage-clients", rate_per_s=10_000, burst=10_000)
+            admin.close()
+            _, port = fleet.start_router(
+                etcd=etcd,
+                require_api_key=True,
+                env={
+                    "MERIDIAN_ROUTER_SNAPSHOT_KEY": f"{namespace}/routing/snapshot",
+                    "MERIDIAN_ROUTER_KEYRING_KEY": f"{namespace}/routing/api-keys",
+                },
+            )
+            fleet.wait_serving({s.name for s in SITES}, timeout=180)
+            prod = Production(fleet, port, table, api_key)
+            wait_until(lambda: prod.infer().status_code == 200, timeout=30, what="router serves")
+            yield Outage(prod, etcd, namespace, cp_env)
+        finally:
+            fleet.stop()
+
+
+def test_a_control_plane_back_from_an_outage_keeps_the_fleet_in_routing(outage: Outage) -> None:
+    traffic = outage.run({})  # the default grace
+    assert traffic.failures == [], traffic.failures[:5]
+    assert outage.router_metric("meridian_router_snapshot_panics_total") == 0
+
+
+def test_without_the_grace_the_router_distrusts_an_all_down_snapshot(outage: Outage) -> None:
+    traffic = outage.run({"MERIDIAN_RECONNECT_GRACE_S": "0"})
+    assert traffic.failures == [], traffic.failures[:5]
+    assert outage.router_metric("meridian_router_snapshot_panics_total") >= 1
+    # the agents are back: the router routes on the control plane's word again
+    wait_until(
+        lambda: outage.router_metric("meridian_router_models_on_last_good_snapshot") == 0,
+        timeout=15,
+        what="the model leaves the last good view",
+    )
