@@ -21,7 +21,8 @@ from worker.generation.types import GenerationEngine, SamplingParams
 
 @dataclass(frozen=True, slots=True)
 class Served:
-    """What one request saw; times in seconds from the start of the run."""
+    """What one request saw; times in seconds from the start of the run, counted
+    from when it was sent (its arrival)."""
 
     arrival: float
     first_token: float
@@ -68,8 +69,16 @@ class RunFigures:
 
 
 async def _one(
-    engine: GenerationEngine, req: Request, arrival: float, t0: float, rid: str
+    engine: GenerationEngine,
+    req: Request,
+    offset: float,
+    t0: float,
+    rid: str,
+    previous: asyncio.Task[Served] | None,
 ) -> Served:
+    arrival = offset
+    if previous is not None:
+        arrival = max(arrival, (await previous).finish)
     delay = t0 + arrival - time.perf_counter()
     if delay > 0:
         await asyncio.sleep(delay)
@@ -98,12 +107,13 @@ async def run_load(
     offsets: Sequence[float],
     tag: str = "r",
 ) -> list[Served]:
-    """Send ``requests[i]`` at ``offsets[i]`` seconds; return what each saw, in order."""
+    """Send ``requests[i]`` at ``offsets[i]`` seconds, but not before the request
+    ``requests[i].after`` names has finished; return what each saw, in order."""
     t0 = time.perf_counter()
-    tasks = [
-        asyncio.create_task(_one(engine, r, at, t0, f"{tag}-{i}"))
-        for i, (r, at) in enumerate(zip(requests, offsets, strict=True))
-    ]
+    tasks: list[asyncio.Task[Served]] = []
+    for i, (r, at) in enumerate(zip(requests, offsets, strict=True)):
+        previous = tasks[r.after] if r.after is not None else None
+        tasks.append(asyncio.create_task(_one(engine, r, at, t0, f"{tag}-{i}", previous)))
     try:
         return list(await asyncio.gather(*tasks))
     finally:

@@ -69,6 +69,9 @@ IntArray = npt.NDArray[np.int64]
 class Request:
     prompt: list[int]
     max_tokens: int
+    # Index of an earlier request (the previous turn of the same conversation) that
+    # must have finished before this one is sent.
+    after: int | None = None
 
 
 class DataMissing(RuntimeError):
@@ -190,14 +193,18 @@ def mooncake_requests(
     """About ``n`` requests of whole conversations sampled from the trace, in trace order.
 
     A conversation is the requests sharing their first two hash ids (the system
-    prompt and the first turn); each later turn repeats the earlier turns' ids.
-    Lengths are scaled by ``block_tokens / 512`` (prompt cut at ``max_prompt``).
+    prompt and the first turn); each later turn repeats the earlier turns' ids and
+    is sent only after the previous turn's answer (``Request.after``). Lengths are
+    scaled by ``block_tokens / 512`` (prompt cut at ``max_prompt``).
     """
     records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     records.sort(key=lambda r: r["timestamp"])
     groups: dict[tuple[int, ...], list[int]] = collections.defaultdict(list)
+    conversation_of: list[tuple[int, ...]] = []
     for i, rec in enumerate(records):
-        groups[tuple(rec["hash_ids"][:2])].append(i)
+        key = tuple(rec["hash_ids"][:2])
+        groups[key].append(i)
+        conversation_of.append(key)
     keys = list(groups)
     rng = np.random.default_rng(seed)
     chosen: list[int] = []
@@ -211,6 +218,7 @@ def mooncake_requests(
     blocks: dict[int, list[int]] = {}
     seen: set[tuple[int, ...]] = set()
     requests, reused, total = [], 0, 0
+    last_turn: dict[tuple[int, ...], int] = {}
     for i in sorted(chosen):
         rec = records[i]
         length = min(max_prompt, max(1, round(rec["input_length"] * scale)))
@@ -228,5 +236,7 @@ def mooncake_requests(
             seen.add(key)
         total += length
         out = min(max_output, max(1, round(rec["output_length"] * scale)))
-        requests.append(Request(prompt, out))
+        conversation = conversation_of[i]
+        requests.append(Request(prompt, out, last_turn.get(conversation)))
+        last_turn[conversation] = len(requests) - 1
     return PrefixWorkload(requests, reused / max(1, total), conversations)

@@ -1,0 +1,202 @@
+"""What the generative serving benchmark measured, and how it is shown."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from bench._llm_load import RunFigures, Slo
+from bench.report import table
+
+
+@dataclass(frozen=True, slots=True)
+class Schedule:
+    label: str
+    policy: str
+    max_num_seqs: int
+
+
+@dataclass(frozen=True, slots=True)
+class PrefixRun:
+    prefill_tokens: int
+    hit_rate: float
+    run: RunFigures
+
+
+@dataclass
+class DeviceResult:
+    device: str
+    # Requests/s the naive server can serve, from its unloaded service time.
+    naive_capacity: float
+    slo: Slo
+    unloaded: RunFigures
+    rates: tuple[float, ...]
+    mean_prompt: float
+    mean_output: float
+    # Mean context (prompt plus half the output) while decoding, for the ceiling.
+    context: int
+    runs: dict[tuple[str, float], RunFigures] = field(default_factory=dict)
+    prefix: dict[bool, PrefixRun] = field(default_factory=dict)
+    ideal_reuse: float = 0.0
+    conversations: int = 0
+    prefix_requests: int = 0
+    prefix_rate: float = 0.0
+    # (batch, tokens/s) of the bare forward pass at continuous batching's mean batch
+    ceiling: tuple[int, float] | None = None
+
+    @property
+    def top(self) -> float:
+        return self.rates[-1]
+
+    def at_top(self, s: Schedule) -> RunFigures:
+        return self.runs[s.label, self.top]
+
+    @property
+    def prefill_reduction(self) -> float:
+        on, off = self.prefix[True].prefill_tokens, self.prefix[False].prefill_tokens
+        return 1 - on / off if off else 0.0
+
+
+def _ms(v: float) -> float:
+    return v * 1e3
+
+
+def sweep_table(results: Sequence[DeviceResult], schedules: Sequence[Schedule]) -> str:
+    headers = [
+        "device",
+        "schedule",
+        "rate req/s (x naive capacity)",
+        "output tok/s",
+        "TTFT p50 ms",
+        "TTFT p99 ms",
+        "TPOT p50 ms",
+        "TPOT p99 ms",
+        "goodput req/s",
+        "mean batch",
+    ]
+    rows: list[list[object]] = []
+    for r in results:
+        for rate in r.rates:
+            for s in schedules:
+                f = r.runs[s.label, rate]
+                rows.append(
+                    [
+                        r.device,
+                        s.label,
+                        f"{rate:.2f} ({rate / r.naive_capacity:.1f}x)",
+                        f.tokens_per_s,
+                        _ms(f.ttft_p50),
+                        _ms(f.ttft_p99),
+                        _ms(f.tpot_p50),
+                        _ms(f.tpot_p99),
+                        f.goodput,
+                        f.mean_batch,
+                    ]
+                )
+    return table(headers, rows)
+
+
+def prefix_table(results: Sequence[DeviceResult]) -> str:
+    headers = [
+        "device",
+        "prefix caching",
+        "prefill tokens computed",
+        "hit rate",
+        "TTFT p50 ms",
+        "TTFT p99 ms",
+        "output tok/s",
+    ]
+    rows: list[list[object]] = []
+    for r in results:
+        for caching in (True, False):
+            p = r.prefix[caching]
+            rows.append(
+                [
+                    r.device,
+                    "on" if caching else "off",
+                    p.prefill_tokens,
+                    f"{p.hit_rate:.3f}" if caching else "-",
+                    _ms(p.run.ttft_p50),
+                    _ms(p.run.ttft_p99),
+                    p.run.tokens_per_s,
+                ]
+            )
+    return table(headers, rows)
+
+
+def headline(
+    r: DeviceResult, cont: Schedule, static: Schedule, naive: Schedule, key: str
+) -> dict[str, float | int | str]:
+    c, s, n = r.at_top(cont), r.at_top(static), r.at_top(naive)
+    out: dict[str, float | int | str] = {
+        f"{key}_naive_capacity_req_per_s": round(r.naive_capacity, 2),
+        f"{key}_slo_ttft_ms": round(_ms(r.slo.ttft_s), 1),
+        f"{key}_slo_tpot_ms": round(_ms(r.slo.tpot_s), 2),
+        f"{key}_top_rate_req_per_s": round(r.top, 2),
+        f"{key}_cont_tokens_per_s": round(c.tokens_per_s, 1),
+        f"{key}_static_tokens_per_s": round(s.tokens_per_s, 1),
+        f"{key}_naive_tokens_per_s": round(n.tokens_per_s, 1),
+        f"{key}_cont_vs_naive_tokens_ratio": round(c.tokens_per_s / n.tokens_per_s, 2),
+        f"{key}_cont_vs_static_tokens_ratio": round(c.tokens_per_s / s.tokens_per_s, 2),
+        f"{key}_ttft_p99_cont_vs_static": round(c.ttft_p99 / s.ttft_p99, 3),
+        f"{key}_tpot_p99_cont_vs_naive": round(c.tpot_p99 / n.tpot_p99, 3),
+        f"{key}_cont_goodput_req_per_s": round(c.goodput, 2),
+        f"{key}_static_goodput_req_per_s": round(s.goodput, 2),
+        f"{key}_naive_goodput_req_per_s": round(n.goodput, 2),
+        f"{key}_prefix_prefill_tokens_on": r.prefix[True].prefill_tokens,
+        f"{key}_prefix_prefill_tokens_off": r.prefix[False].prefill_tokens,
+        f"{key}_prefix_prefill_reduction": round(r.prefill_reduction, 3),
+        f"{key}_prefix_hit_rate": round(r.prefix[True].hit_rate, 3),
+        f"{key}_prefix_ideal_reuse": round(r.ideal_reuse, 3),
+    }
+    if r.ceiling is not None:
+        batch, ceiling = r.ceiling
+        out[f"{key}_raw_ceiling_batch"] = batch
+        out[f"{key}_raw_ceiling_tokens_per_s"] = round(ceiling, 1)
+        out[f"{key}_cont_vs_raw_ceiling"] = round(c.tokens_per_s / ceiling, 3)
+    return out
+
+
+def _verdict(ok: bool) -> str:
+    return "met" if ok else "missed"
+
+
+def findings(r: DeviceResult, cont: Schedule, static: Schedule, naive: Schedule) -> str:
+    """The comparison at the top rate, the targets, the prefix runs and the ceiling."""
+    c, s, n = r.at_top(cont), r.at_top(static), r.at_top(naive)
+    ratio = c.tokens_per_s / n.tokens_per_s
+    ttft = c.ttft_p99 / s.ttft_p99
+    parts = [
+        f"On {r.device}, at {r.top:.2f} req/s ({r.top / r.naive_capacity:.0f}x what the naive "
+        f"server can serve, so it is saturated: it served {n.requests_per_s:.2f} req/s), "
+        f"continuous batching served {c.tokens_per_s:.0f} output tokens/s, {ratio:.2f}x the "
+        f"naive server ({n.tokens_per_s:.0f}) and {c.tokens_per_s / s.tokens_per_s:.2f}x static "
+        f"batching ({s.tokens_per_s:.0f}), at a mean batch of {c.mean_batch:.1f} sequences. "
+        f"Its TPOT p99 was {_ms(c.tpot_p99):.1f} ms against the naive server's "
+        f"{_ms(n.tpot_p99):.1f} ms (which decodes one sequence per step) and its TTFT p99 "
+        f"{_ms(c.ttft_p99):.0f} ms against static batching's {_ms(s.ttft_p99):.0f} ms "
+        f"({ttft:.2f}x). Goodput: {c.goodput:.2f} req/s continuous, {s.goodput:.2f} static, "
+        f"{n.goodput:.2f} naive.",
+        f"Targets: continuous/naive output tokens/s >= 4: {ratio:.2f} {_verdict(ratio >= 4)}; "
+        f"continuous TPOT p99 below the naive server's: {_verdict(c.tpot_p99 < n.tpot_p99)}; "
+        f"continuous TTFT p99 <= 0.5x static's: {ttft:.2f} {_verdict(ttft <= 0.5)}; "
+        f"prefill tokens cut by prefix caching >= 50%: {r.prefill_reduction:.1%} "
+        f"{_verdict(r.prefill_reduction >= 0.5)}.",
+        f"Prefix reuse ({r.prefix_requests} requests of {r.conversations} Mooncake "
+        f"conversations at {r.prefix_rate:.2f} req/s, continuous batching): caching cut the "
+        f"prefill tokens computed by {r.prefill_reduction:.1%} at a block hit rate of "
+        f"{r.prefix[True].hit_rate:.1%}; an unbounded cache could skip at most "
+        f"{r.ideal_reuse:.1%} of this sample's prompt tokens (the whole blocks its "
+        "requests share with earlier ones)"
+        + (
+            ", so on this workload no cache reaches the 50% target." if r.ideal_reuse < 0.5 else "."
+        ),
+    ]
+    if r.ceiling is not None:
+        batch, ceiling = r.ceiling
+        parts.append(
+            f"The bare forward pass (the engine's model runner, no scheduling, sampling "
+            f"or streaming) decodes {ceiling:.0f} tokens/s at batch {batch} and context "
+            f"{r.context}; continuous batching served {c.tokens_per_s / ceiling:.2f}x that."
+        )
+    return " ".join(parts)
