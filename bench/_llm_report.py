@@ -101,7 +101,7 @@ def prefix_table(results: Sequence[DeviceResult]) -> str:
         "device",
         "prefix caching",
         "prefill tokens computed",
-        "hit rate",
+        "prompt tokens cached",
         "TTFT p50 ms",
         "TTFT p99 ms",
         "output tok/s",
@@ -166,9 +166,10 @@ def findings(r: DeviceResult, cont: Schedule, static: Schedule, naive: Schedule)
     c, s, n = r.at_top(cont), r.at_top(static), r.at_top(naive)
     ratio = c.tokens_per_s / n.tokens_per_s
     ttft = c.ttft_p99 / s.ttft_p99
+    saturated = "so it is saturated" if n.requests_per_s < 0.9 * r.top else "yet it kept up"
     parts = [
         f"On {r.device}, at {r.top:.2f} req/s ({r.top / r.naive_capacity:.0f}x what the naive "
-        f"server can serve, so it is saturated: it served {n.requests_per_s:.2f} req/s), "
+        f"server can serve, {saturated}: it served {n.requests_per_s:.2f} req/s), "
         f"continuous batching served {c.tokens_per_s:.0f} output tokens/s, {ratio:.2f}x the "
         f"naive server ({n.tokens_per_s:.0f}) and {c.tokens_per_s / s.tokens_per_s:.2f}x static "
         f"batching ({s.tokens_per_s:.0f}), at a mean batch of {c.mean_batch:.1f} sequences. "
@@ -184,8 +185,9 @@ def findings(r: DeviceResult, cont: Schedule, static: Schedule, naive: Schedule)
         f"{_verdict(r.prefill_reduction >= 0.5)}.",
         f"Prefix reuse ({r.prefix_requests} requests of {r.conversations} Mooncake "
         f"conversations at {r.prefix_rate:.2f} req/s, continuous batching): caching cut the "
-        f"prefill tokens computed by {r.prefill_reduction:.1%} at a block hit rate of "
-        f"{r.prefix[True].hit_rate:.1%}; an unbounded cache could skip at most "
+        f"prefill tokens computed by {r.prefill_reduction:.1%}, with "
+        f"{r.prefix[True].hit_rate:.1%} of prompt tokens found in the cache; an unbounded "
+        "cache could skip at most "
         f"{r.ideal_reuse:.1%} of this sample's prompt tokens (the whole blocks its "
         "requests share with earlier ones)"
         + (
