@@ -208,6 +208,12 @@ class Engine:
                 log.exception("generation step failed for %s", self.name)
                 self._fail_all(exc)
                 continue
+            if events is None:
+                # nothing could run (no arrivals can be admitted): wait for news
+                self._wake.clear()
+                if not (self._inbox or self._aborts):
+                    await self._wake.wait()
+                continue
             for seq, event in events:
                 seq.queue.put_nowait(event)
 
@@ -219,16 +225,18 @@ class Engine:
 
     def _step(
         self, adds: list[Sequence], aborts: list[Sequence]
-    ) -> list[tuple[Sequence, TokenEvent]]:
-        """One scheduler step; runs in the engine's thread."""
+    ) -> list[tuple[Sequence, TokenEvent]] | None:
+        """One scheduler step, in the engine's thread; ``None`` if nothing could run."""
         sched = self._scheduler
-        for seq in aborts:
-            sched.remove(seq)
         for seq in adds:
             sched.add(seq)
+        for seq in aborts:  # after the adds: a consumer may leave before its first step
+            sched.remove(seq)
         scheduled = sched.schedule()
         if not scheduled:
-            return []
+            # waiting sequences that cannot start while nothing runs need news
+            # (an abort or arrival); anything else resolves at the next step
+            return None if sched.waiting and not sched.running else []
         inputs = [
             StepInput(
                 token_ids=s.seq.tokens[s.seq.num_computed : s.seq.num_computed + s.num_tokens],

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import ast
 import fcntl
+import hashlib
+import json
 import logging
 import math
 import os
@@ -48,18 +50,17 @@ class TinyLmRecipe:
     n_positions: int = 512
     corpus_chars: int = 1_200_000
     seq_len: int = 64
-    batch_size: int = 8
-    steps: int = 300
-    lr: float = 2e-3
+    batch_size: int = 16
+    steps: int = 200
+    lr: float = 3e-3
     seed: int = 1234
     version: int = 1
 
     @property
     def dirname(self) -> str:
-        return (
-            f"meridian-tiny-gpt2-v{self.version}-l{self.n_layer}-d{self.n_embd}"
-            f"-v{self.vocab_size}-s{self.steps}"
-        )
+        # any change to the recipe names a new directory
+        tag = hashlib.sha256(repr(self).encode()).hexdigest()[:10]
+        return f"meridian-tiny-gpt2-l{self.n_layer}-d{self.n_embd}-{tag}"
 
 
 def ensure_tiny_lm(cache_dir: Path | None = None, recipe: TinyLmRecipe | None = None) -> Path:
@@ -77,6 +78,7 @@ def ensure_tiny_lm(cache_dir: Path | None = None, recipe: TinyLmRecipe | None = 
         tmp = Path(tempfile.mkdtemp(prefix=f".{recipe.dirname}-", dir=root))
         try:
             _build(tmp, recipe)
+            tmp.chmod(0o755)
             os.replace(tmp, target)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -101,10 +103,17 @@ def stdlib_docstrings(limit_chars: int) -> Iterator[str]:
             if isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef):
                 doc = ast.get_docstring(node, clean=True)
                 if doc and len(doc) > 40:
+                    doc = _reflow(doc)
                     yield doc
                     total += len(doc)
                     if total >= limit_chars:
                         return
+
+
+def _reflow(doc: str) -> str:
+    """Join the wrapped lines of each paragraph, so the text reads as prose."""
+    paragraphs = (" ".join(line.strip() for line in p.splitlines()) for p in doc.split("\n\n"))
+    return "\n\n".join(p for p in paragraphs if p)
 
 
 def _build(out: Path, recipe: TinyLmRecipe) -> None:
@@ -176,6 +185,11 @@ def _build(out: Path, recipe: TinyLmRecipe) -> None:
         model_max_length=recipe.n_positions,
     )
     fast.save_pretrained(str(out))
+    # older tools read the template from tokenizer_config.json only
+    config_path = out / "tokenizer_config.json"
+    tok_config = json.loads(config_path.read_text())
+    tok_config.setdefault("chat_template", CHAT_TEMPLATE)
+    config_path.write_text(json.dumps(tok_config, indent=2))
     log.info(
         "tiny LM built in %.0fs: %d corpus tokens, final loss %.3f",
         time.monotonic() - started,

@@ -14,7 +14,7 @@ from tests.worker.generation.conftest import EngineFactory
 from worker.generation.engine import Engine
 from worker.generation.factory import open_generation_engine
 from worker.generation.settings import GenerationSettings
-from worker.generation.types import SamplingParams, TokenEvent
+from worker.generation.types import GenerationEngine, SamplingParams, TokenEvent
 
 GREEDY = SamplingParams(max_tokens=12, temperature=0.0, ignore_eos=True)
 
@@ -88,7 +88,7 @@ async def test_stop_string_cuts_the_text(engine_factory: EngineFactory) -> None:
 
 async def test_eos_stops_unless_ignored(tiny_gpt2: Path, tmp_path: Path) -> None:
     settings = GenerationSettings(kv_cache_tokens=1024, block_size=4)
-    probe = open_generation_engine(tiny_gpt2, settings, name="probe")
+    probe = open_generation_engine(tiny_gpt2, settings, name="probe", device="cpu")
     await probe.start()
     prompt = [5, 6, 7]
     greedy = tokens_of(await events_of(probe, prompt, GREEDY))
@@ -101,7 +101,7 @@ async def test_eos_stops_unless_ignored(tiny_gpt2: Path, tmp_path: Path) -> None
         data = json.loads((model / name).read_text())
         data["eos_token_id"] = first
         (model / name).write_text(json.dumps(data))
-    engine = open_generation_engine(model, settings, name="eos")
+    engine = open_generation_engine(model, settings, name="eos", device="cpu")
     await engine.start()
     try:
         stopped = await events_of(engine, prompt, SamplingParams(max_tokens=12, temperature=0.0))
@@ -208,6 +208,9 @@ async def test_stop_aborts_what_is_in_flight(engine_factory: EngineFactory) -> N
 
 
 def test_chat_prompt_uses_the_template(tiny_gpt2: Path) -> None:
-    engine = open_generation_engine(tiny_gpt2, GenerationSettings(kv_cache_tokens=64), name="chat")
+    # the engine is what transports take: the contract's protocol
+    engine: GenerationEngine = open_generation_engine(
+        tiny_gpt2, GenerationSettings(kv_cache_tokens=64), name="chat", device="cpu"
+    )
     ids = engine.chat_prompt([{"role": "user", "content": "hello"}])
     assert engine.decode(ids) == "<|user|>hello\n<|assistant|>"

@@ -178,7 +178,7 @@ async def test_llama_style_model_matches_hf_greedy(tmp_path: Path) -> None:
     model_dir = build_tiny_llama(tmp_path / "llama")
     hf = LlamaForCausalLM.from_pretrained(str(model_dir), attn_implementation="eager").eval()
     settings = GenerationSettings(kv_cache_tokens=2048, block_size=4, prefill_chunk=16)
-    engine = open_generation_engine(model_dir, settings, name="llama")
+    engine = open_generation_engine(model_dir, settings, name="llama", device="cpu")
     await engine.start()
     try:
         prompts = [p[:50] for p in prompts_sharing_prefixes()[:6]]

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import pydantic
+import pytest
+
 from worker.generation.kv_cache import BlockPool
 from worker.generation.sampling import make_generator
 from worker.generation.scheduler import (
@@ -12,6 +15,7 @@ from worker.generation.scheduler import (
     StaticPolicy,
 )
 from worker.generation.sequence import IncrementalText, Sequence
+from worker.generation.settings import GenerationSettings
 from worker.generation.types import SamplingParams
 
 BS = 4
@@ -155,3 +159,12 @@ def test_no_prefix_reuse_when_caching_is_off() -> None:
     s.add(b)
     assert plan(run(s))["b"] == 10
     assert s.counters.prefix_hits == 0 and s.counters.prefix_queries == 0
+
+
+def test_settings_refuse_a_budget_smaller_than_the_batch() -> None:
+    with pytest.raises(pydantic.ValidationError, match="max_batched_tokens"):
+        GenerationSettings(max_num_seqs=64, max_batched_tokens=32)
+    with pytest.raises(pydantic.ValidationError, match="at least one block"):
+        GenerationSettings(kv_cache_tokens=8, block_size=16)
+    with pytest.raises(pydantic.ValidationError, match="policy"):
+        GenerationSettings(policy="fifo")  # type: ignore[arg-type]
