@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from bench._llm_forward import StepCosts
 from bench._llm_load import RunFigures, Slo
 from bench.report import table
 
@@ -43,6 +44,7 @@ class DeviceResult:
     prefix_rate: float = 0.0
     # (batch, tokens/s) of the bare forward pass at continuous batching's mean batch
     ceiling: tuple[int, float] | None = None
+    steps: StepCosts | None = None
 
     @property
     def top(self) -> float:
@@ -154,6 +156,11 @@ def headline(
         out[f"{key}_raw_ceiling_batch"] = batch
         out[f"{key}_raw_ceiling_tokens_per_s"] = round(ceiling, 1)
         out[f"{key}_cont_vs_raw_ceiling"] = round(c.tokens_per_s / ceiling, 3)
+    if r.steps is not None:
+        st = r.steps
+        out[f"{key}_step_decode_ms"] = round(st.decode_ms, 2)
+        out[f"{key}_step_prefill_ms"] = round(st.prefill_ms, 2)
+        out[f"{key}_step_mixed_ms"] = round(st.mixed_ms, 2)
     return out
 
 
@@ -200,5 +207,19 @@ def findings(r: DeviceResult, cont: Schedule, static: Schedule, naive: Schedule)
             f"The bare forward pass (the engine's model runner, no scheduling, sampling "
             f"or streaming) decodes {ceiling:.0f} tokens/s at batch {batch} and context "
             f"{r.context}; continuous batching served {c.tokens_per_s / ceiling:.2f}x that."
+        )
+    if r.steps is not None:
+        st = r.steps
+        excess = st.mixed_ms / (st.decode_ms + st.prefill_ms)
+        parts.append(
+            f"Mixed steps on the bare forward pass: {st.batch} decodes take {st.decode_ms:.1f} "
+            f"ms a step and one {st.chunk}-token prefill chunk {st.prefill_ms:.1f} ms; the two "
+            f"in one step take {st.mixed_ms:.1f} ms ({excess:.2f}x the sum)"
+            + (
+                ", so every step that admits a prompt slows every running sequence's next "
+                "token, which is what continuous batching's TPOT pays for here."
+                if excess > 1.2
+                else "."
+            )
         )
     return " ".join(parts)

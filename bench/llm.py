@@ -23,6 +23,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from bench._llm_forward import raw_ceiling, step_costs
 from bench._llm_load import Served, Slo, figures, run_load, run_serial
 from bench._llm_report import (
     DeviceResult,
@@ -229,44 +230,6 @@ async def _prefix(
     result.prefix_requests = len(work.requests)
 
 
-def raw_ceiling(model_dir: Path, device: str, batch: int, context: int, seconds: float) -> float:
-    """Tokens/s of the engine's own forward pass decoding ``batch`` sequences at
-    ``context`` tokens, with no scheduling, sampling or streaming around it."""
-    import torch
-
-    from worker.generation.model import load_decoder
-    from worker.generation.runner import ModelRunner, StepInput
-
-    dev = torch.device(device)
-    dtype = torch.float32
-    if dev.type == "cpu":
-        torch.set_num_threads(CPU_THREADS)
-    else:  # what the engine picks on CUDA
-        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    model = load_decoder(model_dir, dev, dtype)
-    block = 16
-    limit = model.shape.max_positions
-    per_seq = -(-limit // block)
-    runner = ModelRunner(model, batch * per_seq, block, dev, dtype)
-    tables = [list(range(i * per_seq, (i + 1) * per_seq)) for i in range(batch)]
-    vocab = model.shape.vocab_size
-    # Prefill to just below ``context``, then decode over the 32 positions from there,
-    # round and round (overwriting that KV), so the mean context is ``context``.
-    first = max(1, min(context, limit - 32) - 16)
-    prompt = [(7 * j) % vocab for j in range(first)]
-    for i in range(batch):
-        runner.forward([StepInput(prompt, 0, tables[i], True)])
-    pos, steps, start = first, -3, 0.0  # three warm-up steps
-    while True:
-        if steps == 0:
-            start = time.perf_counter()
-        runner.forward([StepInput([1], pos, tables[i], True) for i in range(batch)])
-        pos = pos + 1 if pos + 1 < first + 32 else first
-        steps += 1
-        if steps > 0 and time.perf_counter() - start >= seconds:
-            return batch * steps / (time.perf_counter() - start)
-
-
 def setup_text(model_dir: Path, results: Sequence[DeviceResult], plan: Plan) -> str:
     config = json.loads((model_dir / "config.json").read_text())
     r = results[0]
@@ -318,7 +281,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     for device in devices:
         r = asyncio.run(bench_device(engine_opener(model_dir, device), device, plan, log))
         batch = max(1, round(r.at_top(CONT).mean_batch))
-        r.ceiling = (batch, raw_ceiling(model_dir, device, batch, r.context, plan.ceiling_s))
+        threads = CPU_THREADS
+        ceiling = raw_ceiling(model_dir, device, batch, r.context, plan.ceiling_s, threads)
+        r.ceiling = (batch, ceiling)
+        r.steps = step_costs(model_dir, device, batch, r.context, MAX_PROMPT, threads)
         results.append(r)
 
     figs: dict[str, float | int | str] = {}
