@@ -126,10 +126,23 @@ def prefix_table(results: Sequence[DeviceResult]) -> str:
     return table(headers, rows)
 
 
+def knee(r: DeviceResult, naive: Schedule) -> float:
+    """The lowest swept rate the naive server could not keep up with (it served less
+    than 90% of the offered requests/s); the top rate if it kept up with all."""
+    for rate in r.rates:
+        if r.runs[naive.label, rate].requests_per_s < 0.9 * rate:
+            return rate
+    return r.top
+
+
 def headline(
     r: DeviceResult, cont: Schedule, static: Schedule, naive: Schedule, key: str
 ) -> dict[str, float | int | str]:
+    """Throughput at the top rate (all three saturated: capacity against capacity);
+    latency and goodput at the knee, where the naive server saturates."""
     c, s, n = r.at_top(cont), r.at_top(static), r.at_top(naive)
+    k = knee(r, naive)
+    kc, ks, kn = (r.runs[x.label, k] for x in (cont, static, naive))
     out: dict[str, float | int | str] = {
         f"{key}_naive_capacity_req_per_s": round(r.naive_capacity, 2),
         f"{key}_slo_ttft_ms": round(_ms(r.slo.ttft_s), 1),
@@ -140,11 +153,13 @@ def headline(
         f"{key}_naive_tokens_per_s": round(n.tokens_per_s, 1),
         f"{key}_cont_vs_naive_tokens_ratio": round(c.tokens_per_s / n.tokens_per_s, 2),
         f"{key}_cont_vs_static_tokens_ratio": round(c.tokens_per_s / s.tokens_per_s, 2),
-        f"{key}_ttft_p99_cont_vs_static": round(c.ttft_p99 / s.ttft_p99, 3),
-        f"{key}_tpot_p99_cont_vs_naive": round(c.tpot_p99 / n.tpot_p99, 3),
-        f"{key}_cont_goodput_req_per_s": round(c.goodput, 2),
-        f"{key}_static_goodput_req_per_s": round(s.goodput, 2),
-        f"{key}_naive_goodput_req_per_s": round(n.goodput, 2),
+        f"{key}_knee_rate_req_per_s": round(k, 2),
+        f"{key}_knee_cont_vs_naive_tokens_ratio": round(kc.tokens_per_s / kn.tokens_per_s, 2),
+        f"{key}_ttft_p99_cont_vs_static": round(kc.ttft_p99 / ks.ttft_p99, 3),
+        f"{key}_tpot_p99_cont_vs_naive": round(kc.tpot_p99 / kn.tpot_p99, 3),
+        f"{key}_knee_cont_goodput_req_per_s": round(kc.goodput, 2),
+        f"{key}_knee_static_goodput_req_per_s": round(ks.goodput, 2),
+        f"{key}_knee_naive_goodput_req_per_s": round(kn.goodput, 2),
         f"{key}_prefix_prefill_tokens_on": r.prefix[True].prefill_tokens,
         f"{key}_prefix_prefill_tokens_off": r.prefix[False].prefill_tokens,
         f"{key}_prefix_prefill_reduction": round(r.prefill_reduction, 3),
@@ -169,26 +184,32 @@ def _verdict(ok: bool) -> str:
 
 
 def findings(r: DeviceResult, cont: Schedule, static: Schedule, naive: Schedule) -> str:
-    """The comparison at the top rate, the targets, the prefix runs and the ceiling."""
+    """Capacity at the top rate, latency at the knee, the targets, prefix reuse, the ceiling."""
     c, s, n = r.at_top(cont), r.at_top(static), r.at_top(naive)
+    k = knee(r, naive)
+    kc, ks, kn = (r.runs[x.label, k] for x in (cont, static, naive))
     ratio = c.tokens_per_s / n.tokens_per_s
-    ttft = c.ttft_p99 / s.ttft_p99
-    saturated = "so it is saturated" if n.requests_per_s < 0.9 * r.top else "yet it kept up"
+    ttft = kc.ttft_p99 / ks.ttft_p99
     parts = [
-        f"On {r.device}, at {r.top:.2f} req/s ({r.top / r.naive_capacity:.0f}x what the naive "
-        f"server can serve, {saturated}: it served {n.requests_per_s:.2f} req/s), "
-        f"continuous batching served {c.tokens_per_s:.0f} output tokens/s, {ratio:.2f}x the "
-        f"naive server ({n.tokens_per_s:.0f}) and {c.tokens_per_s / s.tokens_per_s:.2f}x static "
-        f"batching ({s.tokens_per_s:.0f}), at a mean batch of {c.mean_batch:.1f} sequences. "
-        f"Its TPOT p99 was {_ms(c.tpot_p99):.1f} ms against the naive server's "
-        f"{_ms(n.tpot_p99):.1f} ms (which decodes one sequence per step) and its TTFT p99 "
-        f"{_ms(c.ttft_p99):.0f} ms against static batching's {_ms(s.ttft_p99):.0f} ms "
-        f"({ttft:.2f}x). Goodput: {c.goodput:.2f} req/s continuous, {s.goodput:.2f} static, "
-        f"{n.goodput:.2f} naive.",
-        f"Targets: continuous/naive output tokens/s >= 4: {ratio:.2f} {_verdict(ratio >= 4)}; "
-        f"continuous TPOT p99 below the naive server's: {_verdict(c.tpot_p99 < n.tpot_p99)}; "
-        f"continuous TTFT p99 <= 0.5x static's: {ttft:.2f} {_verdict(ttft <= 0.5)}; "
-        f"prefill tokens cut by prefix caching >= 50%: {r.prefill_reduction:.1%} "
+        f"Throughput on {r.device} at the top rate, {r.top:.2f} req/s "
+        f"({r.top / r.naive_capacity:.0f}x the naive server's capacity): continuous "
+        f"batching served {c.tokens_per_s:.0f} output tokens/s, "
+        f"{ratio:.2f}x the naive server ({n.tokens_per_s:.0f}, {n.requests_per_s:.2f} req/s) "
+        f"and {c.tokens_per_s / s.tokens_per_s:.2f}x static batching ({s.tokens_per_s:.0f}), "
+        f"at a mean batch of {c.mean_batch:.1f} sequences against static's {s.mean_batch:.1f}.",
+        f"Latency at {k:.2f} req/s, the lowest rate the naive server could not keep up with "
+        f"(it served {kn.requests_per_s:.2f} req/s; continuous batching "
+        f"{kc.requests_per_s:.2f}): TTFT p99 {_ms(kc.ttft_p99):.0f} ms continuous, "
+        f"{_ms(ks.ttft_p99):.0f} ms static ({ttft:.2f}x), {_ms(kn.ttft_p99):.0f} ms naive; "
+        f"TPOT p99 {_ms(kc.tpot_p99):.1f} ms continuous, {_ms(ks.tpot_p99):.1f} ms static, "
+        f"{_ms(kn.tpot_p99):.1f} ms naive (one sequence per step); goodput "
+        f"{kc.goodput:.2f}, {ks.goodput:.2f} and {kn.goodput:.2f} req/s.",
+        f"Targets: continuous/naive output tokens/s >= 4 (at the top rate; at the knee "
+        f"continuous can serve no more than is offered): {ratio:.2f} "
+        f"{_verdict(ratio >= 4)}; continuous TPOT p99 below the naive server's (at the "
+        f"knee): {_verdict(kc.tpot_p99 < kn.tpot_p99)}; continuous TTFT p99 <= 0.5x "
+        f"static's (at the knee): {ttft:.2f} {_verdict(ttft <= 0.5)}; prefill tokens cut "
+        f"by prefix caching >= 50%: {r.prefill_reduction:.1%} "
         f"{_verdict(r.prefill_reduction >= 0.5)}.",
         f"Prefix reuse ({r.prefix_requests} requests of {r.conversations} Mooncake "
         f"conversations at {r.prefix_rate:.2f} req/s, continuous batching): caching cut the "

@@ -86,13 +86,13 @@ class Plan:
 def plan_for(quick: bool) -> Plan:
     if quick:
         return Plan(
-            requests=32, rate_multiples=(2.0, 8.0), calibration=6, prefix_requests=32, ceiling_s=1
+            requests=32, rate_multiples=(1.0, 8.0), calibration=12, prefix_requests=32, ceiling_s=1
         )
     return Plan(
-        requests=160,
+        requests=240,
         rate_multiples=(0.5, 1.0, 2.0, 4.0, 8.0),
-        calibration=16,
-        prefix_requests=120,
+        calibration=48,
+        prefix_requests=160,
         ceiling_s=3,
     )
 
