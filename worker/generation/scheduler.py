@@ -109,7 +109,8 @@ class Scheduler:
     ) -> None:
         self.pool = pool
         self.block_size = block_size
-        self.max_num_seqs = max_num_seqs
+        # every running sequence must be able to decode in each step
+        self.max_num_seqs = min(max_num_seqs, max_batched_tokens)
         self.max_batched_tokens = max_batched_tokens
         self.prefill_chunk = prefill_chunk
         self.policy = policy

@@ -36,7 +36,4 @@ class GenerationSettings(BaseModel):
     def _check(self) -> GenerationSettings:
         if self.kv_cache_tokens is not None and self.kv_cache_tokens < self.block_size:
             raise ValueError("kv_cache_tokens must hold at least one block")
-        if self.max_batched_tokens < self.max_num_seqs:
-            # every running sequence must be able to decode in each step
-            raise ValueError("max_batched_tokens must be at least max_num_seqs")
         return self

@@ -79,6 +79,8 @@ def ensure_tiny_lm(cache_dir: Path | None = None, recipe: TinyLmRecipe | None = 
         try:
             _build(tmp, recipe)
             tmp.chmod(0o755)
+            for path in tmp.iterdir():
+                path.chmod(0o644)
             os.replace(tmp, target)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)

@@ -214,3 +214,21 @@ def test_chat_prompt_uses_the_template(tiny_gpt2: Path) -> None:
     )
     ids = engine.chat_prompt([{"role": "user", "content": "hello"}])
     assert engine.decode(ids) == "<|user|>hello\n<|assistant|>"
+
+
+async def test_a_failed_step_fails_its_sequences_and_the_engine_goes_on(
+    engine_factory: EngineFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with engine_factory() as engine:
+        runner = engine._runner
+        real_forward = runner.forward
+
+        def broken(inputs: object) -> object:
+            monkeypatch.setattr(runner, "forward", real_forward)  # fails once
+            raise RuntimeError("device lost")
+
+        monkeypatch.setattr(runner, "forward", broken)
+        with pytest.raises(Unavailable, match="generation failed: RuntimeError"):
+            await events_of(engine, [1, 2, 3], GREEDY)
+        assert engine.stats().kv_blocks_used == 0
+        assert len(await events_of(engine, [1, 2, 3], GREEDY)) == 12

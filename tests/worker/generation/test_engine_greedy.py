@@ -172,11 +172,13 @@ async def test_other_schedules_give_the_same_greedy_tokens(
         assert stats.preemptions > 0
 
 
-async def test_llama_style_model_matches_hf_greedy(tmp_path: Path) -> None:
-    from transformers import LlamaForCausalLM
+@pytest.mark.parametrize("model_type", ["llama", "mistral", "qwen2"])
+async def test_llama_family_matches_hf_greedy(tmp_path: Path, model_type: str) -> None:
+    from transformers import AutoModelForCausalLM
 
-    model_dir = build_tiny_llama(tmp_path / "llama")
-    hf = LlamaForCausalLM.from_pretrained(str(model_dir), attn_implementation="eager").eval()
+    model_dir = build_tiny_llama(tmp_path / model_type, model_type)
+    hf = AutoModelForCausalLM.from_pretrained(str(model_dir), attn_implementation="eager")
+    hf.eval()
     settings = GenerationSettings(kv_cache_tokens=2048, block_size=4, prefill_chunk=16)
     engine = open_generation_engine(model_dir, settings, name="llama", device="cpu")
     await engine.start()
@@ -196,3 +198,13 @@ def test_unsupported_architectures_are_named(tiny_gpt2: Path, tmp_path: Path) ->
     (model_dir / "config.json").write_text(json.dumps({**config, "model_type": "bert"}))
     with pytest.raises(UnsupportedModel, match="'bert' is not supported; supported: gpt2, llama"):
         open_generation_engine(model_dir, GenerationSettings(), name="bert")
+
+
+def test_a_sliding_window_caps_the_context(tmp_path: Path) -> None:
+    model_dir = build_tiny_llama(tmp_path / "mistral", "mistral")
+    config = json.loads((model_dir / "config.json").read_text())
+    (model_dir / "config.json").write_text(json.dumps({**config, "sliding_window": 64}))
+    engine = open_generation_engine(
+        model_dir, GenerationSettings(kv_cache_tokens=1024), name="window", device="cpu"
+    )
+    assert engine.max_model_len == 64

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
 
+from tests.worker.generation.test_engine_greedy import assert_greedy, hf_greedy
 from worker.generation.factory import open_generation_engine
 from worker.generation.settings import GenerationSettings
 from worker.generation.types import SamplingParams
@@ -33,10 +35,10 @@ async def greedy_tokens(model_dir: Path, device: str, dtype: str) -> list[list[i
         await engine.stop()
 
 
-async def test_fp32_on_cuda_matches_cpu(tiny_gpt2: Path) -> None:
-    assert await greedy_tokens(tiny_gpt2, "cuda", "float32") == await greedy_tokens(
-        tiny_gpt2, "cpu", "float32"
-    )
+async def test_fp32_on_cuda_is_greedy_like_transformers(tiny_gpt2: Path, hf_gpt2: Any) -> None:
+    outputs = await greedy_tokens(tiny_gpt2, "cuda", "float32")
+    for prompt, output in zip(PROMPTS, outputs, strict=True):
+        assert_greedy(hf_gpt2, prompt, output, hf_greedy(hf_gpt2, prompt, len(output)))
 
 
 async def test_bf16_on_cuda_generates(tiny_gpt2: Path) -> None:

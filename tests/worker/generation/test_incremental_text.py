@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
+from worker.generation.factory import load_tokenizer
 from worker.generation.sequence import IncrementalText
 
 
@@ -57,3 +59,14 @@ def test_flush_releases_held_back_text() -> None:
     delta, stopped = text.update(ids)
     assert (delta, stopped) == ("ab", False)
     assert text.flush(ids) == "xy"
+
+
+def test_byte_level_bpe_text_comes_out_whole(tiny_gpt2: Path) -> None:
+    tokenizer, _ = load_tokenizer(tiny_gpt2)
+    source = "Grüße aus 東京 🙂 — naïve café"
+    ids = tokenizer.encode(source)
+    text = IncrementalText(tokenizer.decode, ())
+    deltas = [text.update(ids[: i + 1])[0] for i in range(len(ids))]
+    assert "".join(deltas) + text.flush(ids) == source
+    assert all("\ufffd" not in d for d in deltas)
+    assert "" in deltas  # a character split across tokens was held back

@@ -161,9 +161,17 @@ def test_no_prefix_reuse_when_caching_is_off() -> None:
     assert s.counters.prefix_hits == 0 and s.counters.prefix_queries == 0
 
 
-def test_settings_refuse_a_budget_smaller_than_the_batch() -> None:
-    with pytest.raises(pydantic.ValidationError, match="max_batched_tokens"):
-        GenerationSettings(max_num_seqs=64, max_batched_tokens=32)
+def test_running_batch_never_outgrows_the_token_budget() -> None:
+    s = scheduler(max_num_seqs=8, budget=3, chunk=1)
+    for name in "abcde":
+        s.add(seq(name, [1]))
+    for _ in range(3):
+        step = run(s)
+        assert set(plan(step)) == {"a", "b", "c"}  # each running sequence every step
+    assert len(s.running) == 3
+
+
+def test_settings_refuse_what_cannot_work() -> None:
     with pytest.raises(pydantic.ValidationError, match="at least one block"):
         GenerationSettings(kv_cache_tokens=8, block_size=16)
     with pytest.raises(pydantic.ValidationError, match="policy"):

@@ -46,10 +46,11 @@ def test_concurrent_builders_build_once(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 @pytest.mark.timeout(1200)
-async def test_shipped_model_generates_text_like_transformers(tmp_path: Path) -> None:
+async def test_shipped_model_generates_text_like_transformers() -> None:
     from transformers import AutoModelForCausalLM
 
-    model_dir = ensure_tiny_lm(tmp_path)
+    # the machine's cached copy, as the worker uses it (minutes when cold)
+    model_dir = ensure_tiny_lm()
     hf = AutoModelForCausalLM.from_pretrained(str(model_dir)).eval()
     engine = open_generation_engine(model_dir, GenerationSettings(), name="tiny", device="cpu")
     await engine.start()
