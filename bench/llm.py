@@ -15,6 +15,7 @@ also set against the bare forward pass at the same batch size.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import statistics
@@ -123,14 +124,20 @@ async def _started(opener: Opener, schedule: Schedule, prefix: bool) -> Generati
 
 
 async def bench_device(opener: Opener, device: str, plan: Plan, log: Log) -> DeviceResult:
-    naive = await _started(opener, NAIVE, False)
-    try:
+    async with contextlib.AsyncExitStack() as stack:
+        engines: dict[str, GenerationEngine] = {}
+        for schedule in SCHEDULES:
+            engine = await _started(opener, schedule, False)
+            stack.push_async_callback(engine.stop)
+            engines[schedule.label] = engine
+        naive = engines[NAIVE.label]
         corpus = text_corpus(naive.encode)
         max_prompt = min(MAX_PROMPT, naive.max_model_len - MAX_OUTPUT)
         requests = azure_requests(
             trace_path("azure"), corpus, plan.requests, max_prompt=max_prompt, max_output=MAX_OUTPUT
         )
-        await run_serial(naive, requests[:2])  # warm-up
+        for engine in engines.values():
+            await run_serial(engine, requests[:2])  # warm-up
         calib = await run_serial(naive, requests[: plan.calibration])
         # Seconds per output token served alone (prefill included), times the mean
         # output of the whole workload: the naive server's mean service time.
@@ -156,36 +163,21 @@ async def bench_device(opener: Opener, device: str, plan: Plan, log: Log) -> Dev
             f"[{device}] naive capacity {1 / service:.2f} req/s; "
             f"SLO TTFT {slo.ttft_s * 1e3:.0f} ms, TPOT {slo.tpot_s * 1e3:.1f} ms"
         )
-        await _sweep(naive, NAIVE, requests, result, log)
-    finally:
-        await naive.stop()
-    for schedule in (CONT, STATIC):
-        engine = await _started(opener, schedule, False)
-        try:
-            await run_serial(engine, requests[:2])
-            await _sweep(engine, schedule, requests, result, log)
-        finally:
-            await engine.stop()
+        # The three schedules one after another at each rate, so that what else runs
+        # on a shared machine weighs on them alike.
+        for rate in result.rates:
+            offsets = poisson_offsets(len(requests), rate)
+            for schedule in (NAIVE, CONT, STATIC):
+                served = await run_load(engines[schedule.label], requests, offsets)
+                f = figures(served, slo)
+                result.runs[schedule.label, rate] = f
+                log(
+                    f"[{device}] {schedule.label} @ {rate:.2f} req/s: {f.tokens_per_s:.0f} "
+                    f"tok/s, TTFT p99 {f.ttft_p99 * 1e3:.0f} ms, TPOT p99 "
+                    f"{f.tpot_p99 * 1e3:.1f} ms ({f.elapsed_s:.1f} s)"
+                )
     await _prefix(opener, corpus, requests[:2], plan, result, log)
     return result
-
-
-async def _sweep(
-    engine: GenerationEngine,
-    schedule: Schedule,
-    requests: Sequence[Request],
-    result: DeviceResult,
-    log: Log,
-) -> None:
-    for rate in result.rates:
-        served = await run_load(engine, requests, poisson_offsets(len(requests), rate))
-        f = figures(served, result.slo)
-        result.runs[schedule.label, rate] = f
-        log(
-            f"[{result.device}] {schedule.label} @ {rate:.2f} req/s: {f.tokens_per_s:.0f} tok/s, "
-            f"TTFT p99 {f.ttft_p99 * 1e3:.0f} ms, TPOT p99 {f.tpot_p99 * 1e3:.1f} ms "
-            f"({f.elapsed_s:.1f} s)"
-        )
 
 
 async def _prefix(
