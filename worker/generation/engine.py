@@ -14,11 +14,12 @@ import logging
 from collections.abc import AsyncIterator, Callable
 from collections.abc import Sequence as Seq
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 
 from meridian.errors import InvalidInput, Unavailable
 from worker.generation.runner import ModelRunner, StepInput
 from worker.generation.sampling import make_generator, sample_token
-from worker.generation.scheduler import Scheduler
+from worker.generation.scheduler import Scheduler, SchedulerCounters
 from worker.generation.sequence import IncrementalText, Sequence
 from worker.generation.types import EngineStats, SamplingParams, TokenEvent
 
@@ -102,6 +103,10 @@ class Engine:
     def steps(self) -> int:
         """Forward steps run so far."""
         return self._scheduler.counters.steps
+
+    def counters(self) -> SchedulerCounters:
+        """A copy of the scheduler's counters (steps, mixed steps, tokens, ...)."""
+        return replace(self._scheduler.counters)
 
     # -- the contract ------------------------------------------------------
 

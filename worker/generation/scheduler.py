@@ -94,6 +94,8 @@ class SchedulerCounters:
     decode_tokens: int = 0
     preemptions: int = 0
     steps: int = 0
+    # steps that carried decodes and prefill chunks together
+    mixed_steps: int = 0
 
 
 class Scheduler:
@@ -189,6 +191,9 @@ class Scheduler:
     def commit(self, scheduled: list[Scheduled]) -> None:
         """Record that the forward pass computed the scheduled tokens."""
         self.counters.steps += 1
+        kinds = {item.seq.num_computed >= item.seq.prompt_len for item in scheduled}
+        if len(kinds) == 2:
+            self.counters.mixed_steps += 1
         bs = self.block_size
         for item in scheduled:
             seq = item.seq

@@ -137,6 +137,10 @@ async def test_continuous_batching_matches_hf_greedy(
     ) as engine:
         outputs = await staggered(engine, prompts, max_tokens=12)
         stats = engine.stats()
+        counters = engine.counters()
+    # later arrivals were prefilled (in chunks) in the same steps as earlier decodes
+    assert counters.mixed_steps > 0
+    assert counters.prefill_tokens > 0 and counters.decode_tokens > 0
     for prompt, output in zip(prompts, outputs, strict=True):
         assert len(output) == 12
         assert_greedy(hf_gpt2, prompt, output, hf_greedy(hf_gpt2, prompt, 12))
