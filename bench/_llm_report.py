@@ -74,7 +74,7 @@ def sweep_table(results: Sequence[DeviceResult], schedules: Sequence[Schedule]) 
         "TPOT p50 ms",
         "TPOT p99 ms",
         "goodput req/s",
-        "mean batch",
+        "mean seqs decoding",
     ]
     rows: list[list[object]] = []
     for r in results:

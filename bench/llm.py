@@ -223,6 +223,9 @@ async def _prefix(
 
 
 def setup_text(model_dir: Path, results: Sequence[DeviceResult], plan: Plan) -> str:
+    from worker.generation.settings import GenerationSettings
+
+    defaults = GenerationSettings()
     config = json.loads((model_dir / "config.json").read_text())
     r = results[0]
     multiples = ", ".join(f"{m:g}" for m in plan.rate_multiples)
@@ -230,7 +233,9 @@ def setup_text(model_dir: Path, results: Sequence[DeviceResult], plan: Plan) -> 
         f"Model: GPT-2, {config['n_layer']} layers, width {config['n_embd']}, vocabulary "
         f"{config['vocab_size']}, context {config['n_positions']} (`ensure_tiny_lm`, trained "
         f"on standard-library docstrings). Engine: the worker's generation engine, paged KV "
-        f"cache of {KV_CACHE_TOKENS} tokens in blocks of 16, its default chunked prefill; "
+        f"cache of {KV_CACHE_TOKENS} tokens in blocks of {defaults.block_size}, up to "
+        f"{defaults.max_batched_tokens} tokens a step and prefill chunks of up to "
+        f"{defaults.prefill_chunk} (its defaults); "
         f"continuous and static batching with up to {MAX_SEQS} sequences, the naive server "
         f"with 1; prefix caching off except in the prefix runs; greedy decoding, EOS "
         f"ignored so every answer is as long as the trace says; on CPU {CPU_THREADS} "
