@@ -87,7 +87,7 @@ class Plan:
 def plan_for(quick: bool) -> Plan:
     if quick:
         return Plan(
-            requests=32, rate_multiples=(1.0, 8.0), calibration=12, prefix_requests=32, ceiling_s=1
+            requests=32, rate_multiples=(2.0, 8.0), calibration=12, prefix_requests=32, ceiling_s=1
         )
     return Plan(
         requests=240,
@@ -121,6 +121,16 @@ async def _started(opener: Opener, schedule: Schedule, prefix: bool) -> Generati
     engine = opener(schedule, prefix)
     await engine.start()
     return engine
+
+
+def _steps(engine: GenerationEngine) -> tuple[int, int] | None:
+    """Forward steps so far and how many mixed decodes with prefill chunks, where the
+    engine counts them (``counters()`` is not part of the contract)."""
+    counters = getattr(engine, "counters", None)
+    if counters is None:
+        return None
+    c = counters()
+    return int(c.steps), int(c.mixed_steps)
 
 
 async def bench_device(opener: Opener, device: str, plan: Plan, log: Log) -> DeviceResult:
@@ -168,9 +178,15 @@ async def bench_device(opener: Opener, device: str, plan: Plan, log: Log) -> Dev
         for rate in result.rates:
             offsets = poisson_offsets(len(requests), rate)
             for schedule in (NAIVE, CONT, STATIC):
-                served = await run_load(engines[schedule.label], requests, offsets)
+                engine = engines[schedule.label]
+                before = _steps(engine)
+                served = await run_load(engine, requests, offsets)
+                after = _steps(engine)
                 f = figures(served, slo)
                 result.runs[schedule.label, rate] = f
+                if before is not None and after is not None and after[0] > before[0]:
+                    share = (after[1] - before[1]) / (after[0] - before[0])
+                    result.mixed_share[schedule.label, rate] = share
                 log(
                     f"[{device}] {schedule.label} @ {rate:.2f} req/s: {f.tokens_per_s:.0f} "
                     f"tok/s, TTFT p99 {f.ttft_p99 * 1e3:.0f} ms, TPOT p99 "
