@@ -294,10 +294,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     for device in devices:
         r = asyncio.run(bench_device(engine_opener(model_dir, device), device, plan, log))
         batch = max(1, round(r.at_top(CONT).mean_batch))
-        threads = CPU_THREADS
-        ceiling = raw_ceiling(model_dir, device, batch, r.context, plan.ceiling_s, threads)
+        ceiling = raw_ceiling(model_dir, device, batch, r.context, plan.ceiling_s, CPU_THREADS)
         r.ceiling = (batch, ceiling)
-        r.steps = step_costs(model_dir, device, batch, r.context, MAX_PROMPT, threads)
+        r.steps = step_costs(model_dir, device, batch, r.context, MAX_PROMPT, CPU_THREADS)
         results.append(r)
 
     figs: dict[str, float | int | str] = {}
