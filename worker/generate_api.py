@@ -40,9 +40,7 @@ def _dataplane(request: Request) -> DataPlane:
 DataPlaneDep = Annotated[DataPlane, Depends(_dataplane)]
 
 
-async def unless_disconnected(
-    request: Request, work: Coroutine[Any, Any, Response]
-) -> Response:
+async def unless_disconnected(request: Request, work: Coroutine[Any, Any, Response]) -> Response:
     """``work``'s answer, or, when the client disconnects first, ``work`` cancelled
     (which closes its token stream, so the engine aborts the sequence). The
     worker's own server cancels the route itself; under another ASGI server this

@@ -233,7 +233,7 @@ async def test_non_streaming_client_going_away_aborts(
     worker, engine = served
     engine.hold_after = 1
     host, port = worker.url.removeprefix("http://").split(":")
-    reader, writer = await asyncio.open_connection(host, int(port))
+    _reader, writer = await asyncio.open_connection(host, int(port))
     body = orjson.dumps({"text_input": "hi", "max_tokens": 10})
     writer.write(
         b"POST /v2/models/chat/generate HTTP/1.1\r\nHost: t\r\nContent-Type: application/json"
