@@ -158,6 +158,16 @@ def test_grpc_config_statistics_and_index(
     with pytest.raises(InferenceServerException) as e:
         grpc.get_model_config("nope")
     assert e.value.status() == "StatusCode.NOT_FOUND"
+    # Unary inference on a generative model answers the whole text at once.
+    params = {"max_tokens": 5, "temperature": 0.0, "ignore_eos": True}
+    whole = grpc.infer("tiny", [_grpc_input(PROMPT)], parameters=params)
+    generated = httpx.post(
+        f"{worker.http_url}/v2/models/tiny/generate",
+        json={"text_input": PROMPT, "parameters": params},
+        timeout=60,
+    ).json()
+    assert whole.as_numpy("text_output")[0].decode() == generated["text_output"]
+    assert whole.get_response().parameters["completion_tokens"].int64_param == 5
     grpc.close()
 
 
