@@ -27,13 +27,21 @@ __all__ = ["ModelSpec", "create_app", "running", "serve"]
 log = logging.getLogger(__name__)
 
 
+_ARCHIVES = (".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz")
+_FORMATS = ("onnx", "torchscript", "generative")
+
+
 @dataclass(frozen=True)
 class ModelSpec:
     """A model to serve from start-up.
 
-    ``name[:version[:variant]]=PATH`` serves a local file; ``...=URL#sha256=HEX`` fetches
-    an artifact (verified, cached) with the bearer token in
-    ``MERIDIAN_WORKER_ARTIFACT_TOKEN`` when set (a region agent passes its credential).
+    ``name[:version[:variant]]=PATH`` serves a local file, or a folder (a generative
+    model: a Hugging Face checkpoint with its tokenizer); ``...=URL#sha256=HEX``
+    fetches an artifact (verified, cached) with the bearer token in
+    ``MERIDIAN_WORKER_ARTIFACT_TOKEN`` when set (a region agent passes its
+    credential). A URL ending in ``.tar``/``.tar.gz``/``.tgz`` is an archive of a
+    generative model's folder. ``#format=onnx|torchscript|generative`` after a path
+    (``&format=...`` after a URL's sha256) says the format outright.
     """
 
     name: str
@@ -42,6 +50,7 @@ class ModelSpec:
     variant: str = "base"
     url: str | None = None
     sha256: str | None = None
+    format: str | None = None
 
     @classmethod
     def parse(cls, text: str) -> ModelSpec:
@@ -50,12 +59,33 @@ class ModelSpec:
         version, _, variant = rest.partition(":")
         if not sep or not name or not source:
             raise ValueError(f"expected name[:version[:variant]]=path-or-url, got '{text}'")
+        source, _, fragment = source.partition("#")
+        options: dict[str, str] = {}
+        for item in filter(None, fragment.split("&")):
+            key, eq, value = item.partition("=")
+            if not eq or key not in ("sha256", "format"):
+                raise ValueError(f"unknown option '{item}' in '{text}' (sha256=, format=)")
+            options[key] = value
+        fmt = options.get("format")
+        if fmt is not None and fmt not in _FORMATS:
+            raise ValueError(f"format '{fmt}' is not one of {', '.join(_FORMATS)}")
         if source.startswith(("http://", "https://")):
-            url, _, fragment = source.partition("#sha256=")
-            if len(fragment) != 64:
+            sha256 = options.get("sha256", "")
+            if len(sha256) != 64:
                 raise ValueError(f"an artifact URL needs '#sha256=<64 hex digits>': '{text}'")
-            return cls(name, version or "1", variant=variant or "base", url=url, sha256=fragment)
-        return cls(name, version or "1", Path(source), variant=variant or "base")
+            if fmt is None and source.lower().endswith(_ARCHIVES):
+                fmt = "generative"
+            return cls(
+                name,
+                version or "1",
+                variant=variant or "base",
+                url=source,
+                sha256=sha256,
+                format=fmt,
+            )
+        if "sha256" in options:
+            raise ValueError(f"'sha256' applies to artifact URLs only: '{text}'")
+        return cls(name, version or "1", Path(source), variant=variant or "base", format=fmt)
 
 
 def create_app(
@@ -76,6 +106,7 @@ def create_app(
                     request = LoadRequest(
                         version=spec.version,
                         variant=spec.variant,
+                        format=spec.format or "onnx",  # type: ignore[arg-type]
                         artifact_url=spec.url,
                         sha256=spec.sha256,
                         token=token,
@@ -83,7 +114,9 @@ def create_app(
                     await dp.load(spec.name, request)
                 else:
                     assert spec.path is not None
-                    await dp.load_path(spec.name, spec.version, spec.path, variant=spec.variant)
+                    await dp.load_path(
+                        spec.name, spec.version, spec.path, variant=spec.variant, fmt=spec.format
+                    )
             if settings.grpc_port is not None:
                 from worker.grpc_service import GrpcServer
 

@@ -16,8 +16,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="append",
         default=[],
         metavar="NAME[:VERSION[:VARIANT]]=SOURCE",
-        help="serve from start-up (repeatable): SOURCE is a local .onnx/TorchScript file or "
-        "an artifact URL with '#sha256=HEX' (token in MERIDIAN_WORKER_ARTIFACT_TOKEN)",
+        help="serve from start-up (repeatable): SOURCE is a local .onnx/TorchScript file, a "
+        "generative model's folder (Hugging Face checkpoint), or an artifact URL with "
+        "'#sha256=HEX' (token in MERIDIAN_WORKER_ARTIFACT_TOKEN; a .tar/.tar.gz URL is a "
+        "generative model's folder); '#format=...' (or '&format=...') names the format",
     )
     parser.add_argument("--max-batch-size", type=int, help="rows per engine run (default 64)")
     parser.add_argument("--max-queue-delay-ms", type=float, help="batch fill wait (default 2)")
@@ -25,6 +27,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-request-bytes", type=int, help="request body limit (64 MiB)")
     parser.add_argument("--engine-threads", type=int, help="intra-op threads per engine")
     parser.add_argument("--cache-dir", help="artifact cache folder")
+    gen = parser.add_argument_group("generative models")
+    gen.add_argument("--kv-cache-tokens", type=int, help="KV cache budget in tokens per model")
+    gen.add_argument("--block-size", type=int, help="tokens per KV cache block (16)")
+    gen.add_argument("--max-num-seqs", type=int, help="sequences batched at once (64)")
+    gen.add_argument("--max-batched-tokens", type=int, help="tokens per engine step (1024)")
+    gen.add_argument("--max-model-len", type=int, help="prompt plus completion tokens, at most")
+    gen.add_argument(
+        "--no-prefix-caching",
+        dest="prefix_caching",
+        action="store_false",
+        default=None,
+        help="compute every prompt in full (no reuse of cached prefixes)",
+    )
     parser.add_argument(
         "--allow-local-paths",
         action="store_true",
@@ -53,6 +68,12 @@ def main(args: argparse.Namespace) -> int:
             "max_request_bytes": args.max_request_bytes,
             "cache_dir": args.cache_dir,
             "allow_local_paths": args.allow_local_paths,
+            "kv_cache_tokens": args.kv_cache_tokens,
+            "block_size": args.block_size,
+            "max_num_seqs": args.max_num_seqs,
+            "max_batched_tokens": args.max_batched_tokens,
+            "max_model_len": args.max_model_len,
+            "prefix_caching": args.prefix_caching,
         }.items()
         if value is not None
     }

@@ -9,24 +9,39 @@ input the same way.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncGenerator, Sequence
 from pathlib import Path
 
 import numpy as np
 
 from meridian.errors import InvalidInput, Unavailable
-from worker.artifacts import ArtifactCache
+from worker.artifacts import ArtifactCache, sha256_file
 from worker.batcher import BatchPolicy
 from worker.engines.base import Engine, open_engine
+from worker.generation.types import GenerationEngine, SamplingParams, TokenEvent
+from worker.generative import GenerativeModel, start_stream
 from worker.metrics import WorkerMetrics
 from worker.probes import ProbeMismatch
-from worker.repository import LoadedModel, LoadRequest, ModelRepository, local_path
+from worker.repository import (
+    LoadedModel,
+    LoadRequest,
+    ModelRepository,
+    Served,
+    local_path,
+)
 from worker.settings import WorkerSettings
 from worker.tensors import InferenceRequest, InferenceResponse, TensorSpec
 
 __all__ = ["EXTENSIONS", "SERVER_VERSION", "DataPlane", "Queued"]
 
 SERVER_VERSION = "0.1.0"
-EXTENSIONS = ["binary_tensor_data", "model_repository", "statistics"]
+EXTENSIONS = [
+    "binary_tensor_data",
+    "model_configuration",
+    "model_repository",
+    "statistics",
+    "generate",
+]
 
 
 def _fmt_shape(shape: tuple[int, ...] | None) -> str:
@@ -140,12 +155,37 @@ class DataPlane:
         return {"name": self.settings.name, "version": SERVER_VERSION, "extensions": EXTENSIONS}
 
     def model_ready(self, name: str, version: str | None) -> bool:
-        self.repository.get(name, version)
+        self.repository.find(name, version)
         return self._ready
 
     def model_metadata(self, name: str, version: str | None) -> dict[str, object]:
-        model = self.repository.get(name, version)
+        model = self.repository.find(name, version)
         return model.metadata(self.repository.versions(name))
+
+    def model_config(self, name: str, version: str | None) -> dict[str, object]:
+        from worker.model_info import model_config
+
+        return model_config(self.repository.find(name, version), self.settings)
+
+    def model_statistics(self, name: str | None, version: str | None) -> list[dict[str, object]]:
+        """Statistics of one model (all of its versions unless ``version``), or of all."""
+        from worker.model_info import model_statistics
+
+        if not name:
+            models = self.repository.all()
+        elif version:
+            models = [self.repository.find(name, version)]
+        else:
+            self.repository.find(name, None)
+            models = [self.repository.find(name, v) for v in self.repository.versions(name)]
+        return [model_statistics(m, self.metrics) for m in models]
+
+    def repository_index(self) -> list[dict[str, str]]:
+        state = "READY" if self._ready else "UNAVAILABLE"
+        return [
+            {"name": m.name, "version": m.version, "state": state, "reason": ""}
+            for m in sorted(self.repository.all(), key=lambda m: (m.name, m.version))
+        ]
 
     def stats(self) -> dict[str, object]:
         snapshot = self.metrics.snapshot()
@@ -154,8 +194,8 @@ class DataPlane:
                 "name": m.name,
                 "version": m.version,
                 "variant": m.variant,
-                "platform": m.engine.platform,
-                "device": m.engine.device,
+                "platform": m.platform,
+                "device": m.device,
                 "sha256": m.sha256,
             }
             for m in self.repository.all()
@@ -189,8 +229,29 @@ class DataPlane:
                 raise InvalidInput(f"unknown output '{out.name}'; the model's outputs are {names}")
         return [o.name for o in request.outputs]
 
+    # -- generation ----------------------------------------------------------------
+    def generative_model(self, name: str, version: str | None) -> GenerativeModel:
+        if not self._ready:
+            raise Unavailable("worker is not ready", retry_after=1.0)
+        return self.repository.generative(name, version)
+
+    def generate(
+        self,
+        model: GenerativeModel,
+        prompt_ids: Sequence[int],
+        params: SamplingParams,
+        request_id: str,
+    ) -> AsyncGenerator[TokenEvent, None]:
+        """Check the request, then its token events as the engine makes them.
+        Close the iterator (``aclose``) to abort the sequence."""
+        return start_stream(model, prompt_ids, params, request_id, self.metrics)
+
     # -- repository ----------------------------------------------------------------
-    async def load(self, name: str, request: LoadRequest) -> LoadedModel:
+    async def load(self, name: str, request: LoadRequest) -> Served:
+        if request.format == "generative":
+            return await self._load_generative(
+                name, request, local_ok=self.settings.allow_local_paths
+            )
         if request.path is not None:
             if not self.settings.allow_local_paths:
                 raise InvalidInput("loading from a local path is disabled on this worker")
@@ -212,14 +273,71 @@ class DataPlane:
             warm_up=True,
         )
 
+    async def _load_generative(
+        self, name: str, request: LoadRequest, *, local_ok: bool
+    ) -> GenerativeModel:
+        """A model folder, or a tar archive of one (unpacked once into the cache)."""
+        from worker.archives import model_folder, unpack
+
+        if request.path is not None:
+            if not local_ok:
+                raise InvalidInput("loading from a local path is disabled on this worker")
+            path, sha = local_path(request.path, folder=True), request.sha256
+            source = str(path)
+            if path.is_file() and sha is None:
+                sha = await asyncio.to_thread(sha256_file, path)
+        else:
+            assert request.artifact_url is not None and request.sha256 is not None
+            path = await self.artifacts.fetch(
+                request.artifact_url, request.sha256, token=request.token
+            )
+            sha, source = request.sha256.lower(), request.artifact_url
+        if path.is_dir():
+            folder = await asyncio.to_thread(model_folder, path)
+        else:
+            assert sha is not None
+            target = self.artifacts.path_for(sha).with_suffix(".d")
+            folder = await asyncio.to_thread(unpack, path, target)
+        from worker.generative import open_generative
+
+        engine, device = await asyncio.to_thread(open_generative, folder, self.settings, name)
+        model = GenerativeModel(
+            name, request.version, request.variant, engine, source, sha, device=device
+        )
+        return await self.repository.install_generative(model)
+
+    async def install_generative(
+        self,
+        name: str,
+        version: str,
+        engine: GenerationEngine,
+        *,
+        variant: str = "base",
+        device: str = "cpu",
+    ) -> GenerativeModel:
+        """Serve a generation engine built by the caller (embedded use and tests)."""
+        model = GenerativeModel(name, version, variant, engine, "engine", device=device)
+        return await self.repository.install_generative(model)
+
     async def load_path(
-        self, name: str, version: str, path: Path, *, variant: str = "base"
-    ) -> LoadedModel:
-        """Serve a local model file (the ``--model name:version=path`` form)."""
+        self, name: str, version: str, path: Path, *, variant: str = "base", fmt: str | None = None
+    ) -> Served:
+        """Serve a local model file or folder (the ``--model name:version=path`` form):
+        a folder, or ``fmt`` "generative", is a generative model."""
         from worker.engines.base import guess_format
 
+        folder = await asyncio.to_thread(path.is_dir)
+        if fmt == "generative" or (fmt is None and folder):
+            request = LoadRequest(
+                version=version, variant=variant, format="generative", path=str(path)
+            )
+            # Start-up models are the operator's own: local paths are always allowed.
+            return await self._load_generative(name, request, local_ok=True)
         req = LoadRequest(
-            version=version, variant=variant, format=guess_format(path), path=str(path)
+            version=version,
+            variant=variant,
+            format=guess_format(path) if fmt is None else fmt,  # type: ignore[arg-type]
+            path=str(path),
         )
         engine = await self._open(name, local_path(str(path)), req)
         return await self.repository.install(
@@ -236,6 +354,7 @@ class DataPlane:
         await self.repository.remove(name, version)
 
     async def _open(self, name: str, path: Path, request: LoadRequest) -> Engine:
+        assert request.format != "generative"
         try:
             return await asyncio.to_thread(
                 open_engine,

@@ -1,9 +1,15 @@
 """gRPC transport: ``inference.GRPCInferenceService`` over ``grpc.aio``.
 
-The servicer only converts (see :mod:`worker.grpc_codec`) and calls the data
-plane. :func:`_guard` is the one place errors become status codes: domain errors
-through :func:`meridian.errors.grpc_code_for` (with a ``retry-after`` trailer
-where given), anything else INTERNAL with a fixed message.
+The servicer only converts (see :mod:`worker.grpc_codec` and
+:mod:`worker.grpc_generate`) and calls the data plane. :func:`_guard` is the one
+place errors become status codes: domain errors through
+:func:`meridian.errors.grpc_code_for` (with a ``retry-after`` trailer where given),
+anything else INTERNAL with a fixed message.
+
+``ModelStreamInfer`` answers the requests of one stream concurrently. A request
+that fails is answered by a response with ``error_message`` and the stream goes
+on (as Triton does); a client that cancels the call closes every sequence it
+started, which aborts them in the engine.
 """
 
 from __future__ import annotations
@@ -12,21 +18,27 @@ import asyncio
 import functools
 import logging
 import math
-from collections.abc import Awaitable, Callable
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import aclosing
 from typing import Any, TypeVar
 
 import grpc
+from google.protobuf import json_format
 
 from meridian.errors import MeridianError, NotFound, grpc_code_for
 from proto import grpc_service_pb2 as pb
 from proto import grpc_service_pb2_grpc as pb_grpc
 from worker.dataplane import DataPlane
+from worker.generation.types import TokenEvent
+from worker.generative import GenerativeModel, sampling_params
 from worker.grpc_codec import (
     decode_infer,
     encode_infer,
     encode_model_metadata,
     repository_parameters,
 )
+from worker.grpc_generate import decode_generate, encode_error, encode_step
 from worker.repository import LoadRequest
 
 __all__ = ["GrpcServer", "InferenceServicer"]
@@ -105,8 +117,117 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def ModelInfer(
         self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext
     ) -> pb.ModelInferResponse:
+        model = self._dp.repository.find(request.model_name, request.model_version or None)
+        if isinstance(model, GenerativeModel):  # the whole text in one response
+            responses = [r async for r in self._generate(request, force_whole=True)]
+            if not responses:
+                raise MeridianError("the engine ended the sequence without a token")
+            return responses[-1].infer_response
         response = await self._dp.infer(decode_infer(request, context.time_remaining()))
         return encode_infer(response)
+
+    async def ModelStreamInfer(
+        self,
+        request_iterator: AsyncIterator[pb.ModelInferRequest],
+        context: grpc.aio.ServicerContext,
+    ) -> AsyncIterator[pb.ModelStreamInferResponse]:
+        out: asyncio.Queue[pb.ModelStreamInferResponse | None] = asyncio.Queue(maxsize=256)
+        tasks: set[asyncio.Task[None]] = set()
+
+        async def answer(request: pb.ModelInferRequest) -> None:
+            try:
+                async for response in self._stream_one(request):
+                    await out.put(response)
+            except MeridianError as exc:
+                await out.put(encode_error(request, exc.message))
+            except Exception:
+                log.exception("unexpected error in ModelStreamInfer")
+                await out.put(encode_error(request, "internal server error"))
+
+        async def read() -> None:
+            try:
+                async for request in request_iterator:
+                    task = asyncio.create_task(answer(request))
+                    tasks.add(task)
+                    task.add_done_callback(tasks.discard)
+                while tasks:
+                    await asyncio.wait(set(tasks))
+            finally:
+                await out.put(None)
+
+        reader = asyncio.create_task(read())
+        try:
+            while (item := await out.get()) is not None:
+                yield item
+            await reader
+        finally:
+            pending = [reader, *tasks]
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+
+    async def _stream_one(
+        self, request: pb.ModelInferRequest
+    ) -> AsyncIterator[pb.ModelStreamInferResponse]:
+        model = self._dp.repository.find(request.model_name, request.model_version or None)
+        if isinstance(model, GenerativeModel):
+            async for response in self._generate(request):
+                yield response
+            return
+        answer = await self._dp.infer(decode_infer(request, None))
+        yield pb.ModelStreamInferResponse(infer_response=encode_infer(answer))
+
+    async def _generate(
+        self, request: pb.ModelInferRequest, *, force_whole: bool = False
+    ) -> AsyncIterator[pb.ModelStreamInferResponse]:
+        call = decode_generate(request)
+        model = self._dp.generative_model(request.model_name, request.model_version or None)
+        params = sampling_params(call.parameters)
+        ids = model.engine.encode(call.text)
+        events = self._dp.generate(model, ids, params, request.id or uuid.uuid4().hex)
+        name, version, rid = model.name, model.version, request.id
+        parts: list[str] = []
+        async with aclosing(events) as stream:
+            async for event in stream:
+                final: TokenEvent | None = event if event.finish_reason is not None else None
+                if final is not None and final.finish_reason == "abort":
+                    raise MeridianError("the generation was aborted")
+                if not call.stream or force_whole:
+                    parts.append(event.text)
+                    if final is not None:
+                        yield encode_step(name, version, rid, "".join(parts), final)
+                elif final is None:
+                    if event.text:
+                        yield encode_step(name, version, rid, event.text, None)
+                elif call.empty_final:
+                    if event.text:
+                        yield encode_step(name, version, rid, event.text, None)
+                    yield encode_step(name, version, rid, None, final)
+                else:
+                    yield encode_step(name, version, rid, event.text, final)
+
+    @_guard
+    async def ModelConfig(
+        self, request: pb.ModelConfigRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ModelConfigResponse:
+        config = self._dp.model_config(request.name, request.version or None)
+        return pb.ModelConfigResponse(config=json_format.ParseDict(config, pb.ModelConfig()))
+
+    @_guard
+    async def ModelStatistics(
+        self, request: pb.ModelStatisticsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ModelStatisticsResponse:
+        stats = self._dp.model_statistics(request.name or None, request.version or None)
+        return json_format.ParseDict({"model_stats": stats}, pb.ModelStatisticsResponse())
+
+    @_guard
+    async def RepositoryIndex(
+        self, request: pb.RepositoryIndexRequest, context: grpc.aio.ServicerContext
+    ) -> pb.RepositoryIndexResponse:
+        models = self._dp.repository_index()
+        if request.ready:
+            models = [m for m in models if m["state"] == "READY"]
+        return json_format.ParseDict({"models": models}, pb.RepositoryIndexResponse())
 
     @_guard
     async def RepositoryModelLoad(

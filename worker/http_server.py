@@ -12,6 +12,12 @@ callback (:func:`worker.rest_infer.finish_infer`), with no task per request; eve
 other request goes to the framework app in process, as ASGI, so those routes are
 written once. When a client disconnects, its queued request is cancelled, which
 drops it from the batch queue.
+
+An ASGI answer in one body message is written in one piece with its
+``Content-Length``; one that comes in several (``more_body``: server-sent token
+streams) is written as each message comes, with chunked transfer encoding, and
+the app waits while the client is not reading. A client that disconnects cancels
+the task running the route, so a stream's generator is closed at once.
 """
 
 from __future__ import annotations
@@ -108,6 +114,7 @@ class _Request:
     body: bytes
     keep_alive: bool
     refused: Answer | None  # answered without running the route (413, 431)
+    http_version: str = "1.1"
 
 
 class _InferenceCall:
@@ -167,6 +174,7 @@ class _Connection(asyncio.Protocol):
         self._waiting: deque[_Request] = deque()
         self._paused = False  # reading paused: too many requests waiting
         self._write_paused = False  # reading paused: the client is not reading answers
+        self._drained: asyncio.Future[None] | None = None  # a stream waits for writes to drain
         self.last_active = self._loop.time()
         # What the request being answered waits on: its queued inference, or the
         # task running another route. None while nothing is being answered.
@@ -183,6 +191,7 @@ class _Connection(asyncio.Protocol):
         self._server.connections.discard(self)
         self._transport = None
         self._waiting.clear()
+        self._wake_writer()
         if self.current is not None:
             self.current.cancel()  # the client is gone: drop what it asked for
 
@@ -203,8 +212,29 @@ class _Connection(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self._write_paused = False
+        self._wake_writer()
         if self._transport is not None and not self._paused:
             self._transport.resume_reading()
+
+    def _wake_writer(self) -> None:
+        if self._drained is not None and not self._drained.done():
+            self._drained.set_result(None)
+        self._drained = None
+
+    async def drain(self) -> None:
+        """Wait while the client is not reading what was written (a stream's backpressure)."""
+        if self._write_paused and self._transport is not None:
+            if self._drained is None:
+                self._drained = self._loop.create_future()
+            await self._drained
+
+    def write_raw(self, data: bytes) -> bool:
+        """Write part of a streamed answer; False once the connection is gone."""
+        transport = self._transport
+        if transport is None or transport.is_closing():
+            return False
+        transport.write(data)
+        return True
 
     def idle(self) -> bool:
         """Nothing being answered or waiting to be."""
@@ -264,6 +294,7 @@ class _Connection(asyncio.Protocol):
             self._body[0] if len(self._body) == 1 else b"".join(self._body),
             parser.should_keep_alive() and refused is None,
             refused,
+            parser.get_http_version(),
         )
         self._body = []
         self._waiting.append(request)
@@ -344,13 +375,63 @@ class _Connection(asyncio.Protocol):
         if self._write(request, answer):
             self._answer_waiting()
 
+    def streamed(self, request: _Request, complete: bool) -> None:
+        """A streamed answer was written out: go on with the next request, or close
+        the connection when the stream broke off or the client asked to."""
+        self.current = None
+        transport = self._transport
+        if transport is None or transport.is_closing():
+            return
+        if not complete or not request.keep_alive or request.http_version != "1.1":
+            transport.close()
+            return
+        self._answer_waiting()
+
     async def _route(self, request: _Request) -> None:
-        answer = await self._server.respond(request, self)
-        self.answered(request, answer)
+        stream = _StreamedAnswer(self, request)
+        answer = await self._server.respond(request, self, stream)
+        if stream.started:
+            self.streamed(request, stream.complete)
+        else:
+            self.answered(request, answer)
 
     def close(self) -> None:
         if self._transport is not None:
             self._transport.close()
+
+
+class _StreamedAnswer:
+    """An ASGI answer written as its body messages come (chunked transfer encoding;
+    on HTTP/1.0, the body runs until the connection closes)."""
+
+    __slots__ = ("_chunked", "_conn", "_request", "complete", "started")
+
+    def __init__(self, conn: _Connection, request: _Request) -> None:
+        self._conn = conn
+        self._request = request
+        self._chunked = request.http_version == "1.1"
+        self.started = False
+        self.complete = False
+
+    async def start(self, head: bytes) -> None:
+        self.started = True
+        self._conn.write_raw(head)
+        await self._conn.drain()
+
+    async def body(self, data: bytes, more: bool) -> None:
+        if self._request.method == "HEAD":
+            frame = b""
+        elif self._chunked:
+            frame = b"%x\r\n%b\r\n" % (len(data), data) if data else b""
+            if not more:
+                frame += b"0\r\n\r\n"
+        else:
+            frame = data
+        if frame and not self._conn.write_raw(frame):
+            raise ConnectionResetError("the client went away")
+        if not more:
+            self.complete = True
+        await self._conn.drain()
 
 
 class HttpServer:
@@ -407,6 +488,22 @@ class HttpServer:
             await self._server.wait_closed()
         self._server = None
 
+    def stream_head(
+        self, status: int, headers: list[tuple[bytes, bytes]], request: _Request
+    ) -> bytes:
+        """The head of a streamed answer."""
+        parts = [_status_line(status), self._clock.header()]
+        for key, value in headers:
+            parts += [key, b": ", value, b"\r\n"]
+        if request.http_version == "1.1":
+            parts.append(b"transfer-encoding: chunked\r\n")
+            if not request.keep_alive:
+                parts.append(b"connection: close\r\n")
+        else:
+            parts.append(b"connection: close\r\n")
+        parts.append(b"\r\n")
+        return b"".join(parts)
+
     def encode(
         self,
         status: int,
@@ -427,15 +524,21 @@ class HttpServer:
             parts.append(body)
         return b"".join(parts)
 
-    async def respond(self, request: _Request, conn: _Connection) -> Answer:
-        """Any route but inference, through the framework app."""
+    async def respond(
+        self, request: _Request, conn: _Connection, stream: _StreamedAnswer
+    ) -> Answer:
+        """Any route but inference, through the framework app. A streamed answer is
+        written by ``stream`` as it comes (what is returned is then not used)."""
         try:
-            return await self._asgi(request, conn)
+            return await self._asgi(request, conn, stream)
         except Exception:
-            log.exception("unexpected error in %s %s", request.method, request.path)
+            if not stream.started:
+                log.exception("unexpected error in %s %s", request.method, request.path)
+            elif not stream.complete:
+                log.warning("%s %s: stream broken off", request.method, request.path)
             return internal_error()
 
-    async def _asgi(self, request: _Request, conn: _Connection) -> Answer:
+    async def _asgi(self, request: _Request, conn: _Connection, stream: _StreamedAnswer) -> Answer:
         scope: dict[str, Any] = {
             "type": "http",
             "asgi": {"version": "3.0", "spec_version": "2.4"},
@@ -472,7 +575,18 @@ class HttpServer:
                 given = message.get("headers", ())
                 headers = [(k.lower(), v) for k, v in given if k.lower() not in _FRAMING]
             elif message["type"] == "http.response.body":
-                chunks.append(bytes(message.get("body", b"")))
+                body = bytes(message.get("body", b""))
+                more = bool(message.get("more_body", False))
+                if stream.started:
+                    await stream.body(body, more)
+                elif more:  # a body in several messages: stream it
+                    await stream.start(self.stream_head(status, headers, request))
+                    await stream.body(b"".join(chunks) + body, more)
+                    chunks.clear()
+                else:
+                    chunks.append(body)
 
         await self.app(scope, receive, send)
+        if stream.started and not stream.complete:
+            await stream.body(b"", False)  # the app ended without a last body message
         return status, b"".join(chunks), headers

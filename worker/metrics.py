@@ -3,6 +3,12 @@
 The JSON view (``GET /v2/stats``) is what the region agent scrapes: queue depth,
 in-flight requests, throughput and latency percentiles per model.
 
+Generative models add time to first token, time per output token and end-to-end
+latency (histograms, observed by :mod:`worker.generative`) and, read from each
+engine's :class:`~worker.generation.types.EngineStats` at scrape time (by
+:class:`GenerationCollector`), running and waiting sequences, KV blocks, prefix
+cache hits, prefill and decode tokens and preemptions.
+
 The batcher records a whole batch at a time: histograms take an array of
 observations (:class:`BatchHistogram`) and :meth:`ModelStats.completed` a batch's
 latencies, so the cost per request stays a few array elements.
@@ -13,17 +19,34 @@ from __future__ import annotations
 import math
 import time
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge
-from prometheus_client.core import HistogramMetricFamily
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.utils import floatToGoString
 
-__all__ = ["BatchHistogram", "ModelStats", "WorkerMetrics"]
+from worker.generation.types import EngineStats
+
+__all__ = [
+    "BatchHistogram",
+    "GenerationCollector",
+    "GenerationTally",
+    "ModelStats",
+    "WorkerMetrics",
+]
 
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 _TIME_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+_TTFT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+_TPOT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.08, 0.15, 0.3, 0.6, 1.2, 2.5)
+_E2E_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 40.0, 80.0, 160.0, 320.0)
 
 
 class HistogramSeries:
@@ -94,6 +117,9 @@ class ModelStats:
         self.batches = 0
         self.rows = 0
         self.capacity_rps = 0.0  # rows/s the engine sustains, from timed runs (EWMA)
+        self.last_completed = 0.0  # time.monotonic() of the last answer; 0: none yet
+        # rows per engine run -> [runs, seconds in all] (the protocol's batch statistics)
+        self.batch_runs: dict[int, list[float]] = {}
         self._latencies: deque[float] = deque(maxlen=window)
         self._completions: deque[tuple[float, int]] = deque()  # (when, how many)
         self._completed_in_window = 0
@@ -105,6 +131,7 @@ class ModelStats:
         if not count:
             return
         self.requests += count
+        self.last_completed = now
         self._latencies.extend(latencies_s.tolist())
         self._completions.append((now, count))
         self._completed_in_window += count
@@ -114,6 +141,12 @@ class ModelStats:
         """An engine run of ``rows`` took ``seconds``: update the capacity estimate."""
         if seconds <= 0 or rows <= 0:
             return
+        runs = self.batch_runs.get(rows)
+        if runs is None:
+            self.batch_runs[rows] = [1, seconds]
+        else:
+            runs[0] += 1
+            runs[1] += seconds
         rate = rows / seconds
         self.capacity_rps = (
             rate if self.capacity_rps == 0 else ((1 - weight) * self.capacity_rps + weight * rate)
@@ -144,6 +177,76 @@ class ModelStats:
             "latency_p90_ms": float(p90),
             "latency_p99_ms": float(p99),
         }
+
+
+@dataclass
+class GenerationTally:
+    """Finished sequences of one generative model (the protocol's statistics)."""
+
+    ok: int = 0
+    ok_s: float = 0.0
+    failed: int = 0
+    failed_s: float = 0.0
+    last_completed: float = 0.0  # time.monotonic(); 0: none yet
+
+    def finished(self, seconds: float, *, ok: bool, now: float) -> None:
+        if ok:
+            self.ok += 1
+            self.ok_s += seconds
+        else:
+            self.failed += 1
+            self.failed_s += seconds
+        self.last_completed = now
+
+
+StatsSource = Callable[[], EngineStats]
+
+
+_ENGINE_GAUGES = (
+    ("running", "meridian_worker_generation_running", "Sequences being generated"),
+    ("waiting", "meridian_worker_generation_waiting", "Sequences waiting to start"),
+    ("kv_blocks_used", "meridian_worker_kv_blocks_used", "KV cache blocks in use"),
+    ("kv_blocks_total", "meridian_worker_kv_blocks_total", "KV cache blocks in all"),
+)
+_ENGINE_COUNTERS = (
+    ("prefill_tokens", "meridian_worker_prefill_tokens", "Prompt tokens computed"),
+    ("decode_tokens", "meridian_worker_decode_tokens", "Tokens generated"),
+    ("preemptions", "meridian_worker_preemptions", "Sequences preempted for KV space"),
+    ("prefix_queries", "meridian_worker_prefix_cache_queries", "Prompt blocks looked up"),
+    ("prefix_hits", "meridian_worker_prefix_cache_hits", "Prompt blocks found cached"),
+)
+
+
+class GenerationCollector:
+    """Engine figures per generative model, read when Prometheus scrapes."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.sources: dict[str, StatsSource] = {}
+        registry.register(self)
+
+    def collect(self) -> Iterator[Metric]:
+        stats = [(label, source()) for label, source in list(self.sources.items())]
+        for attr, name, doc in _ENGINE_GAUGES:
+            gauge = GaugeMetricFamily(name, doc, labels=["model"])
+            for label, st in stats:
+                gauge.add_metric([label], float(getattr(st, attr)))
+            yield gauge
+        for attr, name, doc in _ENGINE_COUNTERS:
+            counter = CounterMetricFamily(name, doc, labels=["model"])
+            for label, st in stats:
+                counter.add_metric([label], float(getattr(st, attr)))
+            yield counter
+        rate = GaugeMetricFamily(
+            "meridian_worker_prefix_cache_hit_rate",
+            "Share of prompt blocks found in the prefix cache",
+            labels=["model"],
+        )
+        for label, st in stats:
+            rate.add_metric([label], st.prefix_hits / st.prefix_queries if st.prefix_queries else 0)
+        yield rate
+
+    def describe(self) -> Iterator[Metric]:
+        return iter(())
 
 
 class WorkerMetrics:
@@ -179,6 +282,31 @@ class WorkerMetrics:
         self.in_flight = Gauge(
             "meridian_worker_in_flight", "Requests queued or running", ["model"], registry=r
         )
+        self.ttft = BatchHistogram(
+            "meridian_worker_time_to_first_token_seconds",
+            "Time from a generation request to its first token",
+            _TTFT_BUCKETS,
+            r,
+        )
+        self.tpot = BatchHistogram(
+            "meridian_worker_time_per_output_token_seconds",
+            "Time per generated token after the first",
+            _TPOT_BUCKETS,
+            r,
+        )
+        self.e2e = BatchHistogram(
+            "meridian_worker_generation_seconds",
+            "Time from a generation request to its last token",
+            _E2E_BUCKETS,
+            r,
+        )
+        self.generations = Counter(
+            "meridian_worker_generations",
+            "Finished generation requests by finish reason",
+            ["model", "finish_reason"],
+            registry=r,
+        )
+        self.engines = GenerationCollector(r)
         self._models: dict[str, ModelStats] = {}
 
     def model(self, name: str) -> ModelStats:
@@ -190,6 +318,19 @@ class WorkerMetrics:
     def snapshot(self) -> dict[str, object]:
         now = time.monotonic()
         models = {name: s.snapshot(now) for name, s in self._models.items()}
+        for label, source in list(self.engines.sources.items()):
+            st = source()
+            models[label] = {
+                "queue_depth": st.waiting,
+                "in_flight": st.running + st.waiting,
+                "running": st.running,
+                "waiting": st.waiting,
+                "kv_blocks_used": st.kv_blocks_used,
+                "kv_blocks_total": st.kv_blocks_total,
+                "prefix_hit_rate": st.prefix_hits / st.prefix_queries if st.prefix_queries else 0,
+                "throughput_rps": 0.0,
+                "capacity_rps": 0.0,
+            }
         return {
             "queue_depth": sum(int(m["queue_depth"]) for m in models.values()),
             "in_flight": sum(int(m["in_flight"]) for m in models.values()),

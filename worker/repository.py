@@ -8,16 +8,22 @@ import re
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from meridian.errors import InvalidInput, NotFound
 from worker.batcher import BatchPolicy, DynamicBatcher
-from worker.engines.base import Engine, EngineFormat
+from worker.engines.base import Engine
+from worker.generative import GenerativeModel
 from worker.metrics import WorkerMetrics
 from worker.tensors import sample_inputs
 
-__all__ = ["LoadRequest", "LoadedModel", "ModelRepository"]
+__all__ = ["LoadRequest", "LoadedModel", "ModelFormat", "ModelRepository", "Served"]
+
+# "generative": a causal language model (a Hugging Face checkpoint folder, or a tar
+# archive of one) served by the generation engine.
+ModelFormat = Literal["onnx", "torchscript", "generative"]
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
 
@@ -35,7 +41,7 @@ class LoadRequest(BaseModel):
 
     version: str = Field(default="1", min_length=1, max_length=64)
     variant: str = Field(default="base", min_length=1, max_length=64)
-    format: EngineFormat = "onnx"
+    format: ModelFormat = "onnx"
     artifact_url: str | None = Field(default=None, max_length=4096)
     sha256: str | None = Field(default=None, min_length=64, max_length=64)
     token: str | None = Field(default=None, max_length=4096, repr=False)
@@ -84,6 +90,14 @@ class LoadedModel:
     def label(self) -> str:
         return f"{self.name}:{self.version}"
 
+    @property
+    def platform(self) -> str:
+        return self.engine.platform
+
+    @property
+    def device(self) -> str:
+        return self.engine.device
+
     def metadata(self, versions: list[str]) -> dict[str, object]:
         return {
             "name": self.name,
@@ -93,6 +107,9 @@ class LoadedModel:
             "outputs": [s.as_dict() for s in self.engine.outputs],
             "parameters": {"variant": self.variant, "device": self.engine.device},
         }
+
+
+Served = LoadedModel | GenerativeModel
 
 
 def _version_key(v: str) -> tuple[int, int, str]:
@@ -112,7 +129,7 @@ class ModelRepository:
     def __init__(self, metrics: WorkerMetrics, policy: BatchPolicy) -> None:
         self._metrics = metrics
         self._policy = policy
-        self._models: dict[str, dict[str, LoadedModel]] = {}
+        self._models: dict[str, dict[str, Served]] = {}
         self._lock = asyncio.Lock()
 
     def names(self) -> list[str]:
@@ -122,6 +139,23 @@ class ModelRepository:
         return sorted(self._models.get(name, {}), key=_version_key)
 
     def get(self, name: str, version: str | None) -> LoadedModel:
+        """A model that answers tensor inference requests."""
+        model = self.find(name, version)
+        if isinstance(model, GenerativeModel):
+            raise InvalidInput(
+                f"model '{name}' generates text: use its generate endpoints, the OpenAI "
+                "routes or ModelStreamInfer"
+            )
+        return model
+
+    def generative(self, name: str, version: str | None) -> GenerativeModel:
+        """A model that generates text."""
+        model = self.find(name, version)
+        if not isinstance(model, GenerativeModel):
+            raise InvalidInput(f"model '{name}' does not generate text")
+        return model
+
+    def find(self, name: str, version: str | None) -> Served:
         versions = self._models.get(name)
         if not versions:
             raise NotFound(f"model '{name}' is not loaded")
@@ -132,7 +166,7 @@ class ModelRepository:
         except KeyError:
             raise NotFound(f"model '{name}' has no loaded version '{version}'") from None
 
-    def all(self) -> list[LoadedModel]:
+    def all(self) -> list[Served]:
         return [m for versions in self._models.values() for m in versions.values()]
 
     async def install(
@@ -173,7 +207,20 @@ class ModelRepository:
             await self._close(old)
         return model
 
-    async def remove(self, name: str, version: str | None = None) -> list[LoadedModel]:
+    async def install_generative(self, model: GenerativeModel) -> GenerativeModel:
+        """Serve a generative model (its engine is started here); a model already
+        there under the same name and version is stopped."""
+        check_name(model.name, "model name")
+        await model.engine.start()
+        async with self._lock:
+            old = self._models.setdefault(model.name, {}).get(model.version)
+            self._models[model.name][model.version] = model
+            self._metrics.engines.sources[model.label] = model.engine.stats
+        if old is not None:
+            await self._close(old)
+        return model
+
+    async def remove(self, name: str, version: str | None = None) -> list[Served]:
         async with self._lock:
             versions = self._models.get(name)
             if not versions:
@@ -195,15 +242,24 @@ class ModelRepository:
         for name in list(self._models):
             await self.remove(name)
 
-    async def _close(self, model: LoadedModel) -> None:
+    async def _close(self, model: Served) -> None:
+        if isinstance(model, GenerativeModel):
+            sources = self._metrics.engines.sources
+            if sources.get(model.label) == model.engine.stats:
+                del sources[model.label]
+            await model.engine.stop()
+            return
         await model.batcher.stop()
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(model.executor, model.engine.close)
         model.executor.shutdown(wait=False)
 
 
-def local_path(path: str) -> Path:
+def local_path(path: str, *, folder: bool = False) -> Path:
+    """A local model file (or, with ``folder``, a model folder or an archive of one)."""
     p = Path(path)
+    if folder and p.is_dir():
+        return p
     if not p.is_file():
-        raise NotFound(f"no model file at '{path}'")
+        raise NotFound(f"no model {'folder or file' if folder else 'file'} at '{path}'")
     return p

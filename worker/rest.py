@@ -3,7 +3,9 @@
 Errors are answered in one place (:func:`install_error_handlers`): a domain
 error becomes its HTTP status with ``{"error": message}`` (the protocol's error
 shape, which tritonclient reads), plus ``Retry-After`` where the error gives one;
-anything else is a bug and answers 500 with a fixed message.
+unknown paths and methods answer 404 and 405 in the same shape; anything else is
+a bug and answers 500 with a fixed message. Under ``/v1/`` (the OpenAI routes,
+:mod:`worker.openai_api`) errors take OpenAI's shape instead.
 """
 
 from __future__ import annotations
@@ -13,9 +15,11 @@ from typing import Annotated
 
 import orjson
 from fastapi import APIRouter, Depends, FastAPI, Request, Response
+from fastapi.exceptions import RequestValidationError
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.exceptions import HTTPException
 
-from meridian.errors import InvalidInput, MeridianError, PayloadTooLarge
+from meridian.errors import InvalidInput, MeridianError, NotFound, PayloadTooLarge
 from worker.dataplane import DataPlane
 from worker.repository import LoadRequest
 from worker.rest_codec import error_body
@@ -37,16 +41,52 @@ def error_response(exc: MeridianError) -> Response:
     return Response(body, status_code=status, headers={k.decode(): v.decode() for k, v in headers})
 
 
-def install_error_handlers(app: FastAPI) -> None:
-    async def domain(_request: Request, exc: Exception) -> Response:
-        assert isinstance(exc, MeridianError)
-        return error_response(exc)
+class MethodNotAllowed(MeridianError):
+    status = 405
+    code = "method_not_allowed"
 
-    async def unexpected(_request: Request, exc: Exception) -> Response:
+
+def _answer_error(request: Request, exc: MeridianError) -> Response:
+    if request.url.path.startswith("/v1/"):
+        from worker.openai_api import openai_error
+
+        return openai_error(exc)
+    return error_response(exc)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    async def domain(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, MeridianError)
+        return _answer_error(request, exc)
+
+    async def http(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPException)
+        error: MeridianError
+        if exc.status_code == 404:
+            error = NotFound(f"no route for {request.method} {request.url.path}")
+        elif exc.status_code == 405:
+            error = MethodNotAllowed(f"{request.method} is not allowed on {request.url.path}")
+        else:
+            error = MeridianError(str(exc.detail))
+            error.status = exc.status_code
+        response = _answer_error(request, error)
+        if exc.headers:
+            response.headers.update(exc.headers)
+        return response
+
+    async def invalid(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, RequestValidationError)
+        first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
+        where = ".".join(str(p) for p in first["loc"]) or "request"
+        return _answer_error(request, InvalidInput(f"{where}: {first['msg']}"))
+
+    async def unexpected(request: Request, exc: Exception) -> Response:
         log.error("unexpected error", exc_info=exc)
-        return json_response({"error": "internal server error", "code": "internal"}, 500)
+        return _answer_error(request, MeridianError("internal server error"))
 
     app.add_exception_handler(MeridianError, domain)
+    app.add_exception_handler(HTTPException, http)
+    app.add_exception_handler(RequestValidationError, invalid)
     app.add_exception_handler(Exception, unexpected)
 
 
@@ -92,6 +132,20 @@ def build_router() -> APIRouter:
     async def server_metadata(dp: DataPlaneDep) -> Response:
         return json_response(dp.server_metadata())
 
+    @router.get("/v2/models/stats")
+    async def all_statistics(dp: DataPlaneDep) -> Response:
+        return json_response({"model_stats": dp.model_statistics(None, None)})
+
+    @router.get("/v2/models/{name}/stats")
+    @router.get("/v2/models/{name}/versions/{version}/stats")
+    async def model_statistics(dp: DataPlaneDep, name: str, version: str | None = None) -> Response:
+        return json_response({"model_stats": dp.model_statistics(name, version)})
+
+    @router.get("/v2/models/{name}/config")
+    @router.get("/v2/models/{name}/versions/{version}/config")
+    async def model_config(dp: DataPlaneDep, name: str, version: str | None = None) -> Response:
+        return json_response(dp.model_config(name, version))
+
     @router.get("/v2/models/{name}")
     @router.get("/v2/models/{name}/versions/{version}")
     async def model_metadata(dp: DataPlaneDep, name: str, version: str | None = None) -> Response:
@@ -104,10 +158,16 @@ def build_router() -> APIRouter:
         return json_response({"name": name, "ready": ready}, 200 if ready else 503)
 
     @router.post("/v2/repository/index")
-    async def repository_index(dp: DataPlaneDep) -> Response:
-        models = [
-            {"name": m.name, "version": m.version, "state": "READY"} for m in dp.repository.all()
-        ]
+    async def repository_index(request: Request, dp: DataPlaneDep) -> Response:
+        body = await read_body(request, 1 << 16)
+        try:
+            data = orjson.loads(body) if body else {}
+        except orjson.JSONDecodeError:
+            raise InvalidInput("repository index request is not valid JSON") from None
+        ready_only = isinstance(data, dict) and data.get("ready") is True
+        models = dp.repository_index()
+        if ready_only:
+            models = [m for m in models if m["state"] == "READY"]
         return json_response(models)
 
     @router.post("/v2/repository/models/{name}/load")
@@ -124,7 +184,7 @@ def build_router() -> APIRouter:
                 "version": model.version,
                 "variant": model.variant,
                 "sha256": model.sha256,
-                "device": model.engine.device,
+                "device": model.device,
             }
         )
 
@@ -169,5 +229,10 @@ class WorkerApp(FastAPI):
 
 
 def install_routes(app: FastAPI) -> None:
+    from worker.generate_api import build_generate_router
+    from worker.openai_api import build_openai_router
+
     app.include_router(build_router())
+    app.include_router(build_generate_router())
+    app.include_router(build_openai_router())
     install_error_handlers(app)

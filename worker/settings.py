@@ -37,3 +37,13 @@ class WorkerSettings(BaseSettings):
     # Whether the load API accepts local file paths (development and embedded use).
     allow_local_paths: bool = False
     download_timeout_s: float = Field(default=60.0, gt=0)
+
+    # Generative models, per model: the paged KV cache and the continuous-batching
+    # loop (see worker.generation). None: the engine's default.
+    kv_cache_tokens: int | None = Field(default=None, ge=1)
+    block_size: int = Field(default=16, ge=1, le=1024)
+    max_num_seqs: int = Field(default=64, ge=1)
+    max_batched_tokens: int = Field(default=1024, ge=1)
+    prefix_caching: bool = True
+    max_model_len: int | None = Field(default=None, ge=2)
+    gpu_memory_fraction: float = Field(default=0.5, gt=0.0, le=0.95)
