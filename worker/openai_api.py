@@ -70,9 +70,7 @@ def openai_error(exc: MeridianError) -> Response:
     headers = {}
     if exc.retry_after is not None:
         headers["retry-after"] = str(max(1, round(exc.retry_after)))
-    return Response(
-        orjson.dumps(body), exc.status, headers=headers, media_type="application/json"
-    )
+    return Response(orjson.dumps(body), exc.status, headers=headers, media_type="application/json")
 
 
 # -- requests --------------------------------------------------------------------------
