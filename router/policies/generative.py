@@ -2,7 +2,11 @@
 
 For each candidate worker ``w`` in region ``R``::
 
-    cost(R, w) = rtt(C, R) + wait_for_slot(w) + prefill(prompt not cached at w) + decode(max_tokens)
+    cost(R, w) = rtt(C, R) + wait_for_slot(w) + backlog(w) + prefill(prompt not cached at w)
+                 + decode(max_tokens)
+
+``backlog`` is the prefill work of sequences already at ``w`` that delays this one's first
+token (continuous batching interleaves prefills, so it grows with the load).
 
 The router cannot tokenize, so a prompt's *prefix key* is a chain of hashes over
 fixed-size character blocks of its text (:func:`prefix_key`); block ``i``'s hash covers
@@ -144,7 +148,8 @@ class GenerativeCosts:
     ``max_seqs``: sequences one worker decodes at once. ``prefill_tokens_per_s``: its
     prompt throughput. ``tpot_ms``: time per output token alone, growing by
     ``tpot_load_factor`` at a full batch. ``mean_output_tokens``: to estimate when a slot
-    frees. ``epsilon``/``load_slack``: the bounded-load cap on cache affinity.
+    frees; with ``mean_prompt_tokens``, the prefill backlog of the sequences ahead.
+    ``epsilon``/``load_slack``: the bounded-load cap on cache affinity.
     """
 
     block_chars: int = DEFAULT_BLOCK_CHARS
@@ -154,6 +159,7 @@ class GenerativeCosts:
     tpot_ms: float = 20.0
     tpot_load_factor: float = 1.0
     mean_output_tokens: float = 64.0
+    mean_prompt_tokens: float = 512.0
     epsilon: float = 0.25
     load_slack: float = 2.0
 
@@ -172,6 +178,15 @@ class GenerativeCosts:
             return 0.0
         seq_ms = self.mean_output_tokens * self.tpot_at(load)
         return ahead * seq_ms / self.max_seqs
+
+    def backlog_ms(self, load: int) -> float:
+        """Prefill work of the sequences already at the worker that still delays a new
+        one's first token: each is prefilling with the probability that a sequence's
+        lifetime is prefill, and then has half a mean prompt left on average."""
+        prefill = 1000.0 * self.mean_prompt_tokens / self.prefill_tokens_per_s
+        decode = self.mean_output_tokens * self.tpot_ms
+        share = prefill / (prefill + decode) if prefill + decode > 0 else 0.0
+        return min(load, self.max_seqs) * share * prefill / 2
 
     def prefill_ms(self, uncached_chars: int) -> float:
         return 1000.0 * self.tokens(uncached_chars) / self.prefill_tokens_per_s
@@ -213,6 +228,7 @@ class KvAwarePolicy:
         return (
             c.rtt_ms
             + costs.slot_wait_ms(c.load)
+            + costs.backlog_ms(c.load)
             + costs.prefill_ms(uncached)
             + request.max_tokens * costs.tpot_at(c.load + 1)
         )
