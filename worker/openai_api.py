@@ -29,6 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from meridian.errors import InvalidInput, MeridianError, NotFound
 from worker.dataplane import DataPlane
+from worker.generate_api import unless_disconnected
 from worker.generation.types import SamplingParams, TokenEvent
 from worker.generative import GenerativeModel, stop_strings
 from worker.tensors import InferenceRequest, InputTensor
@@ -376,7 +377,7 @@ def build_openai_router() -> APIRouter:
         else:
             ids = [int(t) for t in prompt]  # type: ignore[arg-type]
         max_tokens = 16 if req.max_tokens is None else req.max_tokens
-        return await _start(dp, model, ids, req, max_tokens, chat=False)
+        return await _start(request, dp, model, ids, req, max_tokens, chat=False)
 
     @router.post("/v1/chat/completions")
     async def chat_completions(request: Request, dp: DataPlaneDep) -> Response:
@@ -386,7 +387,7 @@ def build_openai_router() -> APIRouter:
         ids = model.engine.chat_prompt([m.as_dict() for m in req.messages])
         wanted = req.max_completion_tokens or req.max_tokens
         max_tokens = wanted or max(1, model.engine.max_model_len - len(ids))
-        return await _start(dp, model, ids, req, max_tokens, chat=True)
+        return await _start(request, dp, model, ids, req, max_tokens, chat=True)
 
     @router.get("/v1/models")
     async def list_models(dp: DataPlaneDep) -> Response:
@@ -417,6 +418,7 @@ def _model_card(model_id: str) -> dict[str, object]:
 
 
 async def _start(
+    request: Request,
     dp: DataPlane,
     model: GenerativeModel,
     ids: list[int],
@@ -440,8 +442,12 @@ async def _start(
         return StreamingResponse(
             _sse(call, events), media_type="text/event-stream", headers=SSE_HEADERS
         )
-    text, last = await _collect(events)
-    return Response(orjson.dumps(call.whole(text, last)), media_type="application/json")
+
+    async def whole() -> Response:
+        text, last = await _collect(events)
+        return Response(orjson.dumps(call.whole(text, last)), media_type="application/json")
+
+    return await unless_disconnected(request, whole())
 
 
 async def _embed(dp: DataPlane, req: EmbeddingRequest) -> Response:
