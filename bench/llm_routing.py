@@ -50,6 +50,7 @@ from router.policies import (
     GenerativeRequest,
     KvAwarePolicy,
     LeastLoadedGenerative,
+    PrefixAffinity,
     RoundRobinGenerative,
     WorkerCandidate,
     prefix_key,
@@ -274,7 +275,9 @@ class KvChooser:
     name = "kv-aware"
 
     def __init__(self, costs: GenerativeCosts) -> None:
-        self.policy = KvAwarePolicy(costs)
+        # each worker's KV capacity in router blocks, from its size in tokens
+        blocks = int(KV_TOKENS * costs.chars_per_token / BLOCK_CHARS)
+        self.policy = KvAwarePolicy(costs, PrefixAffinity(worker_blocks=blocks))
 
     def pick(self, prompt: str, req: TraceRequest, ws: Sequence[Worker]) -> Worker:
         request = GenerativeRequest(

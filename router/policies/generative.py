@@ -66,12 +66,19 @@ class PrefixAffinity:
 
     Bounded: at most ``capacity`` block hashes, each with at most ``ways`` workers;
     the least recently used hash goes first. Memory is about 100 bytes per hash.
+    ``worker_blocks`` (when set) models each worker's own cache as an LRU of that many
+    router blocks (its KV capacity in characters / block size): a block the worker must
+    have evicted since stops counting for it.
     """
 
-    def __init__(self, capacity: int = 200_000, ways: int = 4) -> None:
+    def __init__(
+        self, capacity: int = 200_000, ways: int = 4, worker_blocks: int | None = None
+    ) -> None:
         self.capacity = capacity
         self.ways = ways
+        self.worker_blocks = worker_blocks
         self._table: OrderedDict[bytes, list[str]] = OrderedDict()
+        self._per_worker: dict[str, OrderedDict[bytes, None]] = {}
 
     def __len__(self) -> int:
         return len(self._table)
@@ -90,9 +97,23 @@ class PrefixAffinity:
             holders.append(worker_id)
             if len(holders) > self.ways:
                 del holders[0]
+        if self.worker_blocks is not None:
+            self._model_eviction(key, worker_id, self.worker_blocks)
+
+    def _model_eviction(self, key: Sequence[bytes], worker_id: str, limit: int) -> None:
+        lru = self._per_worker.setdefault(worker_id, OrderedDict())
+        for h in key:
+            lru[h] = None
+            lru.move_to_end(h)
+        while len(lru) > limit:
+            gone, _ = lru.popitem(last=False)
+            holders = self._table.get(gone)
+            if holders is not None and worker_id in holders:
+                holders.remove(worker_id)
 
     def forget_worker(self, worker_id: str) -> None:
         """A worker restarted or left: its cache is gone."""
+        self._per_worker.pop(worker_id, None)
         for holders in self._table.values():
             if worker_id in holders:
                 holders.remove(worker_id)

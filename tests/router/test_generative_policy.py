@@ -50,6 +50,17 @@ def test_affinity_is_bounded() -> None:
     assert aff.matched_blocks(prefix_key("z" * 64 * 10, 64)) == {}
 
 
+def test_affinity_forgets_what_a_worker_must_have_evicted() -> None:
+    aff = PrefixAffinity(worker_blocks=8)
+    old = prefix_key("a" * 64 * 6, 64)
+    aff.record(old, "w1")
+    aff.record(old, "w2")
+    aff.record(prefix_key("b" * 64 * 6, 64), "w1")  # 12 blocks sent to w1: 4 of "a" gone
+    matched = aff.matched_blocks(old)
+    assert "w1" not in matched  # its leading blocks were the oldest
+    assert matched["w2"] == 6
+
+
 def test_requests_sharing_a_prefix_follow_it() -> None:
     policy = KvAwarePolicy(GenerativeCosts(prefill_tokens_per_s=1000))
     workers = [WorkerCandidate("eu", f"w{i}", rtt_ms=10.0) for i in range(4)]
