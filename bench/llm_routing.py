@@ -431,6 +431,7 @@ async def calibrate(ws: Sequence[Worker], tokenizer_dir: Path) -> GenerativeCost
         tpot_ms=tpot_ms,
         mean_output_tokens=10,
         mean_prompt_tokens=tokens * 0.75,
+        load_slack=1.0,
     )
 
 
