@@ -437,7 +437,7 @@ async def calibrate(ws: Sequence[Worker], tokenizer_dir: Path) -> GenerativeCost
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(__doc__ or "", argv)
-    n, rate = (48, 5.0) if args.quick else (240, 5.0)
+    n, rate = (40, 5.0) if args.quick else (240, 5.0)
     WORKDIR.mkdir(parents=True, exist_ok=True)
     model_dir = build_model(WORKDIR / "tiny-gpt2")
     trace = load_trace(n, rate)
