@@ -52,6 +52,21 @@ class WorkerView:
     throughput_rps: float = 0.0  # recent served requests per second
     latency_p50_ms: float = 0.0
     grpc_endpoint: str = ""  # host:port of the worker's OIP v2 gRPC server, if any
+    # generative models (zero for others): sequences, KV cache, token rates
+    running_seqs: int = 0
+    waiting_seqs: int = 0
+    kv_blocks_used: int = 0
+    kv_blocks_free: int = 0
+    kv_block_size: int = 0  # tokens per KV block
+    prefill_tokens_per_s: float = 0.0
+    decode_tokens_per_s: float = 0.0
+    prefix_hit_rate: float = 0.0
+
+    @property
+    def kv_occupancy(self) -> float:
+        """Share of the worker's KV blocks in use (0 when it reports none)."""
+        total = self.kv_blocks_used + self.kv_blocks_free
+        return self.kv_blocks_used / total if total else 0.0
 
 
 @dataclass(frozen=True, slots=True)

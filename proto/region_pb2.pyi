@@ -89,7 +89,7 @@ class GpuStatus(_message.Message):
     def __init__(self, index: _Optional[int] = ..., utilization: _Optional[float] = ..., memory_used_bytes: _Optional[int] = ..., memory_total_bytes: _Optional[int] = ..., temperature_c: _Optional[float] = ..., power_w: _Optional[float] = ..., ecc_corrected: _Optional[int] = ..., ecc_uncorrected: _Optional[int] = ..., xid_events: _Optional[_Iterable[_Union[XidEvent, _Mapping]]] = ..., throttle_reasons: _Optional[_Iterable[str]] = ..., hung: _Optional[bool] = ..., recent_xids: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class WorkerStatus(_message.Message):
-    __slots__ = ("worker_id", "endpoint", "grpc_endpoint", "models", "ready", "queue_depth", "in_flight", "throughput_rps", "latency_p50_ms", "latency_p99_ms", "gpu_indices", "capacity_rps", "draining", "error")
+    __slots__ = ("worker_id", "endpoint", "grpc_endpoint", "models", "ready", "queue_depth", "in_flight", "throughput_rps", "latency_p50_ms", "latency_p99_ms", "gpu_indices", "capacity_rps", "draining", "error", "running_seqs", "waiting_seqs", "kv_blocks_used", "kv_blocks_free", "kv_block_size", "prefill_tokens_per_s", "decode_tokens_per_s", "prefix_hit_rate")
     WORKER_ID_FIELD_NUMBER: _ClassVar[int]
     ENDPOINT_FIELD_NUMBER: _ClassVar[int]
     GRPC_ENDPOINT_FIELD_NUMBER: _ClassVar[int]
@@ -104,6 +104,14 @@ class WorkerStatus(_message.Message):
     CAPACITY_RPS_FIELD_NUMBER: _ClassVar[int]
     DRAINING_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
+    RUNNING_SEQS_FIELD_NUMBER: _ClassVar[int]
+    WAITING_SEQS_FIELD_NUMBER: _ClassVar[int]
+    KV_BLOCKS_USED_FIELD_NUMBER: _ClassVar[int]
+    KV_BLOCKS_FREE_FIELD_NUMBER: _ClassVar[int]
+    KV_BLOCK_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PREFILL_TOKENS_PER_S_FIELD_NUMBER: _ClassVar[int]
+    DECODE_TOKENS_PER_S_FIELD_NUMBER: _ClassVar[int]
+    PREFIX_HIT_RATE_FIELD_NUMBER: _ClassVar[int]
     worker_id: str
     endpoint: str
     grpc_endpoint: str
@@ -118,7 +126,15 @@ class WorkerStatus(_message.Message):
     capacity_rps: float
     draining: bool
     error: str
-    def __init__(self, worker_id: _Optional[str] = ..., endpoint: _Optional[str] = ..., grpc_endpoint: _Optional[str] = ..., models: _Optional[_Iterable[str]] = ..., ready: _Optional[bool] = ..., queue_depth: _Optional[int] = ..., in_flight: _Optional[int] = ..., throughput_rps: _Optional[float] = ..., latency_p50_ms: _Optional[float] = ..., latency_p99_ms: _Optional[float] = ..., gpu_indices: _Optional[_Iterable[int]] = ..., capacity_rps: _Optional[float] = ..., draining: _Optional[bool] = ..., error: _Optional[str] = ...) -> None: ...
+    running_seqs: int
+    waiting_seqs: int
+    kv_blocks_used: int
+    kv_blocks_free: int
+    kv_block_size: int
+    prefill_tokens_per_s: float
+    decode_tokens_per_s: float
+    prefix_hit_rate: float
+    def __init__(self, worker_id: _Optional[str] = ..., endpoint: _Optional[str] = ..., grpc_endpoint: _Optional[str] = ..., models: _Optional[_Iterable[str]] = ..., ready: _Optional[bool] = ..., queue_depth: _Optional[int] = ..., in_flight: _Optional[int] = ..., throughput_rps: _Optional[float] = ..., latency_p50_ms: _Optional[float] = ..., latency_p99_ms: _Optional[float] = ..., gpu_indices: _Optional[_Iterable[int]] = ..., capacity_rps: _Optional[float] = ..., draining: _Optional[bool] = ..., error: _Optional[str] = ..., running_seqs: _Optional[int] = ..., waiting_seqs: _Optional[int] = ..., kv_blocks_used: _Optional[int] = ..., kv_blocks_free: _Optional[int] = ..., kv_block_size: _Optional[int] = ..., prefill_tokens_per_s: _Optional[float] = ..., decode_tokens_per_s: _Optional[float] = ..., prefix_hit_rate: _Optional[float] = ...) -> None: ...
 
 class ControlMessage(_message.Message):
     __slots__ = ("directives",)

@@ -69,6 +69,14 @@ def build_report(seq: int, gpus: Sequence[GpuSample], workers: Sequence[WorkerSt
                 gpu_indices=w.gpu_indices,
                 draining=w.draining,
                 error=w.error,
+                running_seqs=w.running_seqs,
+                waiting_seqs=w.waiting_seqs,
+                kv_blocks_used=w.kv_blocks_used,
+                kv_blocks_free=w.kv_blocks_free,
+                kv_block_size=w.kv_block_size,
+                prefill_tokens_per_s=w.prefill_tokens_per_s,
+                decode_tokens_per_s=w.decode_tokens_per_s,
+                prefix_hit_rate=w.prefix_hit_rate,
             )
         )
     return report

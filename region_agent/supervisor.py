@@ -81,6 +81,15 @@ class WorkerStat:
     gpu_indices: tuple[int, ...] = ()
     draining: bool = False  # being removed: reported so that routing stops sending to it
     error: str = ""  # why the worker last exited, until it is ready again
+    # generative models: sequences, KV cache and token rates (zero for other models)
+    running_seqs: int = 0
+    waiting_seqs: int = 0
+    kv_blocks_used: int = 0
+    kv_blocks_free: int = 0
+    kv_block_size: int = 0
+    prefill_tokens_per_s: float = 0.0
+    decode_tokens_per_s: float = 0.0
+    prefix_hit_rate: float = 0.0
 
 
 class WorkerSupervisor(Protocol):
@@ -406,6 +415,14 @@ class LocalProcessSupervisor:
             capacity_rps=_float(data.get("capacity_rps")),
             latency_p50_ms=_float(data.get("latency_p50_ms")),
             latency_p99_ms=_float(data.get("latency_p99_ms")),
+            running_seqs=_int(data.get("running")),
+            waiting_seqs=_int(data.get("waiting")),
+            kv_blocks_used=_int(data.get("kv_blocks_used")),
+            kv_blocks_free=_int(data.get("kv_blocks_free")),
+            kv_block_size=_int(data.get("kv_block_size")),
+            prefill_tokens_per_s=_float(data.get("prefill_tokens_per_s")),
+            decode_tokens_per_s=_float(data.get("decode_tokens_per_s")),
+            prefix_hit_rate=_float(data.get("prefix_hit_rate")),
         )
 
 

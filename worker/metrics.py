@@ -253,6 +253,40 @@ class GenerationCollector:
         return iter(())
 
 
+_GENERATIVE_SUMS = (
+    "running",
+    "waiting",
+    "kv_blocks_used",
+    "kv_blocks_free",
+    "prefill_tokens_per_s",
+    "decode_tokens_per_s",
+)
+
+
+@dataclass
+class TokenRates:
+    """Prefill and decode tokens per second from an engine's counters, between reads at
+    least ``min_interval_s`` apart (closer reads keep the last rates)."""
+
+    min_interval_s: float = 0.5
+    at: float = -1.0
+    prefill: int = 0
+    decode: int = 0
+    prefill_per_s: float = 0.0
+    decode_per_s: float = 0.0
+
+    def observe(self, now: float, prefill: int, decode: int) -> None:
+        if self.at < 0:
+            self.at, self.prefill, self.decode = now, prefill, decode
+            return
+        dt = now - self.at
+        if dt < self.min_interval_s:
+            return
+        self.prefill_per_s = round(max(0, prefill - self.prefill) / dt, 1)
+        self.decode_per_s = round(max(0, decode - self.decode) / dt, 1)
+        self.at, self.prefill, self.decode = now, prefill, decode
+
+
 class WorkerMetrics:
     """All metrics of one worker app; nothing is registered globally."""
 
@@ -312,6 +346,7 @@ class WorkerMetrics:
         )
         self.engines = GenerationCollector(r)
         self._models: dict[str, ModelStats] = {}
+        self._token_rates: dict[str, TokenRates] = {}
 
     def model(self, name: str) -> ModelStats:
         stats = self._models.get(name)
@@ -335,10 +370,26 @@ class WorkerMetrics:
                 "throughput_rps": 0.0,
                 "capacity_rps": 0.0,
             }
-        return {
+            rates = self._token_rates.setdefault(label, TokenRates())
+            rates.observe(now, st.prefill_tokens, st.decode_tokens)
+            models[label].update(
+                kv_blocks_free=st.kv_blocks_total - st.kv_blocks_used,
+                kv_block_size=st.block_size,
+                prefill_tokens_per_s=rates.prefill_per_s,
+                decode_tokens_per_s=rates.decode_per_s,
+            )
+        out: dict[str, object] = {
             "queue_depth": sum(int(m["queue_depth"]) for m in models.values()),
             "in_flight": sum(int(m["in_flight"]) for m in models.values()),
             "throughput_rps": sum(float(m["throughput_rps"]) for m in models.values()),
             "capacity_rps": sum(float(m["capacity_rps"]) for m in models.values()),
             "models": models,
         }
+        engines = [models[label] for label in self._token_rates if label in models]
+        if engines:  # generative figures, summed over the worker's generative models
+            for key in _GENERATIVE_SUMS:
+                out[key] = sum(m.get(key, 0) for m in engines)
+            out["kv_block_size"] = max(int(m.get("kv_block_size", 0)) for m in engines)
+            hit = [float(m["prefix_hit_rate"]) for m in engines]
+            out["prefix_hit_rate"] = sum(hit) / len(hit)
+        return out

@@ -115,7 +115,7 @@ class Autoscaler:
             region = snapshot.region(d.region)
             name = f"{d.model}:{d.version}"
             in_flight = queue = 0.0
-            rps = 0.0
+            rps = running = waiting = kv_used = kv_total = 0.0
             ready = 0
             if region is not None and region.state.routable:
                 for w in region.workers:
@@ -124,8 +124,16 @@ class Autoscaler:
                         in_flight += w.in_flight
                         queue += w.queue_depth
                         rps += w.throughput_rps
+                        running += w.running_seqs
+                        waiting += w.waiting_seqs
+                        kv_used += w.kv_blocks_used
+                        kv_total += w.kv_blocks_used + w.kv_blocks_free
             track.ready = ready
-            track.samples.append(LoadSample(now, in_flight, queue, rps))
+            track.samples.append(
+                LoadSample(
+                    now, in_flight, queue, rps, 0.0, running, waiting, kv_used, kv_total, ready
+                )
+            )
             if track.desired is None:
                 track.desired = ready
             if track.waiting is not None:

@@ -7,7 +7,11 @@ object runs in the control plane and in the fleet simulator.
 
 The signal is *demand in workers*: per report, ``in_flight + queue_depth``
 over the per-worker target concurrency, or the observed throughput over the
-per-worker target rate when that is higher. It is averaged over two windows:
+per-worker target rate when that is higher. A generative deployment (its workers
+report sequences or KV blocks) counts *sequences* instead: running + waiting over
+``target_seqs`` per worker, or KV occupancy over ``target_kv_occupancy`` when that is
+higher -- a worker whose KV cache is nearly full preempts and queues sequences long
+before its request count looks high. It is averaged over two windows:
 
 - the **stable** window (default 60 s) decides in ordinary times, so a load that
   wobbles inside the tolerance band never changes the replica count;
@@ -51,12 +55,16 @@ class ScalingConfig:
     max_scale_up_rate: float = 10.0  # at most x10 (and at least +1) per decision
     max_scale_down_rate: float = 2.0  # at most /2 (and at least -1) per decision
     scale_down_delay_s: float = 30.0  # demand must stay lower this long before scaling down
+    target_seqs: float = 12.0  # generative: running + waiting sequences one worker should carry
+    target_kv_occupancy: float = 0.8  # generative: share of a worker's KV blocks in use
 
     def __post_init__(self) -> None:
         if self.target_concurrency <= 0:
             raise ValueError("target_concurrency must be > 0")
         if not 0 < self.panic_window_s <= self.stable_window_s:
             raise ValueError("need 0 < panic_window_s <= stable_window_s")
+        if self.target_seqs <= 0 or not 0 < self.target_kv_occupancy <= 1:
+            raise ValueError("need target_seqs > 0 and 0 < target_kv_occupancy <= 1")
         if self.max_scale_up_rate <= 1 or self.max_scale_down_rate <= 1:
             raise ValueError("scale rates must be > 1")
 
@@ -70,6 +78,16 @@ class LoadSample:
     queue_depth: float = 0.0
     throughput_rps: float = 0.0
     demand: float = 0.0  # requests held elsewhere for lack of a worker (router's hold)
+    # generative workers: sequences and KV blocks, summed over ``workers`` ready workers
+    running_seqs: float = 0.0
+    waiting_seqs: float = 0.0
+    kv_blocks_used: float = 0.0
+    kv_blocks_total: float = 0.0
+    workers: int = 0
+
+    @property
+    def generative(self) -> bool:
+        return self.kv_blocks_total > 0 or self.running_seqs + self.waiting_seqs > 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,11 +130,17 @@ class AutoscalePolicy:
     def demand_of(self, sample: LoadSample) -> float:
         """A report's demand in workers."""
         c = self.config
-        by_concurrency = (sample.in_flight + sample.queue_depth + sample.demand) / (
-            c.target_concurrency
-        )
         by_rate = sample.throughput_rps / c.target_rps if c.target_rps > 0 else 0.0
-        return max(by_concurrency, by_rate)
+        held = sample.demand / c.target_concurrency
+        if sample.generative:
+            by_seqs = (sample.running_seqs + sample.waiting_seqs) / c.target_seqs
+            by_kv = 0.0
+            if sample.kv_blocks_total > 0 and sample.workers > 0:
+                per_worker = sample.kv_blocks_total / sample.workers
+                by_kv = sample.kv_blocks_used / (c.target_kv_occupancy * per_worker)
+            return max(by_seqs + held, by_kv + held, by_rate)
+        by_concurrency = (sample.in_flight + sample.queue_depth) / c.target_concurrency
+        return max(by_concurrency + held, by_rate)
 
     def _average(self, samples: Sequence[LoadSample], since: float) -> float | None:
         values = [self.demand_of(s) for s in samples if s.at >= since]

@@ -218,6 +218,14 @@ class HealthLedger:
                         capacity_rps=round(w.capacity_rps, 2),
                         latency_p50_ms=round(w.latency_p50_ms, 2),
                         latency_p99_ms=round(w.latency_p99_ms, 2),
+                        running_seqs=w.running_seqs,
+                        waiting_seqs=w.waiting_seqs,
+                        kv_blocks_used=w.kv_blocks_used,
+                        kv_blocks_free=w.kv_blocks_free,
+                        kv_block_size=w.kv_block_size,
+                        prefill_tokens_per_s=round(w.prefill_tokens_per_s, 1),
+                        decode_tokens_per_s=round(w.decode_tokens_per_s, 1),
+                        prefix_hit_rate=round(w.prefix_hit_rate, 3),
                     )
                 )
         return RegionSummary(

@@ -43,6 +43,15 @@ class WorkerSummary:
     capacity_rps: float = 0.0
     latency_p50_ms: float = 0.0
     latency_p99_ms: float = 0.0
+    # generative models (zero for others): sequences, KV cache, token rates
+    running_seqs: int = 0
+    waiting_seqs: int = 0
+    kv_blocks_used: int = 0
+    kv_blocks_free: int = 0
+    kv_block_size: int = 0  # tokens per KV block
+    prefill_tokens_per_s: float = 0.0
+    decode_tokens_per_s: float = 0.0
+    prefix_hit_rate: float = 0.0
 
     def view(self) -> WorkerView:
         return WorkerView(
@@ -55,6 +64,14 @@ class WorkerSummary:
             throughput_rps=self.throughput_rps,
             latency_p50_ms=self.latency_p50_ms,
             grpc_endpoint=self.grpc_endpoint,
+            running_seqs=self.running_seqs,
+            waiting_seqs=self.waiting_seqs,
+            kv_blocks_used=self.kv_blocks_used,
+            kv_blocks_free=self.kv_blocks_free,
+            kv_block_size=self.kv_block_size,
+            prefill_tokens_per_s=self.prefill_tokens_per_s,
+            decode_tokens_per_s=self.decode_tokens_per_s,
+            prefix_hit_rate=self.prefix_hit_rate,
         )
 
 

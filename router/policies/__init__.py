@@ -16,14 +16,34 @@ How a router uses them, per request::
 ``RouteRequest.measured_rtt_ms`` overrides the latency model per region;
 ``RouteRequest.exclude`` names regions already tried. The simulator drives the
 same objects through ``choose_batch``.
+
+Generative requests (a prompt answered by a token stream) are priced per worker across
+regions by :class:`KvAwarePolicy` (RTT + wait for a sequence slot + prefill of the
+uncached prompt + decode), with prefix affinity under bounded load::
+
+    policy = KvAwarePolicy(GenerativeCosts(max_seqs=16))
+    request = GenerativeRequest(model, len(prompt), max_tokens, prefix_key(prompt))
+    workers = choose_generative(policy, snapshot, request, rtt_ms_by_region, outstanding)
 """
 
 from router.policies.base import FleetTable, RouteRequest, RoutingPolicy
 from router.policies.baselines import NearestPolicy, OraclePolicy, RoundRobinPolicy, WaterfallPolicy
+from router.policies.generative import (
+    GenerativeCosts,
+    GenerativeRequest,
+    KvAwarePolicy,
+    LeastLoadedGenerative,
+    PrefixAffinity,
+    RoundRobinGenerative,
+    WorkerCandidate,
+    prefix_key,
+)
 from router.policies.meridian import MeridianPolicy, expected_wait_ms
 from router.policies.selection import (
     VersionPicker,
+    choose_generative,
     choose_worker,
+    generative_candidates,
     pick_worker,
     serving_workers,
 )
@@ -31,10 +51,16 @@ from router.policies.stats import RegionStats, RouterStats, StatsConfig
 
 __all__ = [
     "FleetTable",
+    "GenerativeCosts",
+    "GenerativeRequest",
+    "KvAwarePolicy",
+    "LeastLoadedGenerative",
     "MeridianPolicy",
     "NearestPolicy",
     "OraclePolicy",
+    "PrefixAffinity",
     "RegionStats",
+    "RoundRobinGenerative",
     "RoundRobinPolicy",
     "RouteRequest",
     "RouterStats",
@@ -42,8 +68,12 @@ __all__ = [
     "StatsConfig",
     "VersionPicker",
     "WaterfallPolicy",
+    "WorkerCandidate",
+    "choose_generative",
     "choose_worker",
     "expected_wait_ms",
+    "generative_candidates",
     "pick_worker",
+    "prefix_key",
     "serving_workers",
 ]

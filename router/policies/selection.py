@@ -9,8 +9,16 @@ import random
 from collections.abc import Mapping, Sequence
 
 from meridian.snapshot import DeploymentRoute, RegionView, RoutingSnapshot, WorkerView
+from router.policies.generative import GenerativeRequest, KvAwarePolicy, WorkerCandidate
 
-__all__ = ["VersionPicker", "choose_worker", "pick_worker", "serving_workers"]
+__all__ = [
+    "VersionPicker",
+    "choose_generative",
+    "choose_worker",
+    "generative_candidates",
+    "pick_worker",
+    "serving_workers",
+]
 
 
 def _serves(worker: WorkerView, model: str) -> bool:
@@ -80,3 +88,56 @@ class VersionPicker:
         routes, cumulative = entry
         x = rng.random() * cumulative[-1]
         return routes[min(bisect.bisect_right(cumulative, x), len(routes) - 1)]
+
+
+def generative_candidates(
+    snapshot: RoutingSnapshot,
+    model: str,
+    rtt_ms: Mapping[str, float],
+    outstanding: Mapping[str, int] | None = None,
+    exclude: Sequence[str] = (),
+) -> list[WorkerCandidate]:
+    """Every routable worker serving ``model`` in a routable region with a known RTT, as
+    the plain data :class:`~router.policies.generative.KvAwarePolicy` prices."""
+    extra = outstanding or {}
+    out: list[WorkerCandidate] = []
+    for region in snapshot.routable_regions():
+        rtt = rtt_ms.get(region.name)
+        if rtt is None or region.name in exclude:
+            continue
+        for w in serving_workers(region, model):
+            out.append(
+                WorkerCandidate(
+                    region=region.name,
+                    worker_id=w.worker_id,
+                    rtt_ms=rtt,
+                    running=w.running_seqs,
+                    waiting=w.waiting_seqs,
+                    outstanding=extra.get(w.worker_id, 0),
+                    kv_blocks_free=w.kv_blocks_free,
+                    kv_blocks_used=w.kv_blocks_used,
+                )
+            )
+    return out
+
+
+def choose_generative(
+    policy: KvAwarePolicy,
+    snapshot: RoutingSnapshot,
+    request: GenerativeRequest,
+    rtt_ms: Mapping[str, float],
+    outstanding: Mapping[str, int] | None = None,
+    exclude: Sequence[str] = (),
+) -> list[WorkerView]:
+    """Workers for a generative request, best first (retries go down the list); the
+    first is recorded in the policy's affinity table as where the prefix now lives."""
+    candidates = generative_candidates(snapshot, request.model, rtt_ms, outstanding, exclude)
+    ranked = policy.rank(request, candidates)
+    if not ranked:
+        return []
+    policy.record(request, ranked[0].worker_id)
+    views: dict[str, WorkerView] = {}
+    for region in snapshot.regions:
+        for w in region.workers:
+            views[w.worker_id] = w
+    return [views[c.worker_id] for c in ranked]

@@ -111,6 +111,48 @@ def test_throughput_target_counts_when_higher() -> None:
     assert policy.demand_of(LoadSample(at=0.0, in_flight=1.0, throughput_rps=55.0)) == 5.5
 
 
+def test_generative_demand_counts_sequences_and_kv_occupancy() -> None:
+    policy = AutoscalePolicy(ScalingConfig(target_seqs=10.0, target_kv_occupancy=0.8))
+    # two workers, 30 sequences running and 10 waiting: four workers' worth
+    seqs = LoadSample(
+        at=0.0,
+        in_flight=2,
+        running_seqs=30,
+        waiting_seqs=10,
+        workers=2,
+        kv_blocks_used=100,
+        kv_blocks_total=1000,
+    )
+    assert policy.demand_of(seqs) == 4.0
+    # few sequences but long contexts: 90% of the KV cache in use is 2.25 workers' worth
+    kv = LoadSample(
+        at=0.0, in_flight=2, running_seqs=4, workers=2, kv_blocks_used=900, kv_blocks_total=1000
+    )
+    assert policy.demand_of(kv) == 2.25
+    # the same requests-in-flight figure without generative fields reads as half a worker
+    assert policy.demand_of(LoadSample(at=0.0, in_flight=2)) == 0.5
+
+
+def test_waiting_sequences_scale_a_generative_deployment_up() -> None:
+    policy = AutoscalePolicy(CFG)
+    samples = [
+        LoadSample(
+            at=float(t),
+            in_flight=8,
+            running_seqs=12,
+            waiting_seqs=30,
+            workers=1,
+            kv_blocks_used=950,
+            kv_blocks_total=1000,
+        )
+        for t in range(10)
+    ]
+    decision, _ = policy.decide(samples, 1, Limits(1, 8), 9.0)
+    # by requests in flight (8 / 4) it would want 2; by sequences (42 / 12) it wants 4
+    assert decision.desired == 4
+    assert decision.panic
+
+
 def test_bad_config_is_refused() -> None:
     with pytest.raises(ValueError, match="panic_window_s"):
         ScalingConfig(panic_window_s=100, stable_window_s=60)
