@@ -13,6 +13,7 @@ import collections
 import random
 import time
 from collections import defaultdict
+from collections.abc import AsyncIterator
 from urllib.parse import urlsplit
 
 import orjson
@@ -20,8 +21,9 @@ import orjson
 from meridian.eventwait import wait_event
 from meridian.keyring import ApiKeyring
 from meridian.snapshot import RegionView, RoutingSnapshot, WorkerView
+from router.continuation import TOKEN_IDS_HEADER, Generation
 from router.demand import DemandNotifier, nearest_deployment_region
-from router.http11 import HOP_BY_HOP, Request, Response
+from router.http11 import HOP_BY_HOP, Request, Response, StreamResponse
 from router.keys import ApiKeys
 from router.locate import EDGE_HEADER, ClientLocator
 from router.metrics import CONTENT_TYPE as METRICS_TYPE
@@ -40,7 +42,8 @@ from router.ratelimit import RateLimiter
 from router.resilience import RetryBudget
 from router.settings import RouterSettings
 from router.snapshot_store import KeyringStore, SnapshotStore
-from router.upstream import UpstreamError, UpstreamPool
+from router.streaming import relay_generation, relay_raw
+from router.upstream import UpstreamError, UpstreamPool, UpstreamResponse, UpstreamStream
 
 __all__ = ["RouterCore"]
 
@@ -53,6 +56,25 @@ SERVER_METADATA = orjson.dumps(
 def _error(status: int, message: str, extra: list[tuple[bytes, bytes]] | None = None) -> Response:
     body = orjson.dumps({"error": message})
     return Response(status, body, JSON + (extra or []))
+
+
+OPENAI_POST = frozenset({"/v1/completions", "/v1/chat/completions", "/v1/embeddings"})
+GENERATIONS = frozenset({"/v1/completions", "/v1/chat/completions"})
+STREAMED_REST = frozenset({"generate_stream"})
+EVENT_STREAM = b"text/event-stream"
+
+
+def _openai_error(status: int, message: str, param: str | None = None) -> Response:
+    kind = "invalid_request_error" if status < 500 else "server_error"
+    body = {"error": {"message": message, "type": kind, "param": param, "code": None}}
+    return Response(status, orjson.dumps(body), JSON)
+
+
+def _header(headers: list[tuple[bytes, bytes]], name: bytes) -> bytes:
+    for k, v in headers:
+        if k == name:
+            return v
+    return b""
 
 
 def _model_path(path: str) -> tuple[str, str | None, str] | None:
@@ -115,7 +137,7 @@ class RouterCore:
 
     # --- entry point ---------------------------------------------------------------------
 
-    async def handle(self, req: Request) -> Response:
+    async def handle(self, req: Request) -> Response | StreamResponse:
         path = req.path
         if path == "/v2/health/live":
             return Response(200, b'{"live":true}', JSON)
@@ -125,13 +147,57 @@ class RouterCore:
             return Response(200, SERVER_METADATA, JSON)
         if path == "/metrics":
             return Response(200, self.metrics.render(), [(b"content-type", METRICS_TYPE)])
+        if path.startswith("/v1/"):
+            return await self._openai(req)
         target = _model_path(path)
         if target is None:
             return _error(404, f"no route for {req.method} {path}")
         denied = await self._admit(req, target[0])
         if denied is not None:
             return denied
-        return await self._forward(req, *target)
+        return await self._forward(req, *target, stream=target[2] in STREAMED_REST)
+
+    # --- OpenAI paths ----------------------------------------------------------------------
+
+    async def _openai(self, req: Request) -> Response | StreamResponse:
+        path = req.path
+        if path == "/v1/models" and req.method == "GET":
+            return self._model_list()
+        if path not in OPENAI_POST:
+            return _openai_error(404, f"no route for {req.method} {path}")
+        if req.method != "POST":
+            return _openai_error(405, f"{path} takes POST")
+        try:
+            body = orjson.loads(req.body)
+        except orjson.JSONDecodeError:
+            return _openai_error(400, "the request body is not valid JSON")
+        if not isinstance(body, dict):
+            return _openai_error(400, "the request body must be a JSON object")
+        model_ref = body.get("model")
+        if not isinstance(model_ref, str) or not model_ref:
+            return _openai_error(400, "'model' is required: the name of a served model", "model")
+        model = model_ref.partition(":")[0]
+        denied = await self._admit(req, model)
+        if denied is not None:
+            return denied
+        stream = body.get("stream") is True
+        gen = None
+        if stream and path in GENERATIONS:
+            gen = Generation(chat=path == "/v1/chat/completions", request=body)
+        return await self._forward(req, model, None, "", target_path=path, stream=stream, gen=gen)
+
+    def _model_list(self) -> Response:
+        """The models that some routable worker of the fleet serves now."""
+        snap = self.store.current
+        names: set[str] = set()
+        if snap is not None:
+            for region in snap.routable_regions():
+                for w in region.workers:
+                    if w.state.routable:
+                        names.update(m.partition(":")[0] for m in w.models)
+        data = [{"id": n, "object": "model", "created": 0, "owned_by": "meridian"}
+                for n in sorted(names)]  # fmt: skip
+        return Response(200, orjson.dumps({"object": "list", "data": data}), JSON)
 
     # --- admission -------------------------------------------------------------------------
 
@@ -244,7 +310,17 @@ class RouterCore:
         if i is not None:
             await asyncio.sleep(float(table.rtt_row(route)[i]) / 1000.0)
 
-    async def _forward(self, req: Request, model: str, version: str | None, rest: str) -> Response:
+    async def _forward(
+        self,
+        req: Request,
+        model: str,
+        version: str | None,
+        rest: str,
+        *,
+        target_path: str | None = None,
+        stream: bool = False,
+        gen: Generation | None = None,
+    ) -> Response | StreamResponse:
         snap = self.store.current
         if snap is None:
             return _error(503, "no routing snapshot yet", [(b"retry-after", b"1")])
@@ -275,7 +351,9 @@ class RouterCore:
         if not ranked:
             return _error(503, f"no healthy region serves model '{model}'",
                           [(b"retry-after", b"1")])  # fmt: skip
-        headers = [(k, v) for k, v in req.headers if k not in HOP_BY_HOP]
+        headers = [(k, v) for k, v in req.headers if k not in HOP_BY_HOP and k != TOKEN_IDS_HEADER]
+        if gen is not None:
+            headers.append((TOKEN_IDS_HEADER, b"1"))
         tail = ("/" + rest) if rest else ""
         query = ("?" + req.query) if req.query else ""
         attempts = 0
@@ -298,17 +376,41 @@ class RouterCore:
                 last_error = "retry budget exhausted"
                 break
             attempts += 1
-            target = f"/v2/models/{model}" + (f"/versions/{chosen}" if chosen else "") + tail
+            if target_path is not None:
+                target = target_path
+            else:
+                target = f"/v2/models/{model}" + (f"/versions/{chosen}" if chosen else "") + tail
             host, port = self._endpoint(worker.endpoint)
             self.observed.dispatch(name, now)
             self.outstanding[worker.worker_id] += 1
             try:
                 if s.emulate_wan:
                     await self._wan_delay(snap, route, name)
-                upstream = await self.pool.request(
-                    host, port, req.method, target + query, headers, req.body,
-                    min(s.attempt_timeout_s, deadline - now),
-                )  # fmt: skip
+                timeout = min(s.attempt_timeout_s, deadline - now)
+                upstream: UpstreamResponse | UpstreamStream
+                if stream:
+                    opened = await self.pool.stream(
+                        host, port, req.method, target + query, headers, req.body, timeout
+                    )
+                    if opened.status < 500 and EVENT_STREAM in _header(
+                        opened.headers, b"content-type"
+                    ):
+                        self.observed.success(name, (time.monotonic() - now) * 1000.0,
+                                              time.monotonic())  # fmt: skip
+                        self.counters["served"] += 1
+                        self.counters["streamed"] += 1
+                        return StreamResponse(
+                            opened.status,
+                            self._out_headers(opened.headers, name, attempts),
+                            self._relay(opened, gen, name, worker.worker_id, route),
+                        )
+                    upstream = opened
+                    body = await opened.read(s.stream_idle_timeout_s)
+                else:
+                    response = await self.pool.request(
+                        host, port, req.method, target + query, headers, req.body, timeout
+                    )
+                    upstream, body = response, response.body
             except (UpstreamError, TimeoutError) as exc:
                 self.observed.error(name, time.monotonic())
                 self.counters["upstream_failures"] += 1
@@ -323,15 +425,85 @@ class RouterCore:
                 last_error = f"region {name} answered {upstream.status}"
                 continue
             self.observed.success(name, (done - now) * 1000.0, done)
-            out_headers = [(k, v) for k, v in upstream.headers if k not in HOP_BY_HOP]
-            out_headers.append((b"x-meridian-region", name.encode()))
-            out_headers.append((b"x-meridian-attempts", str(attempts).encode()))
             self.counters["served"] += 1
-            return Response(upstream.status, upstream.body, out_headers)
+            return Response(
+                upstream.status, body, self._out_headers(upstream.headers, name, attempts)
+            )
         self.counters["failed"] += 1
         status = 504 if time.monotonic() >= deadline else 502
         return _error(status, f"all regions failed after {attempts} attempts: {last_error}",
                       [(b"x-meridian-attempts", str(attempts).encode())])  # fmt: skip
+
+    @staticmethod
+    def _out_headers(
+        headers: list[tuple[bytes, bytes]], region: str, attempts: int
+    ) -> list[tuple[bytes, bytes]]:
+        out = [(k, v) for k, v in headers if k not in HOP_BY_HOP]
+        out.append((b"x-meridian-region", region.encode()))
+        out.append((b"x-meridian-attempts", str(attempts).encode()))
+        return out
+
+    def _relay(
+        self,
+        upstream: UpstreamStream,
+        gen: Generation | None,
+        region: str,
+        worker_id: str,
+        route: RouteRequest,
+    ) -> AsyncIterator[bytes]:
+        idle = self.settings.stream_idle_timeout_s
+        if gen is None:
+            return relay_raw(upstream, idle)
+
+        def failed(name: str) -> None:
+            self.observed.error(name, time.monotonic())
+            self.counters["stream_breaks"] += 1
+
+        async def resume(body: bytes, tried: set[str]) -> tuple[UpstreamStream, str, str] | None:
+            return await self._resume(route, body, tried)
+
+        return relay_generation(upstream, gen, region, worker_id, idle, resume, failed)
+
+    async def _resume(
+        self, route: RouteRequest, body: bytes, tried: set[str]
+    ) -> tuple[UpstreamStream, str, str] | None:
+        """Continue a broken-off generation on the next-best worker not tried yet."""
+        snap = self.store.current
+        if snap is None:
+            return None
+        s = self.settings
+        headers = [(b"content-type", b"application/json"), (TOKEN_IDS_HEADER, b"1")]
+        attempts = 0
+        for name in self._rank(snap, route, time.monotonic()) or [
+            r.name for r in snap.routable_regions() if r.serves(route.model)
+        ]:
+            region = snap.region(name)
+            if region is None or attempts >= s.max_attempts:
+                continue
+            workers = [w for w in self._workers(snap, region, route.model)
+                       if w.worker_id not in tried]  # fmt: skip
+            worker = choose_worker(workers, self.rng, self.outstanding)
+            if worker is None:
+                continue
+            attempts += 1
+            tried.add(worker.worker_id)
+            host, port = self._endpoint(worker.endpoint)
+            now = time.monotonic()
+            try:
+                opened = await self.pool.stream(
+                    host, port, "POST", "/v1/completions", headers, body, s.attempt_timeout_s
+                )
+            except (UpstreamError, TimeoutError):
+                self.observed.error(name, time.monotonic())
+                continue
+            if opened.status != 200 or EVENT_STREAM not in _header(opened.headers, b"content-type"):
+                opened.close()
+                self.observed.error(name, time.monotonic())
+                continue
+            self.observed.success(name, (time.monotonic() - now) * 1000.0, time.monotonic())
+            self.counters["stream_continued"] += 1
+            return opened, name, worker.worker_id
+        return None
 
     async def _hold(
         self, model: str, route: RouteRequest, deadline: float

@@ -76,7 +76,8 @@ def open_generative(
 ) -> tuple[GenerationEngine, str]:
     """The generation engine for a model folder (not started yet) and its device.
     Blocking: loads the weights."""
-    from worker.generation import GenerationSettings, open_generation_engine
+    from worker.generation.factory import open_generation_engine
+    from worker.generation.settings import GenerationSettings
 
     generation = GenerationSettings(
         block_size=settings.block_size,
