@@ -166,3 +166,51 @@ async def test_client_that_disconnects_cancels_the_generation(router: RouterServ
         lambda: near.metric("meridian_worker_generations_total", finish_reason="abort") > before,
         "the worker to abort the generation",
     )
+
+
+async def test_stream_continues_on_another_worker_when_its_worker_dies(
+    tmp_path: Path, tiny_model: Path
+) -> None:
+    pair = {n: start_worker(n, tiny_model, tmp_path) for n in ("near", "far")}
+    server = await _router(tmp_path, pair)
+    prompt, n = "The quick brown", 400
+    try:
+        async with httpx.AsyncClient(timeout=60) as c:
+            whole = await c.post(
+                pair["far"].endpoint + "/v1/completions",
+                json={"model": "tiny", "prompt": prompt, "max_tokens": n, "temperature": 0,
+                      "ignore_eos": True},
+            )  # fmt: skip
+            want = whole.json()["choices"][0]["text"]
+            body = {"model": "tiny", "prompt": prompt, "max_tokens": n, "temperature": 0,
+                    "ignore_eos": True, "stream": True,
+                    "stream_options": {"include_usage": True}}  # fmt: skip
+            url = f"http://127.0.0.1:{server.port}/v1/completions"
+            events: list[dict[str, object]] = []
+            async with c.stream("POST", url, json=body, headers=NEAR) as r:
+                assert r.headers["x-meridian-region"] == "near"
+                async for line in r.aiter_lines():
+                    if not line.startswith("data:") or line == "data: [DONE]":
+                        continue
+                    events.append(orjson.loads(line[5:]))
+                    if len(events) == 5:
+                        pair["near"].kill()  # mid-stream, after some tokens were sent
+        assert server.core.counters["stream_continued"] == 1
+        assert not [e for e in events if "error" in e]
+        assert len({e["id"] for e in events}) == 1  # one stream as far as the client knows
+        text = "".join(
+            c["text"]  # type: ignore[index]
+            for e in events
+            for c in e["choices"]  # type: ignore[attr-defined]
+        )
+        assert text == want  # token for token: nothing lost, nothing repeated
+        usages = [e["usage"] for e in events if e.get("usage")]
+        assert len(usages) == 1
+        assert usages[0]["completion_tokens"] == n  # type: ignore[index]
+        assert usages[0]["prompt_tokens"] == whole.json()["usage"]["prompt_tokens"]  # type: ignore[index]
+        finishes = [c["finish_reason"] for e in events for c in e["choices"] if c["finish_reason"]]  # type: ignore[attr-defined]
+        assert finishes == ["length"]
+    finally:
+        await server.stop()
+        for w in pair.values():
+            w.stop()
