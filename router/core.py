@@ -19,7 +19,7 @@ from urllib.parse import urlsplit
 import orjson
 
 from meridian.eventwait import wait_event
-from meridian.keyring import ApiKeyring
+from meridian.keyring import ApiKeyGrant, ApiKeyring
 from meridian.snapshot import RegionView, RoutingSnapshot, WorkerView
 from router.continuation import TOKEN_IDS_HEADER, Generation
 from router.demand import DemandNotifier, nearest_deployment_region
@@ -43,6 +43,7 @@ from router.resilience import RetryBudget
 from router.settings import RouterSettings
 from router.snapshot_store import KeyringStore, SnapshotStore
 from router.streaming import relay_generation, relay_raw
+from router.token_budget import LocalTokenBudget, TokenBudget, estimate_tokens
 from router.upstream import UpstreamError, UpstreamPool, UpstreamResponse, UpstreamStream
 
 __all__ = ["RouterCore"]
@@ -77,6 +78,17 @@ def _header(headers: list[tuple[bytes, bytes]], name: bytes) -> bytes:
     return b""
 
 
+def _usage_of(response: Response) -> tuple[int, int]:
+    """(prompt, completion) tokens from an OpenAI answer's usage; (0, 0) if it has none."""
+    if response.status >= 400:
+        return 0, 0
+    try:
+        usage = orjson.loads(response.body).get("usage") or {}
+        return int(usage.get("prompt_tokens", 0)), int(usage.get("completion_tokens", 0))
+    except (orjson.JSONDecodeError, AttributeError, TypeError, ValueError):
+        return 0, 0
+
+
 def _model_path(path: str) -> tuple[str, str | None, str] | None:
     """``/v2/models/{m}[/versions/{v}]/rest`` → (m, v, rest) or None."""
     if not path.startswith("/v2/models/"):
@@ -102,6 +114,7 @@ class RouterCore:
         rng: random.Random | None = None,
         demand: DemandNotifier | None = None,
         keyring: KeyringStore | None = None,
+        token_budget: TokenBudget | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
@@ -110,6 +123,7 @@ class RouterCore:
         self.limiter = limiter
         self.locator = locator
         self.keyring = keyring or KeyringStore()
+        self.token_budget: TokenBudget = token_budget or LocalTokenBudget()
         self._keys: tuple[ApiKeyring | None, ApiKeys] = (None, ApiKeys(()))
         self.rng = rng or random.Random()
         self.stats = RouterStats(
@@ -152,7 +166,7 @@ class RouterCore:
         target = _model_path(path)
         if target is None:
             return _error(404, f"no route for {req.method} {path}")
-        denied = await self._admit(req, target[0])
+        denied, _ = await self._admit(req, target[0])
         if denied is not None:
             return denied
         return await self._forward(req, *target, stream=target[2] in STREAMED_REST)
@@ -177,14 +191,76 @@ class RouterCore:
         if not isinstance(model_ref, str) or not model_ref:
             return _openai_error(400, "'model' is required: the name of a served model", "model")
         model = model_ref.partition(":")[0]
-        denied = await self._admit(req, model)
+        denied, grant = await self._admit(req, model)
         if denied is not None:
             return denied
+        reserved = 0
+        if grant is not None and grant.tokens_per_minute is not None:
+            reserved = estimate_tokens(path, body)
+            refused = await self._reserve_tokens(grant.name, grant.tokens_per_minute, reserved)
+            if refused is not None:
+                return refused
         stream = body.get("stream") is True
         gen = None
         if stream and path in GENERATIONS:
             gen = Generation(chat=path == "/v1/chat/completions", request=body)
-        return await self._forward(req, model, None, "", target_path=path, stream=stream, gen=gen)
+        try:
+            response = await self._forward(
+                req, model, None, "", target_path=path, stream=stream, gen=gen
+            )
+        except BaseException:
+            if grant is not None:
+                await self.token_budget.settle(grant.name, grant.tokens_per_minute, reserved, 0, 0)
+            raise
+        if grant is None:
+            return response
+        if isinstance(response, StreamResponse):
+            response.chunks = self._settled(response.chunks, gen, grant, reserved)
+        else:
+            prompt, completion = _usage_of(response)
+            await self.token_budget.settle(
+                grant.name, grant.tokens_per_minute, reserved, prompt, completion
+            )
+        return response
+
+    async def _reserve_tokens(self, name: str, per_minute: float, tokens: int) -> Response | None:
+        if tokens > per_minute:
+            return _openai_error(
+                429,
+                f"the request may use {tokens} tokens, more than API key {name!r} may use in "
+                f"a minute ({per_minute:g}); lower max_tokens",
+            )
+        wait = await self.token_budget.reserve(name, per_minute, tokens)
+        if wait <= 0:
+            return None
+        self.counters["token_limited"] += 1
+        refused = _openai_error(429, f"API key {name!r} has used its tokens for this minute")
+        refused.headers.append((b"retry-after", str(max(1, int(wait + 0.999))).encode()))
+        return refused
+
+    async def _settled(
+        self,
+        chunks: AsyncIterator[bytes],
+        gen: Generation | None,
+        grant: ApiKeyGrant,
+        reserved: int,
+    ) -> AsyncIterator[bytes]:
+        """``chunks``, then the key's tokens settled with what the stream really used."""
+        try:
+            async for chunk in chunks:
+                yield chunk
+        finally:
+            aclose = getattr(chunks, "aclose", None)
+            if aclose is not None:
+                await aclose()
+            prompt = completion = 0
+            if gen is not None and gen.prompt_ids is not None:
+                prompt, completion = len(gen.prompt_ids), len(gen.sent_ids)
+            elif gen is not None or reserved:
+                prompt, completion = 0, reserved  # nothing known: keep the reservation
+            await self.token_budget.settle(
+                grant.name, grant.tokens_per_minute, reserved, prompt, completion
+            )
 
     def _model_list(self) -> Response:
         """The models that some routable worker of the fleet serves now."""
@@ -208,36 +284,39 @@ class RouterCore:
             self._keys = (ring, keys)
         return keys
 
-    async def _admit(self, req: Request, model: str) -> Response | None:
+    async def _admit(self, req: Request, model: str) -> tuple[Response | None, ApiKeyGrant | None]:
+        """A refusal, or None and the caller's key (when keys are required)."""
         s = self.settings
+        grant = None
         if s.require_api_key:
             presented = req.header(b"x-api-key")
             auth = req.header(b"authorization")
             if presented is None and auth is not None and auth[:7].lower() == b"bearer ":
                 presented = auth[7:].strip()
             if presented is None:
-                return _error(401, "an API key is required (x-api-key or Authorization: Bearer)")
+                message = "an API key is required (x-api-key or Authorization: Bearer)"
+                return _error(401, message), None
             ring = self.keyring.current
             if ring is None:
-                return _error(503, "no API keyring yet", [(b"retry-after", b"1")])
+                return _error(503, "no API keyring yet", [(b"retry-after", b"1")]), None
             grant = self._api_keys(ring).lookup(presented)
             if grant is None:
-                return _error(401, "unknown or revoked API key")
+                return _error(401, "unknown or revoked API key"), None
             if grant.models and model not in grant.models:
-                return _error(403, f"API key {grant.name!r} may not call model '{model}'")
+                return _error(403, f"API key {grant.name!r} may not call model '{model}'"), None
             bucket, rate, burst = "key:" + grant.name, grant.rate_per_s, grant.burst
         elif s.anonymous_rate > 0:
             address = self.locator.client_address(req.client_host, req.headers)
             client = str(address) if address is not None else req.client_host
             bucket, rate, burst = "ip:" + client, s.anonymous_rate, s.anonymous_burst
         else:
-            return None
+            return None, None
         wait = await self.limiter.acquire(bucket, rate, burst)
         if wait > 0:
             self.counters["rate_limited"] += 1
             retry_after = str(max(1, int(wait + 0.999))).encode()
-            return _error(429, "rate limit exceeded", [(b"retry-after", retry_after)])
-        return None
+            return _error(429, "rate limit exceeded", [(b"retry-after", retry_after)]), None
+        return None, grant
 
     # --- routing and failover --------------------------------------------------------------
 

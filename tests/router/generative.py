@@ -8,12 +8,15 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+import pytest
 
 from meridian.snapshot import HealthState, RegionView, RoutingSnapshot, WorkerView
+from tests.worker.generation.tiny import build_tiny_gpt2
 
 
 def free_port() -> int:
@@ -90,3 +93,23 @@ def generative_snapshot(workers: dict[str, tuple[WorkerProcess, float, float]]) 
         for name, (w, lat, lon) in workers.items()
     )  # fmt: skip
     return RoutingSnapshot(version=1, generated_at=0.0, regions=regions)
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tiny_gpt2(tmp_path_factory.mktemp("tiny-gpt2"), n_positions=512)
+
+
+@pytest.fixture(scope="module")
+def workers(
+    tiny_model: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[dict[str, WorkerProcess]]:
+    logs = tmp_path_factory.mktemp("logs")
+    started: dict[str, WorkerProcess] = {}
+    try:
+        for name in ("near", "far"):
+            started[name] = start_worker(name, tiny_model, logs)
+        yield started
+    finally:
+        for w in started.values():
+            w.stop()

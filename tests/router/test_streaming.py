@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
@@ -19,31 +19,14 @@ from tests.router.generative import (
     WorkerProcess,
     generative_snapshot,
     start_worker,
+    tiny_model,
+    workers,
 )
-from tests.worker.generation.tiny import build_tiny_gpt2
+
+__all__ = ["tiny_model", "workers"]  # module-scoped fixtures used here
 
 EDGE = "x-meridian-client-location"
 NEAR = {EDGE: "11,11"}
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_tiny_gpt2(tmp_path_factory.mktemp("tiny-gpt2"), n_positions=512)
-
-
-@pytest.fixture(scope="module")
-def workers(
-    tiny_model: Path, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[dict[str, WorkerProcess]]:
-    logs = tmp_path_factory.mktemp("logs")
-    started: dict[str, WorkerProcess] = {}
-    try:
-        for name in ("near", "far"):
-            started[name] = start_worker(name, tiny_model, logs)
-        yield started
-    finally:
-        for w in started.values():
-            w.stop()
 
 
 async def _router(tmp_path: Path, workers: dict[str, WorkerProcess]) -> RouterServer:
