@@ -27,6 +27,7 @@ EXTENSION = "meridian"
 # sampling settings a continuation keeps (the seed too: greedy output is then exact)
 _KEPT = ("temperature", "top_p", "top_k", "seed", "stop", "ignore_eos", "user")
 DONE = b"data: [DONE]\n\n"
+_EXT_KEY = b',"' + EXTENSION.encode() + b'":'
 
 
 @dataclass
@@ -42,7 +43,8 @@ class Generation:
     done: bool = False  # the stream's [DONE] was forwarded
     usage_sent: bool = False
     continuations: int = 0
-    _envelope: dict[str, Any] | None = None  # id, created, model of the client's stream
+    _first: bytes | None = None  # the first chunk the client got, as sent
+    _env: dict[str, Any] | None = None
     _before: int = 0  # tokens sent before the current upstream answered
 
     @property
@@ -61,6 +63,10 @@ class Generation:
         if payload == b"[DONE]":
             self.done = True
             return DONE
+        if not self.continuations:
+            return self._strip(raw, payload)
+        if self._first is None:
+            self._first = payload
         try:
             obj = orjson.loads(payload)
         except orjson.JSONDecodeError:
@@ -69,31 +75,58 @@ class Generation:
             return raw
         ext = obj.pop(EXTENSION, None)
         if isinstance(ext, dict):
-            if self.prompt_ids is None and isinstance(ext.get("prompt_token_ids"), list):
-                self.prompt_ids = [int(t) for t in ext["prompt_token_ids"]]
-            if self.max_tokens is None and isinstance(ext.get("max_tokens"), int):
-                self.max_tokens = int(ext["max_tokens"])
-            self.sent_ids.extend(int(t) for t in ext.get("token_ids") or ())
-        if self._envelope is None and "id" in obj:
-            self._envelope = {k: obj.get(k) for k in ("id", "created", "model")}
-        if self.continuations:
-            obj = self._rewrite(obj)
-            if obj is None:
-                return b""
-        choices = obj.get("choices") or ()
-        if obj.get("usage") is not None and not choices:
+            self._take(ext)
+        rewritten = self._rewrite(obj)
+        if rewritten is None:
+            return b""
+        choices = rewritten.get("choices") or ()
+        if rewritten.get("usage") is not None and not choices:
             self.usage_sent = True
         if any(c.get("finish_reason") for c in choices if isinstance(c, dict)):
             self.finished = True
-        if ext is None and not self.continuations:
-            return raw  # untouched: byte for byte
-        return b"data: " + orjson.dumps(obj) + b"\n\n"
+        return b"data: " + orjson.dumps(rewritten) + b"\n\n"
+
+    def _strip(self, raw: bytes, payload: bytes) -> bytes:
+        """The worker's own chunk without the extension, cut out by bytes: the worker
+        writes it last, so the rest of the chunk is forwarded as it was written."""
+        cut = payload.rfind(_EXT_KEY)
+        if cut >= 0 and payload.endswith(b"}"):
+            try:
+                ext = orjson.loads(payload[cut + len(_EXT_KEY) : -1])
+            except orjson.JSONDecodeError:
+                ext = None
+            if isinstance(ext, dict):
+                self._take(ext)
+                payload = payload[:cut] + b"}"
+                raw = b"data: " + payload + b"\n\n"
+        if self._first is None and payload.startswith(b"{"):
+            self._first = payload
+        if b'"finish_reason":"' in payload:
+            self.finished = True
+        if b'"choices":[]' in payload and b'"usage":{' in payload:
+            self.usage_sent = True
+        return raw
+
+    def _take(self, ext: dict[str, Any]) -> None:
+        if self.prompt_ids is None and isinstance(ext.get("prompt_token_ids"), list):
+            self.prompt_ids = [int(t) for t in ext["prompt_token_ids"]]
+        if self.max_tokens is None and isinstance(ext.get("max_tokens"), int):
+            self.max_tokens = int(ext["max_tokens"])
+        self.sent_ids.extend(int(t) for t in ext.get("token_ids") or ())
+
+    @property
+    def _envelope(self) -> dict[str, Any]:
+        """id, created and model of the client's stream (from its first chunk)."""
+        if self._env is None:
+            first = orjson.loads(self._first) if self._first else {}
+            self._env = {k: first.get(k) for k in ("id", "created", "model")}
+        return self._env
 
     def _rewrite(self, obj: dict[str, Any]) -> dict[str, Any] | None:
         """A continuation's completion chunk in the client's stream's shape."""
         if "error" in obj:
             return obj
-        env = self._envelope or {}
+        env = self._envelope
         out: dict[str, Any] = {
             "id": env.get("id"),
             "object": "chat.completion.chunk" if self.chat else "text_completion",
@@ -166,7 +199,7 @@ class Generation:
         (a finish reason was sent, or max_tokens reached): a final chunk if none was sent,
         the usage if asked for, then [DONE]."""
         parts = []
-        env = self._envelope or {}
+        env = self._envelope
         base = {"id": env.get("id"), "created": env.get("created"), "model": env.get("model"),
                 "system_fingerprint": None}  # fmt: skip
         kind = "chat.completion.chunk" if self.chat else "text_completion"
