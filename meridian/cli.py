@@ -21,6 +21,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "router": ("router.cli", "run the router (the end-user HTTPS endpoint)"),
     "simulate": ("simulator.cli", "simulate the fleet: every routing policy on real traffic"),
     "worker": ("worker.cli", "serve models over OIP v2 REST and gRPC with dynamic batching"),
+    "lm": ("worker.generation.cli", "build the tiny generative model, or generate with a model"),
     "quantize": ("worker.quantize", "make an int8 variant of an ONNX model, checked against fp32"),
     "agent": ("region_agent.cli", "run a region agent: GPU health, workers, control-plane link"),
 }

@@ -11,9 +11,10 @@ protocol's ``{"error": "..."}``; one that happens mid-stream is sent as an event
 
 from __future__ import annotations
 
+import asyncio
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterator
-from contextlib import aclosing
+from collections.abc import AsyncGenerator, AsyncIterator, Coroutine
+from contextlib import aclosing, suppress
 from typing import Annotated, Any
 
 import orjson
@@ -25,7 +26,7 @@ from worker.dataplane import DataPlane
 from worker.generation.types import TokenEvent
 from worker.generative import TEXT_INPUT, TEXT_OUTPUT, GenerativeModel, sampling_params
 
-__all__ = ["build_generate_router"]
+__all__ = ["build_generate_router", "unless_disconnected"]
 
 MAX_BODY = 16 * 1024 * 1024
 _JSON = "application/json"
@@ -37,6 +38,31 @@ def _dataplane(request: Request) -> DataPlane:
 
 
 DataPlaneDep = Annotated[DataPlane, Depends(_dataplane)]
+
+
+async def unless_disconnected(request: Request, work: Coroutine[Any, Any, Response]) -> Response:
+    """``work``'s answer, or, when the client disconnects first, ``work`` cancelled
+    (which closes its token stream, so the engine aborts the sequence). The
+    worker's own server cancels the route itself; under another ASGI server this
+    watches for the disconnect."""
+    task = asyncio.ensure_future(work)
+
+    async def disconnected() -> None:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+
+    watcher = asyncio.ensure_future(disconnected())
+    try:
+        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+        if task.done():
+            return task.result()
+        task.cancel()
+        with suppress(asyncio.CancelledError):
+            await task
+        return Response(status_code=499)  # nobody is there to read it
+    finally:
+        watcher.cancel()
+        task.cancel()
 
 
 def _parse(body: bytes) -> tuple[str, dict[str, Any], str]:
@@ -120,16 +146,20 @@ def build_generate_router() -> APIRouter:
         request: Request, dp: DataPlaneDep, name: str, version: str | None = None
     ) -> Response:
         model, request_id, events = await start(request, dp, name, version)
-        parts: list[str] = []
-        last: TokenEvent | None = None
-        async with aclosing(events) as stream:
-            async for event in stream:
-                parts.append(event.text)
-                last = event
-        if last is None or last.finish_reason == "abort":
-            raise MeridianError("the generation was aborted")
-        body = _fields(model, request_id, "".join(parts)) | _finish(last)
-        return Response(orjson.dumps(body), media_type=_JSON)
+
+        async def collect() -> Response:
+            parts: list[str] = []
+            last: TokenEvent | None = None
+            async with aclosing(events) as stream:
+                async for event in stream:
+                    parts.append(event.text)
+                    last = event
+            if last is None or last.finish_reason == "abort":
+                raise MeridianError("the generation was aborted")
+            body = _fields(model, request_id, "".join(parts)) | _finish(last)
+            return Response(orjson.dumps(body), media_type=_JSON)
+
+        return await unless_disconnected(request, collect())
 
     @router.post("/v2/models/{name}/generate_stream")
     @router.post("/v2/models/{name}/versions/{version}/generate_stream")

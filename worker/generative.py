@@ -13,7 +13,7 @@ engine's iterator, which aborts the sequence.
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncGenerator, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -76,6 +76,8 @@ def open_generative(
 ) -> tuple[GenerationEngine, str]:
     """The generation engine for a model folder (not started yet) and its device.
     Blocking: loads the weights."""
+    import torch
+
     from worker.generation.factory import open_generation_engine
     from worker.generation.settings import GenerationSettings
 
@@ -89,12 +91,12 @@ def open_generative(
         gpu_memory_fraction=settings.gpu_memory_fraction,
         threads=settings.engine_threads,
     )
-    device = None if settings.use_gpu else "cpu"
+    device = "cuda" if settings.use_gpu and torch.cuda.is_available() else "cpu"
     try:
         engine = open_generation_engine(folder, generation, name=name, device=device)
-    except ValueError as exc:  # an architecture or checkpoint the engine cannot serve
+    except (ValueError, FileNotFoundError) as exc:  # a checkpoint the engine cannot serve
         raise InvalidInput(f"cannot serve '{folder.name}' as a generative model: {exc}") from None
-    return engine, str(getattr(engine, "device", device or "cpu"))
+    return engine, device
 
 
 def _number(values: Mapping[str, Any], key: str, kind: type, lo: float, hi: float) -> Any:
@@ -175,22 +177,22 @@ def start_stream(
 ) -> AsyncGenerator[TokenEvent, None]:
     """Check the request, then the measured stream of its token events."""
     check_request(model, prompt_ids, params)
-    return _measured(model, list(prompt_ids), params, request_id, metrics)
+    start = time.monotonic()
+    # The engine checks the request when called, so its refusals come before any token.
+    events = model.engine.generate(list(prompt_ids), params, request_id)
+    return _measured(model, events, start, metrics)
 
 
 async def _measured(
     model: GenerativeModel,
-    prompt_ids: list[int],
-    params: SamplingParams,
-    request_id: str,
+    events: AsyncIterator[TokenEvent],
+    start: float,
     metrics: WorkerMetrics,
 ) -> AsyncGenerator[TokenEvent, None]:
     label = model.label
-    start = time.monotonic()
     first: float | None = None
     tokens = 0
     finish: str = "abort"
-    events = model.engine.generate(prompt_ids, params, request_id)
     try:
         async for event in events:
             now = time.monotonic()

@@ -212,8 +212,12 @@ _ENGINE_COUNTERS = (
     ("prefill_tokens", "meridian_worker_prefill_tokens", "Prompt tokens computed"),
     ("decode_tokens", "meridian_worker_decode_tokens", "Tokens generated"),
     ("preemptions", "meridian_worker_preemptions", "Sequences preempted for KV space"),
-    ("prefix_queries", "meridian_worker_prefix_cache_queries", "Prompt blocks looked up"),
-    ("prefix_hits", "meridian_worker_prefix_cache_hits", "Prompt blocks found cached"),
+    (
+        "prefix_queries",
+        "meridian_worker_prefix_cache_queries",
+        "Prompt tokens looked up in the prefix cache",
+    ),
+    ("prefix_hits", "meridian_worker_prefix_cache_hits", "Prompt tokens found in the prefix cache"),
 )
 
 
@@ -238,7 +242,7 @@ class GenerationCollector:
             yield counter
         rate = GaugeMetricFamily(
             "meridian_worker_prefix_cache_hit_rate",
-            "Share of prompt blocks found in the prefix cache",
+            "Share of prompt tokens found in the prefix cache",
             labels=["model"],
         )
         for label, st in stats:

@@ -29,6 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from meridian.errors import InvalidInput, MeridianError, NotFound
 from worker.dataplane import DataPlane
+from worker.generate_api import unless_disconnected
 from worker.generation.types import SamplingParams, TokenEvent
 from worker.generative import GenerativeModel, stop_strings
 from worker.tensors import InferenceRequest, InputTensor
@@ -399,8 +400,7 @@ def build_openai_router() -> APIRouter:
         else:
             ids = [int(t) for t in prompt]  # type: ignore[arg-type]
         max_tokens = 16 if req.max_tokens is None else req.max_tokens
-        with_ids = request.headers.get(TOKEN_IDS_HEADER) == "1"
-        return await _start(dp, model, ids, req, max_tokens, chat=False, with_ids=with_ids)
+        return await _start(request, dp, model, ids, req, max_tokens, chat=False)
 
     @router.post("/v1/chat/completions")
     async def chat_completions(request: Request, dp: DataPlaneDep) -> Response:
@@ -410,8 +410,7 @@ def build_openai_router() -> APIRouter:
         ids = model.engine.chat_prompt([m.as_dict() for m in req.messages])
         wanted = req.max_completion_tokens or req.max_tokens
         max_tokens = wanted or max(1, model.engine.max_model_len - len(ids))
-        with_ids = request.headers.get(TOKEN_IDS_HEADER) == "1"
-        return await _start(dp, model, ids, req, max_tokens, chat=True, with_ids=with_ids)
+        return await _start(request, dp, model, ids, req, max_tokens, chat=True)
 
     @router.get("/v1/models")
     async def list_models(dp: DataPlaneDep) -> Response:
@@ -442,6 +441,7 @@ def _model_card(model_id: str) -> dict[str, object]:
 
 
 async def _start(
+    request: Request,
     dp: DataPlane,
     model: GenerativeModel,
     ids: list[int],
@@ -449,7 +449,6 @@ async def _start(
     max_tokens: int,
     *,
     chat: bool,
-    with_ids: bool = False,
 ) -> Response:
     try:
         events = dp.generate(model, ids, req.sampling(max_tokens), uuid.uuid4().hex)
@@ -462,14 +461,18 @@ async def _start(
         raise ParamError(exc.message, param, "context_length_exceeded") from None
     include_usage = bool(req.stream_options and req.stream_options.include_usage)
     call = _Call(chat, model, include_usage)
-    if with_ids:
+    if request.headers.get(TOKEN_IDS_HEADER) == "1":
         call.ids_first = {"prompt_token_ids": ids, "max_tokens": max_tokens}
     if req.stream:
         return StreamingResponse(
             _sse(call, events), media_type="text/event-stream", headers=SSE_HEADERS
         )
-    text, last = await _collect(events)
-    return Response(orjson.dumps(call.whole(text, last)), media_type="application/json")
+
+    async def whole() -> Response:
+        text, last = await _collect(events)
+        return Response(orjson.dumps(call.whole(text, last)), media_type="application/json")
+
+    return await unless_disconnected(request, whole())
 
 
 async def _embed(dp: DataPlane, req: EmbeddingRequest) -> Response:

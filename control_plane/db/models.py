@@ -56,6 +56,8 @@ class Base(DeclarativeBase):
 class ModelFormat(enum.StrEnum):
     ONNX = "onnx"
     TORCHSCRIPT = "torchscript"
+    # a causal language model: a tar archive of its Hugging Face folder
+    GENERATIVE = "generative"
 
 
 class RegionStatus(enum.StrEnum):

@@ -17,7 +17,11 @@ from meridian.errors import Conflict, NotFound, PayloadTooLarge
 
 from ._base import RegistryBase, model_public, variant_public, version_public
 
-EXTENSIONS = {m.ModelFormat.ONNX: "onnx", m.ModelFormat.TORCHSCRIPT: "pt"}
+EXTENSIONS = {
+    m.ModelFormat.ONNX: "onnx",
+    m.ModelFormat.TORCHSCRIPT: "pt",
+    m.ModelFormat.GENERATIVE: "tar",
+}
 
 
 @dataclass(frozen=True)

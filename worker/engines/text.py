@@ -53,5 +53,9 @@ class TextEmbeddingEngine:
         mask = np.array([e.attention_mask for e in encodings], dtype=np.int64)
         return self._inner.run({"input_ids": ids, "attention_mask": mask})
 
+    def count_tokens(self, texts: list[str]) -> int:
+        """Tokens in ``texts`` as the model sees them (padding not counted)."""
+        return sum(sum(e.attention_mask) for e in self._tokenizer.encode_batch(texts))
+
     def close(self) -> None:
         self._inner.close()

@@ -14,11 +14,12 @@ import logging
 from collections.abc import AsyncIterator, Callable
 from collections.abc import Sequence as Seq
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 
 from meridian.errors import InvalidInput, Unavailable
 from worker.generation.runner import ModelRunner, StepInput
 from worker.generation.sampling import make_generator, sample_token
-from worker.generation.scheduler import Scheduler
+from worker.generation.scheduler import Scheduler, SchedulerCounters
 from worker.generation.sequence import IncrementalText, Sequence
 from worker.generation.types import EngineStats, SamplingParams, TokenEvent
 
@@ -102,6 +103,10 @@ class Engine:
     def steps(self) -> int:
         """Forward steps run so far."""
         return self._scheduler.counters.steps
+
+    def counters(self) -> SchedulerCounters:
+        """A copy of the scheduler's counters (steps, mixed steps, tokens, ...)."""
+        return replace(self._scheduler.counters)
 
     # -- the contract ------------------------------------------------------
 
@@ -208,6 +213,12 @@ class Engine:
                 log.exception("generation step failed for %s", self.name)
                 self._fail_all(exc)
                 continue
+            if events is None:
+                # nothing could run (no arrivals can be admitted): wait for news
+                self._wake.clear()
+                if not (self._inbox or self._aborts):
+                    await self._wake.wait()
+                continue
             for seq, event in events:
                 seq.queue.put_nowait(event)
 
@@ -219,16 +230,18 @@ class Engine:
 
     def _step(
         self, adds: list[Sequence], aborts: list[Sequence]
-    ) -> list[tuple[Sequence, TokenEvent]]:
-        """One scheduler step; runs in the engine's thread."""
+    ) -> list[tuple[Sequence, TokenEvent]] | None:
+        """One scheduler step, in the engine's thread; ``None`` if nothing could run."""
         sched = self._scheduler
-        for seq in aborts:
-            sched.remove(seq)
         for seq in adds:
             sched.add(seq)
+        for seq in aborts:  # after the adds: a consumer may leave before its first step
+            sched.remove(seq)
         scheduled = sched.schedule()
         if not scheduled:
-            return []
+            # waiting sequences that cannot start while nothing runs need news
+            # (an abort or arrival); anything else resolves at the next step
+            return None if sched.waiting and not sched.running else []
         inputs = [
             StepInput(
                 token_ids=s.seq.tokens[s.seq.num_computed : s.seq.num_computed + s.num_tokens],

@@ -1,7 +1,8 @@
 """Decoder-only causal LMs read from Hugging Face weights, run over the paged KV cache.
 
-Supported ``model_type``: ``gpt2`` and ``llama`` (Llama-style: RMSNorm, rotary
-positions, SwiGLU, grouped-query attention; no rope scaling). The layers are
+Supported ``model_type``: ``gpt2``, and the Llama family ``llama``, ``mistral``,
+``qwen2`` (RMSNorm, rotary positions without scaling, SwiGLU, grouped-query
+attention, optional projection biases; a sliding window caps the context). The layers are
 plain tensors taken from the ``*.safetensors`` files of the model directory.
 """
 
@@ -20,7 +21,7 @@ from worker.generation.attention import AttentionPlan, paged_attention
 
 __all__ = ["SUPPORTED_MODEL_TYPES", "DecoderLM", "ModelShape", "UnsupportedModel", "load_decoder"]
 
-SUPPORTED_MODEL_TYPES = ("gpt2", "llama")
+SUPPORTED_MODEL_TYPES = ("gpt2", "llama", "mistral", "qwen2")
 
 
 class UnsupportedModel(ValueError):
@@ -63,7 +64,7 @@ def load_decoder(model_dir: Path, device: torch.device, dtype: torch.dtype) -> D
     weights = _load_weights(model_dir, device, dtype)
     if model_type == "gpt2":
         return Gpt2(config, weights)
-    if model_type == "llama":
+    if model_type in ("llama", "mistral", "qwen2"):
         return Llama(config, weights)
     raise UnsupportedModel(
         f"model_type {model_type!r} is not supported; supported: {', '.join(SUPPORTED_MODEL_TYPES)}"
@@ -186,10 +187,17 @@ class Llama:
         self._act = _ACTIVATIONS[act]
         d, heads = int(config["hidden_size"]), int(config["num_attention_heads"])
         head_dim = int(config.get("head_dim") or d // heads)
+        max_positions = int(config.get("max_position_embeddings", 2048))
+        window = config.get("sliding_window")
+        if config.get("model_type") == "qwen2" and not config.get("use_sliding_window"):
+            window = None
+        if window:
+            # no sliding-window attention here: stay where it equals full attention
+            max_positions = min(max_positions, int(window))
         self.shape = ModelShape(
-            "llama", int(config["num_hidden_layers"]), heads,
+            str(config.get("model_type", "llama")), int(config["num_hidden_layers"]), heads,
             int(config.get("num_key_value_heads") or heads), head_dim,
-            int(config["vocab_size"]), int(config.get("max_position_embeddings", 2048)),
+            int(config["vocab_size"]), max_positions,
         )  # fmt: skip
         self._eps = float(config.get("rms_norm_eps", 1e-6))
         theta = float(config.get("rope_theta", 10000.0))

@@ -94,6 +94,8 @@ class SchedulerCounters:
     decode_tokens: int = 0
     preemptions: int = 0
     steps: int = 0
+    # steps that carried decodes and prefill chunks together
+    mixed_steps: int = 0
 
 
 class Scheduler:
@@ -109,7 +111,8 @@ class Scheduler:
     ) -> None:
         self.pool = pool
         self.block_size = block_size
-        self.max_num_seqs = max_num_seqs
+        # every running sequence must be able to decode in each step
+        self.max_num_seqs = min(max_num_seqs, max_batched_tokens)
         self.max_batched_tokens = max_batched_tokens
         self.prefill_chunk = prefill_chunk
         self.policy = policy
@@ -188,6 +191,9 @@ class Scheduler:
     def commit(self, scheduled: list[Scheduled]) -> None:
         """Record that the forward pass computed the scheduled tokens."""
         self.counters.steps += 1
+        kinds = {item.seq.num_computed >= item.seq.prompt_len for item in scheduled}
+        if len(kinds) == 2:
+            self.counters.mixed_steps += 1
         bs = self.block_size
         for item in scheduled:
             seq = item.seq

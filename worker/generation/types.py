@@ -58,6 +58,8 @@ class EngineStats:
     kv_blocks_used: int
     kv_blocks_total: int
     block_size: int
+    # prompt tokens looked up in the prefix cache, and of those the ones found
+    # (counted once per sequence, at its first admission)
     prefix_queries: int
     prefix_hits: int
     prefill_tokens: int

@@ -32,7 +32,7 @@ def engine_factory(tiny_gpt2: Path) -> EngineFactory:
     @asynccontextmanager
     async def running(**overrides: Any) -> AsyncIterator[Engine]:
         settings = GenerationSettings(**{"kv_cache_tokens": 4096, "block_size": 4, **overrides})
-        engine = open_generation_engine(tiny_gpt2, settings, name="tiny")
+        engine = open_generation_engine(tiny_gpt2, settings, name="tiny", device="cpu")
         await engine.start()
         try:
             yield engine

@@ -3,13 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import shutil
+from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
 
 from tests.worker.generation.conftest import EngineFactory
+from tests.worker.generation.tiny import build_tiny_llama
 from worker.generation.engine import Engine
+from worker.generation.factory import open_generation_engine
+from worker.generation.model import UnsupportedModel
+from worker.generation.settings import GenerationSettings
 from worker.generation.types import SamplingParams
 
 TIE = 1e-4
@@ -130,6 +137,10 @@ async def test_continuous_batching_matches_hf_greedy(
     ) as engine:
         outputs = await staggered(engine, prompts, max_tokens=12)
         stats = engine.stats()
+        counters = engine.counters()
+    # later arrivals were prefilled (in chunks) in the same steps as earlier decodes
+    assert counters.mixed_steps > 0
+    assert counters.prefill_tokens > 0 and counters.decode_tokens > 0
     for prompt, output in zip(prompts, outputs, strict=True):
         assert len(output) == 12
         assert_greedy(hf_gpt2, prompt, output, hf_greedy(hf_gpt2, prompt, 12))
@@ -163,3 +174,41 @@ async def test_other_schedules_give_the_same_greedy_tokens(
         assert len(output) == 10
     if "kv_cache_tokens" in overrides:
         assert stats.preemptions > 0
+
+
+@pytest.mark.parametrize("model_type", ["llama", "mistral", "qwen2"])
+async def test_llama_family_matches_hf_greedy(tmp_path: Path, model_type: str) -> None:
+    from transformers import AutoModelForCausalLM
+
+    model_dir = build_tiny_llama(tmp_path / model_type, model_type)
+    hf = AutoModelForCausalLM.from_pretrained(str(model_dir), attn_implementation="eager")
+    hf.eval()
+    settings = GenerationSettings(kv_cache_tokens=2048, block_size=4, prefill_chunk=16)
+    engine = open_generation_engine(model_dir, settings, name="llama", device="cpu")
+    await engine.start()
+    try:
+        prompts = [p[:50] for p in prompts_sharing_prefixes()[:6]]
+        outputs = await staggered(engine, prompts, max_tokens=8)
+    finally:
+        await engine.stop()
+    for prompt, output in zip(prompts, outputs, strict=True):
+        assert_greedy(hf, prompt, output, hf_greedy(hf, prompt, 8))
+
+
+def test_unsupported_architectures_are_named(tiny_gpt2: Path, tmp_path: Path) -> None:
+    model_dir = tmp_path / "other"
+    shutil.copytree(tiny_gpt2, model_dir)
+    config = json.loads((model_dir / "config.json").read_text())
+    (model_dir / "config.json").write_text(json.dumps({**config, "model_type": "bert"}))
+    with pytest.raises(UnsupportedModel, match="'bert' is not supported; supported: gpt2, llama"):
+        open_generation_engine(model_dir, GenerationSettings(), name="bert")
+
+
+def test_a_sliding_window_caps_the_context(tmp_path: Path) -> None:
+    model_dir = build_tiny_llama(tmp_path / "mistral", "mistral")
+    config = json.loads((model_dir / "config.json").read_text())
+    (model_dir / "config.json").write_text(json.dumps({**config, "sliding_window": 64}))
+    engine = open_generation_engine(
+        model_dir, GenerationSettings(kv_cache_tokens=1024), name="window", device="cpu"
+    )
+    assert engine.max_model_len == 64

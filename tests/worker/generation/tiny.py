@@ -55,3 +55,32 @@ def build_tiny_gpt2(
     torch.manual_seed(0)
     GPT2LMHeadModel(config).save_pretrained(str(out))
     return out
+
+
+def build_tiny_llama(out: Path, model_type: str = "llama") -> Path:
+    """Llama family (``llama``, ``mistral``, ``qwen2``): RMSNorm, rotary positions,
+    SwiGLU, two query heads per KV head."""
+    import torch
+    import transformers
+
+    classes = {
+        "llama": ("LlamaConfig", "LlamaForCausalLM"),
+        "mistral": ("MistralConfig", "MistralForCausalLM"),
+        "qwen2": ("Qwen2Config", "Qwen2ForCausalLM"),
+    }
+    config_cls, model_cls = (getattr(transformers, n) for n in classes[model_type])
+    out.mkdir(parents=True, exist_ok=True)
+    vocab = save_tokenizer(out)
+    config = config_cls(
+        vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+        bos_token_id=0, eos_token_id=0, initializer_range=0.5, tie_word_embeddings=False,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    model = model_cls(config)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if name.endswith("bias"):  # qwen2's q/k/v biases start at zero
+                param.normal_(0.0, 0.5)
+    model.save_pretrained(str(out))
+    return out

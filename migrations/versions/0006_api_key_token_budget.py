@@ -1,7 +1,7 @@
 """A token budget (generation tokens per minute) per end user's API key.
 
-Revision ID: 0005_api_key_token_budget
-Revises: 0004_api_keys
+Revision ID: 0006_api_key_token_budget
+Revises: 0005_generative_format
 Create Date: 2026-12-04
 """
 
@@ -12,8 +12,8 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = "0005_api_key_token_budget"
-down_revision: str | None = "0004_api_keys"
+revision: str = "0006_api_key_token_budget"
+down_revision: str | None = "0005_generative_format"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
