@@ -72,6 +72,7 @@ def create_app(
         try:
             await anyio.to_thread.run_sync(prepare, settings, reg)
             app.state.registry = reg
+            app.state.settings = settings
             app.state.autoscaler = autoscaler
             if fleet is not None:
                 await fleet.start()

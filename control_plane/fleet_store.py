@@ -104,7 +104,14 @@ class FleetStore:
                     )
                 )
             keys = tuple(
-                ApiKeyGrant(k.name, k.key_hash, k.rate_per_s, k.burst, tuple(k.models))
+                ApiKeyGrant(
+                    k.name,
+                    k.key_hash,
+                    k.rate_per_s,
+                    k.burst,
+                    tuple(k.models),
+                    k.tokens_per_minute,
+                )
                 for k in session.scalars(
                     sa.select(ApiKey).where(ApiKey.revoked_at.is_(None)).order_by(ApiKey.name)
                 )

@@ -361,6 +361,7 @@ class TokenCreated(TokenPublic):
 KeyName = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][\w.@:-]*$")]
 RatePerSecond = Annotated[float, Field(gt=0, le=1_000_000, allow_inf_nan=False)]
 Burst = Annotated[float, Field(ge=1, le=10_000_000, allow_inf_nan=False)]
+TokensPerMinute = Annotated[float, Field(ge=1, le=1e12, allow_inf_nan=False)]
 
 
 class ApiKeyCreate(_Strict):
@@ -369,6 +370,9 @@ class ApiKeyCreate(_Strict):
     burst: Burst = Field(description="requests allowed at once above the sustained rate")
     models: list[ModelName] = Field(
         default_factory=list, max_length=256, description="models it may call; empty: all"
+    )
+    tokens_per_minute: TokensPerMinute | None = Field(
+        default=None, description="generation tokens (prompt + completion) per minute; null: none"
     )
 
     @field_validator("models")
@@ -381,6 +385,7 @@ class ApiKeyUpdate(_Strict):
     rate_per_s: RatePerSecond | None = None
     burst: Burst | None = None
     models: list[ModelName] | None = Field(default=None, max_length=256)
+    tokens_per_minute: TokensPerMinute | None = None
 
     @field_validator("models")
     @classmethod
@@ -394,10 +399,21 @@ class ApiKeyPublic(BaseModel):
     rate_per_s: float
     burst: float
     models: list[str]
+    tokens_per_minute: float | None = None
     created_at: dt.datetime
     created_by: str
     revoked_at: dt.datetime | None
     row_version: int
+
+
+class ApiKeyUsage(BaseModel):
+    """Tokens the routers counted for a key since it was issued (from their Redis)."""
+
+    name: str
+    requests: int
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
 
 
 class ApiKeyCreated(ApiKeyPublic):

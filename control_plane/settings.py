@@ -59,6 +59,8 @@ class ControlPlaneSettings(BaseSettings):
     autoscale_scale_down_delay_s: float = Field(default=30.0, ge=0)
     # GPUs per GPU type across all regions, e.g. {"H100": 64}; a type not named is unlimited
     gpu_budget: dict[str, int] = Field(default_factory=dict)
+    # the routers' Redis (redis://host:port/db): API keys' token usage is read from it
+    redis_url: str | None = None
 
     @model_validator(mode="after")
     def _refuse_placeholder_secrets(self) -> ControlPlaneSettings:

@@ -26,6 +26,8 @@ class ApiKeyGrant:
     rate_per_s: float
     burst: float
     models: tuple[str, ...] = ()  # empty: every model
+    # generation tokens (prompt + completion) per minute; None: no token budget
+    tokens_per_minute: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,6 +53,11 @@ class ApiKeyring:
                     rate_per_s=float(k["rate_per_s"]),
                     burst=float(k["burst"]),
                     models=tuple(k.get("models", ())),
+                    tokens_per_minute=(
+                        None
+                        if k.get("tokens_per_minute") is None
+                        else float(k["tokens_per_minute"])
+                    ),
                 )
                 for k in data.get("keys", ())
             ),

@@ -14,16 +14,17 @@ import logging
 import random
 import time
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from urllib.parse import urlsplit
 
 import orjson
 
 from meridian.eventwait import wait_event
-from meridian.keyring import ApiKeyring
+from meridian.keyring import ApiKeyGrant, ApiKeyring
 from meridian.snapshot import RegionView, RoutingSnapshot, WorkerView
+from router.continuation import TOKEN_IDS_HEADER, Generation
 from router.demand import DemandNotifier, nearest_deployment_region
-from router.http11 import HOP_BY_HOP, Request, Response
+from router.http11 import HOP_BY_HOP, Request, Response, StreamResponse
 from router.keys import ApiKeys
 from router.locate import EDGE_HEADER, ClientLocator
 from router.metrics import CONTENT_TYPE as METRICS_TYPE
@@ -44,7 +45,15 @@ from router.ratelimit import RateLimiter
 from router.resilience import LastGoodView, RetryBudget
 from router.settings import RouterSettings
 from router.snapshot_store import KeyringStore, SnapshotStore
-from router.upstream import UpstreamConnectError, UpstreamError, UpstreamPool
+from router.streaming import relay_generation, relay_raw
+from router.token_budget import LocalTokenBudget, TokenBudget, estimate_tokens
+from router.upstream import (
+    UpstreamConnectError,
+    UpstreamError,
+    UpstreamPool,
+    UpstreamResponse,
+    UpstreamStream,
+)
 
 __all__ = ["RouterCore"]
 
@@ -59,6 +68,36 @@ SERVER_METADATA = orjson.dumps(
 def _error(status: int, message: str, extra: list[tuple[bytes, bytes]] | None = None) -> Response:
     body = orjson.dumps({"error": message})
     return Response(status, body, JSON + (extra or []))
+
+
+OPENAI_POST = frozenset({"/v1/completions", "/v1/chat/completions", "/v1/embeddings"})
+GENERATIONS = frozenset({"/v1/completions", "/v1/chat/completions"})
+STREAMED_REST = frozenset({"generate_stream"})
+EVENT_STREAM = b"text/event-stream"
+
+
+def _openai_error(status: int, message: str, param: str | None = None) -> Response:
+    kind = "invalid_request_error" if status < 500 else "server_error"
+    body = {"error": {"message": message, "type": kind, "param": param, "code": None}}
+    return Response(status, orjson.dumps(body), JSON)
+
+
+def _header(headers: list[tuple[bytes, bytes]], name: bytes) -> bytes:
+    for k, v in headers:
+        if k == name:
+            return v
+    return b""
+
+
+def _usage_of(response: Response) -> tuple[int, int]:
+    """(prompt, completion) tokens from an OpenAI answer's usage; (0, 0) if it has none."""
+    if response.status >= 400:
+        return 0, 0
+    try:
+        usage = orjson.loads(response.body).get("usage") or {}
+        return int(usage.get("prompt_tokens", 0)), int(usage.get("completion_tokens", 0))
+    except (orjson.JSONDecodeError, AttributeError, TypeError, ValueError):
+        return 0, 0
 
 
 def _model_path(path: str) -> tuple[str, str | None, str] | None:
@@ -86,6 +125,7 @@ class RouterCore:
         rng: random.Random | None = None,
         demand: DemandNotifier | None = None,
         keyring: KeyringStore | None = None,
+        token_budget: TokenBudget | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
@@ -94,6 +134,7 @@ class RouterCore:
         self.limiter = limiter
         self.locator = locator
         self.keyring = keyring or KeyringStore()
+        self.token_budget: TokenBudget = token_budget or LocalTokenBudget()
         self._keys: tuple[ApiKeyring | None, ApiKeys] = (None, ApiKeys(()))
         self.rng = rng or random.Random()
         self.stats = RouterStats(
@@ -127,7 +168,7 @@ class RouterCore:
 
     # --- entry point ---------------------------------------------------------------------
 
-    async def handle(self, req: Request) -> Response:
+    async def handle(self, req: Request) -> Response | StreamResponse:
         path = req.path
         if path == "/v2/health/live":
             return Response(200, b'{"live":true}', JSON)
@@ -137,13 +178,119 @@ class RouterCore:
             return Response(200, SERVER_METADATA, JSON)
         if path == "/metrics":
             return Response(200, self.metrics.render(), [(b"content-type", METRICS_TYPE)])
+        if path.startswith("/v1/"):
+            return await self._openai(req)
         target = _model_path(path)
         if target is None:
             return _error(404, f"no route for {req.method} {path}")
-        denied = await self._admit(req, target[0])
+        denied, _ = await self._admit(req, target[0])
         if denied is not None:
             return denied
-        return await self._forward(req, *target)
+        return await self._forward(req, *target, stream=target[2] in STREAMED_REST)
+
+    # --- OpenAI paths ----------------------------------------------------------------------
+
+    async def _openai(self, req: Request) -> Response | StreamResponse:
+        path = req.path
+        if path == "/v1/models" and req.method == "GET":
+            return self._model_list()
+        if path not in OPENAI_POST:
+            return _openai_error(404, f"no route for {req.method} {path}")
+        if req.method != "POST":
+            return _openai_error(405, f"{path} takes POST")
+        try:
+            body = orjson.loads(req.body)
+        except orjson.JSONDecodeError:
+            return _openai_error(400, "the request body is not valid JSON")
+        if not isinstance(body, dict):
+            return _openai_error(400, "the request body must be a JSON object")
+        model_ref = body.get("model")
+        if not isinstance(model_ref, str) or not model_ref:
+            return _openai_error(400, "'model' is required: the name of a served model", "model")
+        model = model_ref.partition(":")[0]
+        denied, grant = await self._admit(req, model)
+        if denied is not None:
+            return denied
+        reserved = 0
+        if grant is not None and grant.tokens_per_minute is not None:
+            reserved = estimate_tokens(path, body)
+            refused = await self._reserve_tokens(grant.name, grant.tokens_per_minute, reserved)
+            if refused is not None:
+                return refused
+        stream = body.get("stream") is True
+        gen = None
+        if stream and path in GENERATIONS:
+            gen = Generation(chat=path == "/v1/chat/completions", request=body)
+        try:
+            response = await self._forward(
+                req, model, None, "", target_path=path, stream=stream, gen=gen
+            )
+        except BaseException:
+            if grant is not None:
+                await self.token_budget.settle(grant.name, grant.tokens_per_minute, reserved, 0, 0)
+            raise
+        if grant is None:
+            return response
+        if isinstance(response, StreamResponse):
+            response.chunks = self._settled(response.chunks, gen, grant, reserved)
+        else:
+            prompt, completion = _usage_of(response)
+            await self.token_budget.settle(
+                grant.name, grant.tokens_per_minute, reserved, prompt, completion
+            )
+        return response
+
+    async def _reserve_tokens(self, name: str, per_minute: float, tokens: int) -> Response | None:
+        if tokens > per_minute:
+            return _openai_error(
+                429,
+                f"the request may use {tokens} tokens, more than API key {name!r} may use in "
+                f"a minute ({per_minute:g}); lower max_tokens",
+            )
+        wait = await self.token_budget.reserve(name, per_minute, tokens)
+        if wait <= 0:
+            return None
+        self.counters["token_limited"] += 1
+        refused = _openai_error(429, f"API key {name!r} has used its tokens for this minute")
+        refused.headers.append((b"retry-after", str(max(1, int(wait + 0.999))).encode()))
+        return refused
+
+    async def _settled(
+        self,
+        chunks: AsyncIterator[bytes],
+        gen: Generation | None,
+        grant: ApiKeyGrant,
+        reserved: int,
+    ) -> AsyncIterator[bytes]:
+        """``chunks``, then the key's tokens settled with what the stream really used."""
+        try:
+            async for chunk in chunks:
+                yield chunk
+        finally:
+            aclose = getattr(chunks, "aclose", None)
+            if aclose is not None:
+                await aclose()
+            prompt = completion = 0
+            if gen is not None and gen.prompt_ids is not None:
+                prompt, completion = len(gen.prompt_ids), len(gen.sent_ids)
+            elif gen is not None or reserved:
+                prompt, completion = 0, reserved  # nothing known: keep the reservation
+            await self.token_budget.settle(
+                grant.name, grant.tokens_per_minute, reserved, prompt, completion
+            )
+
+    def _model_list(self) -> Response:
+        """The models that some routable worker of the fleet serves now."""
+        snap = self.store.current
+        names: set[str] = set()
+        if snap is not None:
+            for region in snap.routable_regions():
+                for w in region.workers:
+                    if w.state.routable:
+                        names.update(m.partition(":")[0] for m in w.models)
+        data = [{"id": n, "object": "model", "created": 0, "owned_by": "meridian"}
+                for n in sorted(names)]  # fmt: skip
+        return Response(200, orjson.dumps({"object": "list", "data": data}), JSON)
 
     # --- admission -------------------------------------------------------------------------
 
@@ -154,36 +301,39 @@ class RouterCore:
             self._keys = (ring, keys)
         return keys
 
-    async def _admit(self, req: Request, model: str) -> Response | None:
+    async def _admit(self, req: Request, model: str) -> tuple[Response | None, ApiKeyGrant | None]:
+        """A refusal, or None and the caller's key (when keys are required)."""
         s = self.settings
+        grant = None
         if s.require_api_key:
             presented = req.header(b"x-api-key")
             auth = req.header(b"authorization")
             if presented is None and auth is not None and auth[:7].lower() == b"bearer ":
                 presented = auth[7:].strip()
             if presented is None:
-                return _error(401, "an API key is required (x-api-key or Authorization: Bearer)")
+                message = "an API key is required (x-api-key or Authorization: Bearer)"
+                return _error(401, message), None
             ring = self.keyring.current
             if ring is None:
-                return _error(503, "no API keyring yet", [(b"retry-after", b"1")])
+                return _error(503, "no API keyring yet", [(b"retry-after", b"1")]), None
             grant = self._api_keys(ring).lookup(presented)
             if grant is None:
-                return _error(401, "unknown or revoked API key")
+                return _error(401, "unknown or revoked API key"), None
             if grant.models and model not in grant.models:
-                return _error(403, f"API key {grant.name!r} may not call model '{model}'")
+                return _error(403, f"API key {grant.name!r} may not call model '{model}'"), None
             bucket, rate, burst = "key:" + grant.name, grant.rate_per_s, grant.burst
         elif s.anonymous_rate > 0:
             address = self.locator.client_address(req.client_host, req.headers)
             client = str(address) if address is not None else req.client_host
             bucket, rate, burst = "ip:" + client, s.anonymous_rate, s.anonymous_burst
         else:
-            return None
+            return None, None
         wait = await self.limiter.acquire(bucket, rate, burst)
         if wait > 0:
             self.counters["rate_limited"] += 1
             retry_after = str(max(1, int(wait + 0.999))).encode()
-            return _error(429, "rate limit exceeded", [(b"retry-after", retry_after)])
-        return None
+            return _error(429, "rate limit exceeded", [(b"retry-after", retry_after)]), None
+        return None, grant
 
     # --- routing and failover --------------------------------------------------------------
 
@@ -256,7 +406,17 @@ class RouterCore:
         if i is not None:
             await asyncio.sleep(float(table.rtt_row(route)[i]) / 1000.0)
 
-    async def _forward(self, req: Request, model: str, version: str | None, rest: str) -> Response:
+    async def _forward(
+        self,
+        req: Request,
+        model: str,
+        version: str | None,
+        rest: str,
+        *,
+        target_path: str | None = None,
+        stream: bool = False,
+        gen: Generation | None = None,
+    ) -> Response | StreamResponse:
         snap = self.store.current
         if snap is None:
             return _error(503, "no routing snapshot yet", [(b"retry-after", b"1")])
@@ -288,7 +448,9 @@ class RouterCore:
         if not ranked:
             return _error(503, f"no healthy region serves model '{model}'",
                           [(b"retry-after", b"1")])  # fmt: skip
-        headers = [(k, v) for k, v in req.headers if k not in HOP_BY_HOP]
+        headers = [(k, v) for k, v in req.headers if k not in HOP_BY_HOP and k != TOKEN_IDS_HEADER]
+        if gen is not None:
+            headers.append((TOKEN_IDS_HEADER, b"1"))
         tail = ("/" + rest) if rest else ""
         query = ("?" + req.query) if req.query else ""
         attempts = 0
@@ -315,7 +477,10 @@ class RouterCore:
                 last_error = "retry budget exhausted"
                 break
             attempts += 1
-            target = f"/v2/models/{model}" + (f"/versions/{chosen}" if chosen else "") + tail
+            if target_path is not None:
+                target = target_path
+            else:
+                target = f"/v2/models/{model}" + (f"/versions/{chosen}" if chosen else "") + tail
             host, port = self._endpoint(worker.endpoint)
             self.observed.dispatch(name, now)
             self.outstanding[worker.worker_id] += 1
@@ -324,10 +489,34 @@ class RouterCore:
                 if s.emulate_wan:
                     await self._wan_delay(snap, route, name)
                     sent = time.monotonic()
-                upstream = await self.pool.request(
-                    host, port, req.method, target + query, headers, req.body,
-                    min(s.attempt_timeout_s, deadline - now),
-                )  # fmt: skip
+                timeout = min(s.attempt_timeout_s, deadline - now)
+                upstream: UpstreamResponse | UpstreamStream
+                if stream:
+                    opened = await self.pool.stream(
+                        host, port, req.method, target + query, headers, req.body, timeout
+                    )
+                    if opened.status < 500 and EVENT_STREAM in _header(
+                        opened.headers, b"content-type"
+                    ):
+                        first = time.monotonic()
+                        took_ms = (first - sent) * 1000.0
+                        excess_ms = (took_ms - self.pool.network_ms(host, port)
+                                     - worker.latency_p50_ms)  # fmt: skip
+                        self.observed.success(name, took_ms, excess_ms, first)
+                        self.counters["served"] += 1
+                        self.counters["streamed"] += 1
+                        return StreamResponse(
+                            opened.status,
+                            self._out_headers(opened.headers, name, attempts),
+                            self._relay(opened, gen, name, worker.worker_id, route),
+                        )
+                    upstream = opened
+                    body = await opened.read(s.stream_idle_timeout_s)
+                else:
+                    response = await self.pool.request(
+                        host, port, req.method, target + query, headers, req.body, timeout
+                    )
+                    upstream, body = response, response.body
             except UpstreamConnectError as exc:
                 self._refused(snap, region, model, worker, time.monotonic())
                 self.counters["upstream_failures"] += 1
@@ -355,11 +544,10 @@ class RouterCore:
                 self.probes.start_due(
                     snap, model, target + query, req.method, headers, req.body, done
                 )
-            out_headers = [(k, v) for k, v in upstream.headers if k not in HOP_BY_HOP]
-            out_headers.append((b"x-meridian-region", name.encode()))
-            out_headers.append((b"x-meridian-attempts", str(attempts).encode()))
             self.counters["served"] += 1
-            return Response(upstream.status, upstream.body, out_headers)
+            return Response(
+                upstream.status, body, self._out_headers(upstream.headers, name, attempts)
+            )
         self.counters["failed"] += 1
         if not self.outliers.quiet:  # keep probing the ejected: nothing else will readmit them
             path = f"/v2/models/{model}" + (f"/versions/{version}" if version else "") + tail
@@ -398,6 +586,79 @@ class RouterCore:
     async def close(self) -> None:
         """Cancel the probes in flight."""
         await self.probes.close()
+
+    @staticmethod
+    def _out_headers(
+        headers: list[tuple[bytes, bytes]], region: str, attempts: int
+    ) -> list[tuple[bytes, bytes]]:
+        out = [(k, v) for k, v in headers if k not in HOP_BY_HOP]
+        out.append((b"x-meridian-region", region.encode()))
+        out.append((b"x-meridian-attempts", str(attempts).encode()))
+        return out
+
+    def _relay(
+        self,
+        upstream: UpstreamStream,
+        gen: Generation | None,
+        region: str,
+        worker_id: str,
+        route: RouteRequest,
+    ) -> AsyncIterator[bytes]:
+        idle = self.settings.stream_idle_timeout_s
+        if gen is None:
+            return relay_raw(upstream, idle)
+
+        def failed(name: str) -> None:
+            self.observed.error(name, time.monotonic())
+            self.counters["stream_breaks"] += 1
+
+        async def resume(body: bytes, tried: set[str]) -> tuple[UpstreamStream, str, str] | None:
+            return await self._resume(route, body, tried)
+
+        return relay_generation(upstream, gen, region, worker_id, idle, resume, failed)
+
+    async def _resume(
+        self, route: RouteRequest, body: bytes, tried: set[str]
+    ) -> tuple[UpstreamStream, str, str] | None:
+        """Continue a broken-off generation on the next-best worker not tried yet."""
+        snap = self.store.current
+        if snap is None:
+            return None
+        s = self.settings
+        headers = [(b"content-type", b"application/json"), (TOKEN_IDS_HEADER, b"1")]
+        attempts = 0
+        for name in self._rank(snap, route, time.monotonic()) or [
+            r.name for r in snap.routable_regions() if r.serves(route.model)
+        ]:
+            region = snap.region(name)
+            if region is None or attempts >= s.max_attempts:
+                continue
+            workers = [w for w in self._workers(snap, region, route.model)
+                       if w.worker_id not in tried]  # fmt: skip
+            worker = choose_worker(workers, self.rng, self.outstanding)
+            if worker is None:
+                continue
+            attempts += 1
+            tried.add(worker.worker_id)
+            host, port = self._endpoint(worker.endpoint)
+            now = time.monotonic()
+            try:
+                opened = await self.pool.stream(
+                    host, port, "POST", "/v1/completions", headers, body, s.attempt_timeout_s
+                )
+            except (UpstreamError, TimeoutError):
+                self.observed.error(name, time.monotonic())
+                continue
+            if opened.status != 200 or EVENT_STREAM not in _header(opened.headers, b"content-type"):
+                opened.close()
+                self.observed.error(name, time.monotonic())
+                continue
+            took_ms = (time.monotonic() - now) * 1000.0
+            excess_ms = took_ms - self.pool.network_ms(host, port) - worker.latency_p50_ms
+            self.observed.success(name, took_ms, excess_ms, time.monotonic())
+            self.counters["stream_continued"] += 1
+            return opened, name, worker.worker_id
+        return None
 
     async def _hold(
         self, model: str, route: RouteRequest, deadline: float

@@ -14,13 +14,13 @@ import asyncio
 import contextlib
 import ssl
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import cast
 
 import httptools
 
-__all__ = ["HttpServer", "Request", "Response", "start_server"]
+__all__ = ["HttpServer", "Request", "Response", "StreamResponse", "start_server"]
 
 REASONS = {
     200: "OK",
@@ -100,7 +100,33 @@ class Response:
         return b"".join(parts)
 
 
-Handler = Callable[[Request], Awaitable[Response]]
+@dataclass(slots=True)
+class StreamResponse:
+    """An answer sent with chunked transfer coding, each piece of ``chunks`` written as
+    it comes. If the connection is lost the writing task is cancelled, which closes
+    ``chunks`` (an async generator's ``finally`` releases what it holds); if ``chunks``
+    raises, the connection is closed without the last chunk, so the client sees a
+    truncated answer rather than a complete wrong one."""
+
+    status: int
+    headers: list[tuple[bytes, bytes]]
+    chunks: AsyncIterator[bytes]
+
+    def head(self, keep_alive: bool) -> bytes:
+        head = STATUS_LINES.get(self.status)
+        if head is None:
+            head = f"HTTP/1.1 {self.status} {REASONS.get(self.status, 'Unknown')}\r\n".encode()
+        parts = [head]
+        for k, v in self.headers:
+            parts += (k, b": ", v, b"\r\n")
+        parts.append(b"transfer-encoding: chunked\r\n")
+        if not keep_alive:
+            parts.append(b"connection: close\r\n")
+        parts.append(b"\r\n")
+        return b"".join(parts)
+
+
+Handler = Callable[[Request], Awaitable[Response | StreamResponse]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,6 +158,7 @@ class _Connection(asyncio.Protocol):
         self._pending: deque[tuple[Request | Response, bool]] = deque()
         self._writer: asyncio.Task[None] | None = None
         self._wakeup: asyncio.Future[None] | None = None
+        self._writable: asyncio.Future[None] | None = None  # set while writing is paused
 
     # --- asyncio.Protocol -------------------------------------------------------------------
 
@@ -147,6 +174,15 @@ class _Connection(asyncio.Protocol):
         self._transport = None
         if self._writer is not None:
             self._writer.cancel()
+
+    def pause_writing(self) -> None:
+        if self._writable is None:
+            self._writable = asyncio.get_running_loop().create_future()
+
+    def resume_writing(self) -> None:
+        writable, self._writable = self._writable, None
+        if writable is not None and not writable.done():
+            writable.set_result(None)
 
     def data_received(self, data: bytes) -> None:
         try:
@@ -236,6 +272,7 @@ class _Connection(asyncio.Protocol):
                 self._wakeup = loop.create_future()
                 await self._wakeup
             req, keep_alive = pending.popleft()
+            response: Response | StreamResponse
             if isinstance(req, Response):
                 response = req
             else:
@@ -246,15 +283,52 @@ class _Connection(asyncio.Protocol):
                     response = _text(500, "internal router error")
             transport = self._transport
             if transport is None or transport.is_closing():
+                if isinstance(response, StreamResponse):
+                    await _close_chunks(response.chunks)
                 return
-            transport.write(response.encode(keep_alive))
+            if isinstance(response, StreamResponse):
+                if not await self._stream(transport, response, keep_alive):
+                    transport.close()
+                    return
+            else:
+                transport.write(response.encode(keep_alive))
             if not keep_alive:
                 transport.close()
                 return
 
+    async def _stream(
+        self, transport: asyncio.Transport, response: StreamResponse, keep_alive: bool
+    ) -> bool:
+        """Write a streamed answer; False when it broke off (the connection must close)."""
+        transport.write(response.head(keep_alive))
+        chunks = response.chunks
+        try:
+            async for chunk in chunks:
+                if not chunk:
+                    continue
+                transport.write(b"%x\r\n%b\r\n" % (len(chunk), chunk))
+                if self._writable is not None:
+                    await self._writable
+                if transport.is_closing():
+                    return False
+        except Exception:  # the source broke mid-answer: end it visibly truncated
+            self._server.errors += 1
+            return False
+        finally:
+            await _close_chunks(chunks)
+        transport.write(b"0\r\n\r\n")
+        return True
+
     def close(self) -> None:
         if self._transport is not None:
             self._transport.close()
+
+
+async def _close_chunks(chunks: AsyncIterator[bytes]) -> None:
+    aclose = getattr(chunks, "aclose", None)
+    if aclose is not None:
+        with contextlib.suppress(Exception):
+            await aclose()
 
 
 def _text(status: int, message: str) -> Response:

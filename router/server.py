@@ -24,6 +24,7 @@ from router.snapshot_store import (
     SnapshotStore,
 )
 from router.tls import server_context
+from router.token_budget import LocalTokenBudget, RedisTokenBudget, TokenBudget
 from router.upstream import UpstreamPool
 
 __all__ = ["RouterServer"]
@@ -56,6 +57,9 @@ class RouterServer:
             limiter = (
                 RedisRateLimiter(settings.redis_url) if settings.redis_url else LocalRateLimiter()
             )
+        budget: TokenBudget = (
+            RedisTokenBudget(settings.redis_url) if settings.redis_url else LocalTokenBudget()
+        )
         demand = None
         if settings.control_plane_urls:
             sink = HttpDemandSink(settings.control_plane_urls, settings.control_plane_token)
@@ -69,6 +73,7 @@ class RouterServer:
             ClientLocator(settings.default_location, settings.trusted_proxies, settings.geoip_path),
             demand=demand,
             keyring=self.keyring,
+            token_budget=budget,
         )
         self._http = HttpServer(self.core.handle, Limits(max_body_bytes=settings.max_body_bytes))
         self._tasks: set[asyncio.Task[None]] = set()
@@ -121,4 +126,5 @@ class RouterServer:
             await self._coord.close()
         self.core.pool.close()
         await self.core.limiter.close()
+        await self.core.token_budget.close()
         self.core.locator.close()

@@ -44,6 +44,8 @@ class RouterSettings(BaseSettings):
     attempt_timeout_s: float = 5.0
     total_timeout_s: float = 15.0
     max_attempts: int = 3
+    # a streamed answer whose worker is silent this long counts as broken off
+    stream_idle_timeout_s: float = 60.0
     retry_ratio: float = 0.2
     breaker_threshold: int = 3
     breaker_cooldown_s: float = 1.0

@@ -11,12 +11,19 @@ from __future__ import annotations
 import asyncio
 import math
 from collections import defaultdict, deque
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import cast
 
 import httptools
 
-__all__ = ["UpstreamConnectError", "UpstreamError", "UpstreamPool", "UpstreamResponse"]
+__all__ = [
+    "UpstreamConnectError",
+    "UpstreamError",
+    "UpstreamPool",
+    "UpstreamResponse",
+    "UpstreamStream",
+]
 
 
 class UpstreamError(Exception):
@@ -90,6 +97,9 @@ class _UpstreamConnection(asyncio.Protocol):
         self._headers: list[tuple[bytes, bytes]] = []
         self._body: list[bytes] = []
         self.reusable = True
+        # streaming mode: the waiter resolves with the head, body pieces go to the queue
+        # (``None`` at the end, an exception if the connection broke)
+        self._queue: asyncio.Queue[bytes | Exception | None] | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
@@ -111,21 +121,39 @@ class _UpstreamConnection(asyncio.Protocol):
     def on_header(self, name: bytes, value: bytes) -> None:
         self._headers.append((name.lower(), value))
 
+    def on_headers_complete(self) -> None:
+        if self._queue is None:
+            return
+        self._deadlines.discard(self)
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(UpstreamResponse(self._parser.get_status_code(), self._headers, b""))
+
     def on_body(self, body: bytes) -> None:
-        self._body.append(body)
+        if self._queue is not None:
+            self._queue.put_nowait(body)
+        else:
+            self._body.append(body)
 
     def on_message_complete(self) -> None:
         if not self._parser.should_keep_alive():
             self.reusable = False
         self._deadlines.discard(self)
+        if self._queue is not None:
+            self._queue.put_nowait(None)
+            return
         waiter = self._waiter
         if waiter is not None and not waiter.done():
             body = self._body[0] if len(self._body) == 1 else b"".join(self._body)
             waiter.set_result(UpstreamResponse(self._parser.get_status_code(), self._headers, body))
 
-    def send(self, payload: bytes, deadline: float) -> asyncio.Future[UpstreamResponse]:
-        """Write one request; the future fails with TimeoutError at ``deadline`` (loop time)."""
+    def send(
+        self, payload: bytes, deadline: float, stream: bool = False
+    ) -> asyncio.Future[UpstreamResponse]:
+        """Write one request; the future fails with TimeoutError at ``deadline`` (loop time).
+        With ``stream`` it resolves with the head alone and the body goes to ``queue``."""
         assert self.transport is not None
+        self._queue = asyncio.Queue() if stream else None
         self._headers = []
         self._body = []
         self._waiter = self.loop.create_future()
@@ -141,12 +169,70 @@ class _UpstreamConnection(asyncio.Protocol):
         self._deadlines.discard(self)
         if self._waiter is not None and not self._waiter.done():
             self._waiter.set_exception(exc)
+        elif self._queue is not None:
+            self._queue.put_nowait(exc)
 
     def close(self) -> None:
         self.reusable = False
         self._deadlines.discard(self)
         if self.transport is not None:
             self.transport.close()
+
+
+class UpstreamStream:
+    """A response whose body is read piece by piece as the worker sends it.
+
+    ``close`` must be called (``chunks`` does it at the end): a stream read to its end
+    returns its connection to the pool, one left early closes it, which tells the
+    worker that the client has gone.
+    """
+
+    def __init__(
+        self, pool: UpstreamPool, key: tuple[str, int], conn: _UpstreamConnection,
+        head: UpstreamResponse,
+    ) -> None:  # fmt: skip
+        self.status = head.status
+        self.headers = head.headers
+        self._pool = pool
+        self._key = key
+        self._conn = conn
+        self._done = False
+        self._closed = False
+
+    async def chunks(self, idle_timeout: float) -> AsyncIterator[bytes]:
+        """Body pieces as they arrive; UpstreamError if the worker breaks the connection,
+        TimeoutError if it is silent for ``idle_timeout`` seconds."""
+        queue = self._conn._queue
+        assert queue is not None
+        try:
+            while True:
+                if queue.empty():
+                    async with asyncio.timeout(idle_timeout):
+                        item = await queue.get()
+                else:
+                    item = queue.get_nowait()
+                if item is None:
+                    self._done = True
+                    return
+                if isinstance(item, Exception):
+                    raise item
+                yield item
+        finally:
+            self.close()
+
+    async def read(self, idle_timeout: float) -> bytes:
+        return b"".join([piece async for piece in self.chunks(idle_timeout)])
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        conn = self._conn
+        conn._queue = None
+        if self._done and conn.reusable:
+            self._pool._release(self._key, conn)
+        else:
+            conn.close()
 
 
 class UpstreamPool:
@@ -188,6 +274,60 @@ class UpstreamPool:
             if conn.reusable and conn.transport is not None and not conn.transport.is_closing():
                 return conn
         return None
+
+    def _payload(
+        self, key: tuple[str, int], method: str, target: str,
+        headers: list[tuple[bytes, bytes]], body: bytes,
+    ) -> bytes:  # fmt: skip
+        host_line = self._host_lines.get(key)
+        if host_line is None:
+            host_line = self._host_lines[key] = f"host: {key[0]}:{key[1]}\r\n".encode()
+        head = [f"{method} {target} HTTP/1.1\r\n".encode("latin-1"), host_line]
+        for k, v in headers:
+            head += (k, b": ", v, b"\r\n")
+        head += (b"content-length: %d\r\n\r\n" % len(body), body)
+        return b"".join(head)
+
+    def _release(self, key: tuple[str, int], conn: _UpstreamConnection) -> None:
+        idle = self._idle[key]
+        if conn.reusable and len(idle) < self._max_idle:
+            idle.append(conn)
+        else:
+            conn.close()
+
+    async def stream(
+        self,
+        host: str,
+        port: int,
+        method: str,
+        target: str,
+        headers: list[tuple[bytes, bytes]],
+        body: bytes,
+        timeout: float,
+    ) -> UpstreamStream:
+        """Send one request and return once the response's head has come (within
+        ``timeout``); its body is read from the returned stream."""
+        key = (host, port)
+        payload = self._payload(key, method, target, headers, body)
+        reused = True
+        conn = self._take_idle(key)
+        if conn is None:
+            reused = False
+            conn = await self._connect(host, port)
+        deadline = conn.loop.time() + timeout
+        try:
+            try:
+                head = await conn.send(payload, deadline, stream=True)
+            except UpstreamError:
+                if not reused:
+                    raise
+                async with asyncio.timeout_at(deadline):
+                    conn = await self._connect(host, port)
+                head = await conn.send(payload, deadline, stream=True)
+        except BaseException:
+            conn.close()
+            raise
+        return UpstreamStream(self, key, conn, head)
 
     async def request(
         self,

@@ -39,6 +39,10 @@ __all__ = ["build_openai_router", "openai_error"]
 MAX_BODY = 16 * 1024 * 1024
 SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
 _DONE = b"data: [DONE]\n\n"
+# asked for by the router: each streamed chunk then carries the ids of its tokens in
+# "meridian": {"token_ids": [...]}, the first one also the prompt's ids and max_tokens,
+# so that a stream broken off here can be continued on another worker
+TOKEN_IDS_HEADER = "x-meridian-token-ids"
 
 
 class ParamError(InvalidInput):
@@ -240,6 +244,8 @@ class _Call:
     """One completion or chat completion: its ids, model and how chunks look."""
 
     def __init__(self, chat: bool, model: GenerativeModel, include_usage: bool) -> None:
+        # set when the router asked for token ids: the first chunk's extension
+        self.ids_first: dict[str, Any] | None = None
         self.chat = chat
         self.id = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}"
         self.created = int(time.time())
@@ -256,7 +262,13 @@ class _Call:
             "choices": choices,
         }
 
-    def chunk(self, text: str | None, finish: str | None, first: bool = False) -> bytes:
+    def chunk(
+        self,
+        text: str | None,
+        finish: str | None,
+        first: bool = False,
+        ids: list[int] | None = None,
+    ) -> bytes:
         if self.chat:
             delta: dict[str, Any] = {}
             if first:
@@ -270,6 +282,12 @@ class _Call:
             body = self._envelope("text_completion", [choice])
         if self.include_usage:
             body["usage"] = None
+        if ids is not None:
+            ext: dict[str, Any] = {"token_ids": ids}
+            if self.ids_first is not None:
+                ext |= self.ids_first
+                self.ids_first = None
+            body["meridian"] = ext
         return b"data: " + orjson.dumps(body) + b"\n\n"
 
     def usage_chunk(self, last: TokenEvent | None) -> bytes:
@@ -295,16 +313,21 @@ class _Call:
 
 async def _sse(call: _Call, events: AsyncGenerator[TokenEvent, None]) -> AsyncIterator[bytes]:
     last: TokenEvent | None = None
+    with_ids = call.ids_first is not None
+    ids: list[int] = []  # ids of tokens whose text is not sent yet
     async with aclosing(events) as stream:
         if call.chat:
-            yield call.chunk("", None, first=True)
+            yield call.chunk("", None, first=True, ids=[] if with_ids else None)
         try:
             async for event in stream:
                 last = event
+                if event.token_id is not None:
+                    ids.append(event.token_id)
                 if event.finish_reason is not None:
-                    yield call.chunk(event.text, _finish(event))
+                    yield call.chunk(event.text, _finish(event), ids=ids if with_ids else None)
                 elif event.text:
-                    yield call.chunk(event.text, None)
+                    yield call.chunk(event.text, None, ids=ids if with_ids else None)
+                    ids = []
         except MeridianError as exc:
             kind = "invalid_request_error" if exc.status < 500 else "server_error"
             error = {"message": exc.message, "type": kind, "param": None, "code": exc.code}
@@ -438,6 +461,8 @@ async def _start(
         raise ParamError(exc.message, param, "context_length_exceeded") from None
     include_usage = bool(req.stream_options and req.stream_options.include_usage)
     call = _Call(chat, model, include_usage)
+    if request.headers.get(TOKEN_IDS_HEADER) == "1":
+        call.ids_first = {"prompt_token_ids": ids, "max_tokens": max_tokens}
     if req.stream:
         return StreamingResponse(
             _sse(call, events), media_type="text/event-stream", headers=SSE_HEADERS

@@ -6,9 +6,17 @@ through the keyring (digests and limits only), within about a second.
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Request, Response
 
-from control_plane.schemas import ApiKeyCreate, ApiKeyCreated, ApiKeyPublic, ApiKeyUpdate, Page
+from control_plane.schemas import (
+    ApiKeyCreate,
+    ApiKeyCreated,
+    ApiKeyPublic,
+    ApiKeyUpdate,
+    ApiKeyUsage,
+    Page,
+)
+from meridian.errors import Unavailable
 
 from .deps import Admin, IfMatch, Paging, RegistryDep, set_etag
 
@@ -60,3 +68,38 @@ def update_api_key(
 def revoke_api_key(name: str, registry: RegistryDep, caller: Admin) -> None:
     """Revoke a key (idempotent); the name is not reused."""
     registry.revoke_api_key(name, actor=caller.name)
+
+
+# where routers count each key's usage (router.token_budget.USAGE_PREFIX)
+USAGE_PREFIX = "meridian:usage:"
+
+
+@router.get("/{name}/usage")
+def api_key_usage(name: str, registry: RegistryDep, _: Admin, request: Request) -> ApiKeyUsage:
+    """Requests and tokens the routers counted for this key (generation and embedding
+    requests), read from the Redis the routers share."""
+    registry.get_api_key(name)  # 404 for a key never issued
+    url = getattr(request.app.state.settings, "redis_url", None)
+    if not url:
+        raise Unavailable(
+            "token usage is counted in the routers' Redis; start the control plane with "
+            "MERIDIAN_REDIS_URL to read it"
+        )
+    import redis
+
+    client = redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2)
+    try:
+        raw = client.hgetall(USAGE_PREFIX + name)
+    except redis.RedisError as exc:
+        raise Unavailable(f"cannot read usage from Redis: {exc}") from None
+    finally:
+        client.close()
+    counts = {(k.decode() if isinstance(k, bytes) else str(k)): int(v) for k, v in raw.items()}
+    prompt, completion = counts.get("prompt_tokens", 0), counts.get("completion_tokens", 0)
+    return ApiKeyUsage(
+        name=name,
+        requests=counts.get("requests", 0),
+        prompt_tokens=prompt,
+        completion_tokens=completion,
+        total_tokens=prompt + completion,
+    )

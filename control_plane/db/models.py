@@ -228,6 +228,8 @@ class ApiKey(_Versioned, Base):
     burst: Mapped[float]
     # model names this key may call; empty: every model
     models: Mapped[list[Any]] = mapped_column(default=list)
+    # generation tokens (prompt + completion) per minute; None: no token budget
+    tokens_per_minute: Mapped[float | None] = mapped_column(default=None)
     created_by: Mapped[str] = mapped_column(sa.String(128), default="")
     revoked_at: Mapped[dt.datetime | None] = mapped_column(default=None)
 

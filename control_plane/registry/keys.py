@@ -23,6 +23,7 @@ def api_key_public(row: m.ApiKey) -> schemas.ApiKeyPublic:
         rate_per_s=row.rate_per_s,
         burst=row.burst,
         models=list(row.models),
+        tokens_per_minute=row.tokens_per_minute,
         created_at=utc(row.created_at),
         created_by=row.created_by,
         revoked_at=utc(row.revoked_at) if row.revoked_at else None,
@@ -53,6 +54,7 @@ class KeyOps(RegistryBase):
                 rate_per_s=data.rate_per_s,
                 burst=data.burst,
                 models=data.models,
+                tokens_per_minute=data.tokens_per_minute,
                 created_by=actor,
             )
             s.add(row)
@@ -85,7 +87,9 @@ class KeyOps(RegistryBase):
             self._check_etag(row, expected_version, f"API key {name!r}")
             if row.revoked_at is not None:
                 raise Conflict(f"API key {name!r} was revoked; issue a new one")
-            changed = self._changes(row, data.model_dump(exclude_unset=True))
+            changed = self._changes(
+                row, data.model_dump(exclude_unset=True), frozenset({"tokens_per_minute"})
+            )
             if changed:
                 s.flush()
                 self._audit(s, actor, "update", "api_key", name, changed)

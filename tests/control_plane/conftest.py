@@ -117,6 +117,7 @@ def api(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
             database_url=url,
             bootstrap_admin_token=BOOTSTRAP_TOKEN,
             max_artifact_bytes=MAX_ARTIFACT_BYTES,
+            redis_url=services.REDIS_URL,
         )
         with TestClient(create_app(settings)) as client:
             yield Api(client=client, backend=backend, settings=settings)

@@ -9,11 +9,16 @@ import sqlalchemy as sa
 
 from control_plane.db.models import ApiKey, AuditEntry
 from meridian.waiting import wait_until
+from tests import services
 from tests.control_plane.conftest import Api, sha256, unique
 
 
+def _body() -> dict[str, Any]:
+    return {"name": unique("k"), "rate_per_s": 5, "burst": 10}
+
+
 def _issue(api: Api, **extra: Any) -> dict[str, Any]:
-    body = {"name": unique("k"), "rate_per_s": 5, "burst": 10, **extra}
+    body = {**_body(), **extra}
     result: dict[str, Any] = api.ok("POST", "/v1/api-keys", 201, json=body)
     return result
 
@@ -121,7 +126,8 @@ def test_issued_changed_and_revoked_keys_reach_the_keyring(api: Api) -> None:
     name, digest = created["name"], sha256(created["key"].encode())
     grant = wait_until(lambda: _keyring(api).get(name), timeout=10, what="key in the keyring")
     assert grant == {
-        "name": name, "sha256": digest, "rate_per_s": 5.0, "burst": 10.0, "models": ["mlp"]
+        "name": name, "sha256": digest, "rate_per_s": 5.0, "burst": 10.0, "models": ["mlp"],
+        "tokens_per_minute": None,
     }  # fmt: skip
     etag = api.client.get(f"/v1/api-keys/{name}", headers=api.admin).headers["ETag"]
     api.ok("PATCH", f"/v1/api-keys/{name}", json={"burst": 99},
@@ -133,3 +139,42 @@ def test_issued_changed_and_revoked_keys_reach_the_keyring(api: Api) -> None:
     )
     api.ok("DELETE", f"/v1/api-keys/{name}", 204)
     wait_until(lambda: name not in _keyring(api), timeout=10, what="key gone from the keyring")
+
+
+def test_a_token_budget_reaches_the_keyring_and_usage_is_read_from_redis(api: Api) -> None:
+    import asyncio
+
+    from router.token_budget import RedisTokenBudget
+
+    services.require_redis()
+    created = _issue(api, tokens_per_minute=6000)
+    name = created["name"]
+    assert created["tokens_per_minute"] == 6000
+    wait_until(
+        lambda: _keyring(api).get(name, {}).get("tokens_per_minute") == 6000.0,
+        timeout=10,
+        what="token budget in the keyring",
+    )
+    bad = api.client.post(
+        "/v1/api-keys", json={**_body(), "tokens_per_minute": 0}, headers=api.admin
+    )
+    assert bad.status_code == 422 and "tokens_per_minute" in bad.text
+    etag = api.client.get(f"/v1/api-keys/{name}", headers=api.admin).headers["ETag"]
+    cleared = api.ok("PATCH", f"/v1/api-keys/{name}", json={"tokens_per_minute": None},
+                     headers=api.headers(**{"If-Match": etag}))  # fmt: skip
+    assert cleared["tokens_per_minute"] is None
+    assert api.ok("GET", f"/v1/api-keys/{name}/usage")["total_tokens"] == 0
+
+    async def count() -> None:  # what a router does when an answer ends
+        budget = RedisTokenBudget(services.REDIS_URL)
+        try:
+            await budget.settle(name, 6000, 100, 7, 40)
+            await budget.settle(name, None, 0, 3, 10)
+        finally:
+            await budget.close()
+
+    asyncio.run(count())
+    usage = api.ok("GET", f"/v1/api-keys/{name}/usage")
+    assert usage == {"name": name, "requests": 2, "prompt_tokens": 10,
+                     "completion_tokens": 50, "total_tokens": 60}  # fmt: skip
+    assert api.client.get("/v1/api-keys/never-issued/usage", headers=api.admin).status_code == 404
