@@ -28,9 +28,9 @@ class DecodeGroup:
 
     # [B] index of each row in the flat new tokens
     rows: torch.Tensor
-    # [B, L] cache slot of every context position (padded with slot 0)
-    context_slots: torch.Tensor
-    # [B, 1, 1, L] the real context of each row; None when all have the same length
+    # [B, N] the blocks holding each row's context (padded with block 0)
+    blocks: torch.Tensor
+    # [B, 1, 1, N * block_size] the real context of each row; None when every block is full
     mask: torch.Tensor | None
 
 
@@ -40,9 +40,10 @@ class ChunkGroup:
 
     offset: int
     length: int
-    # [L] cache slot of every context position; None when the chunk is the whole context
-    context_slots: torch.Tensor | None
-    # [1, 1, length, L] causal mask shifted by the cached tokens; None when causal from 0
+    # [N] the blocks holding the context; None when the chunk is the whole context
+    blocks: torch.Tensor | None
+    # [1, 1, length, N * block_size] causal mask shifted by the cached tokens; None when
+    # causal from 0
     mask: torch.Tensor | None
 
 
@@ -54,6 +55,7 @@ class AttentionPlan:
     positions: torch.Tensor
     decodes: DecodeGroup | None
     chunks: tuple[ChunkGroup, ...]
+    block_size: int
 
     @classmethod
     def build(
@@ -73,52 +75,52 @@ class AttentionPlan:
         decoding = [b for b, n in enumerate(lengths) if n == 1]
         decodes = None
         if decoding:
-            width = max(len(block_tables[b]) for b in decoding)
-            tables = torch.tensor(
-                [list(block_tables[b]) + [0] * (width - len(block_tables[b])) for b in decoding],
-                dtype=torch.long,
-            )
             start_t = torch.tensor([starts[b] for b in decoding], dtype=torch.long)
-            ctx_len = start_t + 1
-            longest = int(ctx_len.max())
-            ctx_pos = torch.arange(longest).expand(len(decoding), longest)
-            valid = ctx_pos < ctx_len[:, None]
-            ctx_pos = torch.where(valid, ctx_pos, 0)  # padding -> slot of position 0
-            context_slots = (
-                tables.gather(1, ctx_pos // block_size) * block_size + ctx_pos % block_size
-            )
+            width = int(start_t.max()) // block_size + 1  # blocks of the longest context
+            tables = torch.tensor(
+                [list(block_tables[b][:width]) + [0] * (width - len(block_tables[b][:width]))
+                 for b in decoding],
+                dtype=torch.long,
+            )  # fmt: skip
             rows = torch.tensor([offsets[b] for b in decoding], dtype=torch.long)
-            slots[rows] = context_slots[torch.arange(len(decoding)), start_t]
+            slots[rows] = (
+                tables.gather(1, (start_t // block_size)[:, None])[:, 0] * block_size
+                + start_t % block_size
+            )
             positions[rows] = start_t
+            key_pos = torch.arange(width * block_size)
             mask = None
-            if int(ctx_len.min()) != longest:
-                mask = valid[:, None, None, :].to(device)
-            decodes = DecodeGroup(rows.to(device), context_slots.to(device), mask)
+            if (start_t + 1 != width * block_size).any():
+                mask = (key_pos[None, :] <= start_t[:, None])[:, None, None, :].to(device)
+            decodes = DecodeGroup(rows.to(device), tables.to(device), mask)
         chunks = []
         for b, n in enumerate(lengths):
             if n == 1:
                 continue
             start, off = starts[b], offsets[b]
-            table = torch.tensor(block_tables[b], dtype=torch.long)
-            pos = torch.arange(start + n)
-            ctx = table[pos // block_size] * block_size + pos % block_size
-            slots[off : off + n] = ctx[start:]
-            positions[off : off + n] = pos[start:]
-            chunks.append(_chunk(off, start, n, ctx, device))
+            width = -(-(start + n) // block_size)
+            table = torch.tensor(block_tables[b][:width], dtype=torch.long)
+            pos = torch.arange(start, start + n)
+            slots[off : off + n] = table[pos // block_size] * block_size + pos % block_size
+            positions[off : off + n] = pos
+            chunks.append(_chunk(off, start, n, table, block_size, device))
         return cls(
             slots=slots.to(device),
             positions=positions.to(device),
             decodes=decodes,
             chunks=tuple(chunks),
+            block_size=block_size,
         )
 
 
-def _chunk(offset: int, start: int, n: int, ctx: torch.Tensor, device: torch.device) -> ChunkGroup:
+def _chunk(
+    offset: int, start: int, n: int, table: torch.Tensor, block_size: int, device: torch.device
+) -> ChunkGroup:
     if start == 0:  # the chunk is its whole context: plain causal attention over itself
         return ChunkGroup(offset, n, None, None)
     q_pos = torch.arange(start, start + n)
-    mask = torch.arange(start + n)[None, :] <= q_pos[:, None]  # [n, L]
-    return ChunkGroup(offset, n, ctx.to(device), mask[None, None].to(device))
+    mask = torch.arange(len(table) * block_size)[None, :] <= q_pos[:, None]  # [n, L]
+    return ChunkGroup(offset, n, table.to(device), mask[None, None].to(device))
 
 
 def _attend(
@@ -157,17 +159,20 @@ def paged_attention(
     v_cache[plan.slots] = v
     d = plan.decodes
     if d is not None and not plan.chunks:  # decodes only: the rows are already in order
-        return _decode(q, k_cache, v_cache, d, scale)
+        return _decode(q, k_cache, v_cache, d, plan.block_size, scale)
     out = torch.empty_like(q)
     if d is not None:
-        out[d.rows] = _decode(q, k_cache, v_cache, d, scale)
+        out[d.rows] = _decode(q, k_cache, v_cache, d, plan.block_size, scale)
     for c in plan.chunks:
         rows = slice(c.offset, c.offset + c.length)
         queries = q[rows].transpose(0, 1)[None]  # [1, H, n, D]
-        if c.context_slots is None:
+        if c.blocks is None:
             keys, values = k[rows], v[rows]
         else:
-            keys, values = k_cache[c.context_slots], v_cache[c.context_slots]
+            keys, values = (
+                _gather(k_cache, c.blocks, plan.block_size),
+                _gather(v_cache, c.blocks, plan.block_size),
+            )
         out[rows] = _attend(
             queries,
             keys.transpose(0, 1)[None],
@@ -179,15 +184,22 @@ def paged_attention(
     return out
 
 
+def _gather(cache: torch.Tensor, blocks: torch.Tensor, block_size: int) -> torch.Tensor:
+    """``[..., N * block_size, Hkv, D]``: the cache rows of whole blocks, in table order."""
+    by_block = cache.view(-1, block_size, *cache.shape[1:])[blocks]  # [..., N, bs, Hkv, D]
+    return by_block.flatten(-4, -3)
+
+
 def _decode(
     q: torch.Tensor,
     k_cache: torch.Tensor,
     v_cache: torch.Tensor,
     d: DecodeGroup,
+    block_size: int,
     scale: float | None,
 ) -> torch.Tensor:
     """``[B, H, D]``: each decode row over its own context."""
     queries = q[d.rows][:, :, None, :]  # [B, H, 1, D]
-    keys = k_cache[d.context_slots].transpose(1, 2)  # [B, Hkv, L, D]
-    values = v_cache[d.context_slots].transpose(1, 2)
+    keys = _gather(k_cache, d.blocks, block_size).transpose(1, 2)  # [B, Hkv, L, D]
+    values = _gather(v_cache, d.blocks, block_size).transpose(1, 2)
     return _attend(queries, keys, values, d.mask, False, scale)[:, :, 0, :]
