@@ -24,6 +24,7 @@ from meridian.keyring import ApiKeyGrant, ApiKeyring
 from meridian.snapshot import RegionView, RoutingSnapshot, WorkerView
 from router.continuation import TOKEN_IDS_HEADER, Generation
 from router.demand import DemandNotifier, nearest_deployment_region
+from router.generative_route import generative_request
 from router.http11 import HOP_BY_HOP, Request, Response, StreamResponse
 from router.keys import ApiKeys
 from router.locate import EDGE_HEADER, ClientLocator
@@ -32,11 +33,14 @@ from router.metrics import RouterMetrics
 from router.observations import Observations
 from router.outliers import WorkerOutliers
 from router.policies import (
+    GenerativeRequest,
+    KvAwarePolicy,
     RouteRequest,
     RouterStats,
     RoutingPolicy,
     StatsConfig,
     VersionPicker,
+    choose_generative,
     choose_worker,
     serving_workers,
 )
@@ -148,6 +152,8 @@ class RouterCore:
         self.last_good = LastGoodView()
         self._ranked: dict[tuple[object, ...], list[str]] = {}
         self.outstanding: dict[str, int] = defaultdict(int)  # per worker id
+        # generative requests: distance, queues and where each prompt prefix is cached
+        self.kv_policy = KvAwarePolicy()
         self._versions: tuple[RoutingSnapshot | None, VersionPicker | None] = (None, None)
         # per-request lookups kept between requests: workers serving (region, model) in
         # ``_serving_snap``, worker endpoints as (host, port), route requests by location
@@ -222,8 +228,9 @@ class RouterCore:
         if stream and path in GENERATIONS:
             gen = Generation(chat=path == "/v1/chat/completions", request=body)
         try:
+            greq = generative_request(model, body) if path in GENERATIONS else None
             response = await self._forward(
-                req, model, None, "", target_path=path, stream=stream, gen=gen
+                req, model, None, "", target_path=path, stream=stream, gen=gen, generative=greq
             )
         except BaseException:
             if grant is not None:
@@ -416,6 +423,7 @@ class RouterCore:
         target_path: str | None = None,
         stream: bool = False,
         gen: Generation | None = None,
+        generative: GenerativeRequest | None = None,
     ) -> Response | StreamResponse:
         snap = self.store.current
         if snap is None:
@@ -448,6 +456,9 @@ class RouterCore:
         if not ranked:
             return _error(503, f"no healthy region serves model '{model}'",
                           [(b"retry-after", b"1")])  # fmt: skip
+        picks: dict[str, WorkerView] = {}
+        if generative is not None:
+            ranked, picks = self._generative_order(snap, route, generative, ranked)
         headers = [(k, v) for k, v in req.headers if k not in HOP_BY_HOP and k != TOKEN_IDS_HEADER]
         if gen is not None:
             headers.append((TOKEN_IDS_HEADER, b"1"))
@@ -470,7 +481,12 @@ class RouterCore:
             serving: Sequence[WorkerView] = self._workers(snap, region, model)
             if outliers:
                 serving = self.outliers.usable(serving, now)
-            worker = choose_worker(serving, self.rng, self.outstanding)
+            pick = picks.get(name)
+            worker = (
+                pick
+                if pick is not None and any(w.worker_id == pick.worker_id for w in serving)
+                else choose_worker(serving, self.rng, self.outstanding)
+            )
             if worker is None:
                 continue
             if attempts > 0 and not self.budget.try_retry(now):
@@ -586,6 +602,31 @@ class RouterCore:
     async def close(self) -> None:
         """Cancel the probes in flight."""
         await self.probes.close()
+
+    def _generative_order(
+        self,
+        snap: RoutingSnapshot,
+        route: RouteRequest,
+        request: GenerativeRequest,
+        ranked: list[str],
+    ) -> tuple[list[str], dict[str, WorkerView]]:
+        """The regions to try for a generative request, and the worker to try in each:
+        the KV-aware policy's order (RTT + slot wait + uncached prefill + decode, prefix
+        affinity under bounded load) over the regions the region policy let through."""
+        table = self.policy.table(snap, request.model)
+        row = table.rtt_row(route)
+        allowed = set(ranked)
+        rtt = {name: float(row[i]) for name, i in table.index.items() if name in allowed}
+        workers = choose_generative(self.kv_policy, snap, request, rtt, self.outstanding)
+        region_of = {w.worker_id: r.name for r in snap.regions for w in r.workers}
+        picks: dict[str, WorkerView] = {}
+        order: list[str] = []
+        for w in workers:
+            region = region_of.get(w.worker_id)
+            if region is not None and region not in picks:
+                picks[region] = w
+                order.append(region)
+        return order + [name for name in ranked if name not in picks], picks
 
     @staticmethod
     def _out_headers(
