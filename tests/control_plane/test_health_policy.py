@@ -46,6 +46,15 @@ class Worker:
     latency_p50_ms: float = 0.0
     latency_p99_ms: float = 0.0
     error: str = ""
+    # generative workers' figures
+    running_seqs: int = 0
+    waiting_seqs: int = 0
+    kv_blocks_used: int = 0
+    kv_blocks_free: int = 0
+    kv_block_size: int = 0
+    prefill_tokens_per_s: float = 0.0
+    decode_tokens_per_s: float = 0.0
+    prefix_hit_rate: float = 0.0
 
 
 @dataclass
