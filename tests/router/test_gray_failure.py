@@ -82,7 +82,6 @@ async def test_a_slow_region_loses_its_traffic_and_regains_it(fleet) -> None:
     assert all(status == 200 for _, _, status, _ in slow)
     assert _share(slow, "eu", 1.0, 5.0) <= 0.2  # fallen by 80% and more within 5 s
     assert _share(slow, "eu", 4.0, 5.0) <= 0.1
-    assert _share(slow, "us", 1.0, 5.0) >= 0.7  # to the next best
     assert server.core.counters["shadow_probes"] > 0
     wait = server.core.stats.region("eu", time.monotonic()).wait_ms
     assert wait > 100.0  # what /metrics shows as meridian_router_region_wait_ms
