@@ -4,8 +4,8 @@ A request is admitted by reserving what it may use at most (its ``max_tokens`` a
 an estimate of its prompt); when its answer ends, :meth:`TokenBudget.settle`
 returns what it did not use (or takes what it used beyond the estimate) and adds
 the real counts to the key's usage. The bucket holds a minute's tokens and refills
-continuously. ``RedisTokenBudget`` keeps buckets and usage in Redis (one Lua
-script per change, on the server's clock), so router replicas share them; without
+continuously. ``RedisTokenBudget`` keeps buckets and usage in Redis (router/buckets.py:
+one atomic change on the server's clock), so router replicas share them; without
 Redis, or while it cannot be reached, ``LocalTokenBudget`` keeps them in-process.
 """
 
@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import time
 from typing import Any, Protocol
+
+from router.buckets import LocalBuckets, RedisBuckets
 
 __all__ = [
     "USAGE_PREFIX",
@@ -64,22 +66,11 @@ class LocalTokenBudget:
     """In-process buckets and usage (one router; the Redis fallback)."""
 
     def __init__(self) -> None:
-        self._buckets: dict[str, tuple[float, float]] = {}
+        self._buckets = LocalBuckets()
         self.usage: dict[str, dict[str, int]] = {}
 
-    def _level(self, key: str, per_minute: float, now: float) -> float:
-        tokens, last = self._buckets.get(key, (per_minute, now))
-        return min(per_minute, tokens + max(0.0, now - last) * per_minute / 60.0)
-
     def reserve_now(self, key: str, per_minute: float, tokens: float, now: float) -> float:
-        level = self._level(key, per_minute, now)
-        wait = 0.0
-        if level >= tokens:
-            level -= tokens
-        else:
-            wait = (tokens - level) * 60.0 / per_minute
-        self._buckets[key] = (level, now)
-        return wait
+        return self._buckets.take(key, per_minute / 60.0, per_minute, tokens, now)
 
     async def reserve(self, key: str, per_minute: float, tokens: float) -> float:
         return self.reserve_now(key, per_minute, tokens, time.monotonic())
@@ -88,9 +79,8 @@ class LocalTokenBudget:
         self, key: str, per_minute: float | None, reserved: float, prompt: int, completion: int
     ) -> None:
         if per_minute is not None:
-            now = time.monotonic()
-            level = self._level(key, per_minute, now) + reserved - (prompt + completion)
-            self._buckets[key] = (min(per_minute, level), now)
+            used = (prompt + completion) - reserved
+            self._buckets.take(key, per_minute / 60.0, per_minute, used, time.monotonic(), True)
         counts = self.usage.setdefault(key, {"prompt_tokens": 0, "completion_tokens": 0})
         counts["prompt_tokens"] += prompt
         counts["completion_tokens"] += completion
@@ -100,69 +90,33 @@ class LocalTokenBudget:
         self._buckets.clear()
 
 
-# KEYS[1] bucket; ARGV per_minute, change (tokens taken; negative gives back), force.
-# Without force a change that does not fit is refused and the wait returned; with force
-# it is applied regardless (the level may go below zero: used beyond the estimate).
-_BUCKET = """
-local cap = tonumber(ARGV[1])
-local change = tonumber(ARGV[2])
-local force = ARGV[3] == '1'
-local rate = cap / 60
-local t = redis.call('TIME')
-local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
-local state = redis.call('HMGET', KEYS[1], 'tokens', 'ts')
-local tokens = tonumber(state[1])
-local ts = tonumber(state[2])
-if tokens == nil then
-  tokens = cap
-  ts = now
-end
-tokens = math.min(cap, tokens + math.max(0, now - ts) * rate)
-local wait = 0
-if force or tokens >= change then
-  tokens = math.min(cap, tokens - change)
-else
-  wait = (change - tokens) / rate
-end
-redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'ts', tostring(now))
-redis.call('EXPIRE', KEYS[1], 120)
-return tostring(wait)
-"""
-
-
 class RedisTokenBudget:
     """Buckets and usage shared by every router replica through Redis."""
 
     def __init__(self, url: str, prefix: str = "meridian:tpm:", timeout: float = 0.25) -> None:
-        import redis.asyncio as redis
-
-        self._client = redis.Redis.from_url(
-            url, socket_timeout=timeout, socket_connect_timeout=timeout
-        )
-        self._script = self._client.register_script(_BUCKET)
-        self._prefix = prefix
+        self._buckets = RedisBuckets(url, prefix, timeout)
         self._fallback = LocalTokenBudget()
         self.redis_ok = True
         self.last_error = ""
 
     async def reserve(self, key: str, per_minute: float, tokens: float) -> float:
         try:
-            raw = await self._script(keys=[self._prefix + key], args=[per_minute, tokens, 0])
+            wait = await self._buckets.take(key, per_minute / 60.0, per_minute, tokens)
         except Exception as exc:  # Redis away: keep serving on local buckets
             self.redis_ok = False
             self.last_error = repr(exc)
             return await self._fallback.reserve(key, per_minute, tokens)
         self.redis_ok = True
-        return float(raw)
+        return wait
 
     async def settle(
         self, key: str, per_minute: float | None, reserved: float, prompt: int, completion: int
     ) -> None:
         try:
             if per_minute is not None:
-                change = (prompt + completion) - reserved
-                await self._script(keys=[self._prefix + key], args=[per_minute, change, 1])
-            async with self._client.pipeline(transaction=True) as pipe:
+                used = (prompt + completion) - reserved
+                await self._buckets.take(key, per_minute / 60.0, per_minute, used, force=True)
+            async with self._buckets.client.pipeline(transaction=True) as pipe:
                 usage = USAGE_PREFIX + key
                 pipe.hincrby(usage, "prompt_tokens", prompt)
                 pipe.hincrby(usage, "completion_tokens", completion)
@@ -174,4 +128,4 @@ class RedisTokenBudget:
             await self._fallback.settle(key, per_minute, reserved, prompt, completion)
 
     async def close(self) -> None:
-        await self._client.aclose()
+        await self._buckets.close()
