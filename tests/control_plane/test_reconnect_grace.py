@@ -10,9 +10,8 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Coroutine, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
@@ -33,6 +32,7 @@ from meridian.waiting import wait_until, wait_until_async
 from region_agent.agent import RegionAgent
 from region_agent.gpus import SimulatedGpuSource
 from tests.fleet_support import REGIONS, StaticSupervisor, make_registry
+from tests.tasks import running
 
 ROOT = Path(__file__).resolve().parents[2]
 REGISTRY = RegistryView((RegionRecord("eu", 53.3, -6.3), RegionRecord("us", 39.0, -77.5)))
@@ -43,17 +43,6 @@ def _summary(region: str, state: HealthState = HealthState.HEALTHY) -> RegionSum
                            capacity_rps=20.0)  # fmt: skip
     return RegionSummary(region=region, replica="a", state=state, last_report_at=1.0,
                          workers=(worker,))  # fmt: skip
-
-
-@contextlib.asynccontextmanager
-async def running(*coros: Coroutine[Any, Any, None]) -> AsyncIterator[None]:
-    tasks = [asyncio.create_task(c) for c in coros]
-    try:
-        yield
-    finally:
-        for t in tasks:
-            t.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 def test_grace_carries_the_previous_regions_until_it_ends() -> None:

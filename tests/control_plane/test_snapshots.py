@@ -2,11 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-from collections.abc import AsyncIterator, Coroutine
-from typing import Any
-
 import pytest
 
 from control_plane.health.fleet_view import FleetView
@@ -25,6 +20,7 @@ from meridian.coordination import InProcessCoordination
 from meridian.keyring import ApiKeyGrant, ApiKeyring
 from meridian.snapshot import HealthState, RoutingSnapshot
 from meridian.waiting import wait_until_async
+from tests.tasks import running
 
 PREFIX = "/meridian/fleet/regions/"
 
@@ -41,17 +37,6 @@ def summary(replica: str, state: HealthState, at: float, workers: int = 1) -> Re
             for i in range(workers)
         ),
     )  # fmt: skip
-
-
-@contextlib.asynccontextmanager
-async def running(*coros: Coroutine[Any, Any, None]) -> AsyncIterator[None]:
-    tasks = [asyncio.create_task(c) for c in coros]
-    try:
-        yield
-    finally:
-        for t in tasks:
-            t.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 async def test_fleet_view_merges_replicas_newest_report_wins() -> None:

@@ -3,11 +3,7 @@ at least every ``refresh_s``, and never confirmed by a replica cut off from the 
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import time
-from collections.abc import AsyncIterator, Coroutine
-from typing import Any
 
 import httpx
 from fastapi import FastAPI
@@ -25,19 +21,9 @@ from meridian.coordination import InProcessCoordination
 from meridian.keyring import ApiKeyGrant, ApiKeyring
 from meridian.snapshot import RoutingSnapshot
 from meridian.waiting import wait_until_async
+from tests.tasks import running
 
 REGISTRY = RegistryView((RegionRecord("eu", 53.3, -6.3),))
-
-
-@contextlib.asynccontextmanager
-async def running(*coros: Coroutine[Any, Any, None]) -> AsyncIterator[None]:
-    tasks = [asyncio.create_task(c) for c in coros]
-    try:
-        yield
-    finally:
-        for t in tasks:
-            t.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 def _build(version: int) -> RoutingSnapshot:
