@@ -44,6 +44,8 @@ class LocalFleet:
     agents: dict[str, Child] = field(default_factory=dict)
     routers: list[Child] = field(default_factory=list)
     read_token: str = ""
+    # how each router was started (arguments, environment), to start a successor alike
+    router_specs: dict[str, tuple[list[str], dict[str, str]]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.children = Children(self.workdir / "logs", self.env)
@@ -133,7 +135,17 @@ class LocalFleet:
             args += ["--etcd", etcd]
         router = self.children.start(name, args, env=env)
         self.routers.append(router)
+        self.router_specs[name] = (args, dict(env or {}))
         return router, port
+
+    def start_successor_router(self, name: str, new_name: str) -> Child:
+        """Start a router exactly as ``name`` was (same port, same state directory): it takes
+        the listening socket over once it has its routing state."""
+        args, env = self.router_specs[name]
+        router = self.children.start(new_name, args, env=env)
+        self.routers.append(router)
+        self.router_specs[new_name] = (args, env)
+        return router
 
     # --- waiting -----------------------------------------------------------------------------
 

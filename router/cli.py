@@ -99,5 +99,5 @@ async def _serve(settings: object, policy: str) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
-    await server.stop()
+    await server.drain()
     return 0

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 import ssl
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -159,6 +160,9 @@ class _Connection(asyncio.Protocol):
         self._writer: asyncio.Task[None] | None = None
         self._wakeup: asyncio.Future[None] | None = None
         self._writable: asyncio.Future[None] | None = None  # set while writing is paused
+        self._receiving = False  # part of a request has come, not all of it
+        self._answering = False  # a request is being answered
+        self.answered = 0  # requests answered on this connection
 
     # --- asyncio.Protocol -------------------------------------------------------------------
 
@@ -185,6 +189,7 @@ class _Connection(asyncio.Protocol):
             writable.set_result(None)
 
     def data_received(self, data: bytes) -> None:
+        self._receiving = True
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -226,6 +231,7 @@ class _Connection(asyncio.Protocol):
             self._body.append(body)
 
     def on_message_complete(self) -> None:
+        self._receiving = False
         keep_alive = self._parser.should_keep_alive()
         item: tuple[Request | Response, bool]
         if self._rejected is not None:
@@ -269,9 +275,16 @@ class _Connection(asyncio.Protocol):
         loop = asyncio.get_running_loop()
         while True:
             if not pending:
+                self._answering = False
+                if self._server.draining and self.idle:
+                    self.close()  # idle between requests while the server drains
+                    return
                 self._wakeup = loop.create_future()
                 await self._wakeup
+            self._answering = True
             req, keep_alive = pending.popleft()
+            if self._server.draining:
+                keep_alive = False  # answer, then close: the server is going away
             response: Response | StreamResponse
             if isinstance(req, Response):
                 response = req
@@ -292,6 +305,7 @@ class _Connection(asyncio.Protocol):
                     return
             else:
                 transport.write(response.encode(keep_alive))
+            self.answered += 1
             if not keep_alive:
                 transport.close()
                 return
@@ -323,6 +337,16 @@ class _Connection(asyncio.Protocol):
         if self._transport is not None:
             self._transport.close()
 
+    @property
+    def idle(self) -> bool:
+        """Kept alive after an answer, waiting for the next request (a new connection is not
+        idle: its first request is on the way)."""
+        return bool(self.answered) and not (self._receiving or self._answering or self._pending)
+
+    def close_if_idle(self) -> None:
+        if self.idle:
+            self.close()
+
 
 async def _close_chunks(chunks: AsyncIterator[bytes]) -> None:
     aclose = getattr(chunks, "aclose", None)
@@ -343,15 +367,51 @@ class HttpServer:
         self.limits = limits or Limits()
         self.connections: set[_Connection] = set()
         self.errors = 0
+        self.draining = False
         self._server: asyncio.Server | None = None
 
-    async def start(self, host: str, port: int, ssl_context: ssl.SSLContext | None = None) -> int:
+    async def start(
+        self,
+        host: str,
+        port: int,
+        ssl_context: ssl.SSLContext | None = None,
+        sock: socket.socket | None = None,
+    ) -> int:
+        """Listen on ``host:port`` (``SO_REUSEPORT``), or on ``sock``, a listening socket
+        taken over from another process."""
         loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(
-            lambda: _Connection(self), host, port, ssl=ssl_context, backlog=2048, reuse_address=True
-        )
-        sock = self._server.sockets[0]
-        return int(sock.getsockname()[1])
+        if sock is not None:
+            self._server = await loop.create_server(
+                lambda: _Connection(self), sock=sock, ssl=ssl_context, backlog=2048
+            )
+        else:
+            self._server = await loop.create_server(
+                lambda: _Connection(self), host, port, ssl=ssl_context, backlog=2048,
+                reuse_address=True, reuse_port=True,
+            )  # fmt: skip
+        return int(self.listener.getsockname()[1])
+
+    @property
+    def listener(self) -> socket.socket:
+        assert self._server is not None, "not started"
+        return cast(socket.socket, self._server.sockets[0])
+
+    async def drain(self, timeout_s: float) -> int:
+        """Stop accepting, answer what was asked (each answer closing its connection), close
+        idle connections; after ``timeout_s`` close the rest. Returns how many were left."""
+        self.draining = True
+        if self._server is not None:
+            self._server.close()  # the listening socket lives on in a successor, if any
+        for conn in list(self.connections):
+            conn.close_if_idle()
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        while self.connections and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.02)
+            for conn in list(self.connections):
+                conn.close_if_idle()
+        left = len(self.connections)
+        await self.stop()
+        return left
 
     async def stop(self) -> None:
         if self._server is not None:

@@ -11,6 +11,7 @@ from typing import Any
 from meridian.coordination import Coordination
 from router.core import RouterCore
 from router.demand import DemandNotifier, HttpDemandSink
+from router.handoff import HandoffServer, take_listener
 from router.http11 import HttpServer, Limits
 from router.locate import ClientLocator
 from router.policies import RoutingPolicy
@@ -78,6 +79,8 @@ class RouterServer:
         self._http = HttpServer(self.core.handle, Limits(max_body_bytes=settings.max_body_bytes))
         self._tasks: set[asyncio.Task[None]] = set()
         self._coord: Coordination | None = None
+        self._handoff: HandoffServer | None = None
+        self.took_over = False  # the listening socket came from a router serving before
         self.port = 0
 
     def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
@@ -109,10 +112,52 @@ class RouterServer:
                 poller = HttpFollower(store, s.control_plane_urls, s.control_plane_token, route)
                 self._spawn(poller.run(), f"poll {route}")
         ssl_ctx = server_context(s.tls_cert, s.tls_key) if s.tls_cert and s.tls_key else None
-        self.port = await self._http.start(s.host, s.port, ssl_ctx)
+        listener = None
+        if s.port:
+            path = s.resolved_handoff_path
+            if path.exists():  # a router serves this port: be ready before sharing its socket
+                await self._wait_ready(s.takeover_ready_timeout_s)
+                listener = await asyncio.to_thread(take_listener, path)
+        self.took_over = listener is not None
+        self.port = await self._http.start(s.host, s.port, ssl_ctx, sock=listener)
+        if s.port:
+            self._handoff = HandoffServer(s.resolved_handoff_path, self._http.listener)
+            try:
+                await self._handoff.start()
+            except OSError as exc:
+                log.warning("cannot offer the listening socket for restarts: %s", exc)
+                self._handoff = None
+        if self.took_over:
+            log.info("took the listening socket over from the router serving before")
         return self.port
 
+    async def _wait_ready(self, timeout_s: float) -> None:
+        """Until the routing snapshot (and the keyring, when keys are required) are here."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while loop.time() < deadline:
+            if self.store.current is not None and (
+                not self.settings.require_api_key or self.keyring.current is not None
+            ):
+                return
+            await asyncio.sleep(0.05)
+        log.warning("taking the listening socket over without routing state after %.0fs", timeout_s)
+
+    async def drain(self) -> None:
+        """Stop accepting (a successor may go on from the same socket), answer the requests
+        already received, then stop."""
+        if self._handoff is not None:
+            await self._handoff.close()
+            self._handoff = None
+        left = await self._http.drain(self.settings.drain_timeout_s)
+        if left:
+            log.warning("closed %d connections still busy after the drain timeout", left)
+        await self.stop()
+
     async def stop(self) -> None:
+        if self._handoff is not None:
+            await self._handoff.close()
+            self._handoff = None
         await self._http.stop()
         for task in list(self._tasks):
             task.cancel()

@@ -54,8 +54,21 @@ class RouterSettings(BaseSettings):
     cold_start_hold_s: float = 30.0
     cold_start_max_held: int = 1000  # requests held at once; beyond, 503 at once
     cold_start_retry_after_s: int = 5
+    # restarts: a new router on the same port takes the listening socket over from the running
+    # one through this Unix socket (default: ``<snapshot dir>/router-<port>.handoff``), once it
+    # has its routing state (at most takeover_ready_timeout_s); on SIGTERM a router stops
+    # accepting and answers what it was asked for at most drain_timeout_s
+    handoff_path: Path | None = None
+    takeover_ready_timeout_s: float = 30.0
+    drain_timeout_s: float = 10.0
     # demo only: delay each attempt by the modelled client-region RTT (all sockets are loopback)
     emulate_wan: bool = False
+
+    @property
+    def resolved_handoff_path(self) -> Path:
+        from router.handoff import handoff_path
+
+        return self.handoff_path or handoff_path(self.snapshot_path.parent, self.port)
 
     @property
     def resolved_keyring_path(self) -> Path:
