@@ -10,7 +10,7 @@ import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import httpx
 
@@ -108,9 +108,18 @@ class LocalFleet:
                 ",".join(f"127.0.0.1:{r.grpc_port}" for r in self.replicas),
                 "--region", site.name, "--credential-file", str(cred_file),
                 "--simulate-gpus", str(site.gpus), "--gpu-type", site.gpu_type,
+                "--state-dir", str(self.workdir / f"agent-{site.name}"),
             ],
         )  # fmt: skip
         self.agents[site.name] = agent
+        return agent
+
+    def restart_agent(self, region: str) -> Child:
+        """Start the agent of ``region`` again as it was (same state directory)."""
+        old = self.agents[region]
+        args = cast(list[str], old.proc.args)[3:]  # past "python -m meridian"
+        agent = self.children.start(f"{old.name}-again", args)
+        self.agents[region] = agent
         return agent
 
     # --- routers -----------------------------------------------------------------------------

@@ -45,6 +45,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--worker-host", default="127.0.0.1", help="address workers listen on")
     p.add_argument("--scrape-path", default="/v2/stats", help="worker stats path")
+    p.add_argument(
+        "--state-dir",
+        type=Path,
+        default=None,
+        help="where the agent records its workers, to adopt them after a crash "
+        "(default: var/agent/REGION)",
+    )
     p.add_argument("--report-interval", type=float, default=1.0)
     p.add_argument("--log-level", default="INFO")
 
@@ -93,6 +100,7 @@ async def _run(args: argparse.Namespace) -> int:
         gpu_count=len(gpus.inventory()),
         # workers fetch their artifacts from the control plane with this region's credential
         env={"MERIDIAN_WORKER_ARTIFACT_TOKEN": credential},
+        state_dir=args.state_dir or Path("var/agent") / args.region,
     )
     agent = RegionAgent(
         addresses,

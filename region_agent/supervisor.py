@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import signal
@@ -28,13 +29,20 @@ import sys
 import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
 from typing import Any, Protocol
 
 import httpx
 
 from meridian.eventwait import wait_event
 from meridian.net import free_port
+from region_agent.worker_record import (
+    AdoptedProcess,
+    load_record,
+    process_start_ticks,
+    save_record,
+)
 
 __all__ = [
     "DEFAULT_WORKER_COMMAND",
@@ -111,7 +119,8 @@ class _Slot:
     port: int
     grpc_port: int
     gpus: tuple[int, ...]
-    process: asyncio.subprocess.Process | None = None
+    process: asyncio.subprocess.Process | AdoptedProcess | None = None
+    start_ticks: int = 0  # the process's start time (/proc), which tells it from a recycled pid
     restarts: int = 0
     next_start: float = 0.0  # monotonic
     stat: WorkerStat | None = None
@@ -141,6 +150,7 @@ class LocalProcessSupervisor:
         drain_min_s: float = 3.0,
         drain_grace_s: float = 30.0,
         transport: httpx.AsyncBaseTransport | None = None,
+        state_dir: Path | None = None,
     ) -> None:
         self._command = tuple(command)
         self._host = host
@@ -162,11 +172,16 @@ class LocalProcessSupervisor:
         self._task: asyncio.Task[None] | None = None
         self._client: httpx.AsyncClient | None = None
         self._wake = asyncio.Event()
+        # where the workers are recorded, for the agent's next life to adopt or stop them
+        self._state_dir = state_dir
+        self._saved = b""
 
     # --- lifecycle -------------------------------------------------------------------------
 
     async def start(self) -> None:
         self._client = httpx.AsyncClient(timeout=2.0, transport=self._transport)
+        if self._state_dir is not None:
+            await self._adopt()
         self._task = asyncio.create_task(self._loop(), name="worker-supervisor")
 
     async def close(self) -> None:
@@ -178,6 +193,7 @@ class LocalProcessSupervisor:
             self._task = None
         await asyncio.gather(*(self._stop(slot) for slot in self._slots.values()))
         self._slots.clear()
+        self._save()
         if self._client is not None:
             await self._client.aclose()
             self._client = None
@@ -216,6 +232,66 @@ class LocalProcessSupervisor:
                     worker_id, spec, self._ports(), self._ports(), self._assign_gpu()
                 )
         self._wake.set()
+
+    # --- the record of the workers, and adopting them ---------------------------------------
+
+    async def _adopt(self) -> None:
+        """Adopt the recorded workers that still run and answer; stop the ones that do not.
+        The first directives then keep or drain them like any other worker."""
+        assert self._state_dir is not None and self._client is not None
+        for entry in load_record(self._state_dir):
+            try:
+                worker_id, pid, ticks = (
+                    str(entry["worker_id"]),
+                    int(entry["pid"]),
+                    int(entry["ticks"]),
+                )
+                spec = WorkerSpec(**entry["spec"])
+                slot = _Slot(worker_id, spec, int(entry["port"]), int(entry["grpc_port"]),
+                             tuple(int(g) for g in entry.get("gpus", ())))  # fmt: skip
+            except (KeyError, TypeError, ValueError) as exc:
+                log.warning("ignoring a bad worker record entry %r: %s", entry, exc)
+                continue
+            if process_start_ticks(pid) != ticks:
+                continue  # gone (or the pid is another process now)
+            slot.process, slot.start_ticks = AdoptedProcess(pid, ticks), ticks
+            slot.started_at = time.monotonic()
+            await self._scrape(slot)
+            if worker_id in self._slots or slot.stat is None or not slot.stat.ready:
+                why = "a duplicate" if worker_id in self._slots else "not answering"
+                log.warning(
+                    "stopping worker %s (pid %d) of an earlier life: %s", worker_id, pid, why
+                )
+                await self._stop(slot)
+                continue
+            self._slots[worker_id] = slot
+            self._next_gpu += len(slot.gpus)
+            log.info("adopted worker %s (pid %d, port %d)", worker_id, pid, slot.port)
+        self._save()
+
+    def _save(self) -> None:
+        if self._state_dir is None:
+            return
+        workers = [
+            {
+                "worker_id": slot.worker_id,
+                "pid": slot.process.pid,
+                "ticks": slot.start_ticks,
+                "port": slot.port,
+                "grpc_port": slot.grpc_port,
+                "gpus": list(slot.gpus),
+                "spec": asdict(slot.spec),
+            }
+            for slot in self._slots.values()
+            if slot.process is not None and slot.process.returncode is None
+        ]
+        body = json.dumps(workers, sort_keys=True).encode()
+        if body != self._saved:
+            try:
+                save_record(self._state_dir, workers)
+                self._saved = body
+            except OSError as exc:
+                log.error("cannot record the workers in %s: %s", self._state_dir, exc)
 
     def _assign_gpu(self) -> tuple[int, ...]:
         if self._gpu_count <= 0:
@@ -280,6 +356,8 @@ class LocalProcessSupervisor:
             start_new_session=True,
         )
         slot.started_at = time.monotonic()
+        slot.start_ticks = process_start_ticks(slot.process.pid) or 0
+        self._save()
         slot.stat = None
         slot.stderr_tail.clear()
         assert slot.process.stderr is not None
@@ -351,6 +429,7 @@ class LocalProcessSupervisor:
                         slot.next_start = now + min(self._max_backoff, 2.0**slot.restarts)
             await self._scrape_all()
             await self._finish_drains()
+            self._save()
             self._wake.clear()
             await wait_event(self._wake, self._interval)
 

@@ -1,16 +1,19 @@
-"""Restarts that must not be seen, with real processes under steady traffic: the router
-replaced by a new process on the same port, a region agent killed and started again."""
+"""Restarts that must not be seen, with real processes: the router replaced by a new process
+on the same port under steady traffic; a region agent killed (``kill -9``) and started again,
+which adopts the workers of its previous life instead of leaking them."""
 
 from __future__ import annotations
 
 import os
 import signal
+from pathlib import Path
 
 import pytest
 
 from demo.fleet import LocalFleet
+from demo.processes import descendants
 from meridian.waiting import wait_until
-from tests.e2e.test_production import Production, Traffic, production
+from tests.e2e.test_production import SITES, Production, Traffic, production
 
 pytestmark = pytest.mark.slow
 
@@ -46,4 +49,49 @@ def test_a_router_restart_refuses_no_connection(production: Production) -> None:
         traffic.stop()
     assert traffic.failures == [], traffic.failures[:5]
     assert _log_has(fleet, new.name, "took the listening socket over")
+    assert production.infer().status_code == 200
+
+
+def _worker_port(pid: int) -> int | None:
+    """The HTTP port of a live ``meridian worker`` process, None if ``pid`` is not one."""
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")
+    except OSError:
+        return None
+    if "worker" not in argv or "--http-port" not in argv:
+        return None
+    return int(argv[argv.index("--http-port") + 1])
+
+
+def _reported_ports(fleet: LocalFleet, region: str) -> list[int]:
+    snap = fleet.snapshot()
+    workers = next(r["workers"] for r in snap["regions"] if r["name"] == region)
+    return [int(w["endpoint"].rsplit(":", 1)[1]) for w in workers]
+
+
+def test_a_crashed_agent_adopts_its_workers(production: Production) -> None:
+    fleet = production.fleet
+    region = SITES[0].name
+    agent = fleet.agents[region]
+    before = {pid: port for pid in descendants(agent.proc.pid) if (port := _worker_port(pid))}
+    assert before, "the agent runs workers"
+    assert sorted(before.values()) == sorted(_reported_ports(fleet, region))
+    os.kill(agent.proc.pid, signal.SIGKILL)  # the agent alone: its workers keep running
+    agent.proc.wait()
+    again = fleet.restart_agent(region)
+    wait_until(
+        lambda: fleet.check_alive([again]) or "applied directives" in again.log_path.read_text(),
+        timeout=60,
+        what="the restarted agent applies its directives",
+    )
+    wait_until(lambda: region in fleet.serving_regions(), timeout=30, what=f"{region} serving")
+    reported = _reported_ports(fleet, region)
+    live_old = {pid: port for pid, port in before.items() if _worker_port(pid) == port}
+    orphans = [pid for pid, port in live_old.items() if port not in reported]
+    new = [port for pid in descendants(again.proc.pid) if (port := _worker_port(pid))]
+    for pid in orphans:  # a failure must not leak them past the test
+        os.kill(pid, signal.SIGKILL)
+    assert orphans == [], f"workers left behind: {orphans}"
+    assert len(reported) == len(before), f"duplicate workers: {reported} (before {before})"
+    assert sorted(reported) == sorted([*live_old.values(), *new])
     assert production.infer().status_code == 200

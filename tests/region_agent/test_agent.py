@@ -139,6 +139,7 @@ async def test_agent_cli_runs_directed_workers_and_reports_them(
         "--region", "eu-west", "--credential-file", str(credential),
         "--simulate-gpus", "2", "--gpu-type", "L4",
         "--worker-command", worker, "--log-level", "WARNING",
+        "--state-dir", str(tmp_path / "agent"),
     ]  # fmt: skip
     process = await asyncio.create_subprocess_exec(*argv, cwd=ROOT)
     try:
