@@ -185,7 +185,8 @@ class LocalFleet:
         return data
 
     def serving_regions(self) -> set[str]:
-        """Regions that are routable and have a routable worker with a model loaded."""
+        """Regions that are routable and have a routable worker with a model loaded (as their
+        agents report: a region whose agent is lost is not known to serve)."""
         try:
             snap = self.snapshot()
         except (httpx.HTTPError, ValueError):

@@ -84,6 +84,10 @@ class RegionView:
     queue_depth: int = 0
     in_flight: int = 0
     workers: tuple[WorkerView, ...] = ()
+    # wall-clock time since when no agent reports on this region (0: monitored). Set on a
+    # region published down only for want of reports: its workers may well still serve,
+    # and routers keep their last view of it while their own observations agree
+    unmonitored_since: float = 0.0
 
     def serves(self, model: str) -> bool:
         """True when a routable worker in this region has any version of ``model`` loaded."""

@@ -51,6 +51,7 @@ from router.settings import RouterSettings
 from router.snapshot_store import KeyringStore, SnapshotStore
 from router.streaming import relay_generation, relay_raw
 from router.token_budget import LocalTokenBudget, TokenBudget, estimate_tokens
+from router.unmonitored import UnmonitoredRegions
 from router.upstream import (
     UpstreamConnectError,
     UpstreamError,
@@ -150,6 +151,7 @@ class RouterCore:
         self.observed = Observations(self.stats)
         self.outliers = WorkerOutliers()
         self.last_good = LastGoodView()
+        self.unmonitored = UnmonitoredRegions(settings.unmonitored_grace_s)
         self._ranked: dict[tuple[object, ...], list[str]] = {}
         self.outstanding: dict[str, int] = defaultdict(int)  # per worker id
         # generative requests: distance, queues and where each prompt prefix is cached
@@ -428,7 +430,7 @@ class RouterCore:
         snap = self.store.current
         if snap is None:
             return _error(503, "no routing snapshot yet", [(b"retry-after", b"1")])
-        snap = self.last_good.view(snap, model)
+        snap = self.last_good.view(self.unmonitored.view(snap), model)
         s = self.settings
         started = time.monotonic()
         deadline = started + s.total_timeout_s

@@ -53,6 +53,11 @@ class _Collector(Collector):
             "Models routed on their last good snapshot: the current one has all their regions down",
             value=len(core.last_good.held),
         )
+        yield GaugeMetricFamily(
+            "meridian_router_regions_unmonitored",
+            "Regions routed on their last monitored view: their agent is lost, not their workers",
+            value=len(core.unmonitored.held),
+        )
         yield CounterMetricFamily(
             "meridian_router_snapshot_panics",
             "Times a snapshot with every region of a model down was not believed",

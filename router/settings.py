@@ -54,6 +54,9 @@ class RouterSettings(BaseSettings):
     cold_start_hold_s: float = 30.0
     cold_start_max_held: int = 1000  # requests held at once; beyond, 503 at once
     cold_start_retry_after_s: int = 5
+    # a region published down only for want of agent reports is routed on its last
+    # monitored view (and the router's own observations) for this long after
+    unmonitored_grace_s: float = 180.0
     # restarts: a new router on the same port takes the listening socket over from the running
     # one through this Unix socket (default: ``<snapshot dir>/router-<port>.handoff``), once it
     # has its routing state (at most takeover_ready_timeout_s); on SIGTERM a router stops

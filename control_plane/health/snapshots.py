@@ -57,7 +57,9 @@ def build_snapshot(
 ) -> RoutingSnapshot:
     """``carried``: views to keep for regions with no summary, or one from an agent that
     has registered but not reported yet (a leader's reconnect grace,
-    ``control_plane.health.grace``); without one, such a region is down."""
+    ``control_plane.health.grace``); without one, such a region is down, marked
+    ``unmonitored_since`` (unless disabled): it is down for want of reports, not on
+    evidence, and routers may keep routing to it on their own observations."""
     regions: list[RegionView] = []
     for record in registry.regions:
         summary = summaries.get(record.name)
@@ -78,6 +80,7 @@ def build_snapshot(
                     lon=record.lon,
                     gpu_type=record.gpu_type,
                     gpu_count=record.gpu_count,
+                    unmonitored_since=0.0 if record.status == "disabled" else generated_at,
                 )
             )
             continue
@@ -116,6 +119,21 @@ def build_snapshot(
         regions=tuple(regions),
         deployments=deployments,
     )
+
+
+def _keep_unmonitored_since(
+    snap: RoutingSnapshot, previous: RoutingSnapshot | None
+) -> RoutingSnapshot:
+    """A region unmonitored in ``previous`` too keeps the time it became so."""
+    if previous is None or not any(r.unmonitored_since for r in snap.regions):
+        return snap
+    regions = []
+    for r in snap.regions:
+        before = previous.region(r.name) if r.unmonitored_since else None
+        if before is not None and 0 < before.unmonitored_since < r.unmonitored_since:
+            r = replace(r, unmonitored_since=before.unmonitored_since)
+        regions.append(r)
+    return replace(snap, regions=tuple(regions), _by_name={})
 
 
 class SnapshotPublisher:
@@ -211,7 +229,7 @@ class SnapshotPublisher:
         return self._refresh > 0 and time.monotonic() - self._published_at >= self._refresh
 
     async def _publish(self) -> None:
-        candidate = self._build(self.version + 1)
+        candidate = _keep_unmonitored_since(self._build(self.version + 1), self.last_published)
         content = (candidate.regions, candidate.deployments)
         if content == self._last_content and not self._refresh_due():
             return

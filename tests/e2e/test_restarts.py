@@ -1,6 +1,7 @@
-"""Restarts that must not be seen, with real processes: the router replaced by a new process
-on the same port under steady traffic; a region agent killed (``kill -9``) and started again,
-which adopts the workers of its previous life instead of leaking them."""
+"""Restarts and losses that must not be seen, with real processes: the router replaced by a
+new process on the same port under steady traffic; a region agent killed (``kill -9``) and
+started again, which adopts the workers of its previous life instead of leaking them; a
+region whose agent alone is lost keeps its traffic (until its workers die too)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import os
 import signal
 from pathlib import Path
 
+import httpx
 import pytest
 
 from demo.fleet import LocalFleet
@@ -95,3 +97,58 @@ def test_a_crashed_agent_adopts_its_workers(production: Production) -> None:
     assert len(reported) == len(before), f"duplicate workers: {reported} (before {before})"
     assert sorted(reported) == sorted([*live_old.values(), *new])
     assert production.infer().status_code == 200
+
+
+def _workers_on(ports: list[int]) -> list[int]:
+    """The pids of the live worker processes listening on ``ports``."""
+    return [
+        int(entry.name)
+        for entry in Path("/proc").iterdir()
+        if entry.name.isdigit() and _worker_port(int(entry.name)) in ports
+    ]
+
+
+def _unmonitored_since(fleet: LocalFleet, region: str) -> float:
+    try:
+        snap = fleet.snapshot()
+    except (httpx.HTTPError, ValueError):
+        return 0.0
+    view = next(r for r in snap["regions"] if r["name"] == region)
+    return float(view.get("unmonitored_since", 0.0)) if view["state"] == "down" else 0.0
+
+
+def _share(traffic: Traffic, region: str, n: int, what: str) -> float:
+    """The share of the next ``n`` answered requests that ``region`` served."""
+    before, total = traffic.served[region], traffic.total()
+    traffic.wait_more(n, what)
+    return (traffic.served[region] - before) / (traffic.total() - total)
+
+
+def test_losing_only_the_agent_keeps_the_region_in_routing(production: Production) -> None:
+    """New York's traffic stays on us-east-1 while only its agent is gone; once its
+    workers die too, the router's own observations move the traffic at once."""
+    fleet = production.fleet
+    region = SITES[0].name
+    ports = _reported_ports(fleet, region)
+    traffic = Traffic(production)
+    try:
+        before = _share(traffic, region, 40, "traffic before the agent's loss")
+        assert before >= 0.9, f"New York is served by {region}: {traffic.served}"
+        agent = fleet.agents[region]
+        os.kill(agent.proc.pid, signal.SIGKILL)  # the agent alone: its workers keep serving
+        agent.proc.wait()
+        wait_until(
+            lambda: _unmonitored_since(fleet, region) > 0,
+            timeout=30,
+            what=f"{region} published unmonitored",
+        )
+        unmonitored = _share(traffic, region, 100, "traffic while the region is unmonitored")
+        assert unmonitored >= 0.9 * before, (unmonitored, before)
+        for pid in _workers_on(ports):  # now the region is really gone
+            os.kill(pid, signal.SIGKILL)
+        traffic.wait_more(20, "traffic past the workers' death")
+        after = _share(traffic, region, 40, "traffic after the workers died")
+    finally:
+        traffic.stop()
+    assert traffic.failures == [], traffic.failures[:5]
+    assert after == 0.0, f"{region} still served {after:.0%} after its workers died"
