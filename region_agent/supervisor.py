@@ -198,6 +198,12 @@ class LocalProcessSupervisor:
             await self._client.aclose()
             self._client = None
 
+    def abandon(self) -> None:
+        """Stop supervising and leave the workers running, recorded (as a crash would)."""
+        if self._task is not None:
+            self._task.cancel()
+            self._task = None
+
     # --- directives ------------------------------------------------------------------------
 
     async def apply(self, desired: Sequence[WorkerSpec]) -> None:

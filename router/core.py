@@ -430,7 +430,7 @@ class RouterCore:
         snap = self.store.current
         if snap is None:
             return _error(503, "no routing snapshot yet", [(b"retry-after", b"1")])
-        snap = self.last_good.view(self.unmonitored.view(snap), model)
+        snap = self.unmonitored.view(self.last_good.view(snap, model))
         s = self.settings
         started = time.monotonic()
         deadline = started + s.total_timeout_s
