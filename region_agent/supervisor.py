@@ -127,6 +127,10 @@ class _Slot:
     started_at: float = 0.0
     stopping: bool = False
     draining_since: float | None = None  # monotonic; set when no longer wanted
+    # the worker that replaces this one (another artifact): this one serves until that one
+    # is ready (make before break), then drains
+    successor: str = ""
+    replaced_at: float = 0.0  # monotonic
     scraped_at: float = 0.0  # monotonic time of the last successful scrape
     waiter: asyncio.Task[None] | None = field(default=None, repr=False)
     relay: asyncio.Task[None] | None = field(default=None, repr=False)  # its stderr
@@ -149,6 +153,7 @@ class LocalProcessSupervisor:
         max_backoff_s: float = 30.0,
         drain_min_s: float = 3.0,
         drain_grace_s: float = 30.0,
+        replace_wait_s: float = 120.0,
         transport: httpx.AsyncBaseTransport | None = None,
         state_dir: Path | None = None,
     ) -> None:
@@ -166,6 +171,9 @@ class LocalProcessSupervisor:
         # shows it idle, or after drain_grace_s whatever it holds
         self._drain_min = drain_min_s
         self._drain_grace = drain_grace_s
+        # a replaced worker drains once its successor is ready, or after this long whatever
+        self._replace_wait = replace_wait_s
+        self._replacements = 0
         self._transport = transport
         self._slots: dict[str, _Slot] = {}
         self._next_gpu = 0
@@ -198,6 +206,20 @@ class LocalProcessSupervisor:
             await self._client.aclose()
             self._client = None
 
+    async def _replace(self, old: _Slot, now: float) -> None:
+        """Another artifact for ``old``'s place: a serving process keeps serving, under
+        another id, until the new one is ready; one not serving is stopped at once."""
+        serving = old.process is not None and old.stat is not None and old.stat.ready
+        if not serving or old.draining_since is not None:
+            await self._stop(old)
+            return
+        self._replacements += 1
+        successor, old.worker_id = old.worker_id, f"{old.worker_id}~{self._replacements}"
+        old.successor, old.replaced_at = successor, now
+        self._slots[old.worker_id] = old
+        log.info("replacing worker %s: %s serves until the new one is ready", successor,
+                 old.worker_id)  # fmt: skip
+
     def abandon(self) -> None:
         """Stop supervising and leave the workers running, recorded (as a crash would)."""
         if self._task is not None:
@@ -215,6 +237,8 @@ class LocalProcessSupervisor:
         now = time.monotonic()
         for worker_id in [w for w in self._slots if w not in wanted]:
             slot = self._slots[worker_id]
+            if slot.successor in wanted and slot.draining_since is None:
+                continue  # serves until its successor is ready
             serving = slot.process is not None and slot.stat is not None and slot.stat.ready
             if not serving:  # nothing to drain: it never took traffic
                 await self._stop(self._slots.pop(worker_id))
@@ -226,7 +250,7 @@ class LocalProcessSupervisor:
             # the same artifact (by digest) may come from another replica's URL after a
             # control-plane failover: only a different artifact replaces the process
             if current is not None and _identity(current.spec) != _identity(spec):
-                await self._stop(self._slots.pop(worker_id))
+                await self._replace(self._slots.pop(worker_id), now)
                 current = None
             if current is not None:
                 current.spec = spec  # the replica count alone changed: keep the process
@@ -442,6 +466,13 @@ class LocalProcessSupervisor:
     async def _finish_drains(self) -> None:
         now = time.monotonic()
         for slot in list(self._slots.values()):
+            if slot.successor and slot.draining_since is None:
+                new = self._slots.get(slot.successor)
+                ready = new is None or (new.stat is not None and new.stat.ready)
+                if ready or now - slot.replaced_at >= self._replace_wait:
+                    slot.draining_since = now
+                    log.info("draining worker %s: its successor %s is %s", slot.worker_id,
+                             slot.successor, "ready" if ready else "not ready in time")  # fmt: skip
             since = slot.draining_since
             if since is None:
                 continue
