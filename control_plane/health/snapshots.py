@@ -58,7 +58,7 @@ def build_snapshot(
     """``carried``: views to keep for regions with no summary, or one from an agent that
     has registered but not reported yet (a leader's reconnect grace,
     ``control_plane.health.grace``); without one, such a region is down, marked
-    ``unmonitored_since`` (unless disabled): it is down for want of reports, not on
+    ``unmonitored_since`` (unless drained or disabled): it is down for want of reports, not on
     evidence, and routers may keep routing to it on their own observations."""
     regions: list[RegionView] = []
     for record in registry.regions:
@@ -80,7 +80,8 @@ def build_snapshot(
                     lon=record.lon,
                     gpu_type=record.gpu_type,
                     gpu_count=record.gpu_count,
-                    unmonitored_since=0.0 if record.status == "disabled" else generated_at,
+                    # silent, not taken out by an operator: down for want of news
+                    unmonitored_since=generated_at if record.status == "active" else 0.0,
                 )
             )
             continue

@@ -16,8 +16,9 @@ from tests.tasks import running
 
 def test_a_silent_region_is_marked_and_a_disabled_one_is_not() -> None:
     registry = RegistryView(
-        (RegionRecord("eu", 0, 0), RegionRecord("us", 0, 0), RegionRecord("old", 0, 0,
-         status="disabled"))
+        (RegionRecord("eu", 0, 0), RegionRecord("us", 0, 0),
+         RegionRecord("old", 0, 0, status="disabled"), RegionRecord("out", 0, 0,
+         status="draining"))
     )  # fmt: skip
     snap = build_snapshot(1, registry, {"eu": summary("a", HealthState.HEALTHY, 1.0)},
                           generated_at=50.0)  # fmt: skip
@@ -26,6 +27,7 @@ def test_a_silent_region_is_marked_and_a_disabled_one_is_not() -> None:
         "eu": (HealthState.HEALTHY, 0.0),
         "us": (HealthState.DOWN, 50.0),  # no agent reports
         "old": (HealthState.DOWN, 0.0),  # an operator's word
+        "out": (HealthState.DOWN, 0.0),  # an operator's word too
     }
 
 
