@@ -150,5 +150,7 @@ def test_losing_only_the_agent_keeps_the_region_in_routing(production: Productio
         after = _share(traffic, region, 40, "traffic after the workers died")
     finally:
         traffic.stop()
+        for pid in _workers_on(ports):  # its agent is gone: nothing else would stop them
+            os.kill(pid, signal.SIGKILL)
     assert traffic.failures == [], traffic.failures[:5]
     assert after == 0.0, f"{region} still served {after:.0%} after its workers died"
