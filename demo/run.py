@@ -73,7 +73,7 @@ def run_demo(opts: DemoOptions) -> int:
         _say(f"    int8 variant: max abs error {model.int8_max_abs_error:.3f} on probe sentences")
         chat = opts.chat_rate > 0
         if chat:
-            _say("    chat: a tiny GPT-2 (trained on first use, about 2 minutes; cached)")
+            _say("    chat: a tiny GPT-2 (trained on first use, about 90 CPU-seconds; cached)")
             lm = prepare_lm()
         admin = fleet.start_control_plane()
         _say(f"2/5 control plane on {fleet.base_url} (agents: gRPC :{fleet.grpc_port})")
