@@ -38,6 +38,9 @@ QUESTIONS = (
 
 @dataclass
 class ChatStats:
+    """A city's streams: time to first token, and each stream's rate after its first
+    token (tokens/s in the tables is the median of those rates)."""
+
     ttft_ms: list[float] = field(default_factory=list)
     tokens_per_s: list[float] = field(default_factory=list)
     regions: Counter[str] = field(default_factory=Counter)
@@ -119,7 +122,7 @@ class ChatTraffic:
         started = time.monotonic()
         try:
             region, first_at, tokens = await self._stream(city, body, first)
-        except (Broken, httpx.HTTPError, ValueError) as exc:
+        except Exception as exc:  # whatever went wrong, the stream broke
             stats.broken += 1
             stats.last_error = str(exc) or repr(exc)
             return
