@@ -82,8 +82,9 @@ def _serving(local: LocalFleet, model: str) -> int:
         return -1
     empty: dict[str, Any] = {"workers": []}
     region: dict[str, Any] = next((r for r in snap["regions"] if r["name"] == SITE.name), empty)
+    prefix = f"{SITE.name}/{model}-"  # worker ids: region/model-version-variant-n
     return sum(1 for w in region["workers"]
-               if w["worker_id"].startswith(model + "-") and w["state"] == "healthy")  # fmt: skip
+               if w["worker_id"].startswith(prefix) and w["state"] == "healthy")  # fmt: skip
 
 
 def run(quick: bool) -> RealResult:

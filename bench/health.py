@@ -145,8 +145,8 @@ async def _measure(
     from sqlalchemy.orm import sessionmaker
 
     from control_plane.db.models import Base, Region
-    from control_plane.fleet import FleetRuntime, FleetSettings
-    from control_plane.fleet_store import FleetStore, credential_hash
+    from control_plane.fleet.service import FleetRuntime, FleetSettings
+    from control_plane.fleet.store import FleetStore, credential_hash
     from control_plane.health.ledger import Change
     from control_plane.health.recorder import SqlHealthSink, region_health_table
     from meridian.coordination import InProcessCoordination, open_coordination

@@ -14,8 +14,8 @@ from control_plane.api import api_router
 from control_plane.api.errors import install_error_handlers
 from control_plane.autoscale.controller import Autoscaler
 from control_plane.db import migrate
+from control_plane.fleet.nudge import RegistryWriteNudge
 from control_plane.registry import Registry
-from control_plane.registry_nudge import RegistryWriteNudge
 from control_plane.settings import ControlPlaneSettings
 
 __all__ = ["BOOTSTRAP_TOKEN_NAME", "create_app", "open_registry"]
@@ -61,7 +61,7 @@ def create_app(
     reg = registry or open_registry(settings)
     fleet = None
     if settings.fleet_enabled:
-        from control_plane.fleet_plane import build_fleet
+        from control_plane.fleet.plane import build_fleet
 
         fleet = build_fleet(settings, reg)
     if autoscaler is None and fleet is not None:

@@ -1,4 +1,9 @@
-"""``meridian control-plane``: run the admin API (embedded SQLite by default)."""
+"""``meridian control-plane``: run one control-plane replica (embedded SQLite by default).
+
+The one way to run a replica: the admin API and, unless ``MERIDIAN_FLEET_ENABLED=false``,
+the fleet plane (agents' gRPC, health, routing snapshots, autoscaler). HA replicas share
+one PostgreSQL database (``--database-url``) and etcd (``--coordination etcd://host:port``).
+"""
 
 from __future__ import annotations
 
@@ -25,6 +30,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="memory:// (one process) or etcd://host:port (MERIDIAN_COORDINATION_URL)",
     )
     parser.add_argument("--public-url", help="how agents and workers reach this API")
+    parser.add_argument("--replica-id", help="this replica's name (default: host and pid)")
+    parser.add_argument("--fleet-namespace", help="root of the coordination keys (/meridian)")
+    parser.add_argument("--report-interval", type=float, help="agents' report interval, s (1)")
+    parser.add_argument("--leader-ttl", type=float, help="a dead leader is replaced after (2 s)")
+    parser.add_argument("--summary-ttl", type=float, help="dead replicas' summaries live (3 s)")
+    parser.add_argument(
+        "--reconnect-grace", type=float, help="a new leader keeps silent regions' states (6 s+)"
+    )
     parser.add_argument("--log-level", default="info", help="uvicorn log level")
 
 
@@ -40,6 +53,12 @@ def settings_from_args(args: argparse.Namespace) -> Any:
         ("grpc_port", "grpc_port"),
         ("coordination", "coordination_url"),
         ("public_url", "public_url"),
+        ("replica_id", "replica_id"),
+        ("fleet_namespace", "fleet_namespace"),
+        ("report_interval", "report_interval_s"),
+        ("leader_ttl", "leader_ttl_s"),
+        ("summary_ttl", "summary_ttl_s"),
+        ("reconnect_grace", "reconnect_grace_s"),
     ):
         value = getattr(args, arg, None)
         if value is not None:

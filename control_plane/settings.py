@@ -46,6 +46,11 @@ class ControlPlaneSettings(BaseSettings):
     public_url: str | None = None
     report_interval_s: float = Field(default=1.0, gt=0)
     fleet_namespace: str = "/meridian"
+    # this replica's name among the others (default: host and process id)
+    replica_id: str | None = None
+    # a dead leader is replaced after about this; a dead replica's summaries vanish after this
+    leader_ttl_s: float = Field(default=2.0, gt=0)
+    summary_ttl_s: float = Field(default=3.0, gt=0)
     # a new leader keeps silent regions' last states this long while agents reconnect
     # (None: the larger of 6 s and 3 report intervals); docs/fleet-health.md
     reconnect_grace_s: float | None = Field(default=None, ge=0)

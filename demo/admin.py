@@ -71,6 +71,19 @@ class Admin:
             self._ok(self._http.post(f"{base}/{version}/variants", json=variant))
             self.upload(f"{base}/{version}/variants/int8/artifact", int8)
 
+    def register_generative(self, name: str, version: str, archive: Path) -> None:
+        """A generative model version: its artifact is a tar archive of its folder."""
+        self._ok(self._http.post("/models", json={"name": name, "description": "chat"}))
+        base = f"/models/{name}/versions"
+        body = {
+            "version": version,
+            "format": "generative",
+            "inputs": [{"name": "text_input", "datatype": "BYTES", "shape": [-1]}],
+            "outputs": [{"name": "text_output", "datatype": "BYTES", "shape": [-1]}],
+        }
+        self._ok(self._http.post(base, json=body))
+        self.upload(f"{base}/{version}/artifact", archive)
+
     def add_region(self, site: RegionSite) -> str:
         """Register ``site``; return its agent credential (shown once)."""
         body = {

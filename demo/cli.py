@@ -13,6 +13,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seconds", type=float, default=15.0, help="length of each traffic phase")
     p.add_argument("--no-failover", action="store_true", help="do not kill a region")
     p.add_argument("--variant", default="int8", help="variant to deploy ('' for fp32)")
+    p.add_argument(
+        "--chat-rate", type=float, default=0.4, help="chat streams/s from each city (0: none)"
+    )
+    p.add_argument("--chat-tokens", type=int, default=48, help="tokens per chat answer")
     p.add_argument("--json", type=Path, help="write the results here (default WORKDIR/result.json)")
 
 
@@ -31,5 +35,7 @@ def main(args: argparse.Namespace) -> int:
             fail=not args.no_failover and args.regions > 1,
             json_out=args.json,
             variant=args.variant,
+            chat_rate=args.chat_rate,
+            chat_tokens=args.chat_tokens,
         )
     )

@@ -184,26 +184,39 @@ class LocalFleet:
         data: dict[str, Any] = r.json()
         return data
 
-    def serving_regions(self) -> set[str]:
-        """Regions that are routable and have a routable worker with a model loaded (as their
-        agents report: a region whose agent is lost is not known to serve)."""
+    def serving_regions(self, models: Sequence[str] = ()) -> set[str]:
+        """Regions that are routable and have a routable worker with a model loaded
+        (with each of ``models``, when named), as their agents report: a region whose
+        agent is lost is not known to serve."""
         try:
             snap = self.snapshot()
         except (httpx.HTTPError, ValueError):
             return set()
+
+        def serves(region: dict[str, Any]) -> bool:
+            loaded = {
+                m.partition(":")[0]
+                for w in region["workers"]
+                if w["state"] in ("healthy", "degraded")
+                for m in w["models"]
+            }
+            return bool(loaded) and loaded >= set(models)
+
         return {
             r["name"]
             for r in snap.get("regions", [])
-            if r["state"] in ("healthy", "degraded")
-            and any(w["state"] in ("healthy", "degraded") and w["models"] for w in r["workers"])
+            if r["state"] in ("healthy", "degraded") and serves(r)
         }
 
-    def wait_serving(self, regions: set[str], timeout: float = 300, report: Any = None) -> None:
+    def wait_serving(
+        self, regions: set[str], timeout: float = 300, report: Any = None,
+        models: Sequence[str] = (),
+    ) -> None:  # fmt: skip
         last = [""]
 
         def ready() -> bool:
             self.check_alive(self.routers)
-            serving = self.serving_regions()
+            serving = self.serving_regions(models)
             status = f"regions serving: {len(serving & regions)}/{len(regions)}"
             if report is not None and status != last[0]:
                 report(status)

@@ -1,13 +1,17 @@
-"""The demo's model: all-MiniLM-L6-v2 (fp32) and its int8 variant, built once and cached."""
+"""The demo's models, built once and cached: all-MiniLM-L6-v2 (fp32) and its int8
+variant, and the tiny GPT-2 chat model (:mod:`worker.generation.tiny_lm`) as a tar
+archive of its folder (the generative format's artifact)."""
 
 from __future__ import annotations
 
+import os
+import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-__all__ = ["PreparedModel", "prepare"]
+__all__ = ["PreparedModel", "prepare", "prepare_lm"]
 
 PROBE_TEXTS = (
     "Where is the nearest train station?",
@@ -49,3 +53,19 @@ def _embed(path: Path) -> np.ndarray:
         return engine.run({"text": texts})["embedding"]
     finally:
         engine.close()
+
+
+def prepare_lm(cache_dir: Path | None = None) -> Path:
+    """The tiny chat model's folder (trained on first use, about 85 CPU-seconds) archived
+    next to it, once: ``<folder>.tar``."""
+    from worker.generation.tiny_lm import ensure_tiny_lm
+
+    folder = ensure_tiny_lm(cache_dir)
+    archive = folder.with_name(folder.name + ".tar")
+    if archive.is_file():
+        return archive
+    tmp = archive.with_name(f"{archive.name}.{os.getpid()}.tmp")
+    with tarfile.open(tmp, "w") as tar:
+        tar.add(folder, arcname=folder.name)
+    tmp.replace(archive)  # atomic: a concurrent run finds a whole archive or none
+    return archive

@@ -3,10 +3,12 @@
 Every part runs as a real process: the control plane (SQLite, in-process
 coordination), one agent per region with simulated GPUs (each starting its
 worker processes as directed), and the router (HTTPS, self-signed). Clients in
-world cities send text and get embeddings back; distance is emulated on the
-router's upstream hop from the latency model, since every socket here is
-loopback. Halfway through, the region serving the most cities is killed (agent
-and workers) and traffic moves with no failed request.
+world cities send text and get embeddings back, and stream chat completions from
+a tiny GPT-2 deployed in every region; distance is emulated on the router's
+upstream hop from the latency model, since every socket here is loopback. Halfway
+through, the region serving the most cities is killed (agent and workers): traffic
+moves with no failed request, and the streams in flight there continue from
+another region (the router's mid-stream failover) with no broken stream.
 """
 
 from __future__ import annotations
@@ -19,15 +21,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from demo.chat import ChatTraffic
 from demo.fleet import LocalFleet
 from demo.geography import CITIES, REGIONS, RegionSite
-from demo.model import prepare
+from demo.model import prepare, prepare_lm
 from demo.processes import Child
+from demo.tables import city_rows, render, summary_rows
 from demo.traffic import Traffic
 
 __all__ = ["DemoOptions", "run_demo"]
 
 MODEL = "minilm"
+CHAT_MODEL = "tiny-chat"
+LONG_ANSWER_TOKENS = 384  # the streams in flight when a region is killed
 
 
 @dataclass
@@ -40,6 +46,8 @@ class DemoOptions:
     fail: bool = True
     json_out: Path | None = None
     variant: str = "int8"
+    chat_rate: float = 0.4  # chat streams/s started per city (0: no chat traffic)
+    chat_tokens: int = 48  # tokens per chat answer
 
 
 @dataclass
@@ -52,31 +60,6 @@ def _say(text: str) -> None:
     print(text, flush=True)
 
 
-def _table(rows: list[list[str]]) -> str:
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
-
-
-def _city_rows(traffic: Traffic, current: dict[str, str]) -> list[list[str]]:
-    rows = [["client city", "now served by", "requests", "p50 ms", "p99 ms", "retried", "errors"]]
-    for city in traffic.cities:
-        s = traffic.stats[city.name].summary()
-        rows.append(
-            [
-                city.name,
-                current.get(city.name, "-"),
-                str(s["requests"]),
-                f"{s['p50_ms']:.0f}",
-                f"{s['p99_ms']:.0f}",
-                str(s["retried"]),
-                str(s["errors"]),
-            ]
-        )
-    return rows
-
-
 def run_demo(opts: DemoOptions) -> int:
     sites = REGIONS[: opts.regions]
     run_dir = opts.workdir / "run"
@@ -85,17 +68,26 @@ def run_demo(opts: DemoOptions) -> int:
     fleet = LocalFleet(run_dir)
     started = time.monotonic()
     try:
-        _say("1/5 preparing the model (all-MiniLM-L6-v2 -> ONNX, int8 variant; cached)")
+        _say("1/5 preparing the models (all-MiniLM-L6-v2 -> ONNX, int8 variant; cached)")
         model = prepare()
         _say(f"    int8 variant: max abs error {model.int8_max_abs_error:.3f} on probe sentences")
+        chat = opts.chat_rate > 0
+        if chat:
+            _say("    chat: a tiny GPT-2 (trained on first use, about 90 CPU-seconds; cached)")
+            lm = prepare_lm()
         admin = fleet.start_control_plane()
         _say(f"2/5 control plane on {fleet.base_url} (agents: gRPC :{fleet.grpc_port})")
         admin.register_model(
             MODEL, "1", model.fp32, int8=model.int8, int8_error=model.int8_max_abs_error
         )
-        _say(f"3/5 {len(sites)} regions, one agent each with 2 simulated GPUs")
+        deploy = [(MODEL, "1", opts.variant or None)]
+        if chat:
+            admin.register_generative(CHAT_MODEL, "1", lm)
+            deploy.append((CHAT_MODEL, "1", None))
+        served = [m for m, _, _ in deploy]
+        _say(f"3/5 {len(sites)} regions, one agent each with 2 simulated GPUs, serving {served}")
         for site in sites:
-            fleet.add_region(admin, site, [(MODEL, "1", opts.variant or None)])
+            fleet.add_region(admin, site, deploy)
         api_key = admin.api_key("demo-clients", rate_per_s=10_000, burst=1_000)
         admin.close()
         tls_dir = opts.workdir / "tls"
@@ -104,8 +96,10 @@ def run_demo(opts: DemoOptions) -> int:
             f"4/5 router on https://127.0.0.1:{router_port} (WAN latency emulated; clients "
             "present an API key issued through /v1/api-keys)"
         )
-        fleet.wait_serving({s.name for s in sites}, report=lambda s: _say("    " + s))
-        _say(f"    every region serves '{MODEL}' ({time.monotonic() - started:.0f}s since start)")
+        fleet.wait_serving(
+            {s.name for s in sites}, report=lambda s: _say("    " + s), models=served
+        )
+        _say(f"    every region serves {served} ({time.monotonic() - started:.0f}s since start)")
         result = asyncio.run(
             _drive(opts, router_port, str(tls_dir / "router.crt"), api_key, fleet.agents, sites)
         )
@@ -113,7 +107,7 @@ def run_demo(opts: DemoOptions) -> int:
         out = opts.json_out or (opts.workdir / "result.json")
         out.write_text(json.dumps(result, indent=2))
         _say(f"\nresults written to {out}")
-        return 0 if result["failed_requests"] == 0 else 1
+        return 0 if result["failed_requests"] == 0 and result["broken_streams"] == 0 else 1
     except KeyboardInterrupt:
         _say("\ninterrupted: stopping every process")
         return 130
@@ -129,58 +123,91 @@ async def _drive(
     agents: dict[str, Child],
     sites: tuple[RegionSite, ...],
 ) -> dict[str, Any]:
-    traffic = Traffic(
-        f"https://127.0.0.1:{router_port}", CITIES, opts.rate, MODEL, ca_file, api_key=api_key
-    )
+    url = f"https://127.0.0.1:{router_port}"
+    traffic = Traffic(url, CITIES, opts.rate, MODEL, ca_file, api_key=api_key)
+    chat = None
+    if opts.chat_rate > 0:
+        chat = ChatTraffic(
+            url, CITIES, opts.chat_rate, CHAT_MODEL, ca_file, api_key, opts.chat_tokens
+        )
     phases = [Phase("steady", opts.steady_s)]
     if opts.fail:
         phases.append(Phase("after failure", opts.after_failure_s))
     failed_region = ""
+    in_flight: list[str] = []  # cities streaming from the killed region as it fails
     summaries: dict[str, dict[str, dict[str, object]]] = {}
+    chat_runner = asyncio.create_task(chat.run()) if chat else None
+    names = [c.name for c in CITIES]
     try:
         await traffic.run(1.0)  # warm-up: connections, caches, first batches
         for i, phase in enumerate(phases):
             if i == 1:
-                counts: dict[str, int] = {}
-                for s in traffic.stats.values():
-                    for region, n in s.regions.items():
-                        counts[region] = counts.get(region, 0) + n
-                failed_region = max(counts, key=lambda r: counts[r])
+                failed_region = _busiest(traffic)
+                if chat:  # streams in flight there when it fails
+                    now = await chat.streaming(LONG_ANSWER_TOKENS)
+                    in_flight = sorted(c for c, r in now.items() if r == failed_region)
+                    _say(f"\n    chat streams in flight in {failed_region}: {in_flight or 'none'}")
                 _say(f"\n*** killing region {failed_region} (its agent and workers) ***\n")
+                if chat:
+                    chat.killed = (failed_region, time.monotonic())
                 agents[failed_region].kill_group()
             traffic.stats.clear()
-            _say(f"5/5 traffic: {len(CITIES)} cities x {opts.rate:g} req/s, phase '{phase.name}'")
+            if chat:
+                chat.phase = phase.name
+            rates = f"{opts.rate:g} req/s" + (f" + {opts.chat_rate:g} chats/s" if chat else "")
+            _say(f"5/5 traffic: {len(CITIES)} cities x {rates}, phase '{phase.name}'")
             runner = asyncio.create_task(traffic.run(phase.seconds))
             while not runner.done():
                 await asyncio.wait({runner}, timeout=3.0)
-                _say(_table(_city_rows(traffic, traffic.take_recent())) + "\n")
-            summaries[phase.name] = {c.name: traffic.stats[c.name].summary() for c in CITIES}
+                embed = {n: traffic.stats[n].summary() for n in names}
+                live = _chat_summary(chat, phase.name)
+                _say(render(city_rows(names, embed, live, traffic.take_recent())) + "\n")
+            summaries[phase.name] = {n: traffic.stats[n].summary() for n in names}
     finally:
+        if chat and chat_runner:
+            chat.stop()  # every stream begun is waited for and counted
+            await asyncio.gather(chat_runner, return_exceptions=True)
+            await chat.close()
         await traffic.close()
+    chats = {name: _chat_summary(chat, name) for name in summaries}
     failed = sum(int(str(s["errors"])) for p in summaries.values() for s in p.values())
     sent = sum(int(str(s["requests"])) for p in summaries.values() for s in p.values())
+    streams = sum(int(str(s["streams"])) for p in chats.values() for s in p.values())
+    broken = sum(int(str(s["broken"])) for p in chats.values() for s in p.values())
+    continued = sum(int(str(s["continued"])) for p in chats.values() for s in p.values())
     for name, table in summaries.items():
         _say(f"\nphase '{name}':")
-        _say(_table(_summary_rows(table)))
+        _say(render(summary_rows(table, chats[name])))
     killed = f"; region {failed_region} was killed mid-run" if failed_region else ""
     _say(f"\n{sent} requests, {failed} failed{killed}")
+    if chat:
+        _say(
+            f"{streams} chat streams, {broken} broken; {continued} in flight in "
+            f"{failed_region or 'no killed region'} continued from another region"
+        )
     return {
         "regions": [s.name for s in sites],
         "failed_region": failed_region,
         "requests": sent,
         "failed_requests": failed,
+        "streams": streams,
+        "broken_streams": broken,
+        "continued_streams": continued,
+        "streams_in_flight_at_kill": len(in_flight),
         "phases": summaries,
+        "chat_phases": chats,
     }
 
 
-def _summary_rows(table: dict[str, dict[str, object]]) -> list[list[str]]:
-    rows = [["client city", "served by (requests)", "p50 ms", "p99 ms", "retried", "errors"]]
-    for city, s in table.items():
-        regions = s["regions"]
-        assert isinstance(regions, dict)
-        served = ", ".join(f"{r} ({n})" for r, n in regions.items()) or "-"
-        rows.append(
-            [city, served, f"{s['p50_ms']:.0f}", f"{s['p99_ms']:.0f}", str(s["retried"]),
-             str(s["errors"])]
-        )  # fmt: skip
-    return rows
+def _busiest(traffic: Traffic) -> str:
+    counts: dict[str, int] = {}
+    for s in traffic.stats.values():
+        for region, n in s.regions.items():
+            counts[region] = counts.get(region, 0) + n
+    return max(counts, key=lambda r: counts[r])
+
+
+def _chat_summary(chat: ChatTraffic | None, phase: str) -> dict[str, dict[str, object]]:
+    if chat is None:
+        return {}
+    return {name: s.summary() for name, s in chat.stats[phase].items()}

@@ -100,6 +100,7 @@ async def _run(args: argparse.Namespace) -> int:
         gpu_count=len(gpus.inventory()),
         # workers fetch their artifacts from the control plane with this region's credential
         env={"MERIDIAN_WORKER_ARTIFACT_TOKEN": credential},
+        id_prefix=f"{args.region}/",  # worker ids unique across regions
         state_dir=args.state_dir or Path("var/agent") / args.region,
     )
     agent = RegionAgent(

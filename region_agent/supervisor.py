@@ -155,9 +155,13 @@ class LocalProcessSupervisor:
         drain_grace_s: float = 30.0,
         replace_wait_s: float = 120.0,
         transport: httpx.AsyncBaseTransport | None = None,
+        id_prefix: str = "",
         state_dir: Path | None = None,
     ) -> None:
+        """``id_prefix`` goes before every worker id (a region agent passes its region's
+        name, so that ids are unique across the fleet: routers key workers by id)."""
         self._command = tuple(command)
+        self._id_prefix = id_prefix
         self._host = host
         self._scrape_path = scrape_path
         self._interval = scrape_interval_s
@@ -231,7 +235,7 @@ class LocalProcessSupervisor:
     async def apply(self, desired: Sequence[WorkerSpec]) -> None:
         wanted: dict[str, WorkerSpec] = {}
         for spec in desired:
-            base = f"{spec.model}-{spec.version}-{spec.variant or 'base'}"
+            base = f"{self._id_prefix}{spec.model}-{spec.version}-{spec.variant or 'base'}"
             for i in range(spec.replicas):
                 wanted[f"{base}-{i}"] = spec
         now = time.monotonic()

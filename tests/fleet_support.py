@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import sys
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
@@ -12,6 +14,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session, sessionmaker
 
 from control_plane.db.models import (
+    ApiToken,
     Base,
     Deployment,
     Model,
@@ -20,13 +23,44 @@ from control_plane.db.models import (
     Region,
     RegionStatus,
 )
-from control_plane.fleet import FleetRuntime, FleetSettings
-from control_plane.fleet_store import credential_hash
+from control_plane.fleet.service import FleetRuntime, FleetSettings
+from control_plane.fleet.store import credential_hash
 from meridian.coordination import Coordination
 from meridian.snapshot import RoutingSnapshot
 from region_agent.agent import RegionAgent
 from region_agent.gpus import SimulatedGpuSource
 from region_agent.supervisor import WorkerSpec, WorkerStat
+
+# an admin token in every ``make_registry`` database (replicas started by ``replica_command``
+# accept it; stored up front, as concurrent replicas must not each add one)
+REPLICA_TOKEN = "replica-test-admin-token"
+REPLICA_AUTH = {"authorization": f"Bearer {REPLICA_TOKEN}"}
+
+
+def replica_command(
+    db: str,
+    etcd: str,
+    *,
+    http_port: int,
+    grpc_port: int,
+    data_dir: str,
+    options: Sequence[str] = (),
+) -> tuple[list[str], dict[str, str]]:
+    """``meridian control-plane`` as one HA replica on ``db`` (made by ``make_registry``) and
+    etcd: its argv and environment (the schema and ``REPLICA_TOKEN`` are there already)."""
+    argv = [
+        sys.executable, "-m", "meridian", "control-plane", "--database-url", db,
+        "--coordination", f"etcd://{etcd}", "--port", str(http_port),
+        "--grpc-port", str(grpc_port), "--data-dir", data_dir, "--log-level", "warning",
+        *options,
+    ]  # fmt: skip
+    env = {
+        **os.environ,
+        "PYTHONUNBUFFERED": "1",
+        "MERIDIAN_MIGRATE_ON_START": "false",
+    }
+    return argv, env
+
 
 REGIONS = {
     # name: (lat, lon, credential, status)
@@ -55,6 +89,7 @@ def make_registry(url: str) -> sessionmaker[Session]:
                 agent_credential_hash=credential_hash(cred),
             )
             s.add(regions[name])
+        s.add(ApiToken(name="replicas", token_hash=credential_hash(REPLICA_TOKEN), scopes="admin"))
         model = Model(name="resnet")
         version = ModelVersion(
             model=model,

@@ -103,13 +103,16 @@ def create_app(
             token = os.environ.get("MERIDIAN_WORKER_ARTIFACT_TOKEN") or None
             for spec in models:
                 if spec.url is not None:
-                    request = LoadRequest(
-                        version=spec.version,
-                        variant=spec.variant,
-                        format=spec.format or "onnx",  # type: ignore[arg-type]
-                        artifact_url=spec.url,
-                        sha256=spec.sha256,
-                        token=token,
+                    named = {"format": spec.format} if spec.format else {}
+                    request = LoadRequest.model_validate(
+                        {  # no format named: a tar archive is generative, else ONNX
+                            "version": spec.version,
+                            "variant": spec.variant,
+                            "artifact_url": spec.url,
+                            "sha256": spec.sha256,
+                            "token": token,
+                            **named,
+                        }
                     )
                     await dp.load(spec.name, request)
                 else:

@@ -36,6 +36,11 @@ def _check(member: tarfile.TarInfo) -> None:
         )
 
 
+def is_archive(path: Path) -> bool:
+    """Whether ``path`` is a tar archive (an ONNX or TorchScript file never is)."""
+    return path.is_file() and tarfile.is_tarfile(path)
+
+
 def unpack(archive: Path, target: Path) -> Path:
     """Unpack ``archive`` into the folder ``target`` (kept if already there); the
     model folder inside it (see :func:`model_folder`)."""

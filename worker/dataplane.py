@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from meridian.errors import InvalidInput, Unavailable
+from worker.archives import is_archive
 from worker.artifacts import ArtifactCache, sha256_file
 from worker.batcher import BatchPolicy
 from worker.engines.base import Engine, open_engine
@@ -262,6 +263,11 @@ class DataPlane:
                 request.artifact_url, request.sha256, token=request.token
             )
             sha = request.sha256.lower()
+            if "format" not in request.model_fields_set and await asyncio.to_thread(
+                is_archive, path
+            ):  # no format named (a region agent's deployment): an archive is generative
+                generative = request.model_copy(update={"format": "generative"})
+                return await self._load_generative(name, generative, local_ok=False)
         engine = await self._open(name, path, request)
         return await self.repository.install(
             name,

@@ -14,9 +14,9 @@ import sqlalchemy as sa
 from fastapi import FastAPI, Header, HTTPException
 from sqlalchemy.orm import Session, sessionmaker
 
-from control_plane.api_fleet import fleet_router
+from control_plane.api.fleet import fleet_router
 from control_plane.db.models import AuditEntry, Region
-from control_plane.fleet import FleetRuntime
+from control_plane.fleet.service import FleetRuntime
 from meridian.coordination import InProcessCoordination
 from meridian.snapshot import HealthState, RoutingSnapshot
 from meridian.waiting import wait_until_async

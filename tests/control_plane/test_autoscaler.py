@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from control_plane.autoscale.controller import Autoscaler, DeploymentTarget
 from control_plane.autoscale.policy import AutoscalePolicy, ScalingConfig
-from control_plane.fleet import region_gpu_caps
+from control_plane.fleet.service import region_gpu_caps
 from control_plane.health.summary import GpuSummary, RegionSummary
 from meridian.snapshot import (
     DeploymentRoute,

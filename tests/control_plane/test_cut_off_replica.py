@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
-import sys
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -17,7 +15,7 @@ import pytest
 from meridian.net import free_port
 from meridian.waiting import wait_until_async
 from router.snapshot_store import HttpFollower, SnapshotStore
-from tests.fleet_support import make_registry
+from tests.fleet_support import REPLICA_AUTH, REPLICA_TOKEN, make_registry, replica_command
 
 pytestmark = [pytest.mark.slow, pytest.mark.etcd, pytest.mark.postgres]
 ROOT = Path(__file__).resolve().parents[2]
@@ -73,15 +71,15 @@ async def replica(
     cable = Cable((host, int(port)))
     await cable.start()
     http_port = free_port()
-    argv = [
-        sys.executable, "-m", "control_plane.fleet_main", "--db", postgres_url,
-        "--etcd", f"127.0.0.1:{cable.port}", "--namespace", f"/test/cut-{uuid.uuid4().hex[:8]}",
-        "--grpc-port", str(free_port()), "--http-port", str(http_port), "--log-level", "WARNING",
-    ]  # fmt: skip
+    argv, env = replica_command(
+        postgres_url, f"127.0.0.1:{cable.port}", http_port=http_port, grpc_port=free_port(),
+        data_dir=str(tmp_path / "replica"),
+        options=["--fleet-namespace", f"/test/cut-{uuid.uuid4().hex[:8]}"],
+    )  # fmt: skip
     log = (tmp_path / "replica.log").open("wb")
     proc = await asyncio.create_subprocess_exec(
         *argv, cwd=ROOT, stdout=log, stderr=asyncio.subprocess.STDOUT,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        env=env,
     )  # fmt: skip
     try:
         yield f"http://127.0.0.1:{http_port}", cable
@@ -102,7 +100,7 @@ async def test_a_replica_cut_off_from_etcd_does_not_keep_the_snapshot_young(
 ) -> None:
     url, cable = replica
     store = SnapshotStore()
-    follower = HttpFollower(store, [url], "unused", wait_s=1.0)  # long-polls of 1 s
+    follower = HttpFollower(store, [url], REPLICA_TOKEN, wait_s=1.0)  # long-polls of 1 s
     task = asyncio.create_task(follower.run())
     try:
         await wait_until_async(lambda: store.current is not None, timeout=30, what="a snapshot")
@@ -118,7 +116,7 @@ async def test_a_replica_cut_off_from_etcd_does_not_keep_the_snapshot_young(
         held = store.current
         assert held is not None
         async with httpx.AsyncClient() as client:
-            poll = {"if-none-match": f'"{held.version}"'}
+            poll = {**REPLICA_AUTH, "if-none-match": f'"{held.version}"'}
             r = await client.get(f"{url}/v1/routing/snapshot", params={"wait": 0}, headers=poll)
         assert r.status_code == 503
         assert "cannot reach the coordination store" in r.text

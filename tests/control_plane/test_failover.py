@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -21,7 +19,13 @@ from meridian.net import free_port
 from meridian.snapshot import HealthState
 from meridian.waiting import wait_until, wait_until_async
 from region_agent.gpus import Fault
-from tests.fleet_support import make_registry, start_agent, wait_snapshot
+from tests.fleet_support import (
+    REPLICA_AUTH,
+    make_registry,
+    replica_command,
+    start_agent,
+    wait_snapshot,
+)
 
 pytestmark = [pytest.mark.slow, pytest.mark.etcd, pytest.mark.postgres]
 ROOT = Path(__file__).resolve().parents[2]
@@ -34,24 +38,25 @@ class Replica:
         self.http_port = free_port()
         self.log = log
         self._out = log.open("wb")
-        argv = [
-            sys.executable, "-m", "control_plane.fleet_main",
-            "--db", db, "--etcd", etcd, "--namespace", namespace, "--replica-id", name,
-            "--grpc-port", str(self.grpc_port), "--http-port", str(self.http_port),
-            "--report-interval", "0.2", "--leader-ttl", "2", "--summary-ttl", "2",
-            "--log-level", "WARNING",
-        ]  # fmt: skip
+        argv, env = replica_command(
+            db, etcd, http_port=self.http_port, grpc_port=self.grpc_port,
+            data_dir=str(log.parent / name),
+            options=[
+                "--fleet-namespace", namespace, "--replica-id", name, "--report-interval", "0.2",
+                "--leader-ttl", "2", "--summary-ttl", "2",
+            ],
+        )  # fmt: skip
         self.process = subprocess.Popen(
-            argv,
-            cwd=ROOT,
-            stdout=self._out,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            argv, cwd=ROOT, stdout=self._out, stderr=subprocess.STDOUT, env=env
         )
 
     def status(self) -> dict[str, object] | None:
         try:
-            r = httpx.get(f"http://127.0.0.1:{self.http_port}/v1/fleet/status", timeout=0.5)
+            r = httpx.get(
+                f"http://127.0.0.1:{self.http_port}/v1/fleet/status",
+                headers=REPLICA_AUTH,
+                timeout=0.5,
+            )
             return dict(r.json()) if r.status_code == 200 else None
         except httpx.HTTPError:
             return None

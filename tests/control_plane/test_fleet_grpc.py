@@ -14,7 +14,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session, sessionmaker
 
 from control_plane.db.models import Region
-from control_plane.fleet import FleetRuntime, nudge_registry
+from control_plane.fleet.service import FleetRuntime, nudge_registry
 from meridian.coordination import Coordination, InProcessCoordination, open_coordination
 from meridian.snapshot import HealthState, RoutingSnapshot
 from meridian.waiting import wait_until_async

@@ -10,7 +10,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session, sessionmaker
 
 from control_plane.db.models import Deployment, ModelVariant, ModelVersion, Region
-from control_plane.fleet_store import FleetStore
+from control_plane.fleet.store import FleetStore
 from meridian.errors import NotFound, PermissionDenied, Unauthenticated
 from tests.fleet_support import REGIONS, make_registry
 

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import signal
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -31,7 +29,13 @@ from meridian.snapshot import HealthState, RoutingSnapshot
 from meridian.waiting import wait_until, wait_until_async
 from region_agent.agent import RegionAgent
 from region_agent.gpus import SimulatedGpuSource
-from tests.fleet_support import REGIONS, StaticSupervisor, make_registry
+from tests.fleet_support import (
+    REGIONS,
+    REPLICA_AUTH,
+    StaticSupervisor,
+    make_registry,
+    replica_command,
+)
 from tests.tasks import running
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -117,7 +121,7 @@ async def test_a_new_leader_publishes_no_region_down_before_the_grace_ends() -> 
 
 
 class Replica:
-    """``control_plane.fleet_main`` on fixed ports, so agents find it again after a restart."""
+    """``meridian control-plane`` on fixed ports, so agents find it again after a restart."""
 
     def __init__(self, name: str, db: str, etcd: str, namespace: str, log: Path) -> None:
         self.name, self.db, self.etcd, self.namespace, self.log = name, db, etcd, namespace, log
@@ -125,15 +129,15 @@ class Replica:
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
-        argv = [
-            sys.executable, "-m", "control_plane.fleet_main",
-            "--db", self.db, "--etcd", self.etcd, "--namespace", self.namespace,
-            "--replica-id", self.name, "--grpc-port", str(self.grpc_port),
-            "--http-port", str(self.http_port), "--report-interval", "0.2",
-            "--leader-ttl", "2", "--summary-ttl", "1", "--reconnect-grace", "4",
-            "--log-level", "WARNING",
-        ]  # fmt: skip
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        argv, env = replica_command(
+            self.db, self.etcd, http_port=self.http_port, grpc_port=self.grpc_port,
+            data_dir=str(self.log.parent / self.name),
+            options=[
+                "--fleet-namespace", self.namespace, "--replica-id", self.name,
+                "--report-interval", "0.2", "--leader-ttl", "2", "--summary-ttl", "1",
+                "--reconnect-grace", "4",
+            ],
+        )  # fmt: skip
         with self.log.open("ab") as out:
             self.process = subprocess.Popen(
                 argv, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, env=env
@@ -142,7 +146,7 @@ class Replica:
     def serving(self) -> bool:
         try:
             url = f"http://127.0.0.1:{self.http_port}/v1/fleet/status"
-            return httpx.get(url, timeout=0.5).status_code == 200
+            return httpx.get(url, headers=REPLICA_AUTH, timeout=0.5).status_code == 200
         except httpx.HTTPError:
             return False
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from fastapi import FastAPI, HTTPException
 from fastapi.testclient import TestClient
 
-from control_plane.registry_nudge import RegistryWriteNudge
+from control_plane.fleet.nudge import RegistryWriteNudge
 
 
 def _app(nudges: list[str], fail: bool = False) -> FastAPI:

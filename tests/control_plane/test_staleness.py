@@ -8,7 +8,7 @@ import time
 import httpx
 from fastapi import FastAPI
 
-from control_plane.api_fleet import fleet_router
+from control_plane.api.fleet import fleet_router
 from control_plane.health.fleet_view import FleetView
 from control_plane.health.inventory import RegionRecord, RegistryView
 from control_plane.health.snapshots import (

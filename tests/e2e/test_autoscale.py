@@ -76,7 +76,7 @@ def workers(local: LocalFleet, model: str = "m") -> list[dict[str, Any]]:
     snap = local.snapshot()
     region = next((r for r in snap["regions"] if r["name"] == SITE.name), None)
     found = region["workers"] if region else []
-    return [w for w in found if w["worker_id"].startswith(f"{model}-")]
+    return [w for w in found if w["worker_id"].startswith(f"{SITE.name}/{model}-")]
 
 
 def routable(local: LocalFleet, model: str = "m") -> int:

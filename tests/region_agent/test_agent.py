@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from control_plane.fleet import FleetRuntime
+from control_plane.fleet.service import FleetRuntime
 from meridian.coordination import InProcessCoordination
 from meridian.net import free_port
 from meridian.snapshot import HealthState

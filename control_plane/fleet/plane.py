@@ -1,6 +1,6 @@
 """The fleet plane inside the control-plane process: agents' gRPC, health, snapshots.
 
-``build_fleet`` wires the health plane (``control_plane.fleet.FleetRuntime``) to the
+``build_fleet`` wires the health plane (``control_plane.fleet.service.FleetRuntime``) to the
 registry's database and to the coordination backend the settings name, and gives
 the REST routes (``/v1/routing/snapshot``, region health, drain) with the admin
 API's own token scopes.
@@ -8,18 +8,18 @@ API's own token scopes.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import cast
 
 import sqlalchemy as sa
 from fastapi import APIRouter, Depends
 
 from control_plane.api.deps import require_scope
-from control_plane.api_fleet import fleet_router
+from control_plane.api.fleet import fleet_router
 from control_plane.autoscale.policy import ScalingConfig
 from control_plane.db.models import RegionHealth
-from control_plane.fleet import FleetRuntime, FleetSettings, drain_action, nudge_registry
-from control_plane.fleet_store import FleetStore
+from control_plane.fleet.service import FleetRuntime, FleetSettings, drain_action, nudge_registry
+from control_plane.fleet.store import FleetStore
 from control_plane.health.recorder import SqlHealthSink
 from control_plane.registry import Registry
 from control_plane.settings import ControlPlaneSettings
@@ -49,23 +49,28 @@ class FleetPlane:
 def build_fleet(settings: ControlPlaneSettings, registry: Registry) -> FleetPlane:
     coord = open_coordination(settings.coordination_url)
     store = FleetStore(registry.db.writes, artifact_base_url=settings.resolved_public_url)
-    runtime = FleetRuntime(
-        FleetSettings(
-            grpc_host=settings.grpc_host,
-            grpc_port=settings.grpc_port,
-            report_interval_s=settings.report_interval_s,
-            reconnect_grace_s=settings.reconnect_grace_s,
-            refresh_s=settings.snapshot_refresh_s,
-            namespace=settings.fleet_namespace,
-            autoscale=settings.autoscale_enabled,
-            scaling=ScalingConfig(
-                target_concurrency=settings.autoscale_target_concurrency,
-                stable_window_s=settings.autoscale_stable_window_s,
-                panic_window_s=settings.autoscale_panic_window_s,
-                scale_down_delay_s=settings.autoscale_scale_down_delay_s,
-            ),
-            gpu_budget=settings.gpu_budget,
+    fleet_settings = FleetSettings(
+        grpc_host=settings.grpc_host,
+        grpc_port=settings.grpc_port,
+        report_interval_s=settings.report_interval_s,
+        leader_ttl_s=settings.leader_ttl_s,
+        summary_ttl_s=settings.summary_ttl_s,
+        reconnect_grace_s=settings.reconnect_grace_s,
+        refresh_s=settings.snapshot_refresh_s,
+        namespace=settings.fleet_namespace,
+        autoscale=settings.autoscale_enabled,
+        scaling=ScalingConfig(
+            target_concurrency=settings.autoscale_target_concurrency,
+            stable_window_s=settings.autoscale_stable_window_s,
+            panic_window_s=settings.autoscale_panic_window_s,
+            scale_down_delay_s=settings.autoscale_scale_down_delay_s,
         ),
+        gpu_budget=settings.gpu_budget,
+    )
+    if settings.replica_id:
+        fleet_settings = replace(fleet_settings, replica_id=settings.replica_id)
+    runtime = FleetRuntime(
+        fleet_settings,
         coord,
         load_registry=store.load,
         check_credential=store.check_credential,

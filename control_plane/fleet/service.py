@@ -34,7 +34,8 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from control_plane.autoscale.controller import Autoscaler, DeploymentTarget
 from control_plane.autoscale.policy import AutoscalePolicy, ScalingConfig
-from control_plane.fleet_store import FleetStore
+from control_plane.fleet.leader import Leadership
+from control_plane.fleet.store import FleetStore
 from control_plane.health.directives import DirectiveBoard, DirectiveReconciler
 from control_plane.health.fleet_view import FleetView
 from control_plane.health.inventory import CredentialCheck, RegistryView
@@ -57,7 +58,6 @@ from control_plane.health.snapshots import (
     build_snapshot,
 )
 from control_plane.health.summary import RegionSummary
-from control_plane.leader import Leadership
 from meridian.coordination import Coordination, EventKind
 from meridian.errors import Unavailable
 from meridian.eventwait import wait_event
@@ -243,7 +243,7 @@ class FleetRuntime:
         )
 
     async def set_draining(self, region: str, draining: bool, actor: str) -> str:
-        """Operator drain/undrain (``control_plane.api_fleet.fleet_router``'s ``set_draining``)."""
+        """Operator drain/undrain (``control_plane.api.fleet.fleet_router``'s ``set_draining``)."""
         if self._set_draining is None:
             raise Unavailable("draining is not configured for this runtime")
         return await self._set_draining(region, draining, actor)
