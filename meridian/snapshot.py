@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 import orjson
@@ -143,11 +143,15 @@ class RoutingSnapshot:
         regions = tuple(
             RegionView(
                 **{
-                    **r,
+                    **_known(RegionView, r),
                     "state": HealthState(r["state"]),
                     "workers": tuple(
                         WorkerView(
-                            **{**w, "state": HealthState(w["state"]), "models": tuple(w["models"])}
+                            **{
+                                **_known(WorkerView, w),
+                                "state": HealthState(w["state"]),
+                                "models": tuple(w["models"]),
+                            }
                         )
                         for w in r.get("workers", ())
                     ),
@@ -155,7 +159,9 @@ class RoutingSnapshot:
             )
             for r in data.get("regions", ())
         )
-        deployments = tuple(DeploymentRoute(**d) for d in data.get("deployments", ()))
+        deployments = tuple(
+            DeploymentRoute(**_known(DeploymentRoute, d)) for d in data.get("deployments", ())
+        )
         return cls(
             version=int(data["version"]),
             generated_at=float(data["generated_at"]),
@@ -166,3 +172,11 @@ class RoutingSnapshot:
     @classmethod
     def from_json(cls, raw: bytes | str) -> RoutingSnapshot:
         return cls.from_dict(orjson.loads(raw))
+
+
+def _known(kind: type, data: dict[str, Any]) -> dict[str, Any]:
+    """The fields of ``data`` that ``kind`` has: a router reads snapshots from a newer
+    control plane during a rolling upgrade, and a field it does not know yet is not an
+    error."""
+    names = {f.name for f in fields(kind)}
+    return {k: v for k, v in data.items() if k in names}

@@ -37,3 +37,36 @@ def test_a_region_down_on_evidence_or_drained_is_believed() -> None:
     lost = RegionView("east", HealthState.DOWN, 40.0, -74.0, unmonitored_since=999.0)
     assert hold.view(_snap(3, lost)).region("east") == lost  # nothing monitored to keep
     assert hold.held == set()
+
+
+def test_a_snapshot_from_a_newer_control_plane_still_parses() -> None:
+    from meridian.snapshot import RoutingSnapshot
+
+    raw = {
+        "version": 3,
+        "generated_at": 1.0,
+        "future_top_level": 1,
+        "regions": [
+            {
+                "name": "eu",
+                "state": "healthy",
+                "lat": 53.3,
+                "lon": -6.3,
+                "future_region_field": {"x": 1},
+                "workers": [
+                    {
+                        "worker_id": "eu/w0",
+                        "endpoint": "http://127.0.0.1:1",
+                        "state": "healthy",
+                        "models": ["m:1"],
+                        "future_worker_field": 2,
+                    }
+                ],
+            }
+        ],
+        "deployments": [],
+    }
+    snap = RoutingSnapshot.from_dict(raw)
+    assert snap.version == 3
+    assert snap.regions[0].name == "eu"
+    assert snap.regions[0].workers[0].models == ("m:1",)
