@@ -18,7 +18,7 @@ import datetime as dt
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 
@@ -27,7 +27,17 @@ from meridian.errors import MeridianError, PermissionDenied, Unauthenticated, gr
 from meridian.pki import CertificateAuthority, Role, credential_tag, identity_of_pem
 from proto import enroll_pb2 as epb
 
-__all__ = ["AgentTLS", "EnrollmentServicer", "PeerCheck", "bind_agent_ports", "peer_check_for"]
+if TYPE_CHECKING:
+    from control_plane.settings import ControlPlaneSettings
+
+__all__ = [
+    "AgentTLS",
+    "EnrollmentServicer",
+    "PeerCheck",
+    "agent_tls_from",
+    "bind_agent_ports",
+    "peer_check_for",
+]
 
 log = logging.getLogger(__name__)
 ENROLL_SERVICE = "meridian.pki.v1.Enrollment"
@@ -44,6 +54,26 @@ class AgentTLS:
     agent_cert_lifetime: dt.timedelta = dt.timedelta(hours=1)
     server_cert_lifetime: dt.timedelta = dt.timedelta(days=7)
     extra_server_names: Sequence[str] = field(default_factory=tuple)
+
+
+def agent_tls_from(settings: ControlPlaneSettings) -> AgentTLS | None:
+    """The agents' TLS from the control plane's settings; None (plaintext) only when
+    ``insecure`` or, in local use, when no CA directory is set, with a warning."""
+    if settings.tls_dir is None:
+        log.warning(
+            "agents' gRPC is PLAINTEXT (%s): credentials and snapshots cross the network in "
+            "clear; run `meridian ca init --dir DIR` and set MERIDIAN_TLS_DIR=DIR",
+            "--insecure" if settings.insecure else "no MERIDIAN_TLS_DIR in local use",
+        )
+        return None
+    return AgentTLS(
+        CertificateAuthority.load(settings.tls_dir),
+        enroll_port=settings.agent_enroll_port,
+        agent_cert_lifetime=dt.timedelta(seconds=settings.agent_cert_lifetime_s),
+        extra_server_names=tuple(
+            h for h in {settings.grpc_host, settings.http_host} if h not in ("0.0.0.0", "::")
+        ),
+    )
 
 
 def peer_check_for(tls: AgentTLS | None) -> PeerCheck | None:

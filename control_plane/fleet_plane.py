@@ -14,6 +14,7 @@ from typing import cast
 import sqlalchemy as sa
 from fastapi import APIRouter, Depends
 
+from control_plane.agent_tls import agent_tls_from  # mutual TLS for agents
 from control_plane.api.deps import require_scope
 from control_plane.api_fleet import fleet_router
 from control_plane.autoscale.policy import ScalingConfig
@@ -65,6 +66,7 @@ def build_fleet(settings: ControlPlaneSettings, registry: Registry) -> FleetPlan
                 scale_down_delay_s=settings.autoscale_scale_down_delay_s,
             ),
             gpu_budget=settings.gpu_budget,
+            tls=agent_tls_from(settings),  # mutual TLS for agents (control_plane.agent_tls)
         ),
         coord,
         load_registry=store.load,

@@ -61,6 +61,21 @@ class ControlPlaneSettings(BaseSettings):
     gpu_budget: dict[str, int] = Field(default_factory=dict)
     # the routers' Redis (redis://host:port/db): API keys' token usage is read from it
     redis_url: str | None = None
+    # --- TLS: the fleet CA's directory (``meridian ca init --dir``): agents enroll on
+    # agent_enroll_port, then stream over mutual TLS; the admin API serves HTTPS ---
+    tls_dir: Path | None = None
+    insecure: bool = False  # plaintext listeners, explicitly (logs a warning)
+    agent_enroll_port: int = Field(default=8082, ge=0, le=65535)  # 0: any free port
+    agent_cert_lifetime_s: float = Field(default=3600.0, ge=60)
+
+    @model_validator(mode="after")
+    def _refuse_plaintext_outside_local_use(self) -> ControlPlaneSettings:
+        if self.environment != "local" and self.tls_dir is None and not self.insecure:
+            raise ValueError(
+                "set MERIDIAN_TLS_DIR to the fleet CA's directory (meridian ca init), "
+                "or MERIDIAN_INSECURE=true to accept plaintext listeners"
+            )
+        return self
 
     @model_validator(mode="after")
     def _refuse_placeholder_secrets(self) -> ControlPlaneSettings:

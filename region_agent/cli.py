@@ -9,6 +9,10 @@ import logging
 import shlex
 import signal
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from region_agent.tls import AgentTLS
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -46,6 +50,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--worker-host", default="127.0.0.1", help="address workers listen on")
     p.add_argument("--scrape-path", default="/v2/stats", help="worker stats path")
     p.add_argument("--report-interval", type=float, default=1.0)
+    p.add_argument(
+        "--ca-cert",
+        type=Path,
+        default=None,
+        help="the fleet CA certificate (ca.pem): enroll, then stream over mutual TLS",
+    )
+    p.add_argument(
+        "--enroll",
+        default="",
+        help="control-plane enrollment address(es) host:port[,...] (with --ca-cert)",
+    )
+    p.add_argument("--insecure", action="store_true", help="stream in plaintext (logs a warning)")
     p.add_argument("--log-level", default="INFO")
 
 
@@ -68,6 +84,9 @@ async def _run(args: argparse.Namespace) -> int:
         log.error("cannot read the credential file: %s", exc)
         return 2
     addresses = [a.strip() for a in args.control_plane.split(",") if a.strip()]
+    tls = _tls(args, log)
+    if isinstance(tls, bool):
+        return 2
     try:
         gpus = open_gpu_source(args.simulate_gpus, args.gpu_type)
     except GpuUnavailable as exc:
@@ -101,6 +120,7 @@ async def _run(args: argparse.Namespace) -> int:
         gpus=gpus,
         supervisor=supervisor,
         report_interval_s=args.report_interval,
+        tls=tls,
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -117,3 +137,24 @@ async def _run(args: argparse.Namespace) -> int:
         await supervisor.close()
         gpus.close()
     return 0
+
+
+def _tls(args: argparse.Namespace, log: logging.Logger) -> AgentTLS | bool | None:
+    """The agent's TLS from its flags; False after logging why they do not fit."""
+    from region_agent.tls import AgentTLS
+
+    if args.ca_cert is None:
+        log.warning(
+            "the stream to the control plane is PLAINTEXT (%s): pass --ca-cert and --enroll",
+            "--insecure" if args.insecure else "no --ca-cert",
+        )
+        return None
+    enroll = [a.strip() for a in args.enroll.split(",") if a.strip()]
+    if not enroll:
+        log.error("--ca-cert needs --enroll host:port (the control plane's enrollment port)")
+        return False
+    try:
+        return AgentTLS(args.ca_cert.read_bytes(), enroll)
+    except OSError as exc:
+        log.error("cannot read the CA certificate: %s", exc)
+        return False
