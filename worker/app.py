@@ -9,6 +9,7 @@ import gc
 import logging
 import os
 import signal
+import ssl
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -153,11 +154,20 @@ async def running(app: FastAPI, host: str, port: int) -> AsyncIterator[int]:
 
     async with app.router.lifespan_context(app):
         server = HttpServer(app, app.state.dataplane)
-        bound = await server.start(host, port)
+        bound = await server.start(host, port, tls_server_context(app.state.dataplane.settings))
         try:
             yield bound
         finally:
             await server.stop(grace_s=5.0)
+
+
+def tls_server_context(settings: WorkerSettings) -> ssl.SSLContext | None:
+    if not settings.tls:
+        return None
+    from worker.access import server_context
+
+    assert settings.tls_cert and settings.tls_key and settings.tls_ca
+    return server_context(str(settings.tls_cert), str(settings.tls_key), str(settings.tls_ca))
 
 
 def serve(settings: WorkerSettings, models: Sequence[ModelSpec] = ()) -> None:
