@@ -23,7 +23,7 @@ from router.snapshot_store import (
     KeyringStore,
     SnapshotStore,
 )
-from router.tls import server_context
+from router.tls import server_context, worker_context
 from router.token_budget import LocalTokenBudget, RedisTokenBudget, TokenBudget
 from router.upstream import UpstreamPool
 
@@ -68,7 +68,11 @@ class RouterServer:
             settings,
             self.store,
             policy,
-            UpstreamPool(),
+            UpstreamPool(
+                ssl_context=worker_context(  # TLS to workers (router.tls)
+                    settings.worker_tls_cert, settings.worker_tls_key, settings.fleet_ca
+                )
+            ),
             limiter,
             ClientLocator(settings.default_location, settings.trusted_proxies, settings.geoip_path),
             demand=demand,

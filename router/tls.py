@@ -7,7 +7,7 @@ import ipaddress
 import ssl
 from pathlib import Path
 
-__all__ = ["self_signed_pair", "server_context"]
+__all__ = ["self_signed_pair", "server_context", "worker_context"]
 
 
 def self_signed_pair(directory: Path, hostname: str = "localhost") -> tuple[Path, Path]:
@@ -57,4 +57,15 @@ def server_context(cert: Path, key: Path) -> ssl.SSLContext:
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     ctx.load_cert_chain(str(cert), str(key))
     ctx.set_alpn_protocols(["http/1.1"])
+    return ctx
+
+
+def worker_context(cert: Path | None, key: Path | None, ca: Path | None) -> ssl.SSLContext | None:
+    """TLS to workers: the router's fleet client certificate (``meridian ca issue --role
+    router``), trusting only the fleet CA. None (plaintext to workers) without them."""
+    if cert is None or key is None or ca is None:
+        return None
+    ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(ca))
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.load_cert_chain(str(cert), str(key))
     return ctx

@@ -160,3 +160,38 @@ def test_worker_grpc_answers_the_router_only(pki: dict[str, ServerFiles], tmp_pa
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+async def test_router_pool_reaches_tls_workers_with_its_certificate_only(
+    pki: dict[str, ServerFiles], tmp_path: Path, models: BuiltModels
+) -> None:
+    import orjson
+
+    from router.tls import worker_context
+    from router.upstream import UpstreamError, UpstreamPool
+
+    settings = tls_settings(pki, tmp_path)
+    dp = DataPlane(settings)
+    ca = pki["worker"].ca
+    body = orjson.dumps(BODY)
+    headers = [(b"content-type", b"application/json")]
+    async with live_worker(settings, dp) as w:
+        await dp.load_path("mlp", "1", models.mlp_onnx)
+        port = int(w.url.rsplit(":", 1)[1])
+        router = UpstreamPool(ssl_context=worker_context(pki["router"].cert, pki["router"].key, ca))
+        agent = UpstreamPool(ssl_context=worker_context(pki["agent"].cert, pki["agent"].key, ca))
+        plain = UpstreamPool()
+        try:
+            ok = await router.request("127.0.0.1", port, "POST", "/v2/models/mlp/infer",
+                                      headers, body, timeout=5)  # fmt: skip
+            assert ok.status == 200 and b'"outputs"' in ok.body
+            refused = await agent.request("127.0.0.1", port, "POST", "/v2/models/mlp/infer",
+                                          headers, body, timeout=5)  # fmt: skip
+            assert refused.status == 403
+            with pytest.raises(UpstreamError):  # plaintext to a TLS worker: dropped
+                await plain.request("127.0.0.1", port, "POST", "/v2/models/mlp/infer",
+                                    headers, body, timeout=2)  # fmt: skip
+            assert worker_context(None, None, ca) is None  # no certificate: plaintext pool
+        finally:
+            for pool in (router, agent, plain):
+                pool.close()
