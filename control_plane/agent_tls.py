@@ -23,7 +23,13 @@ from typing import TYPE_CHECKING, Any
 import grpc
 
 from control_plane.health.inventory import CredentialCheck
-from meridian.errors import MeridianError, PermissionDenied, Unauthenticated, grpc_code_for
+from meridian.errors import (
+    InvalidInput,
+    MeridianError,
+    PermissionDenied,
+    Unauthenticated,
+    grpc_code_for,
+)
 from meridian.pki import CertificateAuthority, Role, credential_tag, identity_of_pem
 from proto import enroll_pb2 as epb
 
@@ -110,19 +116,36 @@ class EnrollmentServicer:
     async def Enroll(self, request: epb.EnrollRequest, context: Any) -> epb.EnrollReply:
         try:
             identity = await self._check(request.region, request.credential)
-            issued = self._tls.ca.sign_csr(
-                request.csr_pem,
-                Role.AGENT,
-                region=identity.region,
-                lifetime=self._tls.agent_cert_lifetime,
-                credential=request.credential,
-            )
+            if request.role in ("", Role.AGENT.value):
+                issued = self._tls.ca.sign_csr(
+                    request.csr_pem,
+                    Role.AGENT,
+                    region=identity.region,
+                    lifetime=self._tls.agent_cert_lifetime,
+                    credential=request.credential,
+                )
+            elif request.role == Role.WORKER.value:
+                hosts = list(request.hosts)
+                if not hosts or len(hosts) > 8 or any(not h or len(h) > 253 for h in hosts):
+                    raise InvalidInput("a worker certificate names 1 to 8 hosts")
+                issued = self._tls.ca.sign_csr(
+                    request.csr_pem,
+                    Role.WORKER,
+                    region=identity.region,
+                    hosts=hosts,
+                    lifetime=self._tls.agent_cert_lifetime,
+                )
+            else:
+                raise InvalidInput(f"cannot enroll role {request.role!r}: agent or worker")
         except MeridianError as exc:
             log.info("enrollment for %r refused: %s", request.region, exc.message)
             await context.abort(grpc_code_for(exc), exc.message)
             raise  # abort raises; this line is for the type checker
         self.issued += 1
-        log.info("enrolled an agent of region %r until %s", identity.region, issued.not_after)
+        log.info(
+            "issued a %s certificate for region %r until %s",
+            request.role or "agent", identity.region, issued.not_after,
+        )  # fmt: skip
         return epb.EnrollReply(
             cert_pem=issued.cert_pem, ca_pem=issued.ca_pem, not_after=issued.not_after.timestamp()
         )

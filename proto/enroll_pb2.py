@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x12proto/enroll.proto\x12\x0fmeridian.pki.v1\"D\n\rEnrollRequest\x12\x0e\n\x06region\x18\x01 \x01(\t\x12\x12\n\ncredential\x18\x02 \x01(\t\x12\x0f\n\x07\x63sr_pem\x18\x03 \x01(\x0c\"B\n\x0b\x45nrollReply\x12\x10\n\x08\x63\x65rt_pem\x18\x01 \x01(\x0c\x12\x0e\n\x06\x63\x61_pem\x18\x02 \x01(\x0c\x12\x11\n\tnot_after\x18\x03 \x01(\x01\x32T\n\nEnrollment\x12\x46\n\x06\x45nroll\x12\x1e.meridian.pki.v1.EnrollRequest\x1a\x1c.meridian.pki.v1.EnrollReplyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x12proto/enroll.proto\x12\x0fmeridian.pki.v1\"a\n\rEnrollRequest\x12\x0e\n\x06region\x18\x01 \x01(\t\x12\x12\n\ncredential\x18\x02 \x01(\t\x12\x0f\n\x07\x63sr_pem\x18\x03 \x01(\x0c\x12\x0c\n\x04role\x18\x04 \x01(\t\x12\r\n\x05hosts\x18\x05 \x03(\t\"B\n\x0b\x45nrollReply\x12\x10\n\x08\x63\x65rt_pem\x18\x01 \x01(\x0c\x12\x0e\n\x06\x63\x61_pem\x18\x02 \x01(\x0c\x12\x11\n\tnot_after\x18\x03 \x01(\x01\x32T\n\nEnrollment\x12\x46\n\x06\x45nroll\x12\x1e.meridian.pki.v1.EnrollRequest\x1a\x1c.meridian.pki.v1.EnrollReplyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -32,9 +32,9 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'proto.enroll_pb2', _globals
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_ENROLLREQUEST']._serialized_start=39
-  _globals['_ENROLLREQUEST']._serialized_end=107
-  _globals['_ENROLLREPLY']._serialized_start=109
-  _globals['_ENROLLREPLY']._serialized_end=175
-  _globals['_ENROLLMENT']._serialized_start=177
-  _globals['_ENROLLMENT']._serialized_end=261
+  _globals['_ENROLLREQUEST']._serialized_end=136
+  _globals['_ENROLLREPLY']._serialized_start=138
+  _globals['_ENROLLREPLY']._serialized_end=204
+  _globals['_ENROLLMENT']._serialized_start=206
+  _globals['_ENROLLMENT']._serialized_end=290
 # @@protoc_insertion_point(module_scope)

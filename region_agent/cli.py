@@ -9,10 +9,10 @@ import logging
 import shlex
 import signal
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from region_agent.tls import AgentTLS
+    from region_agent.tls import AgentCertificate, AgentTLS
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -73,6 +73,8 @@ def main(args: argparse.Namespace) -> int:
 
 
 async def _run(args: argparse.Namespace) -> int:
+    import httpx
+
     from region_agent.agent import RegionAgent
     from region_agent.gpus import Fault, GpuUnavailable, SimulatedGpuSource, open_gpu_source
     from region_agent.supervisor import DEFAULT_WORKER_COMMAND, LocalProcessSupervisor
@@ -105,13 +107,31 @@ async def _run(args: argparse.Namespace) -> int:
             )
             return 2
     command = shlex.split(args.worker_command) if args.worker_command else DEFAULT_WORKER_COMMAND
+    tls_kwargs: dict[str, Any] = {}
+    worker_env: dict[str, str] = {}
+    certificate = None
+    if tls is not None:  # enroll first: the workers get their certificates before they start
+        certificate = await _enroll_with_workers(tls, args, credential, log)
+        if certificate is None:
+            return 2
+        files = certificate.worker_files
+        assert files is not None
+        worker_env = files.worker_env()
+        tls_kwargs = {
+            "scheme": "https",
+            "transport": httpx.AsyncHTTPTransport(verify=files.scrape_context()),
+        }
     supervisor = LocalProcessSupervisor(
         command=command,
         host=args.worker_host,
         scrape_path=args.scrape_path,
         gpu_count=len(gpus.inventory()),
         # workers fetch their artifacts from the control plane with this region's credential
-        env={"MERIDIAN_WORKER_ARTIFACT_TOKEN": credential},
+        env={
+            "MERIDIAN_WORKER_ARTIFACT_TOKEN": credential,
+            **worker_env,  # TLS: the workers' certificate from the control plane
+        },
+        **tls_kwargs,
     )
     agent = RegionAgent(
         addresses,
@@ -122,6 +142,8 @@ async def _run(args: argparse.Namespace) -> int:
         report_interval_s=args.report_interval,
         tls=tls,
     )
+    if certificate is not None:
+        agent.certificate = certificate  # enrolled above, with the workers' files
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -158,3 +180,31 @@ def _tls(args: argparse.Namespace, log: logging.Logger) -> AgentTLS | bool | Non
     except OSError as exc:
         log.error("cannot read the CA certificate: %s", exc)
         return False
+
+
+async def _enroll_with_workers(
+    tls: AgentTLS, args: argparse.Namespace, credential: str, log: logging.Logger
+) -> AgentCertificate | None:
+    """Enroll the agent and get its workers' certificate, retrying while the control
+    plane is unreachable; None when it refuses (a wrong credential will not get better)."""
+    import tempfile
+
+    import grpc
+
+    from region_agent.tls import AgentCertificate
+
+    certificate = AgentCertificate(tls, args.region, credential)
+    directory = Path(tempfile.mkdtemp(prefix="meridian-agent-tls-"))
+    delay = 0.2
+    while True:
+        try:
+            await certificate.enroll()
+            await certificate.issue_worker_files(directory, [args.worker_host])
+            return certificate
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() != grpc.StatusCode.UNAVAILABLE:
+                log.error("the control plane refused enrollment: %s", exc.details())
+                return None
+            log.warning("enrollment failed (%s); retrying in %.1fs", exc.details(), delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)

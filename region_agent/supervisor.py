@@ -141,7 +141,9 @@ class LocalProcessSupervisor:
         drain_min_s: float = 3.0,
         drain_grace_s: float = 30.0,
         transport: httpx.AsyncBaseTransport | None = None,
+        scheme: str = "http",  # "https": workers serve TLS (region_agent.tls.WorkerFiles)
     ) -> None:
+        self._scheme = scheme
         self._command = tuple(command)
         self._host = host
         self._scrape_path = scrape_path
@@ -253,7 +255,7 @@ class LocalProcessSupervisor:
     # --- processes -------------------------------------------------------------------------
 
     def _endpoint(self, slot: _Slot) -> str:
-        return f"http://{self._host}:{slot.port}"
+        return f"{self._scheme}://{self._host}:{slot.port}"
 
     async def _launch(self, slot: _Slot) -> None:
         values = {

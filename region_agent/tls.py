@@ -13,19 +13,55 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
+import os
 import random
+import ssl
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import grpc
 
 from meridian.pki import new_key_and_csr
 from proto import enroll_pb2 as epb
 
-__all__ = ["AgentCertificate", "AgentTLS", "open_channel"]
+__all__ = ["AgentCertificate", "AgentTLS", "WorkerFiles", "open_channel"]
 
 log = logging.getLogger(__name__)
 ENROLL_METHOD = "/meridian.pki.v1.Enrollment/Enroll"
+
+
+@dataclass(frozen=True)
+class WorkerFiles:
+    cert: Path
+    key: Path
+    ca: Path
+    agent_cert: Path  # the agent's own, for its scrapes of the workers
+    agent_key: Path
+
+    def worker_env(self) -> dict[str, str]:
+        """The environment that gives a ``meridian worker`` its TLS (worker.settings)."""
+        return {
+            "MERIDIAN_WORKER_TLS_CERT": str(self.cert),
+            "MERIDIAN_WORKER_TLS_KEY": str(self.key),
+            "MERIDIAN_WORKER_TLS_CA": str(self.ca),
+        }
+
+    def scrape_context(self) -> ssl.SSLContext:
+        context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(self.ca))
+        context.load_cert_chain(str(self.agent_cert), str(self.agent_key))
+        return context
+
+
+def _write_all(directory: Path, contents: Sequence[tuple[Path, bytes, bool]]) -> None:
+    """Replace each file atomically (a worker may be reading it); keys are 0600."""
+    directory.mkdir(parents=True, exist_ok=True)
+    for path, data, private in contents:
+        tmp = path.with_name(path.name + ".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600 if private else 0o644)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
 
 
 @dataclass(frozen=True)
@@ -49,6 +85,8 @@ class AgentCertificate:
         self.not_after: dt.datetime | None = None
         self.enrollments = 0
         self._next = 0
+        self.worker_files: WorkerFiles | None = None  # renewed with the agent's own
+        self._worker_hosts: tuple[str, ...] = ()
 
     def renew_due(self) -> dt.datetime | None:
         """When to renew: ``renew_at`` of the way from receipt to expiry (the CA backdates
@@ -68,10 +106,34 @@ class AgentCertificate:
 
     async def enroll(self) -> None:
         """One enrollment, trying each address once; raises the last gRPC error."""
-        key_pem, csr_pem = new_key_and_csr(f"agent.{self._region}")
+        key_pem, reply = await self._request("agent", ())
+        self._install(key_pem, reply.cert_pem)
+
+    async def issue_worker_files(self, directory: Path, hosts: Sequence[str]) -> WorkerFiles:
+        """A certificate for this region's workers (role worker, serving ``hosts``), written
+        with its key and the fleet CA into ``directory``; the agent's own certificate is
+        written there too, as the client certificate of its scrapes."""
+        key_pem, reply = await self._request("worker", hosts)
+        self._worker_hosts = tuple(hosts)
+        files = WorkerFiles(
+            directory / "worker.pem", directory / "worker-key.pem", directory / "ca.pem",
+            directory / "agent.pem", directory / "agent-key.pem",
+        )  # fmt: skip
+        contents = [
+            (files.key, key_pem, True), (files.cert, reply.cert_pem, False),
+            (files.ca, self.tls.ca_pem, False), (files.agent_key, self.key_pem, True),
+            (files.agent_cert, self.cert_pem, False),
+        ]  # fmt: skip
+        await asyncio.to_thread(_write_all, directory, contents)
+        self.worker_files = files
+        return files
+
+    async def _request(self, role: str, hosts: Sequence[str]) -> tuple[bytes, epb.EnrollReply]:
+        key_pem, csr_pem = new_key_and_csr(f"{role}.{self._region}")
         request = epb.EnrollRequest(
-            region=self._region, credential=self._credential, csr_pem=csr_pem
-        )
+            region=self._region, credential=self._credential, csr_pem=csr_pem,
+            role=role, hosts=list(hosts),
+        )  # fmt: skip
         creds = grpc.ssl_channel_credentials(self.tls.ca_pem)
         error: grpc.aio.AioRpcError | None = None
         addresses = list(self.tls.enroll_addresses)
@@ -95,8 +157,7 @@ class AgentCertificate:
                         raise  # another replica would answer the same
                     continue
             self._next += i
-            self._install(key_pem, reply.cert_pem)
-            return
+            return key_pem, reply
         assert error is not None
         raise error
 
@@ -124,6 +185,9 @@ class AgentCertificate:
             await asyncio.sleep(wait)
             try:
                 await self.enroll()
+                if self.worker_files is not None:  # workers reload changed files
+                    hosts = self._worker_hosts
+                    await self.issue_worker_files(self.worker_files.cert.parent, hosts)
             except grpc.aio.AioRpcError as exc:
                 log.warning("renewing the certificate failed: %s %s", exc.code(), exc.details())
                 await asyncio.sleep(random.uniform(0.5, 1.0) * retry_s)

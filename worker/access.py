@@ -10,9 +10,12 @@ mode: without a configured token those routes are refused.
 
 from __future__ import annotations
 
+import asyncio
 import hmac
+import logging
 import ssl
 from collections.abc import Awaitable, Callable, Iterable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import grpc
@@ -25,6 +28,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "MANAGEMENT_PATH",
+    "CertificateReloader",
     "bind_worker_port",
     "check_management_token",
     "client_context",
@@ -35,6 +39,7 @@ __all__ = [
     "server_context",
 ]
 
+log = logging.getLogger(__name__)
 PROBE_PATHS = frozenset({"/v2/health/live", "/v2/health/ready", "/v2/stats", "/metrics", "/v2"})
 MANAGEMENT_PATH = "/v2/repository/models/"
 
@@ -46,6 +51,38 @@ def server_context(cert: str, key: str, ca: str) -> ssl.SSLContext:
     context.load_cert_chain(cert, key)
     context.verify_mode = ssl.CERT_REQUIRED
     return context
+
+
+class CertificateReloader:
+    """Loads a renewed certificate (the agent rewrites the files before the old one
+    expires) into the live server context: new connections get it, open ones go on."""
+
+    def __init__(self, context: ssl.SSLContext, cert: Path, key: Path) -> None:
+        self._context, self._cert, self._key = context, cert, key
+        self._seen = self._stamp()
+        self.reloads = 0
+
+    def _stamp(self) -> tuple[float, float]:
+        return (self._cert.stat().st_mtime, self._key.stat().st_mtime)
+
+    def reload_if_changed(self) -> bool:
+        try:
+            stamp = self._stamp()
+            if stamp == self._seen:
+                return False
+            self._context.load_cert_chain(str(self._cert), str(self._key))
+        except (OSError, ssl.SSLError) as exc:  # half-written pair: try again next time
+            log.warning("reloading the TLS certificate failed: %s", exc)
+            return False
+        self._seen = stamp
+        self.reloads += 1
+        log.info("reloaded the TLS certificate from %s", self._cert)
+        return True
+
+    async def run(self, interval_s: float = 10.0) -> None:
+        while True:
+            await asyncio.sleep(interval_s)
+            self.reload_if_changed()
 
 
 def client_context(cert: str, key: str, ca: str) -> ssl.SSLContext:

@@ -5,6 +5,7 @@ the gRPC server, so both transports share one event loop and one data plane;
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import logging
 import os
@@ -154,10 +155,23 @@ async def running(app: FastAPI, host: str, port: int) -> AsyncIterator[int]:
 
     async with app.router.lifespan_context(app):
         server = HttpServer(app, app.state.dataplane)
-        bound = await server.start(host, port, tls_server_context(app.state.dataplane.settings))
+        settings = app.state.dataplane.settings
+        context = tls_server_context(settings)
+        bound = await server.start(host, port, context)
+        reloader = None
+        if context is not None:  # renewed certificates (worker.access)
+            from worker.access import CertificateReloader
+
+            reloader = asyncio.create_task(
+                CertificateReloader(context, settings.tls_cert, settings.tls_key).run()
+            )
         try:
             yield bound
         finally:
+            if reloader is not None:
+                reloader.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await reloader
             await server.stop(grace_s=5.0)
 
 

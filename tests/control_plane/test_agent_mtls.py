@@ -278,3 +278,39 @@ async def test_certificate_renews_before_expiry_without_dropping_the_stream(
         assert fleet.servicer.streams == 1 and fleet.servicer.rejected == 0
     finally:
         await agent.stop()
+
+
+async def test_agent_gets_its_workers_certificates_and_scrapes_them_over_tls(
+    fleet: FleetRuntime, ca: CertificateAuthority, tmp_path: Path
+) -> None:
+    import httpx
+
+    from tests.worker.inprocess import live_worker
+    from worker.dataplane import DataPlane
+    from worker.settings import WorkerSettings
+
+    cert = AgentCertificate(agent_tls(fleet, ca), "eu-west", REGIONS["eu-west"][2])
+    await cert.enroll()
+    files = await cert.issue_worker_files(tmp_path / "tls", ["127.0.0.1"])
+    worker = identity_of_pem(files.cert.read_bytes())
+    assert (worker.role, worker.region) == ("worker", "eu-west")
+    ca.verify(files.cert.read_bytes())
+    assert files.key.stat().st_mode & 0o777 == 0o600
+    assert files.agent_key.stat().st_mode & 0o777 == 0o600
+    env = files.worker_env()
+    settings = WorkerSettings(
+        cache_dir=tmp_path / "cache",
+        tls_cert=Path(env["MERIDIAN_WORKER_TLS_CERT"]),
+        tls_key=Path(env["MERIDIAN_WORKER_TLS_KEY"]),
+        tls_ca=Path(env["MERIDIAN_WORKER_TLS_CA"]),
+    )
+    async with live_worker(settings, DataPlane(settings)) as w:
+        url = w.url.replace("http://", "https://")
+        async with httpx.AsyncClient(base_url=url, verify=files.scrape_context()) as agent:
+            assert (await agent.get("/v2/stats")).status_code == 200  # the agent's scrape
+            assert (await agent.post("/v2/models/x/infer", json={})).status_code == 403
+    # only agent and worker certificates are handed out, for a few hosts
+    for role, hosts in (("router", ["127.0.0.1"]), ("worker", []), ("worker", ["h"] * 9)):
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await cert._request(role, hosts)
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT

@@ -195,3 +195,25 @@ async def test_router_pool_reaches_tls_workers_with_its_certificate_only(
         finally:
             for pool in (router, agent, plain):
                 pool.close()
+
+
+def test_a_renewed_certificate_is_loaded_for_new_connections(
+    pki: dict[str, ServerFiles], tmp_path: Path
+) -> None:
+    import os
+
+    from worker.access import CertificateReloader, server_context
+
+    w = pki["worker"]
+    context = server_context(str(w.cert), str(w.key), str(w.ca))
+    reloader = CertificateReloader(context, w.cert, w.key)
+    assert not reloader.reload_if_changed()  # nothing changed
+    w.key.write_bytes(b"half-written")  # a torn pair keeps the old certificate
+    os.utime(w.key, (1, 1))
+    assert not reloader.reload_if_changed()
+    fresh = write_issued(
+        CertificateAuthority.create(), Role.WORKER, tmp_path / "fresh", name="worker"
+    )
+    w.cert.write_bytes(fresh.cert.read_bytes())
+    w.key.write_bytes(fresh.key.read_bytes())
+    assert reloader.reload_if_changed() and reloader.reloads == 1
