@@ -111,6 +111,35 @@ def test_control_plane_and_agent_run_with_tls_from_the_fleet_ca(tmp_path: Path) 
             wait_until(lambda: agent_connected(True), timeout=20, what="the agent over mTLS")
             assert "certificate for region 'eu-west' valid until" in agent.output
             assert "PLAINTEXT" not in agent.output
+            # the router: HTTPS with a fleet certificate, following the snapshot over HTTPS
+            out = tmp_path / "router"
+            issue = ["ca", "issue", "--dir", str(ca_dir), "--role", "router",
+                     "--host", "127.0.0.1", "--out", str(out)]  # fmt: skip
+            assert meridian_main(issue) == 0
+            cert, key = f"{out}.pem", f"{out}-key.pem"
+            router_port = free_port()
+            router = Process(
+                [sys.executable, "-m", "meridian", "router", "--port", str(router_port),
+                 "--control-plane", url, "--token", token.group(1),
+                 "--tls-cert", cert, "--tls-key", key, "--fleet-ca", str(ca_dir / "ca.pem"),
+                 "--worker-cert", cert, "--worker-key", key],
+                env,
+            )  # fmt: skip
+            try:
+
+                def router_follows() -> bool:
+                    router.alive()
+                    try:
+                        r = httpx.get(f"https://127.0.0.1:{router_port}/v2/health/ready",
+                                      verify=trust, timeout=2)  # fmt: skip
+                    except httpx.TransportError:
+                        return False
+                    return r.json().get("snapshot_version") is not None
+
+                wait_until(router_follows, timeout=20, what="the router's snapshot over HTTPS")
+                assert "PLAINTEXT" not in router.output
+            finally:
+                router.stop()
             rotated = http.post("/v1/regions/eu-west/credential")
             assert rotated.status_code == 200, rotated.text
             wait_until(
