@@ -14,10 +14,12 @@ Without it (``tls=None``) the agent port is plaintext, as for local tests.
 
 from __future__ import annotations
 
+import argparse
 import datetime as dt
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import grpc
@@ -40,9 +42,11 @@ __all__ = [
     "AgentTLS",
     "EnrollmentServicer",
     "PeerCheck",
+    "add_tls_arguments",
     "agent_tls_from",
     "bind_agent_ports",
     "peer_check_for",
+    "tls_from_args",
 ]
 
 log = logging.getLogger(__name__)
@@ -80,6 +84,22 @@ def agent_tls_from(settings: ControlPlaneSettings) -> AgentTLS | None:
             h for h in {settings.grpc_host, settings.http_host} if h not in ("0.0.0.0", "::")
         ),
     )
+
+
+def add_tls_arguments(p: argparse.ArgumentParser) -> None:
+    """``--tls-dir`` / ``--enroll-port`` / ``--insecure`` for processes that run a fleet plane."""
+    p.add_argument("--tls-dir", type=Path, default=None, help="the fleet CA's directory")
+    p.add_argument("--enroll-port", type=int, default=0, help="agents' enrollment port")
+    p.add_argument("--insecure", action="store_true", help="plaintext agents (logs a warning)")
+
+
+def tls_from_args(args: argparse.Namespace) -> AgentTLS | None:
+    if args.tls_dir is None:
+        log.warning(
+            "agents' gRPC is PLAINTEXT (%s)", "--insecure" if args.insecure else "no --tls-dir"
+        )
+        return None
+    return AgentTLS(CertificateAuthority.load(args.tls_dir), enroll_port=args.enroll_port)
 
 
 def peer_check_for(tls: AgentTLS | None) -> PeerCheck | None:

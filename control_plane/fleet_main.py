@@ -21,6 +21,8 @@ from typing import Annotated
 
 from fastapi import FastAPI, Header, HTTPException
 
+from control_plane.agent_tls import add_tls_arguments, tls_from_args  # mutual TLS for agents
+
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
@@ -45,6 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--admin-token", default="")
     p.add_argument("--namespace", default="/meridian", help="root of the coordination keys")
     p.add_argument("--log-level", default="INFO")
+    add_tls_arguments(p)  # mutual TLS for agents (control_plane.agent_tls)
     return p
 
 
@@ -66,6 +69,7 @@ async def serve(args: argparse.Namespace) -> int:
         "leader_ttl_s": args.leader_ttl,
         "summary_ttl_s": args.summary_ttl,
         "namespace": args.namespace,
+        "tls": tls_from_args(args),  # mutual TLS for agents (control_plane.agent_tls)
     }
     if args.reconnect_grace is not None:
         settings_kwargs["reconnect_grace_s"] = args.reconnect_grace
@@ -115,6 +119,7 @@ async def serve(args: argparse.Namespace) -> int:
             "replica": runtime.settings.replica_id,
             "leader": runtime.leadership.is_leader,
             "grpc_port": runtime.grpc_port,
+            "enroll_port": runtime.enroll_port,  # mutual TLS for agents
             "snapshot_version": runtime.feed.version,
             "agent_streams": runtime.servicer.streams,
         }
