@@ -103,7 +103,8 @@ class ControlPlaneSettings(BaseSettings):
 
     @property
     def resolved_public_url(self) -> str:
-        return (self.public_url or f"http://{self.http_host}:{self.http_port}").rstrip("/")
+        scheme = "https" if self.tls_dir is not None else "http"  # TLS: the admin API is HTTPS
+        return (self.public_url or f"{scheme}://{self.http_host}:{self.http_port}").rstrip("/")
 
     @property
     def resolved_artifact_dir(self) -> Path:

@@ -24,11 +24,14 @@ from meridian.errors import MeridianError, PermissionDenied, Unauthenticated
 from meridian.pki.identity import SCHEME, Role
 
 if TYPE_CHECKING:
+    import httpx
+
     from worker.settings import WorkerSettings
 
 __all__ = [
     "MANAGEMENT_PATH",
     "CertificateReloader",
+    "artifact_transport",
     "bind_worker_port",
     "check_management_token",
     "client_context",
@@ -83,6 +86,18 @@ class CertificateReloader:
         while True:
             await asyncio.sleep(interval_s)
             self.reload_if_changed()
+
+
+def artifact_transport(ca: Path | None) -> httpx.AsyncBaseTransport | None:
+    """Artifact downloads trust the fleet CA (the control plane's HTTPS artifact routes)
+    as well as the public ones (object stores); None: the public ones only."""
+    if ca is None:
+        return None
+    import httpx
+
+    context = ssl.create_default_context()
+    context.load_verify_locations(cafile=str(ca))
+    return httpx.AsyncHTTPTransport(verify=context)
 
 
 def client_context(cert: str, key: str, ca: str) -> ssl.SSLContext:

@@ -3,6 +3,7 @@ HTTPS on the admin API, enrollment, a mutual-TLS agent stream, and rotation endi
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import ssl
@@ -10,6 +11,7 @@ import subprocess
 import sys
 import threading
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -55,6 +57,34 @@ class Process:
                 self.proc.wait(timeout=10)
         if self.proc.stdout:
             self.proc.stdout.close()
+
+
+def build_models(directory: Path) -> Any:
+    from tests.worker.models import build
+
+    directory.mkdir(parents=True, exist_ok=True)
+    return build(directory)
+
+
+def deploy(http: httpx.Client, artifact: bytes) -> None:
+    assert http.post("/v1/models", json={"name": "mlp"}).status_code == 201
+    version = {
+        "version": "1",
+        "format": "onnx",
+        "inputs": [{"name": "input", "datatype": "FP32", "shape": [-1, 16]}],
+        "outputs": [{"name": "output", "datatype": "FP32", "shape": [-1, 4]}],
+    }
+    assert http.post("/v1/models/mlp/versions", json=version).status_code == 201
+    digest = hashlib.sha256(artifact).hexdigest()
+    r = http.put(
+        "/v1/models/mlp/versions/1/artifact",
+        content=artifact,
+        headers={"X-Artifact-Sha256": digest, "Content-Type": "application/octet-stream"},
+    )
+    assert r.status_code == 200, r.text
+    deployment = {"model": "mlp", "version": "1", "region": "eu-west", "min_replicas": 1}
+    created = http.post("/v1/deployments", json=deployment)
+    assert created.status_code == 201, created.text
 
 
 @pytest.mark.slow
@@ -121,6 +151,7 @@ def test_control_plane_and_agent_run_with_tls_from_the_fleet_ca(tmp_path: Path) 
             router = Process(
                 [sys.executable, "-m", "meridian", "router", "--port", str(router_port),
                  "--control-plane", url, "--token", token.group(1),
+                 "--snapshot-path", str(tmp_path / "router" / "snapshot.json"),
                  "--tls-cert", cert, "--tls-key", key, "--fleet-ca", str(ca_dir / "ca.pem"),
                  "--worker-cert", cert, "--worker-key", key],
                 env,
@@ -138,6 +169,41 @@ def test_control_plane_and_agent_run_with_tls_from_the_fleet_ca(tmp_path: Path) 
 
                 wait_until(router_follows, timeout=20, what="the router's snapshot over HTTPS")
                 assert "PLAINTEXT" not in router.output
+                # a deployment: the agent starts a TLS worker (its certificate from the
+                # control plane, its artifact over HTTPS), the router infers through it
+                onnx = build_models(tmp_path / "models").mlp_onnx
+                deploy(http, onnx.read_bytes())
+                payload = {"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 16],
+                                       "data": [0.5] * 16}]}  # fmt: skip
+
+                last: list[str] = []
+
+                def inferred() -> bool:
+                    router.alive()
+                    try:
+                        r = httpx.post(f"https://127.0.0.1:{router_port}/v2/models/mlp/infer",
+                                       json=payload, verify=trust, timeout=10)  # fmt: skip
+                    except httpx.TransportError as exc:
+                        last[:] = [repr(exc)]
+                        return False
+                    last[:] = [f"{r.status_code} {r.text[:300]}"]
+                    return r.status_code == 200 and len(r.json()["outputs"][0]["data"]) == 4
+
+                try:
+                    wait_until(inferred, timeout=90, interval=0.5, what="inference through TLS")
+                except TimeoutError as exc:
+                    ready = httpx.get(f"https://127.0.0.1:{router_port}/v2/health/ready",
+                                      verify=trust).text  # fmt: skip
+                    logs = (
+                        f"last answer: {last}\nrouter ready: {ready}\nregion: "
+                        f"{http.get('/v1/regions/eu-west/health').text[:1500]}\n"
+                        f"router:\n{router.output[-1500:]}"
+                    )
+                    raise AssertionError(logs) from exc
+                health = http.get("/v1/regions/eu-west/health").json()
+                assert health["workers"] and all(
+                    w["endpoint"].startswith("https://") for w in health["workers"]
+                ), health
             finally:
                 router.stop()
             rotated = http.post("/v1/regions/eu-west/credential")
