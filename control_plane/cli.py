@@ -39,6 +39,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--reconnect-grace", type=float, help="a new leader keeps silent regions' states (6 s+)"
     )
     parser.add_argument("--log-level", default="info", help="uvicorn log level")
+    parser.add_argument(
+        "--tls-dir",
+        help="the fleet CA's directory (meridian ca init; MERIDIAN_TLS_DIR): HTTPS for the "
+        "admin API, mutual TLS for agents",
+    )
+    parser.add_argument(
+        "--insecure",
+        action="store_true",
+        default=None,
+        help="serve plaintext (MERIDIAN_INSECURE); logs a warning",
+    )
 
 
 def settings_from_args(args: argparse.Namespace) -> Any:
@@ -59,11 +70,39 @@ def settings_from_args(args: argparse.Namespace) -> Any:
         ("leader_ttl", "leader_ttl_s"),
         ("summary_ttl", "summary_ttl_s"),
         ("reconnect_grace", "reconnect_grace_s"),
+        ("tls_dir", "tls_dir"),
+        ("insecure", "insecure"),
     ):
         value = getattr(args, arg, None)
         if value is not None:
             overrides[field] = value
     return ControlPlaneSettings(**overrides)
+
+
+def admin_tls_files(settings: Any) -> dict[str, Any]:
+    """uvicorn's ssl arguments: a fresh admin certificate from the fleet CA in
+    ``settings.tls_dir``; none (plaintext, with a warning) without a CA."""
+    import datetime as dt
+    import logging
+
+    if settings.tls_dir is None:
+        logging.getLogger("control_plane").warning(
+            "the admin API serves PLAINTEXT HTTP (%s); set MERIDIAN_TLS_DIR for HTTPS",
+            "--insecure" if settings.insecure else "no MERIDIAN_TLS_DIR in local use",
+        )
+        return {}
+    from pathlib import Path
+
+    from meridian.pki import CertificateAuthority, Role
+    from meridian.pki.files import write_issued
+
+    ca = CertificateAuthority.load(Path(settings.tls_dir))
+    hosts = sorted({"127.0.0.1", "localhost", settings.http_host} - {"0.0.0.0", "::"})
+    files = write_issued(
+        ca, Role.ADMIN, Path(settings.data_dir) / "tls", name="admin", hosts=hosts,
+        lifetime=dt.timedelta(days=30),
+    )  # fmt: skip
+    return {"ssl_certfile": str(files.cert), "ssl_keyfile": str(files.key)}
 
 
 def main(args: argparse.Namespace) -> int:
@@ -76,11 +115,15 @@ def main(args: argparse.Namespace) -> int:
     registry = open_registry(settings)
     try:
         prepare(settings, registry)
-        url = f"http://{settings.http_host}:{settings.http_port}"
+        ssl = admin_tls_files(settings)
+        scheme = "https" if ssl else "http"
+        url = f"{scheme}://{settings.http_host}:{settings.http_port}"
         print(f"Meridian control plane: {url}  (admin API under {url}/v1, docs at {url}/docs)")
         print(f"database: {settings.resolved_database_url}")
         if settings.fleet_enabled:
             print(f"region agents connect to {settings.grpc_host}:{settings.grpc_port} (gRPC)")
+            if ssl:
+                print(f"  over mutual TLS; they enroll on port {settings.agent_enroll_port}")
         if not registry.has_active_admin_token():
             created = registry.create_token(
                 TokenCreate(name=INITIAL_TOKEN_NAME, scopes=["admin"]), actor="control-plane"
@@ -90,7 +133,13 @@ def main(args: argparse.Namespace) -> int:
             print(f"  try: curl -H 'Authorization: Bearer {created.token}' {url}/v1/models")
         print("", flush=True)
         app = create_app(settings, registry=registry)
-        uvicorn.run(app, host=settings.http_host, port=settings.http_port, log_level=args.log_level)
+        uvicorn.run(
+            app,
+            host=settings.http_host,
+            port=settings.http_port,
+            log_level=args.log_level,
+            **ssl,
+        )
     finally:
         registry.close()
     return 0

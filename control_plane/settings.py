@@ -66,6 +66,21 @@ class ControlPlaneSettings(BaseSettings):
     gpu_budget: dict[str, int] = Field(default_factory=dict)
     # the routers' Redis (redis://host:port/db): API keys' token usage is read from it
     redis_url: str | None = None
+    # --- TLS: the fleet CA's directory (``meridian ca init --dir``): agents enroll on
+    # agent_enroll_port, then stream over mutual TLS; the admin API serves HTTPS ---
+    tls_dir: Path | None = None
+    insecure: bool = False  # plaintext listeners, explicitly (logs a warning)
+    agent_enroll_port: int = Field(default=8082, ge=0, le=65535)  # 0: any free port
+    agent_cert_lifetime_s: float = Field(default=3600.0, ge=60)
+
+    @model_validator(mode="after")
+    def _refuse_plaintext_outside_local_use(self) -> ControlPlaneSettings:
+        if self.environment != "local" and self.tls_dir is None and not self.insecure:
+            raise ValueError(
+                "set MERIDIAN_TLS_DIR to the fleet CA's directory (meridian ca init), "
+                "or MERIDIAN_INSECURE=true to accept plaintext listeners"
+            )
+        return self
 
     @model_validator(mode="after")
     def _refuse_placeholder_secrets(self) -> ControlPlaneSettings:
@@ -93,7 +108,8 @@ class ControlPlaneSettings(BaseSettings):
 
     @property
     def resolved_public_url(self) -> str:
-        return (self.public_url or f"http://{self.http_host}:{self.http_port}").rstrip("/")
+        scheme = "https" if self.tls_dir is not None else "http"  # TLS: the admin API is HTTPS
+        return (self.public_url or f"{scheme}://{self.http_host}:{self.http_port}").rstrip("/")
 
     @property
     def resolved_artifact_dir(self) -> Path:

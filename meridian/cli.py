@@ -23,6 +23,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "worker": ("worker.cli", "serve models over OIP v2 REST and gRPC with dynamic batching"),
     "lm": ("worker.generation.cli", "build the tiny generative model, or generate with a model"),
     "quantize": ("worker.quantize", "make an int8 variant of an ONNX model, checked against fp32"),
+    "ca": ("meridian.pki.cli", "make the fleet CA (or import one) and issue certificates"),
     "agent": ("region_agent.cli", "run a region agent: GPU health, workers, control-plane link"),
 }
 

@@ -25,6 +25,7 @@ from proto import region_pb2 as pb
 from proto import region_pb2_grpc as pb_grpc
 from region_agent.gpus import GpuSample, GpuSource
 from region_agent.supervisor import WorkerSpec, WorkerStat, WorkerSupervisor
+from region_agent.tls import AgentCertificate, AgentTLS, open_channel  # mutual TLS
 
 __all__ = ["AGENT_VERSION", "RegionAgent", "build_report"]
 
@@ -95,6 +96,7 @@ class RegionAgent:
         backoff_base_s: float = 0.2,
         backoff_cap_s: float = 5.0,
         rng: random.Random | None = None,
+        tls: AgentTLS | None = None,
     ) -> None:
         if not addresses:
             raise ValueError("at least one control-plane address is required")
@@ -117,6 +119,8 @@ class RegionAgent:
         self.reports_sent = 0
         self._seq = 0
         self._send_now = asyncio.Event()
+        # mutual TLS: the certificate enrolled with the credential (None: plaintext)
+        self.certificate = None if tls is None else AgentCertificate(tls, region, credential)
 
     def report_now(self) -> None:
         """Send a report at once instead of at the next interval (e.g. after a fault)."""
@@ -162,7 +166,9 @@ class RegionAgent:
             await asyncio.sleep(delay)
 
     async def _session(self, address: str) -> None:
-        async with grpc.aio.insecure_channel(address) as channel:
+        if self.certificate is not None:
+            await self.certificate.ensure()
+        async with open_channel(address, self.certificate) as channel:
             stub = pb_grpc.RegionServiceStub(channel)
             call = stub.Connect()
             register = pb.Register(
@@ -184,6 +190,7 @@ class RegionAgent:
             welcomed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
             reader = asyncio.create_task(self._read(call, welcomed))
             sender: asyncio.Task[None] | None = None
+            renewer: asyncio.Task[None] | None = None
             try:
                 # the control plane answers a good register with directives, a bad one with
                 # an error status: wait for one or the other
@@ -195,11 +202,13 @@ class RegionAgent:
                 self.connected_to = address
                 self.connected.set()
                 sender = asyncio.create_task(self._send(call))
+                if self.certificate is not None:  # renews in place; the stream goes on
+                    renewer = asyncio.create_task(self.certificate.renew_forever())
                 done, _ = await asyncio.wait({reader, sender}, return_when=asyncio.FIRST_COMPLETED)
                 for finished in done:
                     finished.result()  # re-raise the stream's error
             finally:
-                for task in (reader, sender):
+                for task in (reader, sender, renewer):
                     if task is not None:
                         task.cancel()
                         with contextlib.suppress(asyncio.CancelledError, Exception):

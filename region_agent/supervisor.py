@@ -157,9 +157,11 @@ class LocalProcessSupervisor:
         transport: httpx.AsyncBaseTransport | None = None,
         id_prefix: str = "",
         state_dir: Path | None = None,
+        scheme: str = "http",  # "https": workers serve TLS (region_agent.tls.WorkerFiles)
     ) -> None:
         """``id_prefix`` goes before every worker id (a region agent passes its region's
         name, so that ids are unique across the fleet: routers key workers by id)."""
+        self._scheme = scheme
         self._command = tuple(command)
         self._id_prefix = id_prefix
         self._host = host
@@ -363,7 +365,7 @@ class LocalProcessSupervisor:
     # --- processes -------------------------------------------------------------------------
 
     def _endpoint(self, slot: _Slot) -> str:
-        return f"http://{self._host}:{slot.port}"
+        return f"{self._scheme}://{self._host}:{slot.port}"
 
     async def _launch(self, slot: _Slot) -> None:
         values = {

@@ -29,6 +29,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tls-cert", type=Path)
     p.add_argument("--tls-key", type=Path)
     p.add_argument(
+        "--fleet-ca", type=Path, help="the fleet CA (ca.pem): trust it for the control plane "
+        "and workers",
+    )  # fmt: skip
+    p.add_argument("--worker-cert", type=Path, help="the router's fleet client certificate")
+    p.add_argument("--worker-key", type=Path, help="its key (meridian ca issue --role router)")
+    p.add_argument("--insecure", action="store_true", help="serve plaintext HTTP (logs a warning)")
+    p.add_argument(
         "--self-signed",
         type=Path,
         metavar="DIR",
@@ -55,10 +62,14 @@ def main(args: argparse.Namespace) -> int:
     from router.settings import RouterSettings
 
     overrides: dict[str, object] = {}
-    for field in ("host", "port", "snapshot_path", "tls_cert", "tls_key"):
+    for field in ("host", "port", "snapshot_path", "tls_cert", "tls_key", "fleet_ca"):
         value = getattr(args, field)
         if value is not None:
             overrides[field] = value
+    if args.worker_cert is not None:
+        overrides["worker_tls_cert"] = args.worker_cert
+    if args.worker_key is not None:
+        overrides["worker_tls_key"] = args.worker_key
     if args.emulate_wan:
         overrides["emulate_wan"] = True
     if args.require_api_key:
@@ -75,6 +86,15 @@ def main(args: argparse.Namespace) -> int:
         overrides["tls_cert"], overrides["tls_key"] = self_signed_pair(args.self_signed)
     settings = RouterSettings(**overrides)  # type: ignore[arg-type]
     logging.basicConfig(level=logging.INFO, format="%(asctime)s router %(message)s")
+    if settings.tls_cert is None:
+        logging.getLogger("router").warning(
+            "serving PLAINTEXT HTTP (%s): pass --tls-cert/--tls-key or --self-signed",
+            "--insecure" if args.insecure else "no certificate given",
+        )
+    if settings.worker_tls_cert is None:
+        logging.getLogger("router").warning(
+            "traffic to workers is PLAINTEXT: pass --worker-cert, --worker-key and --fleet-ca"
+        )
     import uvloop
 
     return uvloop.run(_serve(settings, args.policy))

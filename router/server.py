@@ -24,7 +24,7 @@ from router.snapshot_store import (
     KeyringStore,
     SnapshotStore,
 )
-from router.tls import server_context
+from router.tls import control_plane_transport, server_context, worker_context
 from router.token_budget import LocalTokenBudget, RedisTokenBudget, TokenBudget
 from router.upstream import UpstreamPool
 
@@ -63,13 +63,21 @@ class RouterServer:
         )
         demand = None
         if settings.control_plane_urls:
-            sink = HttpDemandSink(settings.control_plane_urls, settings.control_plane_token)
+            sink = HttpDemandSink(
+                settings.control_plane_urls,
+                settings.control_plane_token,
+                transport=control_plane_transport(settings.fleet_ca),  # router.tls
+            )
             demand = DemandNotifier(sink)
         self.core = RouterCore(
             settings,
             self.store,
             policy,
-            UpstreamPool(),
+            UpstreamPool(
+                ssl_context=worker_context(  # TLS to workers (router.tls)
+                    settings.worker_tls_cert, settings.worker_tls_key, settings.fleet_ca
+                )
+            ),
             limiter,
             ClientLocator(settings.default_location, settings.trusted_proxies, settings.geoip_path),
             demand=demand,
@@ -109,7 +117,10 @@ class RouterServer:
                 self._spawn(watcher.run(), f"watch {key}")
         if s.control_plane_urls:
             for store, _, route in followed:
-                poller = HttpFollower(store, s.control_plane_urls, s.control_plane_token, route)
+                poller = HttpFollower(
+                    store, s.control_plane_urls, s.control_plane_token, route,
+                    transport=control_plane_transport(s.fleet_ca),  # router.tls
+                )  # fmt: skip
                 self._spawn(poller.run(), f"poll {route}")
         ssl_ctx = server_context(s.tls_cert, s.tls_key) if s.tls_cert and s.tls_key else None
         listener = None

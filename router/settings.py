@@ -17,6 +17,11 @@ class RouterSettings(BaseSettings):
     port: int = 8443
     tls_cert: Path | None = None
     tls_key: Path | None = None
+    # TLS to workers: the router's client certificate from the fleet CA, and the CA
+    # (workers refuse inference from anyone else); unset: plaintext to workers
+    worker_tls_cert: Path | None = None
+    worker_tls_key: Path | None = None
+    fleet_ca: Path | None = None
     # where the routing snapshot comes from
     control_plane_urls: list[str] = Field(default_factory=list)
     control_plane_token: str = ""

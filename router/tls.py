@@ -6,8 +6,12 @@ import datetime as dt
 import ipaddress
 import ssl
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-__all__ = ["self_signed_pair", "server_context"]
+if TYPE_CHECKING:
+    import httpx
+
+__all__ = ["control_plane_transport", "self_signed_pair", "server_context", "worker_context"]
 
 
 def self_signed_pair(directory: Path, hostname: str = "localhost") -> tuple[Path, Path]:
@@ -58,3 +62,24 @@ def server_context(cert: Path, key: Path) -> ssl.SSLContext:
     ctx.load_cert_chain(str(cert), str(key))
     ctx.set_alpn_protocols(["http/1.1"])
     return ctx
+
+
+def worker_context(cert: Path | None, key: Path | None, ca: Path | None) -> ssl.SSLContext | None:
+    """TLS to workers: the router's fleet client certificate (``meridian ca issue --role
+    router``), trusting only the fleet CA. None (plaintext to workers) without them."""
+    if cert is None or key is None or ca is None:
+        return None
+    ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(ca))
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.load_cert_chain(str(cert), str(key))
+    return ctx
+
+
+def control_plane_transport(ca: Path | None) -> httpx.AsyncBaseTransport | None:
+    """HTTPS to the control plane's admin API, trusting the fleet CA (which issued its
+    certificate); None: the default trust store (or plain HTTP URLs)."""
+    if ca is None:
+        return None
+    import httpx
+
+    return httpx.AsyncHTTPTransport(verify=ssl.create_default_context(cafile=str(ca)))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import ssl
 from collections import defaultdict, deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -238,7 +239,14 @@ class UpstreamStream:
 class UpstreamPool:
     """Keep-alive connections per ``host:port``; at most ``max_idle`` kept idle per worker."""
 
-    def __init__(self, max_idle: int = 64, connect_timeout: float = 1.0) -> None:
+    def __init__(
+        self,
+        max_idle: int = 64,
+        connect_timeout: float = 1.0,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
+        # TLS to workers with the router's fleet client certificate (router.tls.worker_context)
+        self._ssl = ssl_context
         self._idle: dict[tuple[str, int], deque[_UpstreamConnection]] = defaultdict(deque)
         self._max_idle = max_idle
         self._connect_timeout = connect_timeout
@@ -258,9 +266,10 @@ class UpstreamPool:
         try:
             async with asyncio.timeout(self._connect_timeout):
                 _, conn = await loop.create_connection(
-                    lambda: _UpstreamConnection(loop, deadlines), host, port
-                )
-        except (OSError, TimeoutError) as exc:
+                    lambda: _UpstreamConnection(loop, deadlines), host, port, ssl=self._ssl,
+                    server_hostname=host if self._ssl is not None else None,
+                )  # fmt: skip
+        except (OSError, TimeoutError, ssl.SSLError) as exc:
             raise UpstreamConnectError(f"cannot connect to worker {host}:{port}: {exc!r}") from exc
         took = (loop.time() - started) * 1000.0
         key = (host, port)

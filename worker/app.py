@@ -5,10 +5,12 @@ the gRPC server, so both transports share one event loop and one data plane;
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import logging
 import os
 import signal
+import ssl
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -156,11 +158,33 @@ async def running(app: FastAPI, host: str, port: int) -> AsyncIterator[int]:
 
     async with app.router.lifespan_context(app):
         server = HttpServer(app, app.state.dataplane)
-        bound = await server.start(host, port)
+        settings = app.state.dataplane.settings
+        context = tls_server_context(settings)
+        bound = await server.start(host, port, context)
+        reloader = None
+        if context is not None:  # renewed certificates (worker.access)
+            from worker.access import CertificateReloader
+
+            reloader = asyncio.create_task(
+                CertificateReloader(context, settings.tls_cert, settings.tls_key).run()
+            )
         try:
             yield bound
         finally:
+            if reloader is not None:
+                reloader.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await reloader
             await server.stop(grace_s=5.0)
+
+
+def tls_server_context(settings: WorkerSettings) -> ssl.SSLContext | None:
+    if not settings.tls:
+        return None
+    from worker.access import server_context
+
+    assert settings.tls_cert and settings.tls_key and settings.tls_ca
+    return server_context(str(settings.tls_cert), str(settings.tls_key), str(settings.tls_ca))
 
 
 def serve(settings: WorkerSettings, models: Sequence[ModelSpec] = ()) -> None:

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from meridian.errors import InvalidInput, Unavailable
+from worker.access import artifact_transport
 from worker.archives import is_archive
 from worker.artifacts import ArtifactCache, sha256_file
 from worker.batcher import BatchPolicy
@@ -126,7 +127,9 @@ class DataPlane:
         self.settings = settings
         self.metrics = metrics or WorkerMetrics()
         self.artifacts = artifacts or ArtifactCache(
-            settings.cache_dir, timeout_s=settings.download_timeout_s
+            settings.cache_dir,
+            timeout_s=settings.download_timeout_s,
+            transport=artifact_transport(settings.tls_ca),  # trusts the fleet CA too
         )
         policy = BatchPolicy(
             max_batch_size=settings.max_batch_size,

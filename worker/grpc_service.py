@@ -29,6 +29,7 @@ from google.protobuf import json_format
 from meridian.errors import MeridianError, NotFound, grpc_code_for
 from proto import grpc_service_pb2 as pb
 from proto import grpc_service_pb2_grpc as pb_grpc
+from worker.access import bind_worker_port, check_management_token, router_only_interceptor
 from worker.dataplane import DataPlane
 from worker.generation.types import TokenEvent
 from worker.generative import GenerativeModel, sampling_params
@@ -233,6 +234,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def RepositoryModelLoad(
         self, request: pb.RepositoryModelLoadRequest, context: grpc.aio.ServicerContext
     ) -> pb.RepositoryModelLoadResponse:
+        check_management_token(self._dp.settings.management_secret, _metadata(context))
         params = LoadRequest.parse(repository_parameters(request.parameters))
         await self._dp.load(request.model_name, params)
         return pb.RepositoryModelLoadResponse()
@@ -241,27 +243,35 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def RepositoryModelUnload(
         self, request: pb.RepositoryModelUnloadRequest, context: grpc.aio.ServicerContext
     ) -> pb.RepositoryModelUnloadResponse:
+        check_management_token(self._dp.settings.management_secret, _metadata(context))
         version = repository_parameters(request.parameters).get("version")
         await self._dp.unload(request.model_name, str(version) if version else None)
         return pb.RepositoryModelUnloadResponse()
+
+
+def _metadata(context: grpc.aio.ServicerContext) -> list[tuple[str, str]]:
+    return [(str(k), str(v)) for k, v in context.invocation_metadata() or ()]
 
 
 class GrpcServer:
     """A ``grpc.aio`` server on the running event loop."""
 
     def __init__(self, dataplane: DataPlane, host: str, port: int) -> None:
-        limit = dataplane.settings.max_request_bytes
+        settings = dataplane.settings
+        limit = settings.max_request_bytes
         self._server = grpc.aio.server(
+            # TLS: only the fleet's router may call (worker.access)
+            interceptors=[router_only_interceptor()] if settings.tls else None,
             options=[
                 ("grpc.max_receive_message_length", limit),
                 ("grpc.max_send_message_length", limit),
                 ("grpc.so_reuseport", 0),
-            ]
+            ],
         )
         pb_grpc.add_GRPCInferenceServiceServicer_to_server(
             InferenceServicer(dataplane), self._server
         )
-        self.port = self._server.add_insecure_port(f"{host}:{port}")
+        self.port = bind_worker_port(self._server, f"{host}:{port}", settings)
 
     async def start(self) -> None:
         await self._server.start()

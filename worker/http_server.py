@@ -26,6 +26,7 @@ import asyncio
 import contextlib
 import email.utils
 import logging
+import ssl
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, MutableMapping
@@ -35,6 +36,7 @@ from typing import Any, cast
 import httptools
 
 from meridian.errors import PayloadTooLarge
+from worker.access import request_refusal, role_of_transport  # TLS: the peer's fleet role
 from worker.dataplane import DataPlane, Queued
 from worker.rest_codec import InferDecoder, error_body
 from worker.rest_infer import INFER_PATH, Answer, begin_infer, finish_infer, internal_error
@@ -56,6 +58,8 @@ AsgiApp = Callable[
 _REASONS = {
     200: b"OK",
     400: b"Bad Request",
+    401: b"Unauthorized",
+    403: b"Forbidden",
     404: b"Not Found",
     405: b"Method Not Allowed",
     408: b"Request Timeout",
@@ -185,6 +189,7 @@ class _Connection(asyncio.Protocol):
         self._transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
         peer = transport.get_extra_info("peername")
         self.client = (str(peer[0]), int(peer[1])) if peer else None
+        self.role = role_of_transport(transport)  # None: plaintext
         self._server.connections.add(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -336,6 +341,10 @@ class _Connection(asyncio.Protocol):
                     transport.resume_reading()
             if request.refused is not None:
                 answer = request.refused
+            elif self._server.tls and (
+                refusal := request_refusal(self.role, request.method, request.path)
+            ):
+                answer = error_body(refusal)
             elif request.method == "POST" and (match := INFER_PATH.match(request.path)):
                 started = begin_infer(
                     self._server.dataplane,
@@ -451,12 +460,17 @@ class HttpServer:
         self._server: asyncio.Server | None = None
         self._clock = _Clock()
         self._address: tuple[str, int] = ("", 0)
+        self.tls = False
 
-    async def start(self, host: str, port: int) -> int:
+    async def start(self, host: str, port: int, ssl_context: ssl.SSLContext | None = None) -> int:
+        """Listen on ``host:port``; with ``ssl_context`` (worker.access.server_context),
+        TLS with fleet client certificates, whose roles decide what they may ask."""
         loop = asyncio.get_running_loop()
+        self.tls = ssl_context is not None
         self._server = await loop.create_server(
-            lambda: _Connection(self), host, port, backlog=2048, reuse_address=True
-        )
+            lambda: _Connection(self), host, port, ssl=ssl_context, backlog=2048,
+            reuse_address=True,
+        )  # fmt: skip
         sockname = self._server.sockets[0].getsockname()
         self._address = (str(sockname[0]), int(sockname[1]))
         self._sweep()

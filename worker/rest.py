@@ -20,6 +20,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException
 
 from meridian.errors import InvalidInput, MeridianError, NotFound, PayloadTooLarge
+from worker.access import check_management_token
 from worker.dataplane import DataPlane
 from worker.repository import LoadRequest
 from worker.rest_codec import error_body
@@ -172,6 +173,7 @@ def build_router() -> APIRouter:
 
     @router.post("/v2/repository/models/{name}/load")
     async def repository_load(request: Request, dp: DataPlaneDep, name: str) -> Response:
+        check_management_token(dp.settings.management_secret, request.headers.items())
         body = await read_body(request, 1 << 20)
         try:
             data = orjson.loads(body) if body else {}
@@ -190,6 +192,7 @@ def build_router() -> APIRouter:
 
     @router.post("/v2/repository/models/{name}/unload")
     async def repository_unload(request: Request, dp: DataPlaneDep, name: str) -> Response:
+        check_management_token(dp.settings.management_secret, request.headers.items())
         body = await read_body(request, 1 << 16)
         try:
             data = orjson.loads(body) if body else {}

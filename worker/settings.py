@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 __all__ = ["WorkerSettings"]
@@ -47,3 +47,29 @@ class WorkerSettings(BaseSettings):
     prefix_caching: bool = True
     max_model_len: int | None = Field(default=None, ge=2)
     gpu_memory_fraction: float = Field(default=0.5, gt=0.0, le=0.95)
+
+    # TLS (worker.access): this worker's certificate and key, and the fleet CA whose
+    # client certificates it requires (the router's for inference and management).
+    # None: plaintext, for local use.
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_ca: Path | None = None
+    # Bearer token of the model-management routes (load, unload), required in every
+    # mode: without one they are refused.
+    management_token: SecretStr | None = None
+
+    @property
+    def tls(self) -> bool:
+        return self.tls_cert is not None
+
+    @property
+    def management_secret(self) -> str | None:
+        token = self.management_token
+        return token.get_secret_value() if token is not None else None
+
+    @model_validator(mode="after")
+    def _tls_files_together(self) -> WorkerSettings:
+        given = [self.tls_cert is not None, self.tls_key is not None, self.tls_ca is not None]
+        if any(given) and not all(given):
+            raise ValueError("tls_cert, tls_key and tls_ca go together")
+        return self

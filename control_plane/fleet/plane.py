@@ -20,6 +20,7 @@ from control_plane.autoscale.policy import ScalingConfig
 from control_plane.db.models import RegionHealth
 from control_plane.fleet.service import FleetRuntime, FleetSettings, drain_action, nudge_registry
 from control_plane.fleet.store import FleetStore
+from control_plane.fleet.tls import agent_tls_from  # mutual TLS for agents
 from control_plane.health.recorder import SqlHealthSink
 from control_plane.registry import Registry
 from control_plane.settings import ControlPlaneSettings
@@ -66,6 +67,7 @@ def build_fleet(settings: ControlPlaneSettings, registry: Registry) -> FleetPlan
             scale_down_delay_s=settings.autoscale_scale_down_delay_s,
         ),
         gpu_budget=settings.gpu_budget,
+        tls=agent_tls_from(settings),  # mutual TLS for agents (control_plane.fleet.tls)
     )
     if settings.replica_id:
         fleet_settings = replace(fleet_settings, replica_id=settings.replica_id)
@@ -92,6 +94,7 @@ def build_fleet(settings: ControlPlaneSettings, registry: Registry) -> FleetPlan
             "replica": runtime.settings.replica_id,
             "leader": runtime.leadership.is_leader,
             "grpc_port": runtime.grpc_port,
+            "enroll_port": runtime.enroll_port,  # mutual TLS for agents
             "snapshot_version": runtime.feed.version,
             "agent_streams": runtime.servicer.streams,
         }

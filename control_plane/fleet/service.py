@@ -36,6 +36,7 @@ from control_plane.autoscale.controller import Autoscaler, DeploymentTarget
 from control_plane.autoscale.policy import AutoscalePolicy, ScalingConfig
 from control_plane.fleet.leader import Leadership
 from control_plane.fleet.store import FleetStore
+from control_plane.fleet.tls import AgentTLS, bind_agent_ports, peer_check_for  # mutual TLS
 from control_plane.health.directives import DirectiveBoard, DirectiveReconciler
 from control_plane.health.fleet_view import FleetView
 from control_plane.health.inventory import CredentialCheck, RegistryView
@@ -111,6 +112,7 @@ class FleetSettings:
     autoscale_interval_s: float = 1.0
     scaling: ScalingConfig = field(default_factory=ScalingConfig)
     gpu_budget: dict[str, int] = field(default_factory=dict)  # GPUs per type, all regions
+    tls: AgentTLS | None = None  # mutual TLS for agents + enrollment port; None: plaintext
 
     def key(self, path: str) -> str:
         return f"{self.namespace.rstrip('/')}/{path}"
@@ -192,7 +194,9 @@ class FleetRuntime:
             config=settings.directive_config,
             prefix=settings.key("fleet/directives/"),
         )
-        self.servicer = RegionServicer(self.ledger, self.board, check_credential)
+        self.servicer = RegionServicer(
+            self.ledger, self.board, check_credential, peer_check=peer_check_for(settings.tls)
+        )
         self.leadership = Leadership(
             coord,
             name="control-plane",
@@ -210,6 +214,7 @@ class FleetRuntime:
         self._registry_changed = asyncio.Event()  # (leader) reload the registry now
         self._credentials_changed = asyncio.Event()  # re-check live agent streams now
         self.grpc_port = 0
+        self.enroll_port = 0  # agents' enrollment port when settings.tls is set
         self._autoscale_wake = asyncio.Event()
         self.autoscaler: Autoscaler | None = None
         if settings.autoscale:
@@ -260,7 +265,9 @@ class FleetRuntime:
         server = grpc.aio.server(options=options)
         add_region_service(self.servicer, server)
         address = f"{self.settings.grpc_host}:{self.settings.grpc_port}"
-        self.grpc_port = server.add_insecure_port(address)
+        self.grpc_port, self.enroll_port = bind_agent_ports(
+            server, self.settings.tls, address, self.servicer.check_credential
+        )
         if self.grpc_port == 0:
             raise RuntimeError(f"cannot listen for agents on {address}")
         self._server = server

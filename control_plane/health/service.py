@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -77,10 +77,14 @@ class RegionServicer(pb_grpc.RegionServiceServicer):
         check_credential: CredentialCheck,
         *,
         register_timeout_s: float = 10.0,
+        peer_check: Callable[[Any, str, str], None] | None = None,
     ) -> None:
         self._ledger = ledger
         self._board = board
         self._check = check_credential
+        self.check_credential = check_credential
+        # mutual TLS: (context, region, credential) -> raises unless the peer certificate fits
+        self._peer_check = peer_check
         self._register_timeout = register_timeout_s
         self.streams = 0
         self.rejected = 0
@@ -113,6 +117,8 @@ class RegionServicer(pb_grpc.RegionServiceServicer):
             register = first.register
             validate_register(register)
             identity = await self._check(register.region, register.credential)
+            if self._peer_check is not None:
+                self._peer_check(context, identity.region, register.credential)
             region = identity.region
             inventory = frozenset(g.index for g in register.gpus)
             self._ledger.register(

@@ -24,11 +24,22 @@ def test_environment_prefix_and_defaults(monkeypatch: pytest.MonkeyPatch, tmp_pa
 def test_placeholder_tokens_are_refused_outside_local() -> None:
     for value in ("changeme", "short", "PASSWORD"):
         with pytest.raises(ValidationError, match="placeholder"):
-            ControlPlaneSettings(environment="production", bootstrap_admin_token=value)
+            ControlPlaneSettings(
+                environment="production", bootstrap_admin_token=value, insecure=True
+            )
     with pytest.warns(UserWarning, match="placeholder"):
         ControlPlaneSettings(environment="local", bootstrap_admin_token="changeme")
-    strong = ControlPlaneSettings(environment="production", bootstrap_admin_token="x" * 32)
+    strong = ControlPlaneSettings(
+        environment="production", bootstrap_admin_token="x" * 32, tls_dir="/etc/meridian/ca"
+    )
     assert strong.bootstrap_admin_token is not None
+
+
+def test_plaintext_outside_local_use_needs_insecure() -> None:
+    with pytest.raises(ValidationError, match="MERIDIAN_TLS_DIR"):
+        ControlPlaneSettings(environment="staging")
+    assert ControlPlaneSettings(environment="staging", insecure=True).tls_dir is None
+    assert ControlPlaneSettings().tls_dir is None  # local use: plaintext, with a warning
 
 
 def test_bad_values_name_the_setting() -> None:

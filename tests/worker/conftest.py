@@ -10,6 +10,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from pydantic import SecretStr
 
 from meridian.net import free_port
 from meridian.waiting import wait_until
@@ -23,6 +24,11 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> BuiltModels:
     return build(tmp_path_factory.mktemp("models"))
 
 
+MANAGEMENT_TOKEN = "test-management-token"  # the workers' load/unload bearer token
+MANAGE = {"authorization": f"Bearer {MANAGEMENT_TOKEN}"}  # lower case: gRPC metadata too
+MANAGEMENT_SECRET = SecretStr(MANAGEMENT_TOKEN)  # as WorkerSettings.management_token
+
+
 @dataclass(frozen=True)
 class WorkerProcess:
     http_url: str
@@ -34,7 +40,11 @@ class WorkerProcess:
 def running_worker(models: Sequence[str], workdir: Path) -> Iterator[WorkerProcess]:
     """A real ``meridian worker`` subprocess serving ``models`` (``name:version=path``)."""
     http_port, grpc_port = free_port(), free_port()
-    env = {**os.environ, "MERIDIAN_WORKER_CACHE_DIR": str(workdir / "cache")}
+    env = {
+        **os.environ,
+        "MERIDIAN_WORKER_CACHE_DIR": str(workdir / "cache"),
+        "MERIDIAN_WORKER_MANAGEMENT_TOKEN": MANAGEMENT_TOKEN,
+    }
     cmd = [
         sys.executable, "-m", "meridian", "worker", "--http-port", str(http_port),
         "--grpc-port", str(grpc_port), "--engine-threads", "1", "--allow-local-paths",

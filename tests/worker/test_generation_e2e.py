@@ -17,7 +17,7 @@ import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
-from tests.worker.conftest import WorkerProcess, running_worker
+from tests.worker.conftest import MANAGE, WorkerProcess, running_worker
 from tests.worker.generation.tiny import build_tiny_gpt2
 from tests.worker.text_model import build_text_model, reference
 
@@ -201,6 +201,7 @@ def test_load_an_archived_model(lm_worker: tuple[WorkerProcess, Path, np.ndarray
     response = httpx.post(
         f"{worker.http_url}/v2/repository/models/tiny2/load",
         json={"parameters": {"path": str(archive), "format": "generative"}},
+        headers=MANAGE,
         timeout=60,
     )
     assert response.status_code == 200, response.text
@@ -216,4 +217,5 @@ def test_load_an_archived_model(lm_worker: tuple[WorkerProcess, Path, np.ndarray
         timeout=60,
     ).json()
     assert answer["text_output"] == reference_answer["text_output"]
-    httpx.post(f"{worker.http_url}/v2/repository/models/tiny2/unload").raise_for_status()
+    unload = f"{worker.http_url}/v2/repository/models/tiny2/unload"
+    httpx.post(unload, headers=MANAGE).raise_for_status()

@@ -19,6 +19,7 @@ import onnx
 import pytest
 
 from meridian.errors import InvalidInput
+from tests.worker.conftest import MANAGE, MANAGEMENT_SECRET
 from tests.worker.inprocess import live_worker
 from tests.worker.models import BuiltModels, onnx_reference, probes_of
 from worker.dataplane import DataPlane
@@ -79,11 +80,15 @@ async def test_worker_serves_passing_variant_and_refuses_failing_ones(
     tampered = rewrite(variant, tmp_path / "tampered.onnx", negated_outputs)
     strict = tmp_path / "strict.onnx"
     build_variant(models.wide_onnx, strict, tolerance=1e-9, samples=8)
-    settings = WorkerSettings(cache_dir=tmp_path / "cache", allow_local_paths=True)
+    settings = WorkerSettings(
+        cache_dir=tmp_path / "cache",
+        allow_local_paths=True,
+        management_token=MANAGEMENT_SECRET,
+    )
     caplog.set_level(logging.INFO, logger="worker.engines.onnx")
     async with (
         live_worker(settings, DataPlane(settings)) as w,
-        httpx.AsyncClient(base_url=w.url, timeout=30) as client,
+        httpx.AsyncClient(base_url=w.url, timeout=30, headers=MANAGE) as client,
     ):
         r = await client.post("/v2/repository/models/wide/load", json=_load(variant))
         assert r.status_code == 200, r.text

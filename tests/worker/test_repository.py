@@ -12,6 +12,7 @@ import httpx
 import numpy as np
 import pytest
 
+from tests.worker.conftest import MANAGE, MANAGEMENT_SECRET
 from tests.worker.inprocess import live_worker
 from tests.worker.models import BuiltModels, onnx_reference
 from worker.dataplane import DataPlane
@@ -84,9 +85,12 @@ async def test_load_infer_cache_and_unload(
     tmp_path: Path, models: BuiltModels, artifacts: tuple[ArtifactServer, str]
 ) -> None:
     server, sha = artifacts
-    settings = WorkerSettings(cache_dir=tmp_path / "cache")
+    settings = WorkerSettings(cache_dir=tmp_path / "cache", management_token=MANAGEMENT_SECRET)
     dp = DataPlane(settings)
-    async with live_worker(settings, dp) as w, httpx.AsyncClient(base_url=w.url) as client:
+    async with (
+        live_worker(settings, dp) as w,
+        httpx.AsyncClient(base_url=w.url, headers=MANAGE) as client,
+    ):
         r = await client.post(
             "/v2/repository/models/mlp/load", json=_load(f"{server.url}/mlp.onnx", sha, "1")
         )
@@ -125,9 +129,12 @@ async def test_load_infer_cache_and_unload(
 
 async def test_bad_loads_are_refused(tmp_path: Path, artifacts: tuple[ArtifactServer, str]) -> None:
     server, sha = artifacts
-    settings = WorkerSettings(cache_dir=tmp_path / "cache")
+    settings = WorkerSettings(cache_dir=tmp_path / "cache", management_token=MANAGEMENT_SECRET)
     dp = DataPlane(settings)
-    async with live_worker(settings, dp) as w, httpx.AsyncClient(base_url=w.url) as client:
+    async with (
+        live_worker(settings, dp) as w,
+        httpx.AsyncClient(base_url=w.url, headers=MANAGE) as client,
+    ):
         url = "/v2/repository/models/mlp/load"
         wrong = await client.post(url, json=_load(f"{server.url}/mlp.onnx", "0" * 64, "1"))
         assert wrong.status_code == 400 and "sha256 mismatch" in wrong.json()["error"]

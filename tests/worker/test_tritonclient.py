@@ -10,7 +10,7 @@ import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
-from tests.worker.conftest import WorkerProcess
+from tests.worker.conftest import MANAGE, WorkerProcess
 from tests.worker.models import BuiltModels, onnx_reference, torchscript_reference
 
 
@@ -145,7 +145,7 @@ def test_load_and_unload_through_both_clients(
     models: BuiltModels,
 ) -> None:
     config = json.dumps({"path": str(models.cnn_onnx), "version": "4"})
-    grpc.load_model("cnn_copy", config=config)
+    grpc.load_model("cnn_copy", config=config, headers=MANAGE)
     assert grpc.is_model_ready("cnn_copy", "4")
     x = _rows(2, 3, 8, 8)
     inp = httpclient.InferInput("input", list(x.shape), "FP32")
@@ -156,12 +156,14 @@ def test_load_and_unload_through_both_clients(
         rtol=1e-5,
         atol=1e-6,
     )
-    http.unload_model("cnn_copy")
+    http.unload_model("cnn_copy", headers=MANAGE)
     assert not grpc.is_model_ready("cnn_copy", "4")
-    http.load_model("cnn_copy", config=config)
+    http.load_model("cnn_copy", config=config, headers=MANAGE)
     assert http.is_model_ready("cnn_copy")
-    grpc.unload_model("cnn_copy")
+    grpc.unload_model("cnn_copy", headers=MANAGE)
     assert not http.is_model_ready("cnn_copy")
     with pytest.raises(InferenceServerException) as e:
-        grpc.load_model("cnn_copy", config=json.dumps({"path": "/no/such/file.onnx"}))
+        grpc.load_model(
+            "cnn_copy", config=json.dumps({"path": "/no/such/file.onnx"}), headers=MANAGE
+        )
     assert e.value.status() == "StatusCode.NOT_FOUND"
