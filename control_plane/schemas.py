@@ -13,9 +13,11 @@ from typing import Annotated, Any, Generic, Literal, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from control_plane.db.models import ModelFormat, RegionStatus
+from meridian.errors import InvalidInput
 
 __all__ = [
     "DATATYPES",
+    "ApiError",
     "ApiKeyCreate",
     "ApiKeyCreated",
     "ApiKeyPublic",
@@ -26,6 +28,7 @@ __all__ = [
     "DeploymentCreate",
     "DeploymentPublic",
     "DeploymentUpdate",
+    "ErrorField",
     "ModelCreate",
     "ModelPublic",
     "ModelUpdate",
@@ -92,7 +95,41 @@ Datatype = Literal[
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    """What clients send: no unknown fields, and no coercion (``"5"`` is no integer),
+    so what the document calls an integer is one. Enum fields opt back into parsing
+    their values (``Field(strict=False)``)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+# --- errors -------------------------------------------------------------------
+
+
+class ErrorField(BaseModel):
+    """One rejected input of a request that failed validation."""
+
+    field: str = Field(examples=["name (body)"])
+    message: str = Field(examples=["String should match pattern '^[a-z0-9][a-z0-9-]*$'"])
+
+
+class ApiError(BaseModel):
+    """Every error answer of the admin API, validation errors included."""
+
+    error: str = Field(
+        description="a stable code: unparseable_body, invalid_input, unauthenticated, "
+        "permission_denied, not_found, method_not_allowed, conflict, precondition_failed, "
+        "payload_too_large, precondition_required, unavailable, internal",
+        examples=["not_found"],
+    )
+    detail: str = Field(
+        description="what was wrong, for a person", examples=["model 'x' not found"]
+    )
+    retry_after: float | None = Field(
+        default=None, description="seconds to wait before retrying (with a Retry-After header)"
+    )
+    fields: list[ErrorField] | None = Field(
+        default=None, description="the rejected inputs (validation errors only)"
+    )
 
 
 class Page(BaseModel, Generic[T]):
@@ -137,13 +174,14 @@ def _unique_names(specs: list[TensorSpec] | None, what: str) -> list[TensorSpec]
     if specs is not None:
         names = [s.name for s in specs]
         if len(names) != len(set(names)):
-            raise ValueError(f"{what} tensor names must be unique")
+            # a rule the document cannot state: 400, not 422 (which means "not as documented")
+            raise InvalidInput(f"{what} tensor names must be unique")
     return specs
 
 
 class VersionCreate(_Strict):
     version: VersionName
-    format: ModelFormat
+    format: ModelFormat = Field(strict=False)
     inputs: list[TensorSpec] = Field(min_length=1, max_length=64)
     outputs: list[TensorSpec] = Field(min_length=1, max_length=64)
 
@@ -155,7 +193,7 @@ class VersionCreate(_Strict):
 
 
 class VersionUpdate(_Strict):
-    format: ModelFormat | None = None
+    format: ModelFormat | None = Field(default=None, strict=False)
     inputs: list[TensorSpec] | None = Field(default=None, min_length=1, max_length=64)
     outputs: list[TensorSpec] | None = Field(default=None, min_length=1, max_length=64)
 
@@ -211,7 +249,7 @@ class RegionCreate(_Strict):
     lon: float = Field(ge=-180, le=180, allow_inf_nan=False)
     gpu_type: str = Field(default="", max_length=64)
     gpu_count: int = Field(default=0, ge=0, le=1_000_000)
-    status: RegionStatus = RegionStatus.ACTIVE
+    status: RegionStatus = Field(default=RegionStatus.ACTIVE, strict=False)
 
 
 class RegionUpdate(_Strict):
@@ -220,7 +258,7 @@ class RegionUpdate(_Strict):
     lon: float | None = Field(default=None, ge=-180, le=180)
     gpu_type: str | None = Field(default=None, max_length=64)
     gpu_count: int | None = Field(default=None, ge=0, le=1_000_000)
-    status: RegionStatus | None = None
+    status: RegionStatus | None = Field(default=None, strict=False)
 
 
 class RegionPublic(BaseModel):
@@ -257,7 +295,7 @@ class DeploymentCreate(_Strict):
     @model_validator(mode="after")
     def _replicas(self) -> DeploymentCreate:
         if self.max_replicas < self.min_replicas:
-            raise ValueError("max_replicas must be >= min_replicas")
+            raise InvalidInput("max_replicas must be >= min_replicas")
         return self
 
 

@@ -7,11 +7,12 @@ from fastapi import APIRouter
 from control_plane.schemas import Page, TokenCreate, TokenCreated, TokenPublic
 
 from .deps import Admin, Paging, RegistryDep, RowId
+from .errors import WRITE, error_responses
 
 router = APIRouter(prefix="/tokens", tags=["tokens"])
 
 
-@router.post("", status_code=201)
+@router.post("", status_code=201, responses=error_responses(*WRITE))
 def create_token(body: TokenCreate, registry: RegistryDep, caller: Admin) -> TokenCreated:
     return registry.create_token(body, actor=caller.name)
 
@@ -25,6 +26,6 @@ def list_tokens(
     )
 
 
-@router.delete("/{token_id}", status_code=204)
+@router.delete("/{token_id}", status_code=204, responses=error_responses(*WRITE))
 def revoke_token(token_id: RowId, registry: RegistryDep, caller: Admin) -> None:
     registry.revoke_token(token_id, actor=caller.name)
