@@ -44,6 +44,7 @@ __all__ = [
     "TokenCreate",
     "TokenCreated",
     "TokenPublic",
+    "TokenRotate",
     "VariantCreate",
     "VariantPublic",
     "VersionCreate",
@@ -369,9 +370,16 @@ class DemandAccepted(BaseModel):
 # --- tokens and audit -------------------------------------------------------
 
 
+# a token's lifetime: a minute to ten years
+TokenLifetime = Annotated[int, Field(ge=60, le=10 * 366 * 86400, examples=[2592000])]
+
+
 class TokenCreate(_Strict):
     name: str = Field(min_length=1, max_length=128, pattern=r"^[\w.@:-]+$")
     scopes: list[Scope] = Field(min_length=1, max_length=3)
+    expires_in_s: TokenLifetime | None = Field(
+        default=None, description="seconds until the token stops working; null: never"
+    )
 
     @field_validator("scopes")
     @classmethod
@@ -386,6 +394,15 @@ class TokenPublic(BaseModel):
     created_at: dt.datetime
     created_by: str
     revoked_at: dt.datetime | None
+    expires_at: dt.datetime | None = None
+    # when it last authenticated a request, to the minute
+    last_used_at: dt.datetime | None = None
+
+
+class TokenRotate(_Strict):
+    expires_in_s: TokenLifetime | None = Field(
+        default=None, description="the new token's lifetime; null: never expires"
+    )
 
 
 class TokenCreated(TokenPublic):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from control_plane.schemas import Page, TokenCreate, TokenCreated, TokenPublic
+from control_plane.schemas import Page, TokenCreate, TokenCreated, TokenPublic, TokenRotate
 
 from .deps import Admin, Paging, RegistryDep, RowId
 from .errors import WRITE, error_responses
@@ -24,6 +24,15 @@ def list_tokens(
     return registry.list_tokens(
         include_revoked=include_revoked, limit=page.limit, offset=page.offset
     )
+
+
+@router.post("/{token_id}/rotate", status_code=201, responses=error_responses(*WRITE))
+def rotate_token(
+    token_id: RowId, registry: RegistryDep, caller: Admin, body: TokenRotate | None = None
+) -> TokenCreated:
+    """A new token with the same name and scopes, shown this once; the old one stops
+    working at once."""
+    return registry.rotate_token(token_id, body or TokenRotate(), actor=caller.name)
 
 
 @router.delete("/{token_id}", status_code=204, responses=error_responses(*WRITE))
