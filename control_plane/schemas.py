@@ -10,7 +10,14 @@ from __future__ import annotations
 import datetime as dt
 from typing import Annotated, Any, Generic, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    field_validator,
+    model_validator,
+)
 
 from control_plane.db.models import ModelFormat, RegionStatus
 from meridian.errors import InvalidInput
@@ -95,6 +102,17 @@ Datatype = Literal[
 ]
 
 
+def _integral(value: Any) -> Any:
+    """JSON Schema counts 3.0 as an integer: take it as 3 (3.5 stays an error)."""
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+# integers as JSON Schema means them: 3 or 3.0, never "3" or true (the bounds come
+# before the validator, so that the document states them as minimum/maximum)
+GpuCount = Annotated[int, Field(ge=0, le=1_000_000), BeforeValidator(_integral)]
+Replicas = Annotated[int, Field(ge=0, le=10_000), BeforeValidator(_integral)]
+
+
 class _Strict(BaseModel):
     """What clients send: no unknown fields, and no coercion (``"5"`` is no integer),
     so what the document calls an integer is one. Enum fields opt back into parsing
@@ -168,7 +186,10 @@ class TensorSpec(_Strict):
     name: str = Field(min_length=1, max_length=128)
     datatype: Datatype
     # -1 marks a dynamic dimension (e.g. the batch)
-    shape: list[Annotated[int, Field(ge=-1, le=2**62)]] = Field(max_length=16)
+    # at most 2**53 - 1: a bound a JSON number (a double) states exactly
+    shape: list[Annotated[int, Field(ge=-1, le=2**53 - 1), BeforeValidator(_integral)]] = Field(
+        max_length=16
+    )
 
 
 def _unique_names(specs: list[TensorSpec] | None, what: str) -> list[TensorSpec] | None:
@@ -249,7 +270,7 @@ class RegionCreate(_Strict):
     lat: float = Field(ge=-90, le=90, allow_inf_nan=False)
     lon: float = Field(ge=-180, le=180, allow_inf_nan=False)
     gpu_type: str = Field(default="", max_length=64)
-    gpu_count: int = Field(default=0, ge=0, le=1_000_000)
+    gpu_count: GpuCount = 0
     status: RegionStatus = Field(default=RegionStatus.ACTIVE, strict=False)
 
 
@@ -258,7 +279,7 @@ class RegionUpdate(_Strict):
     lat: float | None = Field(default=None, ge=-90, le=90)
     lon: float | None = Field(default=None, ge=-180, le=180)
     gpu_type: str | None = Field(default=None, max_length=64)
-    gpu_count: int | None = Field(default=None, ge=0, le=1_000_000)
+    gpu_count: GpuCount | None = None
     status: RegionStatus | None = Field(default=None, strict=False)
 
 
@@ -289,8 +310,8 @@ class DeploymentCreate(_Strict):
     version: VersionName
     region: RegionName
     variant: VariantName | None = None
-    min_replicas: int = Field(default=1, ge=0, le=10_000)
-    max_replicas: int = Field(default=1, ge=0, le=10_000)
+    min_replicas: Replicas = 1
+    max_replicas: Replicas = 1
     traffic_weight: float = Field(default=1.0, ge=0, le=1_000_000)
 
     @model_validator(mode="after")
@@ -302,12 +323,12 @@ class DeploymentCreate(_Strict):
 
 class DeploymentUpdate(_Strict):
     variant: VariantName | None = None
-    min_replicas: int | None = Field(default=None, ge=0, le=10_000)
-    max_replicas: int | None = Field(default=None, ge=0, le=10_000)
+    min_replicas: Replicas | None = None
+    max_replicas: Replicas | None = None
     traffic_weight: float | None = Field(default=None, ge=0, le=1_000_000)
     # pin: no autoscaling, run ``pinned_replicas`` workers (required when pinning)
     autoscale_pinned: bool | None = None
-    pinned_replicas: int | None = Field(default=None, ge=0, le=10_000)
+    pinned_replicas: Replicas | None = None
 
 
 class DeploymentPublic(BaseModel):
@@ -371,7 +392,9 @@ class DemandAccepted(BaseModel):
 
 
 # a token's lifetime: a minute to ten years
-TokenLifetime = Annotated[int, Field(ge=60, le=10 * 366 * 86400, examples=[2592000])]
+TokenLifetime = Annotated[
+    int, Field(ge=60, le=10 * 366 * 86400, examples=[2592000]), BeforeValidator(_integral)
+]
 
 
 class TokenCreate(_Strict):
