@@ -162,6 +162,10 @@ class Page(BaseModel, Generic[T]):
 
 
 class ModelCreate(_Strict):
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"name": "resnet50", "description": "image classifier"}]}
+    )
+
     name: ModelName
     description: Description = ""
 
@@ -202,6 +206,19 @@ def _unique_names(specs: list[TensorSpec] | None, what: str) -> list[TensorSpec]
 
 
 class VersionCreate(_Strict):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "version": "1",
+                    "format": "onnx",
+                    "inputs": [{"name": "x", "datatype": "FP32", "shape": [-1, 3, 224, 224]}],
+                    "outputs": [{"name": "y", "datatype": "FP32", "shape": [-1, 1000]}],
+                }
+            ]
+        }
+    )
+
     version: VersionName
     format: ModelFormat = Field(strict=False)
     inputs: list[TensorSpec] = Field(min_length=1, max_length=64)
@@ -265,6 +282,21 @@ class VariantPublic(BaseModel):
 
 
 class RegionCreate(_Strict):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "name": "eu-west",
+                    "provider": "gcp",
+                    "lat": 50.1,
+                    "lon": 8.7,
+                    "gpu_type": "L4",
+                    "gpu_count": 8,
+                }
+            ]
+        }
+    )
+
     name: RegionName
     provider: str = Field(default="", max_length=32)
     lat: float = Field(ge=-90, le=90, allow_inf_nan=False)
@@ -306,6 +338,20 @@ class RegionCreated(RegionPublic):
 
 
 class DeploymentCreate(_Strict):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "model": "resnet50",
+                    "version": "1",
+                    "region": "eu-west",
+                    "min_replicas": 1,
+                    "max_replicas": 4,
+                }
+            ]
+        }
+    )
+
     model: ModelName
     version: VersionName
     region: RegionName
@@ -398,6 +444,12 @@ TokenLifetime = Annotated[
 
 
 class TokenCreate(_Strict):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [{"name": "ci", "scopes": ["read"], "expires_in_s": 2592000}]
+        }
+    )
+
     name: str = Field(min_length=1, max_length=128, pattern=r"^[\w.@:-]+$")
     scopes: list[Scope] = Field(min_length=1, max_length=3)
     expires_in_s: TokenLifetime | None = Field(
@@ -443,6 +495,12 @@ TokensPerMinute = Annotated[float, Field(ge=1, le=1e12, allow_inf_nan=False)]
 
 
 class ApiKeyCreate(_Strict):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [{"name": "acme", "rate_per_s": 20, "burst": 40, "models": ["resnet50"]}]
+        }
+    )
+
     name: KeyName
     rate_per_s: RatePerSecond = Field(description="sustained requests per second")
     burst: Burst = Field(description="requests allowed at once above the sustained rate")

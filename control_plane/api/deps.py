@@ -121,6 +121,7 @@ def _if_match(
     if_match: Annotated[
         str,
         Header(
+            alias="If-Match",
             description='The ETag from your last GET, e.g. "3"; * for any version. Missing: 428.',
             pattern=IF_MATCH_PATTERN,
             examples=['"3"'],

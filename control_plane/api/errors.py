@@ -134,7 +134,8 @@ async def _meridian_error(_request: Request, exc: Exception) -> JSONResponse:
 
 def _only_if_match_missing(errors: list[Any]) -> bool:
     return bool(errors) and all(
-        e.get("type") == "missing" and tuple(e.get("loc", ()))[:2] == ("header", "if-match")
+        e.get("type") == "missing"
+        and [str(p).lower() for p in e.get("loc", ())][:2] == ["header", "if-match"]
         for e in errors
     )
 

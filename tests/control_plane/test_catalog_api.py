@@ -168,7 +168,7 @@ def test_versions_list_get_patch_and_every_datatype(api: Api) -> None:
         f"/v1/models/{model}/versions/2", json={}, headers=api.headers(**{"If-Match": "nope"})
     )
     # the document gives If-Match a pattern: a value that is no ETag is a 422 naming it
-    assert r.status_code == 422 and "if-match (header)" in r.json()["detail"]
+    assert r.status_code == 422 and "If-Match (header)" in r.json()["detail"]
 
     assert api.client.get(f"/v1/models/{model}/versions/9", headers=api.admin).status_code == 404
     assert (
