@@ -81,6 +81,7 @@ def live_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveApi]:
                 lifespan="on",
                 log_level="warning",
                 access_log=False,
+                timeout_graceful_shutdown=5,
             )
         )
         thread = threading.Thread(target=server.run, name="contract-api", daemon=True)
@@ -94,6 +95,8 @@ def live_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveApi]:
         finally:
             server.should_exit = True
             thread.join(timeout=30)
+            # stopped (the fleet plane too) before its database is dropped
+            assert not thread.is_alive(), "the control plane did not stop"
 
 
 def _runner_token(registry: Registry) -> str:
