@@ -11,7 +11,7 @@ from fastapi import FastAPI
 
 import meridian
 from control_plane.api import api_router
-from control_plane.api.errors import install_error_handlers
+from control_plane.api.errors import error_responses, install_error_handlers
 from control_plane.autoscale.controller import Autoscaler
 from control_plane.db import migrate
 from control_plane.fleet.nudge import RegistryWriteNudge
@@ -94,7 +94,8 @@ def create_app(
     install_error_handlers(app)
     app.include_router(api_router())
     if fleet is not None:
-        app.include_router(fleet.routes)
+        # every fleet route needs a token with a scope, and validates its inputs
+        app.include_router(fleet.routes, responses=error_responses(401, 403, 422))
         # demand hints from routers (up to one a second per model) change nothing there
         app.add_middleware(RegistryWriteNudge, nudge=fleet.nudge, skip_prefixes=("/v1/demand/",))
 

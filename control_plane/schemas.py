@@ -10,12 +10,21 @@ from __future__ import annotations
 import datetime as dt
 from typing import Annotated, Any, Generic, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    field_validator,
+    model_validator,
+)
 
 from control_plane.db.models import ModelFormat, RegionStatus
+from meridian.errors import InvalidInput
 
 __all__ = [
     "DATATYPES",
+    "ApiError",
     "ApiKeyCreate",
     "ApiKeyCreated",
     "ApiKeyPublic",
@@ -26,6 +35,7 @@ __all__ = [
     "DeploymentCreate",
     "DeploymentPublic",
     "DeploymentUpdate",
+    "ErrorField",
     "ModelCreate",
     "ModelPublic",
     "ModelUpdate",
@@ -41,6 +51,7 @@ __all__ = [
     "TokenCreate",
     "TokenCreated",
     "TokenPublic",
+    "TokenRotate",
     "VariantCreate",
     "VariantPublic",
     "VersionCreate",
@@ -91,8 +102,53 @@ Datatype = Literal[
 ]
 
 
+def _integral(value: Any) -> Any:
+    """JSON Schema counts 3.0 as an integer: take it as 3 (3.5 stays an error)."""
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+# integers as JSON Schema means them: 3 or 3.0, never "3" or true (the bounds come
+# before the validator, so that the document states them as minimum/maximum)
+GpuCount = Annotated[int, Field(ge=0, le=1_000_000), BeforeValidator(_integral)]
+Replicas = Annotated[int, Field(ge=0, le=10_000), BeforeValidator(_integral)]
+
+
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    """What clients send: no unknown fields, and no coercion (``"5"`` is no integer),
+    so what the document calls an integer is one. Enum fields opt back into parsing
+    their values (``Field(strict=False)``)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+# --- errors -------------------------------------------------------------------
+
+
+class ErrorField(BaseModel):
+    """One rejected input of a request that failed validation."""
+
+    field: str = Field(examples=["name (body)"])
+    message: str = Field(examples=["String should match pattern '^[a-z0-9][a-z0-9-]*$'"])
+
+
+class ApiError(BaseModel):
+    """Every error answer of the admin API, validation errors included."""
+
+    error: str = Field(
+        description="a stable code: unparseable_body, invalid_input, unauthenticated, "
+        "permission_denied, not_found, method_not_allowed, conflict, precondition_failed, "
+        "payload_too_large, precondition_required, unavailable, internal",
+        examples=["not_found"],
+    )
+    detail: str = Field(
+        description="what was wrong, for a person", examples=["model 'x' not found"]
+    )
+    retry_after: float | None = Field(
+        default=None, description="seconds to wait before retrying (with a Retry-After header)"
+    )
+    fields: list[ErrorField] | None = Field(
+        default=None, description="the rejected inputs (validation errors only)"
+    )
 
 
 class Page(BaseModel, Generic[T]):
@@ -106,6 +162,10 @@ class Page(BaseModel, Generic[T]):
 
 
 class ModelCreate(_Strict):
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"name": "resnet50", "description": "image classifier"}]}
+    )
+
     name: ModelName
     description: Description = ""
 
@@ -130,20 +190,37 @@ class TensorSpec(_Strict):
     name: str = Field(min_length=1, max_length=128)
     datatype: Datatype
     # -1 marks a dynamic dimension (e.g. the batch)
-    shape: list[Annotated[int, Field(ge=-1, le=2**62)]] = Field(max_length=16)
+    # at most 2**53 - 1: a bound a JSON number (a double) states exactly
+    shape: list[Annotated[int, Field(ge=-1, le=2**53 - 1), BeforeValidator(_integral)]] = Field(
+        max_length=16
+    )
 
 
 def _unique_names(specs: list[TensorSpec] | None, what: str) -> list[TensorSpec] | None:
     if specs is not None:
         names = [s.name for s in specs]
         if len(names) != len(set(names)):
-            raise ValueError(f"{what} tensor names must be unique")
+            # a rule the document cannot state: 400, not 422 (which means "not as documented")
+            raise InvalidInput(f"{what} tensor names must be unique")
     return specs
 
 
 class VersionCreate(_Strict):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "version": "1",
+                    "format": "onnx",
+                    "inputs": [{"name": "x", "datatype": "FP32", "shape": [-1, 3, 224, 224]}],
+                    "outputs": [{"name": "y", "datatype": "FP32", "shape": [-1, 1000]}],
+                }
+            ]
+        }
+    )
+
     version: VersionName
-    format: ModelFormat
+    format: ModelFormat = Field(strict=False)
     inputs: list[TensorSpec] = Field(min_length=1, max_length=64)
     outputs: list[TensorSpec] = Field(min_length=1, max_length=64)
 
@@ -155,7 +232,7 @@ class VersionCreate(_Strict):
 
 
 class VersionUpdate(_Strict):
-    format: ModelFormat | None = None
+    format: ModelFormat | None = Field(default=None, strict=False)
     inputs: list[TensorSpec] | None = Field(default=None, min_length=1, max_length=64)
     outputs: list[TensorSpec] | None = Field(default=None, min_length=1, max_length=64)
 
@@ -205,13 +282,28 @@ class VariantPublic(BaseModel):
 
 
 class RegionCreate(_Strict):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "name": "eu-west",
+                    "provider": "gcp",
+                    "lat": 50.1,
+                    "lon": 8.7,
+                    "gpu_type": "L4",
+                    "gpu_count": 8,
+                }
+            ]
+        }
+    )
+
     name: RegionName
     provider: str = Field(default="", max_length=32)
     lat: float = Field(ge=-90, le=90, allow_inf_nan=False)
     lon: float = Field(ge=-180, le=180, allow_inf_nan=False)
     gpu_type: str = Field(default="", max_length=64)
-    gpu_count: int = Field(default=0, ge=0, le=1_000_000)
-    status: RegionStatus = RegionStatus.ACTIVE
+    gpu_count: GpuCount = 0
+    status: RegionStatus = Field(default=RegionStatus.ACTIVE, strict=False)
 
 
 class RegionUpdate(_Strict):
@@ -219,8 +311,8 @@ class RegionUpdate(_Strict):
     lat: float | None = Field(default=None, ge=-90, le=90)
     lon: float | None = Field(default=None, ge=-180, le=180)
     gpu_type: str | None = Field(default=None, max_length=64)
-    gpu_count: int | None = Field(default=None, ge=0, le=1_000_000)
-    status: RegionStatus | None = None
+    gpu_count: GpuCount | None = None
+    status: RegionStatus | None = Field(default=None, strict=False)
 
 
 class RegionPublic(BaseModel):
@@ -246,29 +338,43 @@ class RegionCreated(RegionPublic):
 
 
 class DeploymentCreate(_Strict):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "model": "resnet50",
+                    "version": "1",
+                    "region": "eu-west",
+                    "min_replicas": 1,
+                    "max_replicas": 4,
+                }
+            ]
+        }
+    )
+
     model: ModelName
     version: VersionName
     region: RegionName
     variant: VariantName | None = None
-    min_replicas: int = Field(default=1, ge=0, le=10_000)
-    max_replicas: int = Field(default=1, ge=0, le=10_000)
+    min_replicas: Replicas = 1
+    max_replicas: Replicas = 1
     traffic_weight: float = Field(default=1.0, ge=0, le=1_000_000)
 
     @model_validator(mode="after")
     def _replicas(self) -> DeploymentCreate:
         if self.max_replicas < self.min_replicas:
-            raise ValueError("max_replicas must be >= min_replicas")
+            raise InvalidInput("max_replicas must be >= min_replicas")
         return self
 
 
 class DeploymentUpdate(_Strict):
     variant: VariantName | None = None
-    min_replicas: int | None = Field(default=None, ge=0, le=10_000)
-    max_replicas: int | None = Field(default=None, ge=0, le=10_000)
+    min_replicas: Replicas | None = None
+    max_replicas: Replicas | None = None
     traffic_weight: float | None = Field(default=None, ge=0, le=1_000_000)
     # pin: no autoscaling, run ``pinned_replicas`` workers (required when pinning)
     autoscale_pinned: bool | None = None
-    pinned_replicas: int | None = Field(default=None, ge=0, le=10_000)
+    pinned_replicas: Replicas | None = None
 
 
 class DeploymentPublic(BaseModel):
@@ -331,9 +437,24 @@ class DemandAccepted(BaseModel):
 # --- tokens and audit -------------------------------------------------------
 
 
+# a token's lifetime: a minute to ten years
+TokenLifetime = Annotated[
+    int, Field(ge=60, le=10 * 366 * 86400, examples=[2592000]), BeforeValidator(_integral)
+]
+
+
 class TokenCreate(_Strict):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [{"name": "ci", "scopes": ["read"], "expires_in_s": 2592000}]
+        }
+    )
+
     name: str = Field(min_length=1, max_length=128, pattern=r"^[\w.@:-]+$")
     scopes: list[Scope] = Field(min_length=1, max_length=3)
+    expires_in_s: TokenLifetime | None = Field(
+        default=None, description="seconds until the token stops working; null: never"
+    )
 
     @field_validator("scopes")
     @classmethod
@@ -348,6 +469,15 @@ class TokenPublic(BaseModel):
     created_at: dt.datetime
     created_by: str
     revoked_at: dt.datetime | None
+    expires_at: dt.datetime | None = None
+    # when it last authenticated a request, to the minute
+    last_used_at: dt.datetime | None = None
+
+
+class TokenRotate(_Strict):
+    expires_in_s: TokenLifetime | None = Field(
+        default=None, description="the new token's lifetime; null: never expires"
+    )
 
 
 class TokenCreated(TokenPublic):
@@ -365,6 +495,12 @@ TokensPerMinute = Annotated[float, Field(ge=1, le=1e12, allow_inf_nan=False)]
 
 
 class ApiKeyCreate(_Strict):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [{"name": "acme", "rate_per_s": 20, "burst": 40, "models": ["resnet50"]}]
+        }
+    )
+
     name: KeyName
     rate_per_s: RatePerSecond = Field(description="sustained requests per second")
     burst: Burst = Field(description="requests allowed at once above the sustained rate")

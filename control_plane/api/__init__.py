@@ -17,13 +17,18 @@ from . import (
     versions,
 )
 from .deps import current_principal
+from .errors import COMMON, error_responses
 
 __all__ = ["api_router"]
 
 
 def api_router() -> APIRouter:
     """Every ``/v1`` route; each one needs a valid bearer token before anything else."""
-    router = APIRouter(prefix="/v1", dependencies=[Depends(current_principal)])
+    router = APIRouter(
+        prefix="/v1",
+        dependencies=[Depends(current_principal)],
+        responses=error_responses(*COMMON),
+    )
     for module in (models, versions, variants, artifacts, regions, deployments, demand, tokens,
                    api_keys, audit):  # fmt: skip
         router.include_router(module.router)

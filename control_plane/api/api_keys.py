@@ -19,11 +19,12 @@ from control_plane.schemas import (
 from meridian.errors import Unavailable
 
 from .deps import Admin, IfMatch, Paging, RegistryDep, set_etag
+from .errors import ETAG_WRITE, WRITE, error_responses
 
 router = APIRouter(prefix="/api-keys", tags=["api keys"])
 
 
-@router.post("", status_code=201)
+@router.post("", status_code=201, responses=error_responses(*WRITE))
 def create_api_key(
     body: ApiKeyCreate, registry: RegistryDep, caller: Admin, response: Response
 ) -> ApiKeyCreated:
@@ -42,14 +43,14 @@ def list_api_keys(
     )
 
 
-@router.get("/{name}")
+@router.get("/{name}", responses=error_responses(404))
 def get_api_key(name: str, registry: RegistryDep, _: Admin, response: Response) -> ApiKeyPublic:
     key = registry.get_api_key(name)
     set_etag(response, key.row_version)
     return key
 
 
-@router.patch("/{name}")
+@router.patch("/{name}", responses=error_responses(*ETAG_WRITE))
 def update_api_key(
     name: str,
     body: ApiKeyUpdate,
@@ -64,7 +65,7 @@ def update_api_key(
     return key
 
 
-@router.delete("/{name}", status_code=204)
+@router.delete("/{name}", status_code=204, responses=error_responses(*WRITE))
 def revoke_api_key(name: str, registry: RegistryDep, caller: Admin) -> None:
     """Revoke a key (idempotent); the name is not reused."""
     registry.revoke_api_key(name, actor=caller.name)
@@ -74,7 +75,7 @@ def revoke_api_key(name: str, registry: RegistryDep, caller: Admin) -> None:
 USAGE_PREFIX = "meridian:usage:"
 
 
-@router.get("/{name}/usage")
+@router.get("/{name}/usage", responses=error_responses(404))
 def api_key_usage(name: str, registry: RegistryDep, _: Admin, request: Request) -> ApiKeyUsage:
     """Requests and tokens the routers counted for this key (generation and embedding
     requests), read from the Redis the routers share."""

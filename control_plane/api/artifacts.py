@@ -18,6 +18,7 @@ from control_plane.schemas import VariantPublic, VersionPublic
 from meridian.errors import InvalidInput
 
 from .deps import Admin, CatalogReader, RegistryDep
+from .errors import WRITE, error_responses
 
 router = APIRouter(tags=["artifacts"])
 
@@ -30,6 +31,14 @@ _RAW_BODY: dict[str, Any] = {
         "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
     }
 }
+_UPLOAD = error_responses(*WRITE, 413)
+_DOWNLOAD: dict[int | str, dict[str, Any]] = {
+    200: {
+        "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}
+    },
+    **error_responses(404),
+}
+_HEAD = error_responses(404)
 Sha256Header = Annotated[
     str | None, Header(alias="X-Artifact-Sha256", description="sha256 hex digest of the body")
 ]
@@ -79,7 +88,7 @@ async def _download(
     return StreamingResponse(chunks, media_type="application/octet-stream", headers=_headers(info))
 
 
-@router.put(VERSION_PATH, openapi_extra=_RAW_BODY)
+@router.put(VERSION_PATH, openapi_extra=_RAW_BODY, responses=_UPLOAD)
 async def upload_version_artifact(
     name: str,
     version: str,
@@ -93,21 +102,21 @@ async def upload_version_artifact(
     return result
 
 
-@router.get(VERSION_PATH, response_class=StreamingResponse)
+@router.get(VERSION_PATH, response_class=StreamingResponse, responses=_DOWNLOAD)
 async def download_version_artifact(
     name: str, version: str, registry: RegistryDep, _: CatalogReader
 ) -> StreamingResponse:
     return await _download(registry, name, version, None)
 
 
-@router.head(VERSION_PATH)
+@router.head(VERSION_PATH, responses=_HEAD)
 def head_version_artifact(
     name: str, version: str, registry: RegistryDep, _: CatalogReader
 ) -> Response:
     return Response(headers=_headers(registry.describe_artifact(name, version, None)))
 
 
-@router.put(VARIANT_PATH, openapi_extra=_RAW_BODY)
+@router.put(VARIANT_PATH, openapi_extra=_RAW_BODY, responses=_UPLOAD)
 async def upload_variant_artifact(
     name: str,
     version: str,
@@ -122,14 +131,14 @@ async def upload_variant_artifact(
     return result
 
 
-@router.get(VARIANT_PATH, response_class=StreamingResponse)
+@router.get(VARIANT_PATH, response_class=StreamingResponse, responses=_DOWNLOAD)
 async def download_variant_artifact(
     name: str, version: str, variant: str, registry: RegistryDep, _: CatalogReader
 ) -> StreamingResponse:
     return await _download(registry, name, version, variant)
 
 
-@router.head(VARIANT_PATH)
+@router.head(VARIANT_PATH, responses=_HEAD)
 def head_variant_artifact(
     name: str, version: str, variant: str, registry: RegistryDep, _: CatalogReader
 ) -> Response:

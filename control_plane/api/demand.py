@@ -17,11 +17,12 @@ from control_plane.schemas import DemandAccepted, DemandCreate
 from meridian.errors import NotFound, Unavailable
 
 from .deps import AutoscalerDep, Reader, RegistryDep
+from .errors import error_responses
 
 router = APIRouter(prefix="/demand", tags=["autoscaling"])
 
 
-@router.post("/{name}", status_code=202)
+@router.post("/{name}", status_code=202, responses=error_responses(404))
 async def post_demand(
     name: str,
     request: Request,

@@ -17,11 +17,12 @@ from control_plane.schemas import (
 )
 
 from .deps import Admin, AutoscalerDep, IfMatch, Paging, Reader, RegistryDep, RowId, set_etag
+from .errors import ETAG_WRITE, WRITE, error_responses
 
 router = APIRouter(prefix="/deployments", tags=["deployments"])
 
 
-@router.post("", status_code=201)
+@router.post("", status_code=201, responses=error_responses(*WRITE))
 def create_deployment(
     body: DeploymentCreate, registry: RegistryDep, caller: Admin, response: Response
 ) -> DeploymentPublic:
@@ -45,7 +46,7 @@ def list_deployments(
     )
 
 
-@router.get("/{deployment_id}")
+@router.get("/{deployment_id}", responses=error_responses(404))
 def get_deployment(
     deployment_id: RowId, registry: RegistryDep, _: Reader, response: Response
 ) -> DeploymentPublic:
@@ -54,7 +55,7 @@ def get_deployment(
     return found
 
 
-@router.patch("/{deployment_id}")
+@router.patch("/{deployment_id}", responses=error_responses(*ETAG_WRITE))
 def update_deployment(
     deployment_id: RowId,
     body: DeploymentUpdate,
@@ -70,14 +71,14 @@ def update_deployment(
     return updated
 
 
-@router.delete("/{deployment_id}", status_code=204)
+@router.delete("/{deployment_id}", status_code=204, responses=error_responses(*ETAG_WRITE))
 def delete_deployment(
     deployment_id: RowId, caller: Admin, expected: IfMatch, registry: RegistryDep
 ) -> None:
     registry.delete_deployment(deployment_id, expected_version=expected, actor=caller.name)
 
 
-@router.get("/{deployment_id}/scaling")
+@router.get("/{deployment_id}/scaling", responses=error_responses(404))
 def get_scaling(
     deployment_id: RowId,
     request: Request,

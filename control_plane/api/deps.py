@@ -18,11 +18,11 @@ from control_plane.registry import Principal, Registry
 from meridian.errors import (
     InvalidInput,
     PermissionDenied,
-    PreconditionRequired,
     Unauthenticated,
 )
 
 __all__ = [
+    "IF_MATCH_PATTERN",
     "MAX_LIMIT",
     "Admin",
     "AutoscalerDep",
@@ -113,17 +113,23 @@ def _paging(
 Paging = Annotated[PageParams, Depends(_paging)]
 
 
+# what If-Match accepts: an ETag of this API ("3", W/"3", or bare 3), or * for any version
+IF_MATCH_PATTERN = r'^(\*|(W/)?"[0-9]{1,18}"|[0-9]{1,18})$'
+
+
 def _if_match(
     if_match: Annotated[
-        str | None, Header(description='the ETag from a GET, e.g. "3"; * for any')
-    ] = None,
+        str,
+        Header(
+            alias="If-Match",
+            description='The ETag from your last GET, e.g. "3"; * for any version. Missing: 428.',
+            pattern=IF_MATCH_PATTERN,
+            examples=['"3"'],
+        ),
+    ],
 ) -> int | None:
-    """The row version the client last saw; ``None`` for ``*``. Missing: 428."""
-    if if_match is None or not if_match.strip():
-        raise PreconditionRequired(
-            "If-Match is required: send the ETag of your last GET so that concurrent "
-            "changes are not overwritten"
-        )
+    """The row version the client last saw; ``None`` for ``*``. A missing header is
+    answered 428 (see ``errors``), not 422: the document lists it as required."""
     value = if_match.strip()
     if value == "*":
         return None

@@ -19,12 +19,15 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Header, Query, Response
+import anyio
+from fastapi import APIRouter, Depends, Header, Query, Request, Response
 from fastapi.responses import JSONResponse
 
+from control_plane.api.errors import error_responses
 from control_plane.health.fleet_view import FleetView
 from control_plane.health.snapshots import DocumentFeed, KeyringFeed, SnapshotFeed
 from meridian.errors import InvalidInput, MeridianError, NotFound, Unavailable
+from meridian.snapshot import HealthState
 
 __all__ = ["fleet_router"]
 
@@ -44,6 +47,32 @@ def _parse_etag(value: str, current: int) -> int:
     if not tag.isdigit():
         raise InvalidInput(f"If-None-Match must be a snapshot ETag like '\"42\"', got {value!r}")
     return int(tag)
+
+
+async def _unpublished_region(request: Request, name: str, snapshot_version: int) -> Response:
+    """A region the registry has (``app.state.registry``, when the app has one) but the
+    routing snapshot does not list yet: it was created moments ago, and the next
+    snapshot will carry it. It serves nothing yet: down, not 404."""
+    registry = getattr(request.app.state, "registry", None)
+    if registry is None:
+        return _error(NotFound(f"region {name!r} is not in the routing snapshot"))
+    try:
+        found = await anyio.to_thread.run_sync(registry.get_region, name)
+    except MeridianError as exc:  # NotFound: no such region at all
+        return _error(exc)
+    return JSONResponse(
+        {
+            "region": name,
+            "state": HealthState.DOWN.value,
+            "routable": False,
+            "snapshot_version": snapshot_version,
+            "gpu_count": found.gpu_count,
+            "healthy_gpus": 0,
+            "capacity_rps": 0.0,
+            "agent_connected": False,
+            "reason": "not in the routing snapshot yet (the next one lists it)",
+        }
+    )
 
 
 def _actor(principal: Any) -> str:
@@ -72,7 +101,15 @@ def _long_poll_route(
             headers={"ETag": f'"{feed.version}"', "Cache-Control": "no-cache"},
         )
 
-    @router.get(path, dependencies=[Depends(read_auth)], summary=f"The {what}")
+    @router.get(
+        path,
+        dependencies=[Depends(read_auth)],
+        summary=f"The {what}",
+        responses={
+            304: {"description": f"No newer {what} within `wait` seconds"},
+            **error_responses(400, 503),
+        },
+    )
     async def get_document(
         wait: Annotated[
             float, Query(ge=0, le=max_wait_s, description="long-poll seconds with If-None-Match")
@@ -125,12 +162,16 @@ def fleet_router(
         _long_poll_route(router, "/v1/routing/api-keys", keyring, "API keyring", read_auth,
                          max_wait_s)  # fmt: skip
 
-    @router.get("/v1/regions/{name}/health", dependencies=[Depends(read_auth)])
-    async def region_health(name: str) -> Response:
+    @router.get(
+        "/v1/regions/{name}/health",
+        dependencies=[Depends(read_auth)],
+        responses=error_responses(404, 503),
+    )
+    async def region_health(name: str, request: Request) -> Response:
         snapshot = feed.current
         region = snapshot.region(name) if snapshot is not None else None
         if region is None:
-            return _error(NotFound(f"region {name!r} is not in the routing snapshot"))
+            return await _unpublished_region(request, name, snapshot.version if snapshot else 0)
         summary = fleet_view.summary(name)
         body: dict[str, Any] = {
             "region": name,
@@ -188,11 +229,11 @@ def fleet_router(
             return _error(exc)
         return JSONResponse({"region": name, "status": status})
 
-    @router.post("/v1/regions/{name}/drain")
+    @router.post("/v1/regions/{name}/drain", responses=error_responses(404, 503))
     async def drain(name: str, principal: Annotated[Any, Depends(admin_auth)]) -> Response:
         return await change_drain(name, True, principal)
 
-    @router.post("/v1/regions/{name}/undrain")
+    @router.post("/v1/regions/{name}/undrain", responses=error_responses(404, 503))
     async def undrain(name: str, principal: Annotated[Any, Depends(admin_auth)]) -> Response:
         return await change_drain(name, False, principal)
 

@@ -7,11 +7,12 @@ from fastapi import APIRouter, Response
 from control_plane.schemas import ModelCreate, ModelPublic, ModelUpdate, Page
 
 from .deps import Admin, CatalogReader, IfMatch, Paging, RegistryDep, set_etag
+from .errors import ETAG_WRITE, WRITE, error_responses
 
 router = APIRouter(prefix="/models", tags=["models"])
 
 
-@router.post("", status_code=201)
+@router.post("", status_code=201, responses=error_responses(*WRITE))
 def create_model(
     body: ModelCreate, registry: RegistryDep, caller: Admin, response: Response
 ) -> ModelPublic:
@@ -26,7 +27,7 @@ def list_models(registry: RegistryDep, _: CatalogReader, page: Paging) -> Page[M
     return registry.list_models(limit=page.limit, offset=page.offset)
 
 
-@router.get("/{name}")
+@router.get("/{name}", responses=error_responses(404))
 def get_model(
     name: str, registry: RegistryDep, _: CatalogReader, response: Response
 ) -> ModelPublic:
@@ -35,7 +36,7 @@ def get_model(
     return model
 
 
-@router.patch("/{name}")
+@router.patch("/{name}", responses=error_responses(*ETAG_WRITE))
 def update_model(
     name: str,
     body: ModelUpdate,
@@ -49,6 +50,6 @@ def update_model(
     return model
 
 
-@router.delete("/{name}", status_code=204)
+@router.delete("/{name}", status_code=204, responses=error_responses(*ETAG_WRITE))
 def delete_model(name: str, caller: Admin, expected: IfMatch, registry: RegistryDep) -> None:
     registry.delete_model(name, expected_version=expected, actor=caller.name)

@@ -8,11 +8,12 @@ from control_plane.db.models import RegionStatus
 from control_plane.schemas import Page, RegionCreate, RegionCreated, RegionPublic, RegionUpdate
 
 from .deps import Admin, IfMatch, Paging, Reader, RegistryDep, set_etag
+from .errors import ETAG_WRITE, WRITE, error_responses
 
 router = APIRouter(prefix="/regions", tags=["regions"])
 
 
-@router.post("", status_code=201)
+@router.post("", status_code=201, responses=error_responses(*WRITE))
 def create_region(
     body: RegionCreate, registry: RegistryDep, caller: Admin, response: Response
 ) -> RegionCreated:
@@ -29,14 +30,14 @@ def list_regions(
     return registry.list_regions(status=status, limit=page.limit, offset=page.offset)
 
 
-@router.get("/{name}")
+@router.get("/{name}", responses=error_responses(404))
 def get_region(name: str, registry: RegistryDep, _: Reader, response: Response) -> RegionPublic:
     region = registry.get_region(name)
     set_etag(response, region.row_version)
     return region
 
 
-@router.patch("/{name}")
+@router.patch("/{name}", responses=error_responses(*ETAG_WRITE))
 def update_region(
     name: str,
     body: RegionUpdate,
@@ -50,12 +51,12 @@ def update_region(
     return region
 
 
-@router.delete("/{name}", status_code=204)
+@router.delete("/{name}", status_code=204, responses=error_responses(*ETAG_WRITE))
 def delete_region(name: str, caller: Admin, expected: IfMatch, registry: RegistryDep) -> None:
     registry.delete_region(name, expected_version=expected, actor=caller.name)
 
 
-@router.post("/{name}/credential")
+@router.post("/{name}/credential", responses=error_responses(*WRITE))
 def rotate_credential(
     name: str, registry: RegistryDep, caller: Admin, response: Response
 ) -> RegionCreated:

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from control_plane.schemas import Page, TokenCreate, TokenCreated, TokenPublic
+from control_plane.schemas import Page, TokenCreate, TokenCreated, TokenPublic, TokenRotate
 
 from .deps import Admin, Paging, RegistryDep, RowId
+from .errors import WRITE, error_responses
 
 router = APIRouter(prefix="/tokens", tags=["tokens"])
 
 
-@router.post("", status_code=201)
+@router.post("", status_code=201, responses=error_responses(*WRITE))
 def create_token(body: TokenCreate, registry: RegistryDep, caller: Admin) -> TokenCreated:
     return registry.create_token(body, actor=caller.name)
 
@@ -25,6 +26,15 @@ def list_tokens(
     )
 
 
-@router.delete("/{token_id}", status_code=204)
+@router.post("/{token_id}/rotate", status_code=201, responses=error_responses(*WRITE))
+def rotate_token(
+    token_id: RowId, registry: RegistryDep, caller: Admin, body: TokenRotate | None = None
+) -> TokenCreated:
+    """A new token with the same name and scopes, shown this once; the old one stops
+    working at once."""
+    return registry.rotate_token(token_id, body or TokenRotate(), actor=caller.name)
+
+
+@router.delete("/{token_id}", status_code=204, responses=error_responses(*WRITE))
 def revoke_token(token_id: RowId, registry: RegistryDep, caller: Admin) -> None:
     registry.revoke_token(token_id, actor=caller.name)

@@ -7,11 +7,12 @@ from fastapi import APIRouter, Response
 from control_plane.schemas import Page, VersionCreate, VersionPublic, VersionUpdate
 
 from .deps import Admin, CatalogReader, IfMatch, Paging, RegistryDep, set_etag
+from .errors import ETAG_WRITE, WRITE, error_responses
 
 router = APIRouter(prefix="/models/{name}/versions", tags=["versions"])
 
 
-@router.post("", status_code=201)
+@router.post("", status_code=201, responses=error_responses(*WRITE))
 def create_version(
     name: str, body: VersionCreate, registry: RegistryDep, caller: Admin, response: Response
 ) -> VersionPublic:
@@ -21,14 +22,14 @@ def create_version(
     return created
 
 
-@router.get("")
+@router.get("", responses=error_responses(404))
 def list_versions(
     name: str, registry: RegistryDep, _: CatalogReader, page: Paging
 ) -> Page[VersionPublic]:
     return registry.list_versions(name, limit=page.limit, offset=page.offset)
 
 
-@router.get("/{version}")
+@router.get("/{version}", responses=error_responses(404))
 def get_version(
     name: str, version: str, registry: RegistryDep, _: CatalogReader, response: Response
 ) -> VersionPublic:
@@ -37,7 +38,7 @@ def get_version(
     return found
 
 
-@router.patch("/{version}")
+@router.patch("/{version}", responses=error_responses(*ETAG_WRITE))
 def update_version(
     name: str,
     version: str,
@@ -54,7 +55,7 @@ def update_version(
     return updated
 
 
-@router.delete("/{version}", status_code=204)
+@router.delete("/{version}", status_code=204, responses=error_responses(*ETAG_WRITE))
 def delete_version(
     name: str, version: str, caller: Admin, expected: IfMatch, registry: RegistryDep
 ) -> None:

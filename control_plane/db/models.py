@@ -208,6 +208,10 @@ class ApiToken(Base):
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     created_by: Mapped[str] = mapped_column(sa.String(128), default="")
     revoked_at: Mapped[dt.datetime | None] = mapped_column(default=None)
+    # None: never expires
+    expires_at: Mapped[dt.datetime | None] = mapped_column(default=None)
+    # recorded at most once a minute (not a write per request)
+    last_used_at: Mapped[dt.datetime | None] = mapped_column(default=None)
 
 
 class ApiKey(_Versioned, Base):

@@ -230,6 +230,8 @@ def token_public(row: m.ApiToken) -> schemas.TokenPublic:
         created_at=utc(row.created_at),
         created_by=row.created_by,
         revoked_at=utc(row.revoked_at) if row.revoked_at else None,
+        expires_at=utc(row.expires_at) if row.expires_at else None,
+        last_used_at=utc(row.last_used_at) if row.last_used_at else None,
     )
 
 

@@ -2,18 +2,28 @@
 
 from __future__ import annotations
 
+import datetime as dt
+import logging
 from dataclasses import dataclass
 
 import sqlalchemy as sa
 
 from control_plane import schemas
 from control_plane.db import models as m
-from meridian.errors import NotFound, Unauthenticated
+from meridian.errors import Conflict, MeridianError, NotFound, Unauthenticated
 
 from ._base import RegistryBase, audit_public, new_secret, secret_hash, token_public, utc
 
 TOKEN_PREFIX = "mrd"
 SCOPES = ("admin", "read", "agent")
+# last_used_at is written at most this often per token (not a write per request)
+LAST_USED_RESOLUTION = dt.timedelta(minutes=1)
+
+log = logging.getLogger("meridian.control_plane")
+
+
+def _expiry(expires_in_s: int | None) -> dt.datetime | None:
+    return None if expires_in_s is None else m.utcnow() + dt.timedelta(seconds=expires_in_s)
 
 
 @dataclass(frozen=True)
@@ -40,10 +50,36 @@ class AccessOps(RegistryBase):
                 token_hash=secret_hash(token),
                 scopes=" ".join(data.scopes),
                 created_by=actor,
+                expires_at=_expiry(data.expires_in_s),
             )
             s.add(row)
             s.flush()
             self._audit(s, actor, "create", "api_token", f"{row.id}:{row.name}", data.model_dump())
+            public = token_public(row)
+        return schemas.TokenCreated(**public.model_dump(), token=token)
+
+    def rotate_token(
+        self, token_id: int, data: schemas.TokenRotate, *, actor: str
+    ) -> schemas.TokenCreated:
+        """A new token with the old one's name and scopes; the old one stops working at once."""
+        token = new_secret(TOKEN_PREFIX)
+        with self._write() as s:
+            old = s.get(m.ApiToken, token_id)
+            if old is None:
+                raise NotFound(f"token {token_id} not found")
+            if old.revoked_at is not None:
+                raise Conflict(f"token {token_id} was revoked; create a new one instead")
+            old.revoked_at = m.utcnow()
+            row = m.ApiToken(
+                name=old.name,
+                token_hash=secret_hash(token),
+                scopes=old.scopes,
+                created_by=actor,
+                expires_at=_expiry(data.expires_in_s),
+            )
+            s.add(row)
+            s.flush()
+            self._audit(s, actor, "rotate", "api_token", f"{old.id}:{old.name}", {"new_id": row.id})
             public = token_public(row)
         return schemas.TokenCreated(**public.model_dump(), token=token)
 
@@ -107,18 +143,48 @@ class AccessOps(RegistryBase):
         if not bearer:
             raise Unauthenticated("a bearer token is required")
         digest = secret_hash(bearer)
+        now = m.utcnow()
         with self._read() as s:
             token = s.scalar(sa.select(m.ApiToken).where(m.ApiToken.token_hash == digest))
-            if token is not None:
-                if token.revoked_at is not None:
-                    raise Unauthenticated("this token was revoked")
-                return Principal(name=token.name, scopes=frozenset(token.scopes.split()))
-            region = s.scalar(sa.select(m.Region).where(m.Region.agent_credential_hash == digest))
-            if region is not None and region.status != m.RegionStatus.DISABLED:
-                return Principal(
-                    name=f"region:{region.name}", scopes=frozenset({"agent"}), region=region.name
+            if token is None:
+                region = s.scalar(
+                    sa.select(m.Region).where(m.Region.agent_credential_hash == digest)
                 )
-        raise Unauthenticated("unknown or revoked token")
+                if region is not None and region.status != m.RegionStatus.DISABLED:
+                    return Principal(
+                        name=f"region:{region.name}",
+                        scopes=frozenset({"agent"}),
+                        region=region.name,
+                    )
+                raise Unauthenticated("unknown or revoked token")
+            if token.revoked_at is not None:
+                raise Unauthenticated("this token was revoked")
+            if token.expires_at is not None and utc(token.expires_at) <= now:
+                raise Unauthenticated(
+                    f"this token expired at {utc(token.expires_at):%Y-%m-%d %H:%M:%S} UTC"
+                )
+            token_id, last = token.id, token.last_used_at
+            principal = Principal(name=token.name, scopes=frozenset(token.scopes.split()))
+        if last is None or now - utc(last) >= LAST_USED_RESOLUTION:
+            self._note_use(token_id, now)
+        return principal
+
+    def _note_use(self, token_id: int, now: dt.datetime) -> None:
+        """Record ``last_used_at``; the condition keeps concurrent replicas (and requests) to
+        one write a minute. A failure here never fails the request it authenticated."""
+        stale = now - LAST_USED_RESOLUTION
+        try:
+            with self._write() as s:
+                s.execute(
+                    sa.update(m.ApiToken)
+                    .where(
+                        m.ApiToken.id == token_id,
+                        sa.or_(m.ApiToken.last_used_at.is_(None), m.ApiToken.last_used_at <= stale),
+                    )
+                    .values(last_used_at=now)
+                )
+        except MeridianError as exc:
+            log.warning("could not record the use of token %d: %s", token_id, exc.message)
 
     # --- audit ---------------------------------------------------------------------
 

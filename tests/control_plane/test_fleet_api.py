@@ -117,8 +117,11 @@ def test_deployment_rules(api: Api) -> None:
     dup = api.client.post("/v1/deployments", json=body, headers=api.admin)
     assert dup.status_code == 409 and "already deployed" in dup.json()["detail"]
 
+    # below min_replicas: a rule across fields the document cannot state (400, not 422)
+    r = api.client.post("/v1/deployments", json={**body, "max_replicas": 0}, headers=api.admin)
+    assert r.status_code == 400 and "max_replicas" in r.json()["detail"], r.text
     for bad, field in (
-        ({"max_replicas": 0}, "max_replicas"),
+        ({"max_replicas": -1}, "max_replicas"),
         ({"traffic_weight": -1}, "traffic_weight"),
         ({"min_replicas": -1}, "min_replicas"),
     ):

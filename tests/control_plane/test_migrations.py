@@ -56,7 +56,7 @@ def _diff(url: str) -> list[object]:
 def test_upgrade_downgrade_upgrade(database_url: str) -> None:
     assert migrate.current_revision(database_url) is None
     migrate.upgrade(database_url)
-    assert migrate.current_revision(database_url) == "0006_api_key_token_budget"
+    assert migrate.current_revision(database_url) == "0007_token_expiry"
     assert _tables(database_url) == TABLES
     migrate.downgrade(database_url)
     assert migrate.current_revision(database_url) is None
