@@ -90,16 +90,25 @@ class AccessOps(RegistryBase):
         configuration.
         """
         digest = secret_hash(token)
-        with self._write() as s:
-            if s.scalar(sa.select(m.ApiToken.id).where(m.ApiToken.token_hash == digest)):
-                return False
-            row = m.ApiToken(
-                name=name, token_hash=digest, scopes=" ".join(scopes), created_by=actor
-            )
-            s.add(row)
-            s.flush()
-            self._audit(s, actor, "create", "api_token", f"{row.id}:{name}", {"scopes": scopes})
-            return True
+        exists = sa.select(m.ApiToken.id).where(m.ApiToken.token_hash == digest)
+        try:
+            with self._write() as s:
+                if s.scalar(exists):
+                    return False
+                row = m.ApiToken(
+                    name=name, token_hash=digest, scopes=" ".join(scopes), created_by=actor
+                )
+                s.add(row)
+                s.flush()
+                audit = {"scopes": scopes}
+                self._audit(s, actor, "create", "api_token", f"{row.id}:{name}", audit)
+                return True
+        except Conflict:
+            # replicas starting at the same moment: another one added it first
+            with self._read() as s:
+                if s.scalar(exists):
+                    return False
+            raise
 
     def has_active_admin_token(self) -> bool:
         with self._read() as s:

@@ -94,3 +94,24 @@ def test_rotation_replaces_a_token(api: Api) -> None:
     # rotating needs admin
     reader = api.headers(str(_token(api, "read")["token"]))
     assert api.client.post(f"/v1/tokens/{rotated['id']}/rotate", headers=reader).status_code == 403
+
+
+def test_replicas_starting_together_add_a_configured_token_once(api: Api) -> None:
+    """Two replicas given the same bootstrap token at the same moment: one adds it, the
+    other finds it, neither fails."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    for _ in range(10):
+        token = f"mtk_{unique('boot')}"
+        start = threading.Barrier(2)
+
+        def ensure(token: str = token, start: threading.Barrier = start) -> bool:
+            start.wait()
+            return api.registry.ensure_token(
+                token, name=unique("boot"), scopes=["admin"], actor="bootstrap"
+            )
+
+        with ThreadPoolExecutor(2) as pool:
+            added = [f.result() for f in [pool.submit(ensure), pool.submit(ensure)]]
+        assert sorted(added) == [False, True]
