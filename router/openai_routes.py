@@ -181,7 +181,10 @@ class OpenAIRoutes:
         row = table.rtt_row(route)
         allowed = set(ranked)
         rtt = {name: float(row[i]) for name, i in table.index.items() if name in allowed}
+        believed = core.kv_policy.affinity.matched_blocks(request.key) if request.key else {}
         workers = choose_generative(core.kv_policy, snap, request, rtt, core.outstanding)
+        if workers:
+            core.generation.routed(believed.get(workers[0].worker_id, 0) > 0)
         region_of = {w.worker_id: r.name for r in snap.regions for w in r.workers}
         picks: dict[str, WorkerView] = {}
         order: list[str] = []
