@@ -17,8 +17,7 @@ import logging
 import random
 import time
 from collections import defaultdict
-from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from urllib.parse import urlsplit
 
 import orjson
@@ -26,6 +25,7 @@ import orjson
 from meridian.eventwait import wait_event
 from meridian.keyring import ApiKeyGrant, ApiKeyring
 from meridian.snapshot import RegionView, RoutingSnapshot, WorkerView
+from router.attempts import Attempts, Call
 from router.continuation import TOKEN_IDS_HEADER, Generation
 from router.demand import DemandNotifier, nearest_deployment_region
 from router.hedging import Hedging
@@ -50,18 +50,13 @@ from router.policies import (
 )
 from router.probes import OutlierProbes
 from router.ratelimit import RateLimiter
-from router.replies import EVENT_STREAM, JSON, error, header_value
+from router.replies import JSON, error
 from router.resilience import LastGoodView, RetryBudget
 from router.settings import RouterSettings
 from router.snapshot_store import KeyringStore, SnapshotStore
-from router.streaming import StreamWatch
 from router.token_budget import LocalTokenBudget, TokenBudget
 from router.upstream import (
-    UpstreamConnectError,
-    UpstreamError,
     UpstreamPool,
-    UpstreamResponse,
-    UpstreamStream,
 )
 
 __all__ = ["RouterCore"]
@@ -85,31 +80,6 @@ def _model_path(path: str) -> tuple[str, str | None, str] | None:
     if len(rest) >= 2 and rest[0] == "versions":
         version, rest = rest[1], rest[2:]
     return model, version, "/".join(rest)
-
-
-@dataclass(frozen=True, slots=True)
-class _Call:
-    """What every attempt of one request shares."""
-
-    snap: RoutingSnapshot
-    route: RouteRequest
-    model: str
-    method: str
-    query: str
-    headers: list[tuple[bytes, bytes]]
-    body: bytes
-    deadline: float
-    stream: bool
-    gen: Generation | None
-    started: float
-
-
-async def _discard(result: Response | StreamResponse | str) -> None:
-    """An answer that lost a race: a stream is closed (its worker freed)."""
-    if isinstance(result, StreamResponse):
-        aclose = getattr(result.chunks, "aclose", None)
-        if aclose is not None:
-            await aclose()
 
 
 class RouterCore:
@@ -166,6 +136,7 @@ class RouterCore:
         self.held = 0  # requests waiting for a first worker right now
         self.cold_starts_ms: collections.deque[float] = collections.deque(maxlen=100)
         self.openai = OpenAIRoutes(self)
+        self.attempts = Attempts(self)
         self.hedging = Hedging()
         self.generation = GenerationMetrics()
         self.metrics = RouterMetrics(self)
@@ -254,7 +225,7 @@ class RouterCore:
             ranked = self._ranked[key] = self.policy.rank(snap, self.stats, route, now)
         return ranked
 
-    def _version_picker(self, snap: RoutingSnapshot) -> VersionPicker:
+    def version_picker(self, snap: RoutingSnapshot) -> VersionPicker:
         cached_snap, picker = self._versions
         if cached_snap is not snap or picker is None:
             picker = VersionPicker(snap)
@@ -295,7 +266,7 @@ class RouterCore:
             route = self._routes[key] = RouteRequest(model, lat, lon)
         return route
 
-    async def _wan_delay(self, snap: RoutingSnapshot, route: RouteRequest, region: str) -> None:
+    async def wan_delay(self, snap: RoutingSnapshot, route: RouteRequest, region: str) -> None:
         """Demo only: hold the request for the modelled client-to-region round trip.
 
         On one machine every socket is loopback; this makes a far region cost what it
@@ -326,6 +297,7 @@ class RouterCore:
         started = time.monotonic()
         deadline = started + s.total_timeout_s
         self.budget.record_request(started)
+        self.hedging.budget.record_request(started)
         client = self.locator.locate(req.client_host, req.header(EDGE_HEADER), req.headers)
         route = self._route(model, client.lat, client.lon)
         ranked = self.rank(snap, route, started)
@@ -360,7 +332,7 @@ class RouterCore:
         attempts = 0
         last_error = "no region could be tried"
         outliers = not self.outliers.quiet and self._some_usable(snap, ranked, model, started)
-        call = _Call(snap, route, model, req.method, query, headers, req.body, deadline,
+        call = Call(snap, route, model, req.method, query, headers, req.body, deadline,
                      stream, gen, started)  # fmt: skip
         for i, name in enumerate(ranked):
             now = time.monotonic()
@@ -369,7 +341,7 @@ class RouterCore:
             region = snap.region(name)
             if region is None:
                 continue
-            target = self._target(snap, model, version, rest, name, target_path)
+            target = self.attempts.target(snap, model, version, rest, name, target_path)
             serving: Sequence[WorkerView] = self.workers(snap, region, model)
             if outliers:
                 serving = self.outliers.usable(serving, now)
@@ -385,7 +357,7 @@ class RouterCore:
                 last_error = "retry budget exhausted"
                 break
             attempts += 1
-            first = self._attempt(call, region, worker, target, attempts)
+            first = self.attempts.attempt(call, region, worker, target, attempts)
             delay = self.hedging.delay_s(model, stream)
             if delay is None:
                 outcome = await first
@@ -397,10 +369,10 @@ class RouterCore:
                     later: Sequence[str] = ranked[i + 1 :],
                     usable: Sequence[WorkerView] = serving,
                 ) -> tuple[RegionView, WorkerView, str] | None:
-                    return self._hedge_choice(call, region, worker, later, usable, version,
+                    return self.attempts.hedge_choice(call, region, worker, later, usable, version,
                                               rest, target_path)  # fmt: skip
 
-                outcome = await self._hedged(call, first, worker, backup, delay, attempts)
+                outcome = await self.attempts.hedged(call, first, worker, backup, delay, attempts)
             if isinstance(outcome, str):
                 last_error = outcome
                 continue
@@ -414,217 +386,9 @@ class RouterCore:
         return error(status, f"all regions failed after {attempts} attempts: {last_error}",
                       [(b"x-meridian-attempts", str(attempts).encode())])  # fmt: skip
 
-    # --- one attempt, and its hedge ------------------------------------------------------------
-
-    def _target(
-        self,
-        snap: RoutingSnapshot,
-        model: str,
-        version: str | None,
-        rest: str,
-        region: str,
-        target_path: str | None,
-    ) -> str:
-        """The worker path to call in ``region`` (a weighted version pick for ``infer``)."""
-        chosen = version
-        if chosen is None and rest == "infer":
-            dep = self._version_picker(snap).pick(model, region, self.rng)
-            chosen = dep.version if dep is not None else None
-        if target_path is not None:
-            return target_path
-        tail = ("/" + rest) if rest else ""
-        return f"/v2/models/{model}" + (f"/versions/{chosen}" if chosen else "") + tail
-
-    async def _attempt(
-        self, call: _Call, region: RegionView, worker: WorkerView, target: str, attempts: int
-    ) -> Response | StreamResponse | str:
-        """One try on ``worker``: the answer, or why it failed (a retry may follow)."""
-        s = self.settings
-        name, wid = region.name, worker.worker_id
-        host, port = self.endpoint(worker.endpoint)
-        now = time.monotonic()
-        self.observed.dispatch(name, now)
-        self.outstanding[wid] += 1
-        held = True  # released here, or by a stream when it ends
-        sent = now
-        try:
-            if s.emulate_wan:
-                await self._wan_delay(call.snap, call.route, name)
-                sent = time.monotonic()
-            timeout = min(s.attempt_timeout_s, call.deadline - now)
-            upstream: UpstreamResponse | UpstreamStream
-            path = target + call.query
-            if call.stream:
-                opened = await self.pool.stream(
-                    host, port, call.method, path, call.headers, call.body, timeout
-                )
-                if opened.status < 500 and EVENT_STREAM in header_value(
-                    opened.headers, b"content-type"
-                ):
-                    first = time.monotonic()
-                    took_ms = (first - sent) * 1000.0
-                    excess_ms = (took_ms - self.pool.network_ms(host, port)
-                                 - worker.latency_p50_ms)  # fmt: skip
-                    self.observed.success(name, took_ms, excess_ms, first)
-                    self.hedging.observe(call.model, True, took_ms)
-                    self.counters["served"] += 1
-                    self.counters["streamed"] += 1
-                    relay = self.openai.relay(opened, call.gen, name, wid, call.route)
-                    held = False
-                    return StreamResponse(
-                        opened.status,
-                        self._out_headers(opened.headers, name, attempts),
-                        self._watched(relay, call, name, wid),
-                    )
-                upstream = opened
-                body = await opened.read(s.stream_idle_timeout_s)
-            else:
-                response = await self.pool.request(
-                    host, port, call.method, path, call.headers, call.body, timeout
-                )
-                upstream, body = response, response.body
-        except UpstreamConnectError as exc:
-            self._refused(call.snap, region, call.model, worker, time.monotonic())
-            self.counters["upstream_failures"] += 1
-            return f"region {name}: {exc}"
-        except (UpstreamError, TimeoutError) as exc:
-            self.observed.error(name, time.monotonic())
-            self.counters["upstream_failures"] += 1
-            return f"region {name}: {exc or 'timed out'}"
-        except asyncio.CancelledError:
-            self.observed.abandoned(name)  # its hedge answered first, or the client left
-            raise
-        finally:
-            if held:
-                self.outstanding[wid] -= 1
-        done = time.monotonic()
-        if upstream.status >= 500:
-            self.observed.error(name, done)
-            self.counters["upstream_5xx"] += 1
-            return f"region {name} answered {upstream.status}"
-        took_ms = (done - sent) * 1000.0
-        excess_ms = took_ms - self.pool.network_ms(host, port) - worker.latency_p50_ms
-        self.observed.success(name, took_ms, excess_ms, done)
-        self.hedging.observe(call.model, False, took_ms)
-        self.outliers.observe(wid, excess_ms, done)
-        if not self.outliers.quiet:
-            self.outliers.readmit(wid)  # it answered (tried in a panic)
-            self.probes.start_due(
-                call.snap, call.model, path, call.method, call.headers, call.body, done
-            )
-        self.counters["served"] += 1
-        return Response(upstream.status, body, self._out_headers(upstream.headers, name, attempts))
-
-    def _watched(
-        self, chunks: AsyncIterator[bytes], call: _Call, region: str, worker_id: str
-    ) -> StreamWatch:
-        """The stream, holding its worker's outstanding count until it ends, and timing its
-        first token and the tokens after it for the region's metrics."""
-        gen, first_at = call.gen, [0.0]
-
-        def first() -> None:
-            first_at[0] = time.monotonic()
-            self.generation.ttft.observe(region, first_at[0] - call.started)
-
-        def end() -> None:
-            self.outstanding[worker_id] -= 1
-            tokens = len(gen.sent_ids) if gen is not None else 0
-            if first_at[0] and tokens > 1:
-                per_token = (time.monotonic() - first_at[0]) / (tokens - 1)
-                self.generation.tpot.observe(region, per_token)
-
-        return StreamWatch(chunks, first, end)
-
-    def _hedge_choice(
-        self,
-        call: _Call,
-        region: RegionView,
-        worker: WorkerView,
-        later: Sequence[str],
-        serving: Sequence[WorkerView],
-        version: str | None,
-        rest: str,
-        target_path: str | None,
-    ) -> tuple[RegionView, WorkerView, str] | None:
-        """Where a hedge of an attempt on ``worker`` goes: another usable worker of its
-        region, else the best worker of the next region in the ranking."""
-        others = [w for w in serving if w.worker_id != worker.worker_id]
-        other = choose_worker(others, self.rng, self.outstanding)
-        if other is not None:
-            return region, other, self._target(call.snap, call.model, version, rest,
-                                               region.name, target_path)  # fmt: skip
-        now = time.monotonic()
-        for name in later:
-            nxt = call.snap.region(name)
-            if nxt is None:
-                continue
-            workers: Sequence[WorkerView] = self.workers(call.snap, nxt, call.model)
-            if not self.outliers.quiet:
-                workers = self.outliers.usable(workers, now)
-            other = choose_worker(workers, self.rng, self.outstanding)
-            if other is not None:
-                target = self._target(call.snap, call.model, version, rest, name, target_path)
-                return nxt, other, target
-        return None
-
-    async def _hedged(
-        self,
-        call: _Call,
-        first: Coroutine[object, object, Response | StreamResponse | str],
-        worker: WorkerView,
-        backup: Callable[[], tuple[RegionView, WorkerView, str] | None],
-        delay: float,
-        attempts: int,
-    ) -> Response | StreamResponse | str:
-        """``first``; if it has not answered within ``delay`` (the model's recent p95), a
-        copy on ``backup()`` too, within the hedge budget: the first answer wins and the
-        other attempt is cancelled. A worker that loses a hedge goes on probation as slow
-        (its shadow probes readmit it once it answers quickly again)."""
-        primary = asyncio.ensure_future(first)
-        tasks = [primary]
-        try:
-            done, _ = await asyncio.wait(tasks, timeout=delay)
-            if done:
-                return primary.result()
-            now = time.monotonic()
-            choice = backup()
-            if choice is None or now >= call.deadline or not self.hedging.budget.try_retry(now):
-                return await primary
-            region, other, target = choice
-            self.counters["hedges_sent"] += 1
-            hedge = asyncio.ensure_future(self._attempt(call, region, other, target, attempts + 1))
-            tasks.append(hedge)
-            last = "no attempt answered"
-            while True:
-                await asyncio.wait([t for t in tasks if not t.done()],
-                                   return_when=asyncio.FIRST_COMPLETED)  # fmt: skip
-                for t in tasks:  # the primary first when both are in
-                    if not t.done() or t.cancelled():
-                        continue
-                    result = t.result()
-                    if isinstance(result, str):
-                        last = result
-                        continue
-                    if t is hedge:
-                        self.counters["hedges_won"] += 1
-                        if not primary.done():
-                            lost_ms = (time.monotonic() - now) * 1000.0 + delay * 1000.0
-                            slow = self.outliers.config.slow_ms + lost_ms
-                            self.outliers.observe(worker.worker_id, slow, time.monotonic())
-                    for u in tasks:
-                        if u is not t and u.done() and not u.cancelled():
-                            await _discard(u.result())
-                    return result
-                if all(t.done() for t in tasks):
-                    return last
-        finally:
-            for t in tasks:
-                if not t.done():
-                    t.cancel()
-
     # --- outliers: ejection on refusal, probation of slow workers ----------------------------
 
-    def _refused(
+    def refused(
         self, snap: RoutingSnapshot, region: RegionView, model: str, worker: WorkerView, now: float
     ) -> None:
         """No connection to ``worker``: eject it now; eject its region once none is left."""
@@ -653,7 +417,7 @@ class RouterCore:
         await self.probes.close()
 
     @staticmethod
-    def _out_headers(
+    def out_headers(
         headers: list[tuple[bytes, bytes]], region: str, attempts: int
     ) -> list[tuple[bytes, bytes]]:
         out = [(k, v) for k, v in headers if k not in HOP_BY_HOP]

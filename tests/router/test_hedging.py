@@ -61,28 +61,35 @@ async def test_a_hung_worker_costs_a_request_a_hedge_not_its_timeout(
         ) as c:
             n = 0
             deadline = time.monotonic() + 60
+
+            async def client(until: float) -> None:
+                nonlocal n
+                while time.monotonic() < until:
+                    n += 1
+                    await one(c, n)
+
             while core.hedging.delay_s("tiny", False) is None:  # the router learns the p95
                 assert time.monotonic() < deadline, "no p95 learnt"
                 await one(c, n)
                 n += 1
+            # then its p95 under the load the test puts on it (two clients at once)
+            soon = time.monotonic() + 1.0
+            await asyncio.gather(client(soon), client(soon))
             p95 = core.hedging.p95_ms("tiny", False)
             assert p95 is not None and p95 < 1000.0
             latencies.clear()
             hung.proc.send_signal(signal.SIGSTOP)
             try:
                 until = time.monotonic() + 3.0  # requests flow while it is stopped
-
-                async def client() -> None:
-                    nonlocal n
-                    while time.monotonic() < until:
-                        n += 1
-                        await one(c, n)
-
-                await asyncio.gather(client(), client())
+                await asyncio.gather(client(until), client(until))
             finally:
                 hung.proc.send_signal(signal.SIGCONT)
     finally:
         await server.stop()
+    print(
+        f"p95 {p95:.1f} ms, max {max(latencies) * 1000:.1f} ms over {len(latencies)}, "
+        f"hedges {core.counters['hedges_sent']} sent {core.counters['hedges_won']} won"
+    )
     assert not failures
     assert len(latencies) > 10
     assert core.counters["hedges_sent"] >= 1
