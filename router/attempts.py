@@ -29,6 +29,8 @@ if TYPE_CHECKING:
 
 __all__ = ["Attempts", "Call"]
 
+SILENT_LOSSES = 2  # hedges lost in a row, silent, that put a worker on probation
+
 
 @dataclass(frozen=True, slots=True)
 class Call:
@@ -60,6 +62,8 @@ class Attempts:
 
     def __init__(self, core: RouterCore) -> None:
         self.core = core
+        # hedges each worker lost in a row while silent (an answer from it resets this)
+        self.silent_losses: dict[str, int] = {}
 
     def target(
         self,
@@ -154,6 +158,7 @@ class Attempts:
         core.observed.success(name, took_ms, excess_ms, done)
         core.hedging.observe(call.model, False, took_ms)
         core.outliers.observe(wid, excess_ms, done)
+        self.silent_losses.pop(wid, None)
         if not core.outliers.quiet:
             core.outliers.readmit(wid)  # it answered (tried in a panic)
             core.probes.start_due(
@@ -221,6 +226,16 @@ class Attempts:
                 return nxt, other, target
         return None
 
+    def _lost(self, worker_id: str, sent: float) -> None:
+        """``worker_id`` was still silent when its hedge answered. Once is a race lost;
+        ``SILENT_LOSSES`` in a row with no answer between is a worker that hangs: it goes
+        on probation as slow at once (so requests pass it over, and shadow probes readmit
+        it when it answers quickly again)."""
+        n = self.silent_losses[worker_id] = self.silent_losses.get(worker_id, 0) + 1
+        if n >= SILENT_LOSSES:
+            now = time.monotonic()
+            self.core.outliers.silent(worker_id, (now - sent) * 1000.0, now)
+
     async def hedged(
         self,
         call: Call,
@@ -232,8 +247,7 @@ class Attempts:
     ) -> Response | StreamResponse | str:
         """``first``; if it has not answered within ``delay`` (the model's recent p95), a
         copy on ``backup()`` too, within the hedge budget: the first answer wins and the
-        other attempt is cancelled. A worker that loses a hedge goes on probation as slow
-        (its shadow probes readmit it once it answers quickly again)."""
+        other attempt is cancelled (see :meth:`_lost` for what a loss tells of a worker)."""
         core = self.core
         primary = asyncio.ensure_future(first)
         tasks = [primary]
@@ -263,9 +277,7 @@ class Attempts:
                     if t is hedge:
                         core.counters["hedges_won"] += 1
                         if not primary.done():
-                            lost_ms = (time.monotonic() - now) * 1000.0 + delay * 1000.0
-                            slow = core.outliers.config.slow_ms + lost_ms
-                            core.outliers.observe(worker.worker_id, slow, time.monotonic())
+                            self._lost(worker.worker_id, now - delay)
                     for u in tasks:
                         if u is not t and u.done() and not u.cancelled():
                             await _discard(u.result())

@@ -72,9 +72,13 @@ async def test_a_hung_worker_costs_a_request_a_hedge_not_its_timeout(
                 assert time.monotonic() < deadline, "no p95 learnt"
                 await one(c, n)
                 n += 1
-            # then its p95 under the load the test puts on it (two clients at once)
-            soon = time.monotonic() + 1.0
-            await asyncio.gather(client(soon), client(soon))
+            # then its p95 under the load the test puts on it (two clients at once), until
+            # the hedges the p95 learnt so far set off are paid back: a steady state
+            budget = core.hedging.budget
+            while budget.tokens < core.hedging.config.burst - 0.5:
+                assert time.monotonic() < deadline, f"hedge budget at {budget.tokens:.1f}"
+                soon = time.monotonic() + 0.5
+                await asyncio.gather(client(soon), client(soon))
             p95 = core.hedging.p95_ms("tiny", False)
             assert p95 is not None and p95 < 1000.0
             latencies.clear()
@@ -86,10 +90,6 @@ async def test_a_hung_worker_costs_a_request_a_hedge_not_its_timeout(
                 hung.proc.send_signal(signal.SIGCONT)
     finally:
         await server.stop()
-    print(
-        f"p95 {p95:.1f} ms, max {max(latencies) * 1000:.1f} ms over {len(latencies)}, "
-        f"hedges {core.counters['hedges_sent']} sent {core.counters['hedges_won']} won"
-    )
     assert not failures
     assert len(latencies) > 10
     assert core.counters["hedges_sent"] >= 1
