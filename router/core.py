@@ -3,7 +3,10 @@
 Transports call :meth:`RouterCore.handle` with a parsed request; everything
 below is independent of sockets except the upstream pool. The region choice is
 delegated to a routing policy object (``router.policies``), the very one the
-fleet simulator drives, over this router's own ``RouterStats``.
+fleet simulator drives, over this router's own ``RouterStats``. The OpenAI paths and what
+generative requests add (token budgets, KV-aware worker choice, the stream relay with its
+mid-stream continuation) live in ``router.openai_routes`` and forward through
+:meth:`RouterCore.forward`.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ import logging
 import random
 import time
 from collections import defaultdict
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from urllib.parse import urlsplit
 
 import orjson
@@ -22,15 +25,17 @@ import orjson
 from meridian.eventwait import wait_event
 from meridian.keyring import ApiKeyGrant, ApiKeyring
 from meridian.snapshot import RegionView, RoutingSnapshot, WorkerView
+from router.attempts import Attempts, Call
 from router.continuation import TOKEN_IDS_HEADER, Generation
 from router.demand import DemandNotifier, nearest_deployment_region
-from router.generative_route import generative_request
+from router.hedging import Hedging
 from router.http11 import HOP_BY_HOP, Request, Response, StreamResponse
 from router.keys import ApiKeys
 from router.locate import EDGE_HEADER, ClientLocator
 from router.metrics import CONTENT_TYPE as METRICS_TYPE
-from router.metrics import RouterMetrics
+from router.metrics import GenerationMetrics, RouterMetrics
 from router.observations import Observations
+from router.openai_routes import OpenAIRoutes
 from router.outliers import WorkerOutliers
 from router.policies import (
     GenerativeRequest,
@@ -40,69 +45,29 @@ from router.policies import (
     RoutingPolicy,
     StatsConfig,
     VersionPicker,
-    choose_generative,
     choose_worker,
     serving_workers,
 )
 from router.probes import OutlierProbes
 from router.ratelimit import RateLimiter
+from router.replies import JSON, error
 from router.resilience import LastGoodView, RetryBudget
 from router.settings import RouterSettings
 from router.snapshot_store import KeyringStore, SnapshotStore
-from router.streaming import relay_generation, relay_raw
-from router.token_budget import LocalTokenBudget, TokenBudget, estimate_tokens
+from router.token_budget import LocalTokenBudget, TokenBudget
 from router.unmonitored import UnmonitoredRegions
 from router.upstream import (
-    UpstreamConnectError,
-    UpstreamError,
     UpstreamPool,
-    UpstreamResponse,
-    UpstreamStream,
 )
 
 __all__ = ["RouterCore"]
 
 log = logging.getLogger(__name__)
 
-JSON = [(b"content-type", b"application/json")]
 SERVER_METADATA = orjson.dumps(
     {"name": "meridian-router", "version": "0.1.0", "extensions": ["binary_tensor_data"]}
 )
-
-
-def _error(status: int, message: str, extra: list[tuple[bytes, bytes]] | None = None) -> Response:
-    body = orjson.dumps({"error": message})
-    return Response(status, body, JSON + (extra or []))
-
-
-OPENAI_POST = frozenset({"/v1/completions", "/v1/chat/completions", "/v1/embeddings"})
-GENERATIONS = frozenset({"/v1/completions", "/v1/chat/completions"})
 STREAMED_REST = frozenset({"generate_stream"})
-EVENT_STREAM = b"text/event-stream"
-
-
-def _openai_error(status: int, message: str, param: str | None = None) -> Response:
-    kind = "invalid_request_error" if status < 500 else "server_error"
-    body = {"error": {"message": message, "type": kind, "param": param, "code": None}}
-    return Response(status, orjson.dumps(body), JSON)
-
-
-def _header(headers: list[tuple[bytes, bytes]], name: bytes) -> bytes:
-    for k, v in headers:
-        if k == name:
-            return v
-    return b""
-
-
-def _usage_of(response: Response) -> tuple[int, int]:
-    """(prompt, completion) tokens from an OpenAI answer's usage; (0, 0) if it has none."""
-    if response.status >= 400:
-        return 0, 0
-    try:
-        usage = orjson.loads(response.body).get("usage") or {}
-        return int(usage.get("prompt_tokens", 0)), int(usage.get("completion_tokens", 0))
-    except (orjson.JSONDecodeError, AttributeError, TypeError, ValueError):
-        return 0, 0
 
 
 def _model_path(path: str) -> tuple[str, str | None, str] | None:
@@ -166,12 +131,16 @@ class RouterCore:
         self.budget = RetryBudget(ratio=settings.retry_ratio)
         self.counters: dict[str, int] = defaultdict(int)
         self.probes = OutlierProbes(
-            pool, self.outliers, self.stats, self.counters, self._endpoint,
+            pool, self.outliers, self.stats, self.counters, self.endpoint,
             timeout_s=settings.attempt_timeout_s,
         )  # fmt: skip
         self.demand = demand
         self.held = 0  # requests waiting for a first worker right now
         self.cold_starts_ms: collections.deque[float] = collections.deque(maxlen=100)
+        self.openai = OpenAIRoutes(self)
+        self.attempts = Attempts(self)
+        self.hedging = Hedging()
+        self.generation = GenerationMetrics()
         self.metrics = RouterMetrics(self)
 
     # --- entry point ---------------------------------------------------------------------
@@ -187,121 +156,16 @@ class RouterCore:
         if path == "/metrics":
             return Response(200, self.metrics.render(), [(b"content-type", METRICS_TYPE)])
         if path.startswith("/v1/"):
-            return await self._openai(req)
+            return await self.openai.handle(req)
         target = _model_path(path)
         if target is None:
-            return _error(404, f"no route for {req.method} {path}")
-        denied, _ = await self._admit(req, target[0])
+            return error(404, f"no route for {req.method} {path}")
+        denied, _ = await self.admit(req, target[0])
         if denied is not None:
             return denied
-        return await self._forward(req, *target, stream=target[2] in STREAMED_REST)
+        return await self.forward(req, *target, stream=target[2] in STREAMED_REST)
 
     # --- OpenAI paths ----------------------------------------------------------------------
-
-    async def _openai(self, req: Request) -> Response | StreamResponse:
-        path = req.path
-        if path == "/v1/models" and req.method == "GET":
-            return self._model_list()
-        if path not in OPENAI_POST:
-            return _openai_error(404, f"no route for {req.method} {path}")
-        if req.method != "POST":
-            return _openai_error(405, f"{path} takes POST")
-        try:
-            body = orjson.loads(req.body)
-        except orjson.JSONDecodeError:
-            return _openai_error(400, "the request body is not valid JSON")
-        if not isinstance(body, dict):
-            return _openai_error(400, "the request body must be a JSON object")
-        model_ref = body.get("model")
-        if not isinstance(model_ref, str) or not model_ref:
-            return _openai_error(400, "'model' is required: the name of a served model", "model")
-        model = model_ref.partition(":")[0]
-        denied, grant = await self._admit(req, model)
-        if denied is not None:
-            return denied
-        reserved = 0
-        if grant is not None and grant.tokens_per_minute is not None:
-            reserved = estimate_tokens(path, body)
-            refused = await self._reserve_tokens(grant.name, grant.tokens_per_minute, reserved)
-            if refused is not None:
-                return refused
-        stream = body.get("stream") is True
-        gen = None
-        if stream and path in GENERATIONS:
-            gen = Generation(chat=path == "/v1/chat/completions", request=body)
-        try:
-            greq = generative_request(model, body) if path in GENERATIONS else None
-            response = await self._forward(
-                req, model, None, "", target_path=path, stream=stream, gen=gen, generative=greq
-            )
-        except BaseException:
-            if grant is not None:
-                await self.token_budget.settle(grant.name, grant.tokens_per_minute, reserved, 0, 0)
-            raise
-        if grant is None:
-            return response
-        if isinstance(response, StreamResponse):
-            response.chunks = self._settled(response.chunks, gen, grant, reserved)
-        else:
-            prompt, completion = _usage_of(response)
-            await self.token_budget.settle(
-                grant.name, grant.tokens_per_minute, reserved, prompt, completion
-            )
-        return response
-
-    async def _reserve_tokens(self, name: str, per_minute: float, tokens: int) -> Response | None:
-        if tokens > per_minute:
-            return _openai_error(
-                429,
-                f"the request may use {tokens} tokens, more than API key {name!r} may use in "
-                f"a minute ({per_minute:g}); lower max_tokens",
-            )
-        wait = await self.token_budget.reserve(name, per_minute, tokens)
-        if wait <= 0:
-            return None
-        self.counters["token_limited"] += 1
-        refused = _openai_error(429, f"API key {name!r} has used its tokens for this minute")
-        refused.headers.append((b"retry-after", str(max(1, int(wait + 0.999))).encode()))
-        return refused
-
-    async def _settled(
-        self,
-        chunks: AsyncIterator[bytes],
-        gen: Generation | None,
-        grant: ApiKeyGrant,
-        reserved: int,
-    ) -> AsyncIterator[bytes]:
-        """``chunks``, then the key's tokens settled with what the stream really used."""
-        try:
-            async for chunk in chunks:
-                yield chunk
-        finally:
-            aclose = getattr(chunks, "aclose", None)
-            if aclose is not None:
-                await aclose()
-            prompt = completion = 0
-            if gen is not None and gen.prompt_ids is not None:
-                prompt, completion = len(gen.prompt_ids), len(gen.sent_ids)
-            elif gen is not None or reserved:
-                prompt, completion = 0, reserved  # nothing known: keep the reservation
-            await self.token_budget.settle(
-                grant.name, grant.tokens_per_minute, reserved, prompt, completion
-            )
-
-    def _model_list(self) -> Response:
-        """The models that some routable worker of the fleet serves now."""
-        snap = self.store.current
-        names: set[str] = set()
-        if snap is not None:
-            for region in snap.routable_regions():
-                for w in region.workers:
-                    if w.state.routable:
-                        names.update(m.partition(":")[0] for m in w.models)
-        data = [{"id": n, "object": "model", "created": 0, "owned_by": "meridian"}
-                for n in sorted(names)]  # fmt: skip
-        return Response(200, orjson.dumps({"object": "list", "data": data}), JSON)
-
-    # --- admission -------------------------------------------------------------------------
 
     def _api_keys(self, ring: ApiKeyring) -> ApiKeys:
         cached_ring, keys = self._keys
@@ -310,7 +174,7 @@ class RouterCore:
             self._keys = (ring, keys)
         return keys
 
-    async def _admit(self, req: Request, model: str) -> tuple[Response | None, ApiKeyGrant | None]:
+    async def admit(self, req: Request, model: str) -> tuple[Response | None, ApiKeyGrant | None]:
         """A refusal, or None and the caller's key (when keys are required)."""
         s = self.settings
         grant = None
@@ -321,15 +185,15 @@ class RouterCore:
                 presented = auth[7:].strip()
             if presented is None:
                 message = "an API key is required (x-api-key or Authorization: Bearer)"
-                return _error(401, message), None
+                return error(401, message), None
             ring = self.keyring.current
             if ring is None:
-                return _error(503, "no API keyring yet", [(b"retry-after", b"1")]), None
+                return error(503, "no API keyring yet", [(b"retry-after", b"1")]), None
             grant = self._api_keys(ring).lookup(presented)
             if grant is None:
-                return _error(401, "unknown or revoked API key"), None
+                return error(401, "unknown or revoked API key"), None
             if grant.models and model not in grant.models:
-                return _error(403, f"API key {grant.name!r} may not call model '{model}'"), None
+                return error(403, f"API key {grant.name!r} may not call model '{model}'"), None
             bucket, rate, burst = "key:" + grant.name, grant.rate_per_s, grant.burst
         elif s.anonymous_rate > 0:
             address = self.locator.client_address(req.client_host, req.headers)
@@ -341,12 +205,12 @@ class RouterCore:
         if wait > 0:
             self.counters["rate_limited"] += 1
             retry_after = str(max(1, int(wait + 0.999))).encode()
-            return _error(429, "rate limit exceeded", [(b"retry-after", retry_after)]), None
+            return error(429, "rate limit exceeded", [(b"retry-after", retry_after)]), None
         return None, grant
 
     # --- routing and failover --------------------------------------------------------------
 
-    def _rank(self, snap: RoutingSnapshot, route: RouteRequest, now: float) -> list[str]:
+    def rank(self, snap: RoutingSnapshot, route: RouteRequest, now: float) -> list[str]:
         """The policy's ranking, reused for clients within about 25 km during one refresh
         period of the policy (it would give the same answer); errors invalidate at once."""
         refresh = getattr(self.policy, "refresh_s", 0.0)
@@ -363,14 +227,14 @@ class RouterCore:
             ranked = self._ranked[key] = self.policy.rank(snap, self.stats, route, now)
         return ranked
 
-    def _version_picker(self, snap: RoutingSnapshot) -> VersionPicker:
+    def version_picker(self, snap: RoutingSnapshot) -> VersionPicker:
         cached_snap, picker = self._versions
         if cached_snap is not snap or picker is None:
             picker = VersionPicker(snap)
             self._versions = (snap, picker)
         return picker
 
-    def _workers(
+    def workers(
         self, snap: RoutingSnapshot, region: RegionView, model: str
     ) -> tuple[WorkerView, ...]:
         """``serving_workers`` of the region, computed once per snapshot."""
@@ -383,7 +247,7 @@ class RouterCore:
             workers = self._serving[key] = serving_workers(region, model)
         return workers
 
-    def _endpoint(self, endpoint: str) -> tuple[str, int]:
+    def endpoint(self, endpoint: str) -> tuple[str, int]:
         """A worker's base URL as (host, port), parsed once."""
         hostport = self._endpoints.get(endpoint)
         if hostport is None:
@@ -404,7 +268,7 @@ class RouterCore:
             route = self._routes[key] = RouteRequest(model, lat, lon)
         return route
 
-    async def _wan_delay(self, snap: RoutingSnapshot, route: RouteRequest, region: str) -> None:
+    async def wan_delay(self, snap: RoutingSnapshot, route: RouteRequest, region: str) -> None:
         """Demo only: hold the request for the modelled client-to-region round trip.
 
         On one machine every socket is loopback; this makes a far region cost what it
@@ -415,7 +279,7 @@ class RouterCore:
         if i is not None:
             await asyncio.sleep(float(table.rtt_row(route)[i]) / 1000.0)
 
-    async def _forward(
+    async def forward(
         self,
         req: Request,
         model: str,
@@ -429,38 +293,39 @@ class RouterCore:
     ) -> Response | StreamResponse:
         snap = self.store.current
         if snap is None:
-            return _error(503, "no routing snapshot yet", [(b"retry-after", b"1")])
+            return error(503, "no routing snapshot yet", [(b"retry-after", b"1")])
         snap = self.unmonitored.view(self.last_good.view(snap, model))
         s = self.settings
         started = time.monotonic()
         deadline = started + s.total_timeout_s
         self.budget.record_request(started)
+        self.hedging.budget.record_request(started)
         client = self.locator.locate(req.client_host, req.header(EDGE_HEADER), req.headers)
         route = self._route(model, client.lat, client.lon)
-        ranked = self._rank(snap, route, started)
+        ranked = self.rank(snap, route, started)
         if not ranked and not any(r.serves(model) for r in snap.regions):
             homes = [snap.region(d.region) for d in snap.deployments if d.model == model]
             if not homes:
-                return _error(404, f"no healthy region serves model '{model}'",
+                return error(404, f"no healthy region serves model '{model}'",
                               [(b"retry-after", b"1")])  # fmt: skip
             if not any(r is not None and r.state.routable for r in homes):
-                return _error(503, f"every region that deploys model '{model}' is down",
+                return error(503, f"every region that deploys model '{model}' is down",
                               [(b"retry-after", b"1")])  # fmt: skip
             # deployed in a live region, but no worker anywhere (scaled to zero): hold
             held = await self._hold(model, route, deadline)
             if isinstance(held, Response):
                 return held
             snap = held
-            ranked = self._rank(snap, route, time.monotonic())
+            ranked = self.rank(snap, route, time.monotonic())
         if not ranked and any(r.serves(model) for r in snap.regions):
             # every serving region is ejected by its circuit: try them rather than refuse
             ranked = [r.name for r in snap.routable_regions() if r.serves(model)]
         if not ranked:
-            return _error(503, f"no healthy region serves model '{model}'",
+            return error(503, f"no healthy region serves model '{model}'",
                           [(b"retry-after", b"1")])  # fmt: skip
         picks: dict[str, WorkerView] = {}
         if generative is not None:
-            ranked, picks = self._generative_order(snap, route, generative, ranked)
+            ranked, picks = self.openai.order(snap, route, generative, ranked)
         headers = [(k, v) for k, v in req.headers if k not in HOP_BY_HOP and k != TOKEN_IDS_HEADER]
         if gen is not None:
             headers.append((TOKEN_IDS_HEADER, b"1"))
@@ -469,18 +334,17 @@ class RouterCore:
         attempts = 0
         last_error = "no region could be tried"
         outliers = not self.outliers.quiet and self._some_usable(snap, ranked, model, started)
-        for name in ranked:
+        call = Call(snap, route, model, req.method, query, headers, req.body, deadline,
+                     stream, gen, started)  # fmt: skip
+        for i, name in enumerate(ranked):
             now = time.monotonic()
             if now >= deadline or attempts >= s.max_attempts:
                 break
             region = snap.region(name)
             if region is None:
                 continue
-            chosen = version
-            if chosen is None and rest == "infer":
-                dep = self._version_picker(snap).pick(model, name, self.rng)
-                chosen = dep.version if dep is not None else None
-            serving: Sequence[WorkerView] = self._workers(snap, region, model)
+            target = self.attempts.target(snap, model, version, rest, name, target_path)
+            serving: Sequence[WorkerView] = self.workers(snap, region, model)
             if outliers:
                 serving = self.outliers.usable(serving, now)
             pick = picks.get(name)
@@ -495,89 +359,38 @@ class RouterCore:
                 last_error = "retry budget exhausted"
                 break
             attempts += 1
-            if target_path is not None:
-                target = target_path
+            first = self.attempts.attempt(call, region, worker, target, attempts)
+            delay = self.hedging.delay_s(model, stream)
+            if delay is None:
+                outcome = await first
             else:
-                target = f"/v2/models/{model}" + (f"/versions/{chosen}" if chosen else "") + tail
-            host, port = self._endpoint(worker.endpoint)
-            self.observed.dispatch(name, now)
-            self.outstanding[worker.worker_id] += 1
-            sent = now
-            try:
-                if s.emulate_wan:
-                    await self._wan_delay(snap, route, name)
-                    sent = time.monotonic()
-                timeout = min(s.attempt_timeout_s, deadline - now)
-                upstream: UpstreamResponse | UpstreamStream
-                if stream:
-                    opened = await self.pool.stream(
-                        host, port, req.method, target + query, headers, req.body, timeout
-                    )
-                    if opened.status < 500 and EVENT_STREAM in _header(
-                        opened.headers, b"content-type"
-                    ):
-                        first = time.monotonic()
-                        took_ms = (first - sent) * 1000.0
-                        excess_ms = (took_ms - self.pool.network_ms(host, port)
-                                     - worker.latency_p50_ms)  # fmt: skip
-                        self.observed.success(name, took_ms, excess_ms, first)
-                        self.counters["served"] += 1
-                        self.counters["streamed"] += 1
-                        return StreamResponse(
-                            opened.status,
-                            self._out_headers(opened.headers, name, attempts),
-                            self._relay(opened, gen, name, worker.worker_id, route),
-                        )
-                    upstream = opened
-                    body = await opened.read(s.stream_idle_timeout_s)
-                else:
-                    response = await self.pool.request(
-                        host, port, req.method, target + query, headers, req.body, timeout
-                    )
-                    upstream, body = response, response.body
-            except UpstreamConnectError as exc:
-                self._refused(snap, region, model, worker, time.monotonic())
-                self.counters["upstream_failures"] += 1
-                last_error = f"region {name}: {exc}"
+
+                def backup(
+                    region: RegionView = region,
+                    worker: WorkerView = worker,
+                    later: Sequence[str] = ranked[i + 1 :],
+                    usable: Sequence[WorkerView] = serving,
+                ) -> tuple[RegionView, WorkerView, str] | None:
+                    return self.attempts.hedge_choice(call, region, worker, later, usable, version,
+                                              rest, target_path)  # fmt: skip
+
+                outcome = await self.attempts.hedged(call, first, worker, backup, delay, attempts)
+            if isinstance(outcome, str):
+                last_error = outcome
                 continue
-            except (UpstreamError, TimeoutError) as exc:
-                self.observed.error(name, time.monotonic())
-                self.counters["upstream_failures"] += 1
-                last_error = f"region {name}: {exc or 'timed out'}"
-                continue
-            finally:
-                self.outstanding[worker.worker_id] -= 1
-            done = time.monotonic()
-            if upstream.status >= 500:
-                self.observed.error(name, done)
-                self.counters["upstream_5xx"] += 1
-                last_error = f"region {name} answered {upstream.status}"
-                continue
-            took_ms = (done - sent) * 1000.0
-            excess_ms = took_ms - self.pool.network_ms(host, port) - worker.latency_p50_ms
-            self.observed.success(name, took_ms, excess_ms, done)
-            self.outliers.observe(worker.worker_id, excess_ms, done)
-            if not self.outliers.quiet:
-                self.outliers.readmit(worker.worker_id)  # it answered (tried in a panic)
-                self.probes.start_due(
-                    snap, model, target + query, req.method, headers, req.body, done
-                )
-            self.counters["served"] += 1
-            return Response(
-                upstream.status, body, self._out_headers(upstream.headers, name, attempts)
-            )
+            return outcome
         self.counters["failed"] += 1
         if not self.outliers.quiet:  # keep probing the ejected: nothing else will readmit them
             path = f"/v2/models/{model}" + (f"/versions/{version}" if version else "") + tail
             now = time.monotonic()
             self.probes.start_due(snap, model, path + query, req.method, headers, req.body, now)
         status = 504 if time.monotonic() >= deadline else 502
-        return _error(status, f"all regions failed after {attempts} attempts: {last_error}",
+        return error(status, f"all regions failed after {attempts} attempts: {last_error}",
                       [(b"x-meridian-attempts", str(attempts).encode())])  # fmt: skip
 
     # --- outliers: ejection on refusal, probation of slow workers ----------------------------
 
-    def _refused(
+    def refused(
         self, snap: RoutingSnapshot, region: RegionView, model: str, worker: WorkerView, now: float
     ) -> None:
         """No connection to ``worker``: eject it now; eject its region once none is left."""
@@ -586,7 +399,7 @@ class RouterCore:
             self.counters["worker_ejections"] += 1
             log.warning("ejected worker %s of region %s: connection failed",
                         worker.worker_id, region.name)  # fmt: skip
-        if all(self.outliers.is_ejected(w.worker_id) for w in self._workers(snap, region, model)):
+        if all(self.outliers.is_ejected(w.worker_id) for w in self.workers(snap, region, model)):
             self.stats.open_circuit(region.name, now)
 
     def _some_usable(
@@ -597,7 +410,7 @@ class RouterCore:
         may be what is wrong, say after a blip of its network)."""
         for name in ranked:
             region = snap.region(name)
-            if region is not None and self.outliers.usable(self._workers(snap, region, model), now):
+            if region is not None and self.outliers.usable(self.workers(snap, region, model), now):
                 return True
         return False
 
@@ -605,103 +418,14 @@ class RouterCore:
         """Cancel the probes in flight."""
         await self.probes.close()
 
-    def _generative_order(
-        self,
-        snap: RoutingSnapshot,
-        route: RouteRequest,
-        request: GenerativeRequest,
-        ranked: list[str],
-    ) -> tuple[list[str], dict[str, WorkerView]]:
-        """The regions to try for a generative request, and the worker to try in each:
-        the KV-aware policy's order (RTT + slot wait + uncached prefill + decode, prefix
-        affinity under bounded load) over the regions the region policy let through."""
-        table = self.policy.table(snap, request.model)
-        row = table.rtt_row(route)
-        allowed = set(ranked)
-        rtt = {name: float(row[i]) for name, i in table.index.items() if name in allowed}
-        workers = choose_generative(self.kv_policy, snap, request, rtt, self.outstanding)
-        region_of = {w.worker_id: r.name for r in snap.regions for w in r.workers}
-        picks: dict[str, WorkerView] = {}
-        order: list[str] = []
-        for w in workers:
-            region = region_of.get(w.worker_id)
-            if region is not None and region not in picks:
-                picks[region] = w
-                order.append(region)
-        return order + [name for name in ranked if name not in picks], picks
-
     @staticmethod
-    def _out_headers(
+    def out_headers(
         headers: list[tuple[bytes, bytes]], region: str, attempts: int
     ) -> list[tuple[bytes, bytes]]:
         out = [(k, v) for k, v in headers if k not in HOP_BY_HOP]
         out.append((b"x-meridian-region", region.encode()))
         out.append((b"x-meridian-attempts", str(attempts).encode()))
         return out
-
-    def _relay(
-        self,
-        upstream: UpstreamStream,
-        gen: Generation | None,
-        region: str,
-        worker_id: str,
-        route: RouteRequest,
-    ) -> AsyncIterator[bytes]:
-        idle = self.settings.stream_idle_timeout_s
-        if gen is None:
-            return relay_raw(upstream, idle)
-
-        def failed(name: str) -> None:
-            self.observed.error(name, time.monotonic())
-            self.counters["stream_breaks"] += 1
-
-        async def resume(body: bytes, tried: set[str]) -> tuple[UpstreamStream, str, str] | None:
-            return await self._resume(route, body, tried)
-
-        return relay_generation(upstream, gen, region, worker_id, idle, resume, failed)
-
-    async def _resume(
-        self, route: RouteRequest, body: bytes, tried: set[str]
-    ) -> tuple[UpstreamStream, str, str] | None:
-        """Continue a broken-off generation on the next-best worker not tried yet."""
-        snap = self.store.current
-        if snap is None:
-            return None
-        s = self.settings
-        headers = [(b"content-type", b"application/json"), (TOKEN_IDS_HEADER, b"1")]
-        attempts = 0
-        for name in self._rank(snap, route, time.monotonic()) or [
-            r.name for r in snap.routable_regions() if r.serves(route.model)
-        ]:
-            region = snap.region(name)
-            if region is None or attempts >= s.max_attempts:
-                continue
-            workers = [w for w in self._workers(snap, region, route.model)
-                       if w.worker_id not in tried]  # fmt: skip
-            worker = choose_worker(workers, self.rng, self.outstanding)
-            if worker is None:
-                continue
-            attempts += 1
-            tried.add(worker.worker_id)
-            host, port = self._endpoint(worker.endpoint)
-            now = time.monotonic()
-            try:
-                opened = await self.pool.stream(
-                    host, port, "POST", "/v1/completions", headers, body, s.attempt_timeout_s
-                )
-            except (UpstreamError, TimeoutError):
-                self.observed.error(name, time.monotonic())
-                continue
-            if opened.status != 200 or EVENT_STREAM not in _header(opened.headers, b"content-type"):
-                opened.close()
-                self.observed.error(name, time.monotonic())
-                continue
-            took_ms = (time.monotonic() - now) * 1000.0
-            excess_ms = took_ms - self.pool.network_ms(host, port) - worker.latency_p50_ms
-            self.observed.success(name, took_ms, excess_ms, time.monotonic())
-            self.counters["stream_continued"] += 1
-            return opened, name, worker.worker_id
-        return None
 
     async def _hold(
         self, model: str, route: RouteRequest, deadline: float
@@ -715,7 +439,7 @@ class RouterCore:
         retry = [(b"retry-after", str(s.cold_start_retry_after_s).encode())]
         if s.cold_start_hold_s <= 0 or self.held >= s.cold_start_max_held:
             self.counters["cold_start_refused"] += 1
-            return _error(503, f"model '{model}' has no ready worker; it is being started",
+            return error(503, f"model '{model}' has no ready worker; it is being started",
                           retry)  # fmt: skip
         started = time.monotonic()
         until = min(deadline, started + s.cold_start_hold_s)
@@ -740,7 +464,7 @@ class RouterCore:
         finally:
             self.held -= 1
         self.counters["cold_start_timeouts"] += 1
-        return _error(
+        return error(
             503,
             f"model '{model}' is scaled to zero and no worker became ready within "
             f"{until - started:.1f}s; retry later",

@@ -14,15 +14,105 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
     from router.core import RouterCore
 
-__all__ = ["CONTENT_TYPE", "RouterMetrics"]
+__all__ = ["CONTENT_TYPE", "GenerationMetrics", "Histogram", "RouterMetrics"]
 
 CONTENT_TYPE = b"text/plain; version=0.0.4; charset=utf-8"
+
+
+TTFT_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+TPOT_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
+
+
+class Histogram:
+    """Plain bucket counts, per label value (the hot path adds; the collector reads)."""
+
+    def __init__(self, bounds: tuple[float, ...]) -> None:
+        self.bounds = bounds
+        self.counts: dict[str, list[int]] = {}
+        self.sums: dict[str, float] = {}
+
+    def observe(self, label: str, value: float) -> None:
+        counts = self.counts.get(label)
+        if counts is None:
+            counts = self.counts[label] = [0] * (len(self.bounds) + 1)
+            self.sums[label] = 0.0
+        i = 0
+        while i < len(self.bounds) and value > self.bounds[i]:
+            i += 1
+        counts[i] += 1
+        self.sums[label] += value
+
+    def family(self, name: str, documentation: str, label: str) -> HistogramMetricFamily:
+        family = HistogramMetricFamily(name, documentation, labels=[label])
+        for value, counts in sorted(self.counts.items()):
+            cumulative, running = [], 0
+            for bound, n in zip((*self.bounds, float("inf")), counts, strict=True):
+                running += n
+                cumulative.append(("+Inf" if bound == float("inf") else repr(bound), running))
+            family.add_metric([value], cumulative, sum_value=self.sums[value])
+        return family
+
+
+class GenerationMetrics:
+    """What streamed generations and the KV-aware choice add to the router's metrics.
+
+    - time to first token per region: from the request reaching the router to its
+      first event relayed to the client (routing and any failover before it included);
+    - time per output token per region: (stream end - first token) / (tokens - 1), for
+      OpenAI streams of at least two tokens (the router counts their token ids);
+    - prefix affinity: of the generative requests routed by the KV-aware policy, those
+      whose first choice was a worker the policy believed held at least one block of the
+      prompt's prefix (it sent that prefix there before, and has not seen it evicted).
+    """
+
+    def __init__(self) -> None:
+        self.ttft = Histogram(TTFT_BUCKETS_S)
+        self.tpot = Histogram(TPOT_BUCKETS_S)
+        self.affinity_requests = 0
+        self.affinity_hits = 0
+
+    def routed(self, hit: bool) -> None:
+        self.affinity_requests += 1
+        self.affinity_hits += hit
+
+    def collect(self) -> Iterator[Metric]:
+        yield self.ttft.family(
+            "meridian_router_region_ttft_seconds",
+            "Time to first token of streamed generations, from arrival at the router",
+            "region",
+        )
+        yield self.tpot.family(
+            "meridian_router_region_tpot_seconds",
+            "Time per output token of streamed generations after the first",
+            "region",
+        )
+        yield CounterMetricFamily(
+            "meridian_router_prefix_affinity_requests",
+            "Generative requests routed by the KV-aware policy",
+            value=self.affinity_requests,
+        )
+        yield CounterMetricFamily(
+            "meridian_router_prefix_affinity_hits",
+            "Of those, requests sent to a worker believed to hold part of their prefix",
+            value=self.affinity_hits,
+        )
+        rate = self.affinity_hits / self.affinity_requests if self.affinity_requests else 0.0
+        yield GaugeMetricFamily(
+            "meridian_router_prefix_affinity_hit_ratio",
+            "prefix_affinity_hits / prefix_affinity_requests (0 before any)",
+            value=rate,
+        )
 
 
 class _Collector(Collector):
@@ -44,6 +134,11 @@ class _Collector(Collector):
             "meridian_router_retry_budget_tokens",
             "Retries the budget allows right now",
             value=core.budget.tokens,
+        )
+        yield GaugeMetricFamily(
+            "meridian_router_hedge_budget_tokens",
+            "Hedges the budget allows right now",
+            value=core.hedging.budget.tokens,
         )
         yield GaugeMetricFamily(
             "meridian_router_cold_start_held", "Requests held for a first worker", value=core.held
@@ -77,6 +172,7 @@ class _Collector(Collector):
                 f"{store.what} the router uses (-1: none)",
                 value=age if age is not None else -1.0,
             )
+        yield from core.generation.collect()
         yield from self._regions()
 
     def _regions(self) -> Iterator[Metric]:

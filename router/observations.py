@@ -27,6 +27,7 @@ class Observations:
         self._ok: dict[str, int] = defaultdict(int)
         self._service_ms: dict[str, float] = defaultdict(float)
         self._wait_ms: dict[str, float] = defaultdict(float)
+        self._gone: dict[str, int] = defaultdict(int)
 
     def dispatch(self, region: str, now: float) -> None:
         self._sent[region] += 1
@@ -42,6 +43,14 @@ class Observations:
         if now - self._last >= self.every_s:
             self.flush(now)
 
+    def abandoned(self, region: str) -> None:
+        """A request sent there was given up before its answer (a hedge answered first,
+        or the client left): no longer outstanding, and no result to count."""
+        if self._sent.get(region, 0) > 0:
+            self._sent[region] -= 1  # not folded in yet
+        else:
+            self._gone[region] += 1
+
     def error(self, region: str, now: float) -> None:
         self.flush(now)
         self.stats.on_error(region, now)
@@ -53,6 +62,12 @@ class Observations:
             counts = np.fromiter(self._sent.values(), dtype=np.float64, count=len(names))
             self.stats.record_dispatches(self.stats.indices(names), counts, now)
             self._sent.clear()
+        if self._gone:
+            idx = self.stats.indices(tuple(self._gone))
+            gone = np.fromiter(self._gone.values(), dtype=np.float64, count=len(idx))
+            out = self.stats.outstanding
+            out[idx] = np.maximum(out[idx] - gone, 0.0)
+            self._gone.clear()
         if self._ok:
             names = tuple(self._ok)
             ok = np.fromiter(self._ok.values(), dtype=np.float64, count=len(names))

@@ -69,6 +69,19 @@ class WorkerOutliers:
         elif entry.excess_ms < cfg.slow_ms / 2:  # hysteresis: leave well below the line
             self._slow.discard(worker_id)
 
+    def silent(self, worker_id: str, silent_ms: float, now: float) -> None:
+        """The worker stayed silent ``silent_ms`` while others answered in its place (it
+        lost hedges in a row): slow now, whatever its average said before; quick answers
+        to its shadow probes bring it back as they would any slow worker."""
+        excess = max(2.0 * self.config.slow_ms, silent_ms)
+        entry = self._latency.get(worker_id)
+        if entry is None:
+            self._latency[worker_id] = _Latency(excess, now)
+        else:
+            entry.excess_ms = max(entry.excess_ms, excess)
+            entry.at = now
+        self._slow.add(worker_id)
+
     def eject(self, worker_id: str, endpoint: str) -> bool:
         """A connection to the worker failed: out until a connect succeeds. True if new."""
         if worker_id in self._ejected:

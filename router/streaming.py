@@ -8,12 +8,13 @@ mid-stream, splice in a continuation from another worker (``router.continuation`
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 from router.continuation import Generation
 from router.upstream import UpstreamError, UpstreamStream
 
-__all__ = ["Resume", "relay_generation", "relay_raw"]
+__all__ = ["Resume", "StreamWatch", "relay_generation", "relay_raw"]
 
 # (continuation body, worker ids already tried) → the next upstream and its region, or None
 Resume = Callable[[bytes, set[str]], Awaitable[tuple[UpstreamStream, str, str] | None]]
@@ -75,3 +76,48 @@ async def relay_generation(
                 gen.begin_continuation()
     finally:
         upstream.close()
+
+
+class StreamWatch:
+    """``chunks`` as they come, noting when the first non-empty one passed (``first``)
+    and calling ``end`` exactly once when the stream is over: exhausted, broken or
+    closed, even if it was never started (an async generator that never ran would not
+    run its ``finally``)."""
+
+    def __init__(
+        self,
+        chunks: AsyncIterator[bytes],
+        first: Callable[[], None],
+        end: Callable[[], None],
+    ) -> None:
+        self._chunks = chunks
+        self._first: Callable[[], None] | None = first
+        self._end: Callable[[], None] | None = end
+
+    def __aiter__(self) -> StreamWatch:
+        return self
+
+    async def __anext__(self) -> bytes:
+        try:
+            chunk = await self._chunks.__anext__()
+        except BaseException:
+            self._ended()
+            raise
+        if chunk and self._first is not None:
+            first, self._first = self._first, None
+            first()
+        return chunk
+
+    def _ended(self) -> None:
+        if self._end is not None:
+            end, self._end = self._end, None
+            end()
+
+    async def aclose(self) -> None:
+        try:
+            aclose = getattr(self._chunks, "aclose", None)
+            if aclose is not None:
+                with contextlib.suppress(Exception):
+                    await aclose()
+        finally:
+            self._ended()
