@@ -16,12 +16,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from collections.abc import Mapping
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from control_plane.cli_auth import (
+    CliUsageError,
+    add_connection_arguments,
+    control_plane_url,
+    resolve_token,
+)
 
 if TYPE_CHECKING:
     import httpx
@@ -30,7 +35,6 @@ if TYPE_CHECKING:
 __all__ = ["StatusError", "add_arguments", "gather", "main"]
 
 TOKEN_ENVS = ("MERIDIAN_READ_TOKEN", "MERIDIAN_ADMIN_TOKEN")
-URL_ENV = "MERIDIAN_CONTROL_PLANE"
 PAGE = 500  # the admin API's largest page
 STATE_STYLE = {"healthy": "green", "degraded": "yellow", "draining": "cyan", "down": "red"}
 
@@ -205,43 +209,22 @@ def render(status: Mapping[str, Any], console: Console) -> None:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--control-plane",
-        default=os.environ.get(URL_ENV),
-        metavar="URL",
-        help=f"admin API base URL (default: ${URL_ENV})",
-    )
-    parser.add_argument("--token", help="read or admin token (default: --token-file, then "
-                        f"${TOKEN_ENVS[0]}, then ${TOKEN_ENVS[1]})")  # fmt: skip
-    parser.add_argument("--token-file", type=Path, help="a file holding the token")
+    add_connection_arguments(parser, TOKEN_ENVS, "read or admin")
     parser.add_argument("--output", choices=("table", "json"), default="table")
-    parser.add_argument("--timeout", type=float, default=10.0, help="seconds per HTTP request")
 
 
 def main(args: argparse.Namespace) -> int:
     import httpx
     from rich.console import Console
 
-    if not args.control_plane:
-        print(f"the control plane's URL is needed: --control-plane or ${URL_ENV}", file=sys.stderr)
-        return 2
-    token = args.token
-    if not token and args.token_file is not None:
-        try:
-            token = args.token_file.read_text().strip()
-        except OSError as exc:
-            print(f"cannot read the token file: {exc}", file=sys.stderr)
-            return 2
-    for env in TOKEN_ENVS:
-        token = token or os.environ.get(env, "")
-    if not token:
-        print("a read token is needed: --token, --token-file, $" + ", $".join(TOKEN_ENVS),
-              file=sys.stderr)  # fmt: skip
+    try:
+        url = control_plane_url(args)
+        token = resolve_token(args, TOKEN_ENVS, "a read")
+    except CliUsageError as exc:
+        print(f"meridian status: {exc}", file=sys.stderr)
         return 2
     with httpx.Client(
-        base_url=args.control_plane.rstrip("/"),
-        headers={"Authorization": f"Bearer {token}"},
-        timeout=args.timeout,
+        base_url=url, headers={"Authorization": f"Bearer {token}"}, timeout=args.timeout
     ) as http:
         try:
             status = gather(http)
