@@ -8,7 +8,8 @@ The routing snapshot's version and age head it. ``--output json`` prints the sam
 JSON document, for scripts.
 
 The token comes from ``--token``, ``--token-file``, ``MERIDIAN_READ_TOKEN`` or
-``MERIDIAN_ADMIN_TOKEN``, in that order; a read token is enough. Exit status: 0 shown,
+``MERIDIAN_ADMIN_TOKEN``, in that order; a read token is enough. The control plane's URL
+comes from ``--control-plane`` or ``MERIDIAN_CONTROL_PLANE``. Exit status: 0 shown,
 1 the control plane refused or could not be reached, 2 bad arguments.
 """
 
