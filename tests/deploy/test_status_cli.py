@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 from typing import Any
@@ -9,7 +10,8 @@ from typing import Any
 import pytest
 
 from meridian.cli import main
-from meridian.waiting import wait_until
+from meridian.waiting import wait_until, wait_until_async
+from tests.fleet_support import start_agent
 
 from .conftest import ControlPlane, unique
 
@@ -114,3 +116,39 @@ def test_status_errors_are_explicit(
     assert json.loads(capsys.readouterr().out)["control_plane"] == cp.url
     assert main(["status", "--control-plane", "http://127.0.0.1:9"]) == 1
     assert "cannot reach the control plane" in capsys.readouterr().err
+
+
+async def test_status_shows_an_agent_s_region_serving(
+    control_plane: ControlPlane, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A region agent (simulated GPUs, workers as the test says) reports: the region is
+    healthy, its GPUs and workers show, and its traffic and deployment are live."""
+    cp, model, name = control_plane, unique("emb"), unique("euw1")
+    region = {"name": name, "lat": 53.3, "lon": -6.3, "gpu_type": "H100", "gpu_count": 2}
+    credential = cp.ok("POST", "/v1/regions", 201, json=region)["agent_credential"]
+    _model(cp, model)
+    cp.ok("POST", "/v1/deployments", 201, json={"model": model, "version": "1", "region": name})
+    agent = start_agent([cp.grpc], name, gpus=2, credential=credential)
+    agent.supervisor.models = (f"{model}:1",)
+    token = _read_token(cp)
+    try:
+
+        def healthy() -> bool:
+            snapshot = cp.ok("GET", "/v1/routing/snapshot")
+            view = next((r for r in snapshot["regions"] if r["name"] == name), None)
+            return view is not None and view["state"] == "healthy" and len(view["workers"]) == 2
+
+        await wait_until_async(healthy, timeout=20, what=f"{name} healthy in the snapshot")
+        out = await asyncio.to_thread(_status, cp, token, capsys, "--output", "json")
+    finally:
+        await agent.stop()
+    status = json.loads(out)
+    mine = next(r for r in status["regions"] if r["name"] == name)
+    assert mine["state"] == "healthy" and mine["agent_connected"]
+    assert 0 <= mine["last_report_age_s"] < 10
+    assert (mine["healthy_gpus"], mine["gpus"], mine["ready_workers"]) == (2, 2, 2)
+    traffic = next(t for t in status["traffic"] if t["region"] == name)
+    assert traffic["throughput_rps"] == 20.0  # two workers at 10 req/s each
+    assert traffic["queue_depth"] == 1 and traffic["capacity_rps"] > 0
+    (deployment,) = [d for d in status["deployments"] if d["model"] == model]
+    assert deployment["serving"] and deployment["traffic_share"] == 1.0
