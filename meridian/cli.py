@@ -18,6 +18,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "control-plane": ("control_plane.cli", "run the control plane (admin API, registry)"),
     "token": ("control_plane.token_cli", "create, list or revoke API tokens in the registry"),
     "regions": ("control_plane.regions_cli", "register or deregister a region (idempotent)"),
+    "artifacts": ("control_plane.artifacts_cli", "upload a model's artifact to the registry"),
+    "status": ("control_plane.status_cli", "the fleet at a glance: regions, health, traffic"),
     "router": ("router.cli", "run the router (the end-user HTTPS endpoint)"),
     "simulate": ("simulator.cli", "simulate the fleet: every routing policy on real traffic"),
     "worker": ("worker.cli", "serve models over OIP v2 REST and gRPC with dynamic batching"),
