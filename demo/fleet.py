@@ -223,10 +223,14 @@ class LocalFleet:
                 raise RuntimeError(f"{child.name} exited:\n{child.log_tail()}")
 
     def wait_http(self, url: str, child: Child, what: str, timeout: float = 120) -> None:
+        # with the fleet CA, servers are checked against it; without, a router may be
+        # self-signed (--self-signed): only that it answers counts here
+        verify: ssl.SSLContext | bool = self.verify if self.tls else False
+
         def up() -> bool:
             self.check_alive([child])
             try:
-                return httpx.get(url, timeout=1.0, verify=self.verify).status_code == 200
+                return httpx.get(url, timeout=1.0, verify=verify).status_code == 200
             except httpx.HTTPError:
                 return False
 
