@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import ssl
 from pathlib import Path
 
 import httpx
@@ -20,11 +21,13 @@ def text_signature(dim: int) -> dict[str, list[dict[str, object]]]:
 
 
 class Admin:
-    def __init__(self, base_url: str, token: str) -> None:
+    def __init__(self, base_url: str, token: str, verify: ssl.SSLContext | bool = True) -> None:
+        """``verify``: how the admin API's certificate is checked (the fleet CA over HTTPS)."""
         self._http = httpx.Client(
             base_url=base_url + "/v1",
             headers={"authorization": f"Bearer {token}"},
             timeout=httpx.Timeout(120.0, connect=5.0),
+            verify=verify,
         )
 
     def _ok(self, r: httpx.Response) -> dict[str, object]:

@@ -17,6 +17,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--chat-rate", type=float, default=0.4, help="chat streams/s from each city (0: none)"
     )
     p.add_argument("--chat-tokens", type=int, default=48, help="tokens per chat answer")
+    p.add_argument(
+        "--insecure",
+        action="store_true",
+        help="plaintext on every wire instead of TLS from the demo's own CA (logs a warning)",
+    )
     p.add_argument("--json", type=Path, help="write the results here (default WORKDIR/result.json)")
 
 
@@ -37,5 +42,6 @@ def main(args: argparse.Namespace) -> int:
             variant=args.variant,
             chat_rate=args.chat_rate,
             chat_tokens=args.chat_tokens,
+            insecure=args.insecure,
         )
     )

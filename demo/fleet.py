@@ -2,11 +2,17 @@
 
 Control plane, one agent per region (simulated GPUs; each starts the workers it is
 told to), and routers, each a ``meridian`` child process with its own log.
+
+With ``ca_dir`` the fleet makes (or reuses) a fleet CA there and uses it on every wire:
+the admin API serves HTTPS, agents enroll and stream over mutual TLS and start their
+workers with certificates, and routers reach workers with a client certificate and serve
+HTTPS themselves. Without it every wire is plaintext (the e2e tests' default).
 """
 
 from __future__ import annotations
 
 import secrets
+import ssl
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +24,8 @@ from demo.admin import Admin
 from demo.geography import RegionSite
 from demo.processes import Child, Children
 from meridian.net import free_port
+from meridian.pki.ca import CA_CERT_FILE
+from meridian.pki.files import ServerFiles
 from meridian.waiting import wait_until
 
 __all__ = ["LocalFleet"]
@@ -28,10 +36,12 @@ class Replica:
     child: Child
     http_port: int
     grpc_port: int
+    enroll_port: int = 0  # with TLS: where agents enroll
+    scheme: str = "http"
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.http_port}"
+        return f"{self.scheme}://127.0.0.1:{self.http_port}"
 
 
 @dataclass
@@ -46,9 +56,29 @@ class LocalFleet:
     read_token: str = ""
     # how each router was started (arguments, environment), to start a successor alike
     router_specs: dict[str, tuple[list[str], dict[str, str]]] = field(default_factory=dict)
+    # the fleet CA's directory: TLS on every wire (None: plaintext, each process warning)
+    ca_dir: Path | None = None
+    router_files: ServerFiles | None = field(default=None, init=False)
 
     def __post_init__(self) -> None:
         self.children = Children(self.workdir / "logs", self.env)
+        if self.ca_dir is not None:
+            self.router_files = _fleet_pki(self.ca_dir, self.workdir / "tls")
+
+    @property
+    def tls(self) -> bool:
+        return self.ca_dir is not None
+
+    @property
+    def ca_file(self) -> Path | None:
+        """The fleet CA certificate clients trust (None without TLS)."""
+        return self.ca_dir / CA_CERT_FILE if self.ca_dir is not None else None
+
+    @property
+    def verify(self) -> ssl.SSLContext | bool:
+        """What an httpx client of this fleet verifies servers with."""
+        ca = self.ca_file
+        return ssl.create_default_context(cafile=str(ca)) if ca else True
 
     @property
     def control_plane(self) -> Child | None:
@@ -72,19 +102,30 @@ class LocalFleet:
         """Start a control-plane replica (call again for more, sharing database and etcd)."""
         http_port, grpc_port = free_port(), free_port()
         name = "control-plane" if not self.replicas else f"control-plane-{len(self.replicas) + 1}"
+        args = ["control-plane", "--port", str(http_port), "--grpc-port", str(grpc_port)]
+        extra: dict[str, str] = {}
+        enroll_port = 0
+        if self.ca_dir is not None:
+            enroll_port = free_port()
+            args += ["--tls-dir", str(self.ca_dir)]
+            extra["MERIDIAN_AGENT_ENROLL_PORT"] = str(enroll_port)
+        else:
+            args.append("--insecure")
         child = self.children.start(
             name,
-            ["control-plane", "--port", str(http_port), "--grpc-port", str(grpc_port)],
+            args,
             env={
                 "MERIDIAN_DATA_DIR": str(self.workdir / "cp"),
                 "MERIDIAN_BOOTSTRAP_ADMIN_TOKEN": self.admin_token,
+                **extra,
                 **(env or {}),
             },
         )
-        replica = Replica(child, http_port, grpc_port)
+        scheme = "https" if self.tls else "http"
+        replica = Replica(child, http_port, grpc_port, enroll_port, scheme)
         self.replicas.append(replica)
         self.wait_http(f"{replica.url}/healthz", child, name)
-        admin = Admin(replica.url, self.admin_token)
+        admin = Admin(replica.url, self.admin_token, verify=self.verify)
         if not self.read_token:
             self.read_token = admin.token("routers", ["read"])
         return admin
@@ -109,10 +150,17 @@ class LocalFleet:
                 "--region", site.name, "--credential-file", str(cred_file),
                 "--simulate-gpus", str(site.gpus), "--gpu-type", site.gpu_type,
                 "--state-dir", str(self.workdir / f"agent-{site.name}"),
+                *self._agent_tls_args(),
             ],
         )  # fmt: skip
         self.agents[site.name] = agent
         return agent
+
+    def _agent_tls_args(self) -> list[str]:
+        if self.ca_file is None:
+            return ["--insecure"]
+        enroll = ",".join(f"127.0.0.1:{r.enroll_port}" for r in self.replicas)
+        return ["--ca-cert", str(self.ca_file), "--enroll", enroll]
 
     def restart_agent(self, region: str) -> Child:
         """Start the agent of ``region`` again as it was (same state directory)."""
@@ -134,8 +182,15 @@ class LocalFleet:
         for replica in self.replicas:
             args += ["--control-plane", replica.url]
         args += ["--snapshot-path", str(self.workdir / f"{name}-snapshot.json")]
-        if tls_dir is not None:
+        if self.router_files is not None:  # HTTPS and TLS to workers, from the fleet CA
+            files = self.router_files
+            args += ["--tls-cert", str(files.cert), "--tls-key", str(files.key),
+                     "--fleet-ca", str(files.ca),
+                     "--worker-cert", str(files.cert), "--worker-key", str(files.key)]  # fmt: skip
+        elif tls_dir is not None:
             args += ["--self-signed", str(tls_dir)]
+        else:
+            args.append("--insecure")
         if emulate_wan:
             args.append("--emulate-wan")
         if require_api_key:
@@ -168,10 +223,14 @@ class LocalFleet:
                 raise RuntimeError(f"{child.name} exited:\n{child.log_tail()}")
 
     def wait_http(self, url: str, child: Child, what: str, timeout: float = 120) -> None:
+        # with the fleet CA, servers are checked against it; without, a router may be
+        # self-signed (--self-signed): only that it answers counts here
+        verify: ssl.SSLContext | bool = self.verify if self.tls else False
+
         def up() -> bool:
             self.check_alive([child])
             try:
-                return httpx.get(url, timeout=1.0, verify=False).status_code == 200
+                return httpx.get(url, timeout=1.0, verify=verify).status_code == 200
             except httpx.HTTPError:
                 return False
 
@@ -179,7 +238,9 @@ class LocalFleet:
 
     def snapshot(self) -> dict[str, Any]:
         headers = {"authorization": f"Bearer {self.read_token}"}
-        r = httpx.get(f"{self.base_url}/v1/routing/snapshot", headers=headers, timeout=2)
+        r = httpx.get(
+            f"{self.base_url}/v1/routing/snapshot", headers=headers, timeout=2, verify=self.verify
+        )
         r.raise_for_status()
         data: dict[str, Any] = r.json()
         return data
@@ -227,3 +288,18 @@ class LocalFleet:
 
     def stop(self) -> None:
         self.children.stop_all()
+
+
+def _fleet_pki(ca_dir: Path, tls_dir: Path) -> ServerFiles:
+    """The fleet CA in ``ca_dir`` (made on first use) and the routers' certificate from it
+    (server of end users and client of workers) in ``tls_dir``."""
+    from meridian.pki import CertificateAuthority, Role
+    from meridian.pki.ca import CA_KEY_FILE
+    from meridian.pki.files import write_issued
+
+    if (ca_dir / CA_CERT_FILE).exists() and (ca_dir / CA_KEY_FILE).exists():
+        ca = CertificateAuthority.load(ca_dir)
+    else:
+        ca = CertificateAuthority.create("Meridian demo fleet CA")
+        ca.save(ca_dir)
+    return write_issued(ca, Role.ROUTER, tls_dir, name="router")

@@ -2,7 +2,10 @@
 
 Every part runs as a real process: the control plane (SQLite, in-process
 coordination), one agent per region with simulated GPUs (each starting its
-worker processes as directed), and the router (HTTPS, self-signed). Clients in
+worker processes as directed), and the router. The demo makes a fleet CA in its
+work directory and every wire is TLS: the admin API and the router serve HTTPS,
+agents enroll and stream over mutual TLS, workers serve only the router's client
+certificate; ``--insecure`` runs it all in plaintext instead. Clients in
 world cities send text and get embeddings back, and stream chat completions from
 a tiny GPT-2 deployed in every region; distance is emulated on the router's
 upstream hop from the latency model, since every socket here is loopback. Halfway
@@ -15,11 +18,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import httpx
 
 from demo.chat import ChatTraffic
 from demo.fleet import LocalFleet
@@ -48,6 +54,7 @@ class DemoOptions:
     variant: str = "int8"
     chat_rate: float = 0.4  # chat streams/s started per city (0: no chat traffic)
     chat_tokens: int = 48  # tokens per chat answer
+    insecure: bool = False  # plaintext on every wire instead of TLS from the demo's CA
 
 
 @dataclass
@@ -65,7 +72,13 @@ def run_demo(opts: DemoOptions) -> int:
     run_dir = opts.workdir / "run"
     shutil.rmtree(run_dir, ignore_errors=True)
     run_dir.mkdir(parents=True)
-    fleet = LocalFleet(run_dir)
+    if opts.insecure:
+        logging.getLogger("demo").warning(
+            "warning: --insecure, so every wire (admin API, agent streams, workers, router) "
+            "is PLAINTEXT"
+        )
+    fleet = LocalFleet(run_dir, ca_dir=None if opts.insecure else opts.workdir / "ca")
+    scheme = "http" if opts.insecure else "https"
     started = time.monotonic()
     try:
         _say("1/5 preparing the models (all-MiniLM-L6-v2 -> ONNX, int8 variant; cached)")
@@ -76,7 +89,10 @@ def run_demo(opts: DemoOptions) -> int:
             _say("    chat: a tiny GPT-2 (trained on first use, about 90 CPU-seconds; cached)")
             lm = prepare_lm()
         admin = fleet.start_control_plane()
-        _say(f"2/5 control plane on {fleet.base_url} (agents: gRPC :{fleet.grpc_port})")
+        wire = "mutual TLS" if fleet.tls else "PLAINTEXT"
+        _say(f"2/5 control plane on {fleet.base_url} (agents: gRPC :{fleet.grpc_port}, {wire})")
+        if fleet.ca_file is not None:
+            _say(f"    fleet CA: {fleet.ca_file} (trust it: curl --cacert {fleet.ca_file} ...)")
         admin.register_model(
             MODEL, "1", model.fp32, int8=model.int8, int8_error=model.int8_max_abs_error
         )
@@ -90,19 +106,23 @@ def run_demo(opts: DemoOptions) -> int:
             fleet.add_region(admin, site, deploy)
         api_key = admin.api_key("demo-clients", rate_per_s=10_000, burst=1_000)
         admin.close()
-        tls_dir = opts.workdir / "tls"
-        _, router_port = fleet.start_router(tls_dir=tls_dir, emulate_wan=True, require_api_key=True)
+        _, router_port = fleet.start_router(emulate_wan=True, require_api_key=True)
+        router_url = f"{scheme}://127.0.0.1:{router_port}"
         _say(
-            f"4/5 router on https://127.0.0.1:{router_port} (WAN latency emulated; clients "
+            f"4/5 router on {router_url} (WAN latency emulated; clients "
             "present an API key issued through /v1/api-keys)"
         )
         fleet.wait_serving(
             {s.name for s in sites}, report=lambda s: _say("    " + s), models=served
         )
         _say(f"    every region serves {served} ({time.monotonic() - started:.0f}s since start)")
-        result = asyncio.run(
-            _drive(opts, router_port, str(tls_dir / "router.crt"), api_key, fleet.agents, sites)
-        )
+        wires = _wires(fleet, router_port)
+        if fleet.tls:
+            refused = "refused" if wires["plaintext_refused"] else "ANSWERED"
+            _say(f"    workers: {', '.join(wires['workers'])}; plaintext to the router: {refused}")
+        ca_file = str(fleet.ca_file) if fleet.ca_file else None
+        result = asyncio.run(_drive(opts, router_url, ca_file, api_key, fleet.agents, sites))
+        result["tls"] = wires
         result["startup_s"] = round(time.monotonic() - started, 1)
         out = opts.json_out or (opts.workdir / "result.json")
         out.write_text(json.dumps(result, indent=2))
@@ -115,15 +135,36 @@ def run_demo(opts: DemoOptions) -> int:
         fleet.stop()
 
 
+def _wires(fleet: LocalFleet, router_port: int) -> dict[str, Any]:
+    """What each wire speaks: the schemes of the admin API, router and workers, and
+    whether a plaintext request to the router's port is refused."""
+    snap = fleet.snapshot()
+    workers = sorted(
+        {w["endpoint"].partition(":")[0] for r in snap.get("regions", []) for w in r["workers"]}
+    )
+    try:
+        httpx.get(f"http://127.0.0.1:{router_port}/v2/health/ready", timeout=3.0)
+        refused = False
+    except httpx.TransportError:
+        refused = True
+    return {
+        "scheme": "https" if fleet.tls else "http",
+        "control_plane": fleet.base_url.partition(":")[0],
+        "agents": "mtls" if fleet.tls else "plaintext",
+        "workers": workers,
+        "plaintext_refused": refused,
+        "ca": str(fleet.ca_file) if fleet.ca_file else None,
+    }
+
+
 async def _drive(
     opts: DemoOptions,
-    router_port: int,
-    ca_file: str,
+    url: str,
+    ca_file: str | None,
     api_key: str,
     agents: dict[str, Child],
     sites: tuple[RegionSite, ...],
 ) -> dict[str, Any]:
-    url = f"https://127.0.0.1:{router_port}"
     traffic = Traffic(url, CITIES, opts.rate, MODEL, ca_file, api_key=api_key)
     chat = None
     if opts.chat_rate > 0:

