@@ -12,20 +12,18 @@ are back, and the router keeps its last good view of the model and says so).
 from __future__ import annotations
 
 import asyncio
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 import httpx
 import pytest
 
-from demo.fleet import LocalFleet, Replica
+from demo.fleet import Replica
 from meridian.coordination import open_coordination
 from meridian.snapshot import RoutingSnapshot
 from meridian.waiting import wait_until
 from tests import services
-from tests.e2e.test_production import SITES, Production, Traffic
-from tests.worker.text_model import DIM, build_text_model
+from tests.e2e.production import SITES, Production, Traffic, production_fleet
 
 pytestmark = pytest.mark.slow
 
@@ -106,39 +104,10 @@ class Outage:
 
 @pytest.fixture(scope="module")
 def outage(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Outage]:
-    etcd = services.require_etcd()
     work = tmp_path_factory.mktemp("outage")
-    table = build_text_model(work / "tiny.onnx")
-    namespace = f"/e2e-outage-{uuid.uuid4().hex[:8]}"
-    with services.fresh_postgres_database() as db_url:
-        fleet = LocalFleet(work, env={"MERIDIAN_REPORT_INTERVAL_S": "0.5"})
-        cp_env = {
-            "MERIDIAN_DATABASE_URL": db_url,
-            "MERIDIAN_COORDINATION_URL": f"etcd://{etcd}",
-            "MERIDIAN_FLEET_NAMESPACE": namespace,
-        }
-        try:
-            admin = fleet.start_control_plane(cp_env)
-            fleet.start_control_plane(cp_env).close()
-            admin.register_model("tiny", "1", work / "tiny.onnx", dim=DIM)
-            for site in SITES:
-                fleet.add_region(admin, site, [("tiny", "1", None)])
-            api_key = admin.api_key("outage-clients", rate_per_s=10_000, burst=10_000)
-            admin.close()
-            _, port = fleet.start_router(
-                etcd=etcd,
-                require_api_key=True,
-                env={
-                    "MERIDIAN_ROUTER_SNAPSHOT_KEY": f"{namespace}/routing/snapshot",
-                    "MERIDIAN_ROUTER_KEYRING_KEY": f"{namespace}/routing/api-keys",
-                },
-            )
-            fleet.wait_serving({s.name for s in SITES}, timeout=180)
-            prod = Production(fleet, port, table, api_key)
-            wait_until(lambda: prod.infer().status_code == 200, timeout=30, what="router serves")
-            yield Outage(prod, etcd, namespace, cp_env)
-        finally:
-            fleet.stop()
+    etcd = services.require_etcd()
+    with production_fleet(work, etcd=etcd, label="outage") as prod:
+        yield Outage(prod, etcd, prod.namespace, prod.cp_env)
 
 
 def test_a_control_plane_back_from_an_outage_keeps_the_fleet_in_routing(outage: Outage) -> None:

@@ -7,14 +7,10 @@ After each, every request was answered and every acknowledged admin write is sti
 
 from __future__ import annotations
 
-import concurrent.futures as cf
 import shutil
 import subprocess
-import threading
-import uuid
-from collections import Counter
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -22,162 +18,20 @@ import numpy as np
 import pytest
 
 from demo.admin import Admin
-from demo.fleet import LocalFleet
-from demo.geography import REGIONS
 from meridian.waiting import wait_until
 from tests import services
-from tests.worker.text_model import DIM, build_text_model, reference
+from tests.e2e.production import TEXT, Production, production_fleet, steady
+from tests.worker.text_model import reference
 
 pytestmark = pytest.mark.slow
-
-SITES = (REGIONS[0], REGIONS[1])  # us-east-1, eu-central-1
-NEW_YORK = "40.7,-74.0"
-TEXT = "fast inference across regions"
-
-
-@dataclass
-class Production:
-    fleet: LocalFleet
-    router_port: int
-    table: np.ndarray
-    api_key: str
-    models_written: list[str] = field(default_factory=list)
-
-    def infer(self, location: str = NEW_YORK, api_key: str | None = None) -> httpx.Response:
-        body = {"inputs": [{"name": "text", "datatype": "BYTES", "shape": [1], "data": [TEXT]}]}
-        return httpx.post(
-            f"http://127.0.0.1:{self.router_port}/v2/models/tiny/infer",
-            json=body,
-            headers={"x-meridian-client-location": location, "x-api-key": api_key or self.api_key},
-            timeout=30,
-        )
-
-    def status(self, url: str) -> dict[str, object] | None:
-        try:
-            r = httpx.get(
-                f"{url}/v1/fleet/status",
-                headers={"authorization": f"Bearer {self.fleet.read_token}"},
-                timeout=2,
-            )
-        except httpx.HTTPError:
-            return None
-        return r.json() if r.status_code == 200 else None
-
-    def leader(self) -> str | None:
-        for replica in self.fleet.replicas:
-            if replica.child.alive():
-                st = self.status(replica.url)
-                if st and st["leader"]:
-                    return replica.url
-        return None
-
-    def admin_write(self) -> None:
-        """Create a model through any live replica; remember it once acknowledged."""
-        name = f"m{uuid.uuid4().hex[:8]}"
-        admin = Admin(self.fleet.base_url, self.fleet.admin_token)
-        try:
-            admin._ok(admin._http.post("/models", json={"name": name}))
-        finally:
-            admin.close()
-        self.models_written.append(name)
-
-    def models_present(self) -> set[str]:
-        r = httpx.get(
-            f"{self.fleet.base_url}/v1/models",
-            params={"limit": 500},
-            headers={"authorization": f"Bearer {self.fleet.admin_token}"},
-            timeout=10,
-        )
-        r.raise_for_status()
-        return {m["name"] for m in r.json()["items"]}
-
-
-class Traffic:
-    """Clients sending requests until stopped; every non-200 is recorded."""
-
-    def __init__(self, prod: Production, clients: int = 3) -> None:
-        self.prod = prod
-        self.served: Counter[str] = Counter()
-        self.failures: list[str] = []
-        self._stop = threading.Event()
-        self._pool = cf.ThreadPoolExecutor(clients)
-        self._futures = [self._pool.submit(self._client) for _ in range(clients)]
-
-    def _client(self) -> None:
-        while not self._stop.is_set():
-            try:
-                r = self.prod.infer()
-            except httpx.HTTPError as exc:
-                self.failures.append(repr(exc))
-                continue
-            if r.status_code == 200:
-                self.served[r.headers["x-meridian-region"]] += 1
-            else:
-                self.failures.append(f"{r.status_code} {r.text}")
-
-    def total(self) -> int:
-        return sum(self.served.values())
-
-    def wait_more(self, n: int, what: str, timeout: float = 60) -> None:
-        target = self.total() + n
-        wait_until(lambda: self.total() >= target, timeout=timeout, what=what)
-
-    def stop(self) -> None:
-        self._stop.set()
-        for f in self._futures:
-            f.result()
-        self._pool.shutdown()
 
 
 @pytest.fixture(scope="module")
 def production(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Production]:
-    etcd = services.require_etcd()
-    redis_url = services.require_redis()
     work = tmp_path_factory.mktemp("production")
-    table = build_text_model(work / "tiny.onnx")
-    namespace = f"/e2e-{uuid.uuid4().hex[:8]}"
-    with services.fresh_postgres_database() as db_url:
-        fleet = LocalFleet(work, env={"MERIDIAN_REPORT_INTERVAL_S": "0.5"})
-        cp_env = {
-            "MERIDIAN_DATABASE_URL": db_url,
-            "MERIDIAN_COORDINATION_URL": f"etcd://{etcd}",
-            "MERIDIAN_FLEET_NAMESPACE": namespace,
-        }
-        try:
-            admin = fleet.start_control_plane(cp_env)
-            fleet.start_control_plane(cp_env).close()
-            admin.register_model("tiny", "1", work / "tiny.onnx", dim=DIM)
-            for site in SITES:
-                fleet.add_region(admin, site, [("tiny", "1", None)])
-            api_key = admin.api_key("production-clients", rate_per_s=10_000, burst=10_000)
-            admin.close()
-            _, port = fleet.start_router(
-                etcd=etcd,
-                require_api_key=True,
-                env={
-                    "MERIDIAN_ROUTER_SNAPSHOT_KEY": f"{namespace}/routing/snapshot",
-                    "MERIDIAN_ROUTER_KEYRING_KEY": f"{namespace}/routing/api-keys",
-                    "MERIDIAN_ROUTER_REDIS_URL": redis_url,
-                },
-            )
-            fleet.wait_serving({s.name for s in SITES}, timeout=180)
-            prod = Production(fleet, port, table, api_key)
-            wait_until(lambda: prod.infer().status_code == 200, timeout=30, what="router serves")
-            yield prod
-        finally:
-            fleet.stop()
-
-
-def _steady(prod: Production, event: Callable[[], None], what: str) -> None:
-    """Run ``event`` under traffic; no request may fail, before, during or after."""
-    traffic = Traffic(prod)
-    try:
-        traffic.wait_more(10, "traffic before " + what)
-        event()
-        traffic.wait_more(20, "traffic after " + what)
-    finally:
-        traffic.stop()
-    assert traffic.failures == [], traffic.failures[:5]
+    etcd, redis_url = services.require_etcd(), services.require_redis()
+    with production_fleet(work, etcd=etcd, label="production", redis_url=redis_url) as prod:
+        yield prod
 
 
 def test_tritonclient_through_the_router(production: Production) -> None:
@@ -197,15 +51,26 @@ def test_killing_the_control_plane_leader(production: Production) -> None:
     wait_until(production.leader, timeout=15, what="a leader")
     leader = production.leader()
     victim = next(r for r in production.fleet.replicas if r.url == leader)
-    _steady(production, victim.child.kill_group, "killing the leader")
     survivor = next(r for r in production.fleet.replicas if r is not victim)
+    killed: list[float] = []
+    writes: list[bool] = []
+
+    def kill() -> None:
+        killed.append(time.monotonic())
+        victim.child.kill_group()
+        writes.append(production.try_admin_write())  # during the failover: acked or refused
+
+    steady(production, kill, "killing the leader")
     wait_until(
         lambda: (production.status(survivor.url) or {}).get("leader") is True,
         timeout=15,
         what="the other replica takes over",
     )
+    takeover = time.monotonic() - killed[0]
     production.admin_write()
-    assert set(production.models_written) <= production.models_present()
+    acked, present = production.writes_present()
+    print(f"leader killed: takeover {takeover:.1f} s, writes acked {acked} present {present}")
+    assert present == acked
 
 
 def test_restarting_postgresql(production: Production) -> None:
@@ -226,7 +91,7 @@ def test_restarting_postgresql(production: Production) -> None:
             what="PostgreSQL back",
         )
 
-    _steady(production, restart, "restarting PostgreSQL")
+    steady(production, restart, "restarting PostgreSQL")
 
     def write_ok() -> bool:
         try:
@@ -241,15 +106,27 @@ def test_restarting_postgresql(production: Production) -> None:
 
 def test_killing_a_region(production: Production) -> None:
     agents = production.fleet.agents
-    _steady(production, agents["us-east-1"].kill_group, "killing us-east-1")
+    killed: list[float] = []
+
+    def kill() -> None:
+        killed.append(time.monotonic())
+        agents["us-east-1"].kill_group()
+
+    traffic = steady(production, kill, "killing us-east-1")
+    left = traffic.time_to_leave(killed[0], lambda a: a.region == "us-east-1" or a.attempts > 1)
     wait_until(
         lambda: "us-east-1" not in production.fleet.serving_regions(),
         timeout=15,
         what="us-east-1 leaves routing",
     )
+    unrouted = time.monotonic() - killed[0]
     r = production.infer()
     assert r.status_code == 200 and r.headers["x-meridian-region"] == "eu-central-1"
-    assert set(production.models_written) <= production.models_present()
+    acked, present = production.writes_present()
+    print(f"region killed: traffic left in {left:.2f} s, out of the snapshot in {unrouted:.1f} s,"
+          f" failed 0 of {traffic.total()}, writes acked {acked} present {present}")  # fmt: skip
+    assert left < 2.0, f"traffic still touched us-east-1 {left:.2f} s after its death"
+    assert present == acked
 
 
 def test_keys_issued_and_revoked_after_the_leader_changed(production: Production) -> None:

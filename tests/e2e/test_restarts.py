@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 import signal
-from pathlib import Path
 
 import httpx
 import pytest
@@ -15,7 +14,8 @@ import pytest
 from demo.fleet import LocalFleet
 from demo.processes import descendants
 from meridian.waiting import wait_until
-from tests.e2e.test_production import SITES, Production, Traffic, production
+from tests.e2e.production import SITES, Production, Traffic, reported_ports, worker_port, workers_on
+from tests.e2e.test_production import production
 
 pytestmark = pytest.mark.slow
 
@@ -54,30 +54,13 @@ def test_a_router_restart_refuses_no_connection(production: Production) -> None:
     assert production.infer().status_code == 200
 
 
-def _worker_port(pid: int) -> int | None:
-    """The HTTP port of a live ``meridian worker`` process, None if ``pid`` is not one."""
-    try:
-        argv = Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")
-    except OSError:
-        return None
-    if "worker" not in argv or "--http-port" not in argv:
-        return None
-    return int(argv[argv.index("--http-port") + 1])
-
-
-def _reported_ports(fleet: LocalFleet, region: str) -> list[int]:
-    snap = fleet.snapshot()
-    workers = next(r["workers"] for r in snap["regions"] if r["name"] == region)
-    return [int(w["endpoint"].rsplit(":", 1)[1]) for w in workers]
-
-
 def test_a_crashed_agent_adopts_its_workers(production: Production) -> None:
     fleet = production.fleet
     region = SITES[0].name
     agent = fleet.agents[region]
-    before = {pid: port for pid in descendants(agent.proc.pid) if (port := _worker_port(pid))}
+    before = {pid: port for pid in descendants(agent.proc.pid) if (port := worker_port(pid))}
     assert before, "the agent runs workers"
-    assert sorted(before.values()) == sorted(_reported_ports(fleet, region))
+    assert sorted(before.values()) == sorted(reported_ports(fleet, region))
     os.kill(agent.proc.pid, signal.SIGKILL)  # the agent alone: its workers keep running
     agent.proc.wait()
     again = fleet.restart_agent(region)
@@ -87,25 +70,16 @@ def test_a_crashed_agent_adopts_its_workers(production: Production) -> None:
         what="the restarted agent applies its directives",
     )
     wait_until(lambda: region in fleet.serving_regions(), timeout=30, what=f"{region} serving")
-    reported = _reported_ports(fleet, region)
-    live_old = {pid: port for pid, port in before.items() if _worker_port(pid) == port}
+    reported = reported_ports(fleet, region)
+    live_old = {pid: port for pid, port in before.items() if worker_port(pid) == port}
     orphans = [pid for pid, port in live_old.items() if port not in reported]
-    new = [port for pid in descendants(again.proc.pid) if (port := _worker_port(pid))]
+    new = [port for pid in descendants(again.proc.pid) if (port := worker_port(pid))]
     for pid in orphans:  # a failure must not leak them past the test
         os.kill(pid, signal.SIGKILL)
     assert orphans == [], f"workers left behind: {orphans}"
     assert len(reported) == len(before), f"duplicate workers: {reported} (before {before})"
     assert sorted(reported) == sorted([*live_old.values(), *new])
     assert production.infer().status_code == 200
-
-
-def _workers_on(ports: list[int]) -> list[int]:
-    """The pids of the live worker processes listening on ``ports``."""
-    return [
-        int(entry.name)
-        for entry in Path("/proc").iterdir()
-        if entry.name.isdigit() and _worker_port(int(entry.name)) in ports
-    ]
 
 
 def _unmonitored_since(fleet: LocalFleet, region: str) -> float:
@@ -129,7 +103,7 @@ def test_losing_only_the_agent_keeps_the_region_in_routing(production: Productio
     workers die too, the router's own observations move the traffic at once."""
     fleet = production.fleet
     region = SITES[0].name
-    ports = _reported_ports(fleet, region)
+    ports = reported_ports(fleet, region)
     traffic = Traffic(production)
     try:
         before = _share(traffic, region, 40, "traffic before the agent's loss")
@@ -144,13 +118,13 @@ def test_losing_only_the_agent_keeps_the_region_in_routing(production: Productio
         )
         unmonitored = _share(traffic, region, 100, "traffic while the region is unmonitored")
         assert unmonitored >= 0.9 * before, (unmonitored, before)
-        for pid in _workers_on(ports):  # now the region is really gone
+        for pid in workers_on(ports):  # now the region is really gone
             os.kill(pid, signal.SIGKILL)
         traffic.wait_more(20, "traffic past the workers' death")
         after = _share(traffic, region, 40, "traffic after the workers died")
     finally:
         traffic.stop()
-        for pid in _workers_on(ports):  # its agent is gone: nothing else would stop them
+        for pid in workers_on(ports):  # its agent is gone: nothing else would stop them
             os.kill(pid, signal.SIGKILL)
     assert traffic.failures == [], traffic.failures[:5]
     assert after == 0.0, f"{region} still served {after:.0%} after its workers died"
