@@ -115,6 +115,11 @@ class EtcdServer:
         self._proc: subprocess.Popen[bytes] | None = None
 
     @property
+    def pid(self) -> int | None:
+        """The etcd process's id while it runs (to stop and continue it in chaos tests)."""
+        return self._proc.pid if self._proc is not None and self._proc.poll() is None else None
+
+    @property
     def endpoint(self) -> str:
         return f"127.0.0.1:{self.client_port}"
 
