@@ -45,7 +45,8 @@ def etcd_server() -> Iterator[services.EtcdServer]:
         server.start()
         yield server
     finally:
-        os.kill(server.pid, signal.SIGCONT) if server.pid else None
+        if server.pid is not None:  # never leave it stopped
+            os.kill(server.pid, signal.SIGCONT)
         server.stop()
 
 
