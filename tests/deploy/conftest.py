@@ -5,6 +5,7 @@ One process serves the whole session; every test uses region names of its own.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import subprocess
 import sys
@@ -49,6 +50,27 @@ class ControlPlane:
             response = http.request(method, path, **kwargs)
         assert response.status_code == expect, (method, path, response.text)
         return response.json() if response.content else None
+
+    def model_version(self, model: str, *, artifact: bool = True) -> None:
+        """Register ``model`` version 1 (a small ONNX signature) and, unless told not to,
+        upload a stand-in artifact for it."""
+        self.ok("POST", "/v1/models", 201, json={"name": model})
+        version = {
+            "version": "1",
+            "format": "onnx",
+            "inputs": [{"name": "x", "datatype": "FP32", "shape": [-1, 4]}],
+            "outputs": [{"name": "y", "datatype": "FP32", "shape": [-1, 3]}],
+        }
+        self.ok("POST", f"/v1/models/{model}/versions", 201, json=version)
+        if not artifact:
+            return
+        data = b"onnx-bytes"
+        headers = {
+            "Authorization": f"Bearer {self.token}",
+            "X-Artifact-Sha256": hashlib.sha256(data).hexdigest(),
+            "Content-Type": "application/octet-stream",
+        }
+        self.ok("PUT", f"/v1/models/{model}/versions/1/artifact", content=data, headers=headers)
 
     def region_names(self) -> set[str]:
         return {r["name"] for r in self.ok("GET", "/v1/regions?limit=500")["items"]}

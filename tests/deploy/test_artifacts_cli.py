@@ -14,17 +14,6 @@ from meridian.cli import main
 from .conftest import ControlPlane, unique
 
 
-def _version(cp: ControlPlane, model: str) -> None:
-    cp.ok("POST", "/v1/models", 201, json={"name": model})
-    version = {
-        "version": "1",
-        "format": "onnx",
-        "inputs": [{"name": "x", "datatype": "FP32", "shape": [-1, 4]}],
-        "outputs": [{"name": "y", "datatype": "FP32", "shape": [-1, 3]}],
-    }
-    cp.ok("POST", f"/v1/models/{model}/versions", 201, json=version)
-
-
 def test_upload_streams_the_file_with_its_digest_and_shows_progress(
     control_plane: ControlPlane,
     tmp_path: Path,
@@ -32,7 +21,7 @@ def test_upload_streams_the_file_with_its_digest_and_shows_progress(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     cp, model = control_plane, unique("mlp")
-    _version(cp, model)
+    cp.model_version(model, artifact=False)
     monkeypatch.setattr(artifacts_cli, "CHUNK", 64 << 10)  # several chunks for a small file
     artifact = tmp_path / "model.onnx"
     data = bytes(range(256)) * 1500  # 384000 bytes: six chunks

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import stat
 from pathlib import Path
 from typing import Any
@@ -134,21 +133,7 @@ def test_delete_refuses_a_region_with_deployments(
     cp, name, model = control_plane, unique("euc1"), unique("mlp")
     cred = tmp_path / "cred"
     assert _apply(cp, name, cred, "--lat", "50.1", "--lon", "8.7") == 0
-    cp.ok("POST", "/v1/models", 201, json={"name": model})
-    version = {
-        "version": "1",
-        "format": "onnx",
-        "inputs": [{"name": "x", "datatype": "FP32", "shape": [-1, 4]}],
-        "outputs": [{"name": "y", "datatype": "FP32", "shape": [-1, 3]}],
-    }
-    cp.ok("POST", f"/v1/models/{model}/versions", 201, json=version)
-    artifact = b"onnx-bytes"
-    headers = {
-        "Authorization": f"Bearer {cp.token}",
-        "X-Artifact-Sha256": hashlib.sha256(artifact).hexdigest(),
-        "Content-Type": "application/octet-stream",
-    }
-    cp.ok("PUT", f"/v1/models/{model}/versions/1/artifact", content=artifact, headers=headers)
+    cp.model_version(model)
     deployment = cp.ok(
         "POST", "/v1/deployments", 201, json={"model": model, "version": "1", "region": name}
     )

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 from typing import Any
 
@@ -22,24 +21,6 @@ def _read_token(cp: ControlPlane) -> str:
     return token
 
 
-def _model(cp: ControlPlane, model: str) -> None:
-    cp.ok("POST", "/v1/models", 201, json={"name": model})
-    version = {
-        "version": "1",
-        "format": "onnx",
-        "inputs": [{"name": "x", "datatype": "FP32", "shape": [-1, 4]}],
-        "outputs": [{"name": "y", "datatype": "FP32", "shape": [-1, 3]}],
-    }
-    cp.ok("POST", f"/v1/models/{model}/versions", 201, json=version)
-    artifact = b"onnx-bytes"
-    headers = {
-        "Authorization": f"Bearer {cp.token}",
-        "X-Artifact-Sha256": hashlib.sha256(artifact).hexdigest(),
-        "Content-Type": "application/octet-stream",
-    }
-    cp.ok("PUT", f"/v1/models/{model}/versions/1/artifact", content=artifact, headers=headers)
-
-
 def _status(cp: ControlPlane, token: str, capsys: pytest.CaptureFixture[str], *extra: str) -> Any:
     assert main(["status", "--control-plane", cp.url, "--token", token, *extra]) == 0
     return capsys.readouterr().out
@@ -53,7 +34,7 @@ def test_status_shows_regions_health_deployments_and_traffic(
     for name, lat, lon in ((east, 38.9, -77.4), (west, 45.6, -121.2)):
         region = {"name": name, "lat": lat, "lon": lon, "provider": "aws", "gpu_type": "L4"}
         cp.ok("POST", "/v1/regions", 201, json=region | {"gpu_count": 4})
-    _model(cp, model)
+    cp.model_version(model)
     for name, weight in ((east, 3.0), (west, 1.0)):
         deployment = {"model": model, "version": "1", "region": name, "traffic_weight": weight}
         cp.ok("POST", "/v1/deployments", 201, json=deployment)
@@ -126,7 +107,7 @@ async def test_status_shows_an_agent_s_region_serving(
     cp, model, name = control_plane, unique("emb"), unique("euw1")
     region = {"name": name, "lat": 53.3, "lon": -6.3, "gpu_type": "H100", "gpu_count": 2}
     credential = cp.ok("POST", "/v1/regions", 201, json=region)["agent_credential"]
-    _model(cp, model)
+    cp.model_version(model)
     cp.ok("POST", "/v1/deployments", 201, json={"model": model, "version": "1", "region": name})
     agent = start_agent([cp.grpc], name, gpus=2, credential=credential)
     agent.supervisor.models = (f"{model}:1",)

@@ -7,7 +7,6 @@ which takes the agent's arguments and runs until told to stop.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -84,21 +83,7 @@ def _ok(result: Any, what: str) -> str:
 def _deploy(cp: ControlPlane, region: str) -> tuple[str, dict[str, Any]]:
     """A model version with an artifact, deployed in ``region``."""
     model = f"tf-{uuid.uuid4().hex[:8]}"
-    cp.ok("POST", "/v1/models", 201, json={"name": model})
-    version = {
-        "version": "1",
-        "format": "onnx",
-        "inputs": [{"name": "x", "datatype": "FP32", "shape": [-1, 4]}],
-        "outputs": [{"name": "y", "datatype": "FP32", "shape": [-1, 3]}],
-    }
-    cp.ok("POST", f"/v1/models/{model}/versions", 201, json=version)
-    artifact = b"onnx-bytes"
-    headers = {
-        "Authorization": f"Bearer {cp.token}",
-        "X-Artifact-Sha256": hashlib.sha256(artifact).hexdigest(),
-        "Content-Type": "application/octet-stream",
-    }
-    cp.ok("PUT", f"/v1/models/{model}/versions/1/artifact", content=artifact, headers=headers)
+    cp.model_version(model)
     body = {"model": model, "version": "1", "region": region}
     return model, cp.ok("POST", "/v1/deployments", 201, json=body)
 
