@@ -135,6 +135,8 @@ class GenSimulation:
         nw = k
         self.nw = nw
         self.worker_ids = [f"{fleet.names[r]}-{i}" for i, r in enumerate(self.w_region)]
+        self.w_name = [fleet.names[r] for r in self.w_region]
+        self.w_str = [str(w) for w in range(nw)]  # the policies' worker ids
         self.worker_index = {wid: i for i, wid in enumerate(self.worker_ids)}
         self.slots: list[list[float]] = [[0.0] * self.svc.max_seqs for _ in range(nw)]
         self.ends: list[list[float]] = [[] for _ in range(nw)]
@@ -151,6 +153,9 @@ class GenSimulation:
         self.fail_list = self.fail_at.tolist()
         # the router's view: loads reported in the last snapshot + sent since
         self.seen = [0.0] * nw
+        # per region, a heap of (seen load, worker); a stored load may lag the worker's
+        # (loads only grow between snapshots) and is refreshed when it reaches the top
+        self.least_heaps: list[list[tuple[float, int]]] = [[] for _ in range(n)]
         self.outstanding_by_id: dict[str, int] = {}
         self.stats = RouterStats()
         self.sidx = self.stats.indices(fleet.names)
@@ -236,6 +241,12 @@ class GenSimulation:
         self.table = FleetTable.build(self.snapshot, self.cfg.model, self.cfg.latency)
         self.routable = self.table.routable.tolist()
         self.seen = [float(w.in_flight + w.queue_depth) for views in self.views for w in views]
+        seen = self.seen
+        self.least_heaps = []
+        for ws in self.region_workers:
+            h = [(seen[w], w) for w in ws]
+            heapq.heapify(h)
+            self.least_heaps.append(h)
         self.outstanding_by_id = {}
         for w in range(self.nw):
             self.rho[w] = min(self.svc.max_rho, self.pf_window[w] / 1000.0)
@@ -244,6 +255,20 @@ class GenSimulation:
     def seen_load(self, w: int) -> float:
         """What the router believes: the last report plus what it sent since."""
         return self.seen[w]
+
+    def least_seen(self, r: int) -> int:
+        """Region ``r``'s worker with the lowest seen load (ties: the lowest index)."""
+        h = self.least_heaps[r]
+        seen = self.seen
+        while True:
+            load, w = h[0]
+            if seen[w] == load:
+                return w
+            heapq.heapreplace(h, (seen[w], w))
+
+    def sent(self, w: int) -> None:
+        """One more request sent to ``w`` since the last snapshot."""
+        self.seen[w] += 1.0
 
     def candidates(self, client: int, exclude: int) -> list[int]:
         """The nearest ``candidate_regions`` routable regions, nearest first."""
@@ -348,7 +373,7 @@ class GenSimulation:
                     res.failed += 1
                     continue
                 r = self.w_region[w]
-            self.seen[w] += 1.0
+            self.sent(w)
             router.placed(self, w, chain, prompt)
             tl[r] += 1
             if attempt:

@@ -74,7 +74,7 @@ class WorkerRouter(Router):
         loads: list[float] = []
         load = sim.seen
         for r in regions:
-            best = min(sim.region_workers[r], key=load.__getitem__)
+            best = sim.least_seen(r)
             if best not in held:
                 pool.append(best)
                 loads.append(load[best])
@@ -98,13 +98,12 @@ class LeastLoadedRouter(WorkerRouter):
     def choose(self, sim: GenSimulation, req: tuple[int, int, int, list[int], int]) -> int:
         client, prompt, output, chain, exclude = req
         pool, loads, _ = self._pool(sim, client, exclude, chain, sim.now)
+        rtt = sim.rtt_rows[client]
+        names = sim.w_name
+        ids = sim.w_str
+        regs = sim.w_region
         cands = [
-            WorkerCandidate(
-                sim.fleet.names[sim.w_region[w]],
-                str(w),
-                sim.rtt_rows[client][sim.w_region[w]],
-                running=int(x),
-            )
+            WorkerCandidate(names[w], ids[w], rtt[regs[w]], running=int(x))
             for w, x in zip(pool, loads, strict=True)
         ]
         pick = self.policy.choose(
@@ -136,6 +135,7 @@ class KvRouter(WorkerRouter):
         self.true_state = oracle
         self.name = "oracle" if oracle else "meridian"
         self._key: tuple[bytes, ...] = ()
+        self._matched: dict[str, int] = {}
 
     def holding(self, sim: GenSimulation, chain: list[int], regions: list[int]) -> dict[int, int]:
         if not chain:
@@ -153,7 +153,8 @@ class KvRouter(WorkerRouter):
                 for w in alive:
                     out[w] = i + 1
             return {w: b for w, b in out.items() if sim.w_region[w] in regions}
-        matched = self.policy.affinity.matched_blocks(self._key)
+        # what ``rank`` would look up again: handed to it as ``cached`` (the same table)
+        matched = self._matched = self.policy.affinity.matched_blocks(self._key)
         return {w: b for wid, b in matched.items() if sim.w_region[w := int(wid)] in regions}
 
     def choose(self, sim: GenSimulation, req: tuple[int, int, int, list[int], int]) -> int:
@@ -161,13 +162,15 @@ class KvRouter(WorkerRouter):
         self._key = _key(chain)
         pool, loads, held = self._pool(sim, client, exclude, chain, sim.now)
         rtt = sim.rtt_rows[client]
-        names = sim.fleet.names
+        names = sim.w_name
+        ids = sim.w_str
+        regs = sim.w_region
         cands = [
-            WorkerCandidate(names[sim.w_region[w]], str(w), rtt[sim.w_region[w]], running=int(x))
+            WorkerCandidate(names[w], ids[w], rtt[regs[w]], running=int(x))
             for w, x in zip(pool, loads, strict=True)
         ]
         request = GenerativeRequest("chat", prompt * CHARS_PER_TOKEN, output, self._key)
-        cached = {str(w): b for w, b in held.items()} if self.oracle else None
+        cached = {str(w): b for w, b in held.items()} if self.oracle else self._matched
         pick = self.policy.choose(request, cands, cached)
         if pick is None:
             return -1
