@@ -82,7 +82,8 @@ class WorkerRouter(Router):
             pool.append(w)
             loads.append(load[w])
         if self.true_state:  # the oracle prices them at their true loads
-            loads = [float(sim.load(w, now)) for w in pool]
+            true_load = sim.load
+            loads = [float(true_load(w, now)) for w in pool]
         return pool, loads, held
 
     def holding(self, sim: GenSimulation, chain: list[int], regions: list[int]) -> dict[int, int]:
@@ -103,7 +104,7 @@ class LeastLoadedRouter(WorkerRouter):
         ids = sim.w_str
         regs = sim.w_region
         cands = [
-            WorkerCandidate(names[w], ids[w], rtt[regs[w]], running=int(x))
+            WorkerCandidate(names[w], ids[w], rtt[regs[w]], int(x))
             for w, x in zip(pool, loads, strict=True)
         ]
         pick = self.policy.choose(
@@ -166,11 +167,11 @@ class KvRouter(WorkerRouter):
         ids = sim.w_str
         regs = sim.w_region
         cands = [
-            WorkerCandidate(names[w], ids[w], rtt[regs[w]], running=int(x))
+            WorkerCandidate(names[w], ids[w], rtt[regs[w]], int(x))
             for w, x in zip(pool, loads, strict=True)
         ]
         request = GenerativeRequest("chat", prompt * CHARS_PER_TOKEN, output, self._key)
-        cached = {str(w): b for w, b in held.items()} if self.oracle else self._matched
+        cached = {ids[w]: b for w, b in held.items()} if self.oracle else self._matched
         pick = self.policy.choose(request, cands, cached)
         if pick is None:
             return -1
