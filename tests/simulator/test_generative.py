@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import random
 from dataclasses import replace
 from pathlib import Path
 
@@ -123,3 +124,26 @@ def test_cli_runs_a_generative_scenario(
 def test_cli_rejects_an_unknown_generative_policy(tmp_path: Path) -> None:
     args = ["simulate", "--workload", "generative", "--policies", "round-robin"]
     assert meridian_main([*args, "--out", str(tmp_path)]) == 2
+
+
+def test_least_seen_worker_matches_a_scan_of_the_region() -> None:
+    """The per-region heap gives what ``min`` over the region's engines gives (ties: the
+    lowest index), as requests are sent and snapshots reset the loads."""
+    places = Places(("Null Island",), np.zeros(1), np.zeros(1), np.ones(1))
+    trace = Trace("flat", np.linspace(0, 3600, 10), np.full(10, 640.0), np.full(10, 10.0))
+    workload = GenWorkload(places, trace, Prefixes(((1, 2),)), 1.0, tenants=1)
+    fleet = GenFleet(("r0", "r1"), np.zeros(2), np.zeros(2), np.array([7, 3]))
+    cfg = GenConfig(duration_s=10.0)
+    sim = GenSimulation(
+        make_router("nearest", costs_for(cfg.service, 640.0, 10.0)), fleet, workload, cfg
+    )
+    rng = random.Random(3)
+    for snap in range(3):
+        sim._publish(snap * 1000.0)
+        for _ in range(200):
+            r = rng.randrange(2)
+            expect = min(sim.region_workers[r], key=sim.seen.__getitem__)
+            assert sim.least_seen(r) == expect
+            # send to the least-seen one mostly, elsewhere sometimes: the heap goes stale
+            w = expect if rng.random() < 0.7 else rng.choice(sim.region_workers[r])
+            sim.sent(w)
