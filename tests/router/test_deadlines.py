@@ -21,7 +21,7 @@ import pytest
 from meridian.deadline import parse_deadline_ms
 from meridian.snapshot import HealthState, RegionView, RoutingSnapshot, WorkerView
 from meridian.waiting import wait_until_async
-from router.http11 import Request
+from router.http11 import Request, Response
 from router.policies import (
     MeridianPolicy,
     NearestPolicy,
@@ -102,11 +102,13 @@ def _request(deadline: str | None) -> Request:
     return Request("POST", "/v2/models/mlp/infer", "", headers, b"{}", "127.0.0.1")
 
 
-async def test_a_deadline_the_best_region_cannot_meet_is_refused_at_once(one_region) -> None:
+async def test_a_deadline_the_best_region_cannot_meet_is_refused_at_once(
+    one_region: tuple[RouterServer, StandInWorker],
+) -> None:
     server, worker = one_region
     core = server.core
     refused = await core.handle(_request("20"))  # the region's expected time is ~58 ms
-    assert refused.status == 503
+    assert isinstance(refused, Response) and refused.status == 503
     headers = dict(refused.headers)
     assert int(headers[b"retry-after"]) >= 1
     message = orjson.loads(refused.body)["error"]
@@ -128,10 +130,12 @@ async def test_a_deadline_the_best_region_cannot_meet_is_refused_at_once(one_reg
     assert served.status == 200
 
 
-async def test_a_malformed_deadline_is_400_that_says_why(one_region) -> None:
+async def test_a_malformed_deadline_is_400_that_says_why(
+    one_region: tuple[RouterServer, StandInWorker],
+) -> None:
     server, worker = one_region
     answer = await server.core.handle(_request("tomorrow"))
-    assert answer.status == 400
+    assert isinstance(answer, Response) and answer.status == 400
     assert "x-meridian-deadline-ms must be a number" in orjson.loads(answer.body)["error"]
     assert worker.seen == []
 
