@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from meridian.deadline import DEADLINE_HEADER
 from meridian.snapshot import RegionView, RoutingSnapshot, WorkerView
 from router.continuation import Generation
 from router.http11 import Response, StreamResponse
@@ -29,6 +30,7 @@ if TYPE_CHECKING:
 
 __all__ = ["Attempts", "Call"]
 
+DEADLINE_MARGIN_MS = 2.0  # kept back from the budget passed on, for the answer's way back
 SILENT_LOSSES = 2  # hedges lost in a row, silent, that put a worker on probation
 
 
@@ -47,6 +49,7 @@ class Call:
     stream: bool
     gen: Generation | None
     started: float
+    client_deadline: bool = False  # the client set one: each attempt passes on what is left
 
 
 async def _discard(result: Response | StreamResponse | str) -> None:
@@ -102,12 +105,22 @@ class Attempts:
             if s.emulate_wan:
                 await core.wan_delay(call.snap, call.route, name)
                 sent = time.monotonic()
-            timeout = min(s.attempt_timeout_s, call.deadline - now)
+            left = call.deadline - time.monotonic()
+            # the worker gets the budget less a margin for the way back, so that it answers
+            # (504) before this attempt's own timeout fires
+            passed_ms = left * 1000.0 - DEADLINE_MARGIN_MS - core.pool.network_ms(host, port)
+            if left <= 0 or (call.client_deadline and passed_ms <= 0):
+                core.observed.abandoned(name)
+                return f"region {name}: deadline passed before the request was sent"
+            timeout = min(s.attempt_timeout_s, left)
+            headers = call.headers
+            if call.client_deadline:
+                headers = [*headers, (DEADLINE_HEADER, f"{passed_ms:.1f}".encode())]
             upstream: UpstreamResponse | UpstreamStream
             path = target + call.query
             if call.stream:
                 opened = await core.pool.stream(
-                    host, port, call.method, path, call.headers, call.body, timeout
+                    host, port, call.method, path, headers, call.body, timeout
                 )
                 if opened.status < 500 and EVENT_STREAM in header_value(
                     opened.headers, b"content-type"
@@ -131,14 +144,24 @@ class Attempts:
                 body = await opened.read(s.stream_idle_timeout_s)
             else:
                 response = await core.pool.request(
-                    host, port, call.method, path, call.headers, call.body, timeout
+                    host, port, call.method, path, headers, call.body, timeout
                 )
                 upstream, body = response, response.body
         except UpstreamConnectError as exc:
             core.refused(call.snap, region, call.model, worker, time.monotonic())
             core.counters["upstream_failures"] += 1
             return f"region {name}: {exc}"
-        except (UpstreamError, TimeoutError) as exc:
+        except TimeoutError:
+            now = time.monotonic()
+            if call.client_deadline and now >= call.deadline - 0.001:
+                # the client's deadline, not the region, ran out: a long wait, not an error
+                core.observed.success(name, (now - sent) * 1000.0, (now - sent) * 1000.0, now)
+                core.counters["deadline_timeouts"] += 1
+                return f"region {name}: no answer within the request's deadline"
+            core.observed.error(name, now)
+            core.counters["upstream_failures"] += 1
+            return f"region {name}: timed out"
+        except UpstreamError as exc:
             core.observed.error(name, time.monotonic())
             core.counters["upstream_failures"] += 1
             return f"region {name}: {exc or 'timed out'}"
@@ -149,6 +172,13 @@ class Attempts:
             if held:
                 core.outstanding[wid] -= 1
         done = time.monotonic()
+        if upstream.status == 504 and call.client_deadline:
+            # the worker dropped it, its deadline passed in the queue: answer that, retrying
+            # is hopeless; the region was slow, not broken
+            waited_ms = (done - sent) * 1000.0
+            core.observed.success(name, waited_ms, waited_ms, done)
+            core.counters["deadline_dropped_upstream"] += 1
+            return Response(504, body, core.out_headers(upstream.headers, name, attempts))
         if upstream.status >= 500:
             core.observed.error(name, done)
             core.counters["upstream_5xx"] += 1

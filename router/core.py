@@ -22,6 +22,7 @@ from urllib.parse import urlsplit
 
 import orjson
 
+from meridian.deadline import DEADLINE_HEADER, parse_deadline_ms
 from meridian.eventwait import wait_event
 from meridian.keyring import ApiKeyGrant, ApiKeyring
 from meridian.snapshot import RegionView, RoutingSnapshot, WorkerView
@@ -68,6 +69,7 @@ SERVER_METADATA = orjson.dumps(
     {"name": "meridian-router", "version": "0.1.0", "extensions": ["binary_tensor_data"]}
 )
 STREAMED_REST = frozenset({"generate_stream"})
+NOT_PASSED = frozenset({TOKEN_IDS_HEADER, DEADLINE_HEADER})  # the router sets these itself
 
 
 def _model_path(path: str) -> tuple[str, str | None, str] | None:
@@ -297,7 +299,13 @@ class RouterCore:
         snap = self.unmonitored.view(self.last_good.view(snap, model))
         s = self.settings
         started = time.monotonic()
+        try:
+            budget_ms = parse_deadline_ms(req.header(DEADLINE_HEADER))
+        except ValueError as exc:
+            return error(400, str(exc))
         deadline = started + s.total_timeout_s
+        if budget_ms is not None:
+            deadline = min(deadline, started + budget_ms / 1000.0)
         self.budget.record_request(started)
         self.hedging.budget.record_request(started)
         client = self.locator.locate(req.client_host, req.header(EDGE_HEADER), req.headers)
@@ -323,10 +331,14 @@ class RouterCore:
         if not ranked:
             return error(503, f"no healthy region serves model '{model}'",
                           [(b"retry-after", b"1")])  # fmt: skip
+        if budget_ms is not None:
+            refusal = self._admit_deadline(snap, route, ranked[0], budget_ms, started)
+            if refusal is not None:
+                return refusal
         picks: dict[str, WorkerView] = {}
         if generative is not None:
             ranked, picks = self.openai.order(snap, route, generative, ranked)
-        headers = [(k, v) for k, v in req.headers if k not in HOP_BY_HOP and k != TOKEN_IDS_HEADER]
+        headers = [(k, v) for k, v in req.headers if k not in HOP_BY_HOP and k not in NOT_PASSED]
         if gen is not None:
             headers.append((TOKEN_IDS_HEADER, b"1"))
         tail = ("/" + rest) if rest else ""
@@ -335,7 +347,7 @@ class RouterCore:
         last_error = "no region could be tried"
         outliers = not self.outliers.quiet and self._some_usable(snap, ranked, model, started)
         call = Call(snap, route, model, req.method, query, headers, req.body, deadline,
-                     stream, gen, started)  # fmt: skip
+                     stream, gen, started, budget_ms is not None)  # fmt: skip
         for i, name in enumerate(ranked):
             now = time.monotonic()
             if now >= deadline or attempts >= s.max_attempts:
@@ -384,9 +396,32 @@ class RouterCore:
             path = f"/v2/models/{model}" + (f"/versions/{version}" if version else "") + tail
             now = time.monotonic()
             self.probes.start_due(snap, model, path + query, req.method, headers, req.body, now)
-        status = 504 if time.monotonic() >= deadline else 502
-        return error(status, f"all regions failed after {attempts} attempts: {last_error}",
-                      [(b"x-meridian-attempts", str(attempts).encode())])  # fmt: skip
+        tried = [(b"x-meridian-attempts", str(attempts).encode())]
+        if time.monotonic() >= deadline:
+            if budget_ms is not None and started + budget_ms / 1000.0 <= deadline:
+                self.counters["deadline_expired"] += 1
+                return error(504, f"the request's deadline of {budget_ms:g} ms passed after "
+                             f"{attempts} attempts: {last_error}", tried)  # fmt: skip
+            return error(504, f"all regions failed after {attempts} attempts: {last_error}",
+                          tried)  # fmt: skip
+        return error(502, f"all regions failed after {attempts} attempts: {last_error}", tried)
+
+    def _admit_deadline(
+        self, snap: RoutingSnapshot, route: RouteRequest, best: str, budget_ms: float, now: float
+    ) -> Response | None:
+        """Refuse at once (503, ``Retry-After``) a request whose deadline the best region's
+        expected completion time already exceeds, rather than queue it to time out later."""
+        expected = self.policy.expected_ms(snap, self.stats, route, best, now)
+        if expected is None or expected <= budget_ms:
+            return None
+        self.counters["deadline_refused"] += 1
+        retry = str(max(1, int((expected - budget_ms) / 1000.0 + 0.999))).encode()
+        return error(
+            503,
+            f"deadline of {budget_ms:g} ms cannot be met: the best region ({best}) is "
+            f"expected to take {expected:.0f} ms for model '{route.model}'",
+            [(b"retry-after", retry)],
+        )
 
     # --- outliers: ejection on refusal, probation of slow workers ----------------------------
 

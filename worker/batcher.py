@@ -7,7 +7,9 @@ batch to fill; it concatenates them along dimension 0, runs the engine once in
 the model's thread and hands each request its slice of the outputs (views, no
 copy). Requests of different shapes are grouped separately, never mixed. A full
 queue refuses at once (``Unavailable`` with a retry hint) instead of growing
-latency; a request whose caller went away (future cancelled) is skipped.
+latency; a request whose caller went away (future cancelled) is skipped, and one
+whose deadline passes while it waits is answered ``UpstreamTimeout`` (504) at once and
+never reaches the engine (counted in ``meridian_worker_deadline_dropped_total``).
 The fill wait aims at the previous batch's size (never above the maximum), so a
 lone client is not delayed waiting for rows that are not coming.
 
@@ -52,7 +54,9 @@ class BatchPolicy:
 class _Pending:
     """One queued request."""
 
-    __slots__ = ("batcher", "enqueued", "future", "inputs", "key", "queued", "rows")
+    __slots__ = (
+        "batcher", "deadline", "enqueued", "expiry", "future", "inputs", "key", "queued", "rows",
+    )  # fmt: skip
 
     def __init__(
         self,
@@ -69,6 +73,8 @@ class _Pending:
         self.enqueued = enqueued
         self.queued = True
         self.batcher: DynamicBatcher | None = None
+        self.deadline: float | None = None  # time.monotonic() past which it is not run
+        self.expiry: asyncio.TimerHandle | None = None
 
     def on_done(self, future: asyncio.Future[dict[str, np.ndarray]]) -> None:
         if future.cancelled() and self.batcher is not None:
@@ -118,6 +124,7 @@ class DynamicBatcher:
         self._m_failed = metrics.requests.labels(label, "failed")
         self._m_rejected = metrics.requests.labels(label, "rejected")
         self._m_dropped = metrics.requests.labels(label, "dropped")
+        self._m_deadline = metrics.deadline_dropped.labels(label)
 
     # -- lifecycle ---------------------------------------------------------------
     async def warm_up(self, inputs: dict[str, np.ndarray], rows: int = 1) -> None:
@@ -191,8 +198,11 @@ class DynamicBatcher:
     def timeout_error(self, timeout_s: float) -> UpstreamTimeout:
         return UpstreamTimeout(f"model '{self.label}' did not answer within {timeout_s:.3f}s")
 
-    def submit(self, inputs: Mapping[str, np.ndarray]) -> asyncio.Future[dict[str, np.ndarray]]:
-        """Queue one request; cancelling the future drops it (or its answer)."""
+    def submit(
+        self, inputs: Mapping[str, np.ndarray], deadline: float | None = None
+    ) -> asyncio.Future[dict[str, np.ndarray]]:
+        """Queue one request; cancelling the future drops it (or its answer). Past
+        ``deadline`` (``time.monotonic()``) a request still queued is answered 504."""
         if self._closed:
             raise Unavailable(f"model '{self.label}' is not loaded", retry_after=1.0)
         if self._live >= self._policy.max_queue_size:
@@ -213,6 +223,11 @@ class DynamicBatcher:
         item = _Pending(inputs, rows, key, future, time.monotonic())
         future.add_done_callback(item.on_done)
         item.batcher = self
+        if deadline is not None:
+            item.deadline = deadline
+            item.expiry = self._event_loop().call_at(
+                self._event_loop().time() + (deadline - item.enqueued), self._expired, item
+            )
         self._queue.append(item)
         self._live += 1
         self._ready[key] = self._ready.get(key, 0) + rows
@@ -231,6 +246,9 @@ class DynamicBatcher:
 
     def _cancelled(self, item: _Pending) -> None:
         """A queued or running request's caller went away (disconnect, timeout)."""
+        if item.expiry is not None:
+            item.expiry.cancel()
+            item.expiry = None
         self.stats.dropped += 1
         self._m_dropped.inc()
         self.stats.in_flight -= 1
@@ -241,6 +259,29 @@ class DynamicBatcher:
             self.stats.queue_depth = self._live
             if self._running is None and self._queue and self._queue[0] is item:
                 self._dispatch()  # the fill wait was for this request
+
+    def _expired(self, item: _Pending) -> None:
+        """``item``'s deadline passed: if it still waits, answer 504 without running it."""
+        item.expiry = None
+        if not item.queued or item.future.done():
+            return
+        item.queued = False
+        self._live -= 1
+        self._ready[item.key] -= item.rows
+        stats = self.stats
+        stats.queue_depth = self._live
+        stats.in_flight -= 1
+        stats.deadline_dropped += 1
+        self._m_deadline.inc()
+        waited_ms = (time.monotonic() - item.enqueued) * 1000.0
+        item.future.set_exception(
+            UpstreamTimeout(
+                f"deadline passed after {waited_ms:.0f} ms in the queue of model "
+                f"'{self.label}'; dropped before running"
+            )
+        )
+        if self._running is None and self._queue and self._queue[0] is item:
+            self._dispatch()  # the fill wait was for this request
 
     # -- batching --------------------------------------------------------------------
     def _dispatch(self) -> None:
@@ -308,6 +349,10 @@ class DynamicBatcher:
                 else:
                     rest.append(item)
             self._queue = rest
+        for item in batch:
+            if item.expiry is not None:
+                item.expiry.cancel()
+                item.expiry = None
         self._ready[key] -= rows
         self._live -= len(batch)
         self.stats.queue_depth = self._live

@@ -212,15 +212,16 @@ class DataPlane:
         await queued.model.batcher.wait(queued.future, request.timeout_s)
         return queued.response()
 
-    def submit(self, request: InferenceRequest) -> Queued:
+    def submit(self, request: InferenceRequest, deadline: float | None = None) -> Queued:
         """Check ``request`` and queue it with its model's batcher (the first half of
-        :meth:`infer`, for callers that wait on the future themselves)."""
+        :meth:`infer`, for callers that wait on the future themselves); past ``deadline``
+        (``time.monotonic()``) it is answered 504 if still queued."""
         if not self._ready:
             raise Unavailable("worker is not ready", retry_after=1.0)
         model = self.repository.get(request.model, request.version)
         inputs = check_inputs(request, model.engine.inputs)
         wanted = self._requested_outputs(request, model)
-        return Queued(model, model.batcher.submit(inputs), wanted, request.id)
+        return Queued(model, model.batcher.submit(inputs, deadline), wanted, request.id)
 
     @staticmethod
     def _requested_outputs(request: InferenceRequest, model: LoadedModel) -> list[str] | None:

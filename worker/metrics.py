@@ -114,6 +114,7 @@ class ModelStats:
         self.failures = 0
         self.rejected = 0
         self.dropped = 0
+        self.deadline_dropped = 0  # deadline passed while queued: never run
         self.batches = 0
         self.rows = 0
         self.capacity_rps = 0.0  # rows/s the engine sustains, from timed runs (EWMA)
@@ -168,6 +169,7 @@ class ModelStats:
             "failures": self.failures,
             "rejected": self.rejected,
             "dropped": self.dropped,
+            "deadline_dropped": self.deadline_dropped,
             "batches": self.batches,
             "rows": self.rows,
             "mean_batch_rows": (self.rows / self.batches) if self.batches else 0.0,
@@ -297,6 +299,12 @@ class WorkerMetrics:
             "meridian_worker_requests",
             "Inference requests by outcome",
             ["model", "outcome"],
+            registry=r,
+        )
+        self.deadline_dropped = Counter(
+            "meridian_worker_deadline_dropped",
+            "Requests whose deadline passed while queued, answered 504 without running",
+            ["model"],
             registry=r,
         )
         self.batch_size = BatchHistogram(

@@ -20,9 +20,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import time
 from collections.abc import Awaitable, Callable, MutableMapping, Sequence
 from typing import Any
 
+from meridian.deadline import DEADLINE_HEADER, parse_deadline_ms
 from meridian.errors import InvalidInput, MeridianError, PayloadTooLarge
 from worker.dataplane import DataPlane, Queued
 from worker.rest_codec import InferDecoder, encode_infer, error_body, parse_header_length
@@ -37,6 +39,7 @@ __all__ = [
     "finish_infer",
     "handle_infer",
     "internal_error",
+    "request_deadline",
 ]
 
 log = logging.getLogger(__name__)
@@ -78,6 +81,18 @@ def check_headers(headers: Headers, limit: int) -> str | None:
     return header_length
 
 
+def request_deadline(headers: Headers) -> float | None:
+    """The ``x-meridian-deadline-ms`` header as a ``time.monotonic()`` instant, or None."""
+    for key, value in headers:
+        if key == DEADLINE_HEADER:
+            try:
+                ms = parse_deadline_ms(value)
+            except ValueError as exc:
+                raise InvalidInput(str(exc)) from None
+            return None if ms is None else time.monotonic() + ms / 1000.0
+    return None
+
+
 def begin_infer(
     dp: DataPlane,
     decoder: InferDecoder,
@@ -93,8 +108,9 @@ def begin_infer(
         header_length = parse_header_length(
             check_headers(headers, dp.settings.max_request_bytes), len(body)
         )
+        deadline = request_deadline(headers)
         request = decoder.decode(body, header_length, model, version)
-        return dp.submit(request), request
+        return dp.submit(request, deadline), request
     except MeridianError as exc:
         return error_body(exc)
     except Exception:

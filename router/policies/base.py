@@ -114,6 +114,9 @@ class RoutingPolicy:
     name = "policy"
     sequential = False  # True: the simulator must decide request by request (exact state)
     rtt_additive = True
+    # True: a region's cost is its expected completion time in ms (admission may compare
+    # it with a request's deadline); False: a ranking score only (penalties, cursors)
+    cost_is_time = False
 
     def __init__(self, latency: LatencyModel = FITTED, refresh_s: float = 0.0) -> None:
         self.latency = latency
@@ -170,6 +173,28 @@ class RoutingPolicy:
         finite = int(np.isfinite(costs).sum())
         names = table.names
         return [names[i] for i in order[:finite]]
+
+    def expected_ms(
+        self,
+        snapshot: RoutingSnapshot,
+        stats: RouterStats,
+        request: RouteRequest,
+        region: str,
+        now: float,
+    ) -> float | None:
+        """``region``'s cost for ``request`` as an expected completion time in ms, or None
+        when this policy's costs are not times. Right after :meth:`rank` it reuses the
+        ranking's cached parts: a dict lookup and two array reads."""
+        if not self.cost_is_time:
+            return None
+        table = self.table(snapshot, request.model)
+        i = table.index.get(region)
+        if i is None:
+            return None
+        rtt = table.rtt_row(request)
+        if self.rtt_additive:
+            return float(rtt[i] + self._cached_base(table, stats, now)[i])
+        return float(self.region_costs(table, stats, rtt, now)[i])
 
     def _cached_base(self, table: FleetTable, stats: RouterStats, now: float) -> FloatArray:
         if self.refresh_s > 0:

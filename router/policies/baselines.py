@@ -26,6 +26,7 @@ _FULL = 1e6  # added to a full region's cost: it stays a candidate, behind every
 
 class NearestPolicy(RoutingPolicy):
     name = "nearest"
+    cost_is_time = True  # the RTT: a lower bound of the completion time
 
 
 class WaterfallPolicy(RoutingPolicy):

@@ -72,6 +72,7 @@ class MeridianPolicy(RoutingPolicy):
     """Least expected completion time with queue-aware capacity spillover."""
 
     name = "meridian"
+    cost_is_time = True  # RTT + expected wait + service: an expected completion time
 
     def __init__(
         self,

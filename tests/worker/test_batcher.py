@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
 
-from meridian.errors import Unavailable
+from meridian.errors import Unavailable, UpstreamTimeout
 from meridian.waiting import wait_until_async
 from tests.worker.inprocess import GateEngine
 from worker.batcher import BatchPolicy, DynamicBatcher
@@ -106,3 +107,28 @@ async def test_stopping_answers_the_queue_or_refuses_it_past_the_drain_time(
         batcher.submit(_row(2))
     engine.gate.set()
     assert (await running)["y"][0, 0] == 0.0  # the batch in the engine still finishes
+
+
+async def test_a_request_whose_deadline_passes_in_the_queue_is_dropped_before_running(
+    engine: GateEngine,
+) -> None:
+    batcher = _batcher(engine, max_queue_delay_s=0.0, max_batch_size=1)
+    engine.gate.clear()
+    busy = batcher.submit(_row(0))
+    await wait_until_async(engine.running.is_set, timeout=10, what="engine busy")
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    late = batcher.submit(_row(1), deadline=time.monotonic() + 0.05)
+    kept = batcher.submit(_row(2), deadline=time.monotonic() + 30.0)
+    with pytest.raises(UpstreamTimeout, match=r"deadline passed after .* dropped before running"):
+        await late
+    assert loop.time() - started < 1.0  # answered when it expired, not when the engine freed
+    assert batcher.stats.deadline_dropped == 1
+    assert batcher.stats.queue_depth == 1
+    engine.gate.set()
+    assert (await busy)["y"][0, 0] == 0.0
+    assert (await kept)["y"][0, 0] == 4.0
+    assert engine.batches == [(1, 2), (1, 2)]  # the expired row never reached the engine
+    assert batcher.stats.in_flight == 0
+    assert batcher.stats.deadline_dropped == 1
+    await batcher.stop()
