@@ -12,6 +12,8 @@ are back, and the router keeps its last good view of the model and says so).
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -81,9 +83,16 @@ class Outage:
                 return float(line.split()[1])
         raise AssertionError(f"{name} not in the router's /metrics")
 
-    def run(self, env: dict[str, str]) -> Traffic:
+    def pause_agents(self, sig: signal.Signals) -> None:
+        """Stop or continue the agents themselves (their workers go on serving)."""
+        for agent in self.prod.fleet.agents.values():
+            os.kill(agent.proc.pid, sig)
+
+    def run(self, env: dict[str, str], *, agents_late: bool = False) -> Traffic:
         """Kill both replicas under traffic, wait out the summaries, restart them; traffic
-        goes on until the agents are back and the grace is over."""
+        goes on until the agents are back and the grace is over. With ``agents_late`` the
+        agents are held until the new leader has published, so that it publishes before
+        they are back whatever the machine's speed."""
         traffic = Traffic(self.prod)
         try:
             traffic.wait_more(10, "traffic before the outage")
@@ -91,9 +100,18 @@ class Outage:
             self.kill_control_plane()
             wait_until(lambda: self.summaries_left() == 0, timeout=30, what="summaries lapse")
             traffic.wait_more(10, "traffic during the outage")
-            self.restart_control_plane(env)
-            wait_until(lambda: self.prod.leader(), timeout=30, what="a new leader")
-            wait_until(lambda: self.snapshot_version() > before, timeout=30, what="it publishes")
+            if agents_late:
+                self.pause_agents(signal.SIGSTOP)
+            try:
+                self.restart_control_plane(env)
+                wait_until(lambda: self.prod.leader(), timeout=30, what="a new leader")
+                wait_until(lambda: self.snapshot_version() > before, timeout=30,
+                           what="it publishes")  # fmt: skip
+                if agents_late:
+                    traffic.wait_more(10, "traffic while the agents are away")
+            finally:
+                if agents_late:
+                    self.pause_agents(signal.SIGCONT)
             wait_until(lambda: self.summaries_left() >= len(SITES), timeout=30,
                        what="the agents are back")  # fmt: skip
             traffic.wait_more(40, "traffic after the outage")  # past the grace (6 s) too
@@ -117,7 +135,7 @@ def test_a_control_plane_back_from_an_outage_keeps_the_fleet_in_routing(outage: 
 
 
 def test_without_the_grace_the_router_distrusts_an_all_down_snapshot(outage: Outage) -> None:
-    traffic = outage.run({"MERIDIAN_RECONNECT_GRACE_S": "0"})
+    traffic = outage.run({"MERIDIAN_RECONNECT_GRACE_S": "0"}, agents_late=True)
     assert traffic.failures == [], traffic.failures[:5]
     assert outage.router_metric("meridian_router_snapshot_panics_total") >= 1
     # the agents are back: the router routes on the control plane's word again
