@@ -94,6 +94,9 @@ async def test_a_hung_worker_costs_a_request_a_hedge_not_its_timeout(
     assert len(latencies) > 10
     assert core.counters["hedges_sent"] >= 1
     assert core.counters["hedges_won"] >= 1
-    # no request waited for the upstream timeout: far below it, near the model's p95
-    assert max(latencies) < 1.0, (max(latencies), p95)
+    # no request waited for the upstream timeout: it waited the model's p95, then the
+    # hedge's own answer (under 2x the p95 plus a margin for a loaded machine)
+    bound = max(1.0, 2 * p95 / 1000 + 0.5)
+    assert bound < TIMEOUT_S / 2
+    assert max(latencies) < bound, (max(latencies), p95)
     assert core.counters["hedges_sent"] <= 0.1 * n + core.hedging.config.burst
