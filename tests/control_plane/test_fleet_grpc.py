@@ -328,7 +328,11 @@ async def test_agent_reconnects_after_a_control_plane_restart_and_resends_state(
             )
         # the control plane is gone; the agent keeps its workers (no new directives)
         applied = len(agent.supervisor.applied)
-        assert not agent.agent.connected.is_set()
+        await wait_until_async(
+            lambda: not agent.agent.connected.is_set(),
+            timeout=5,
+            what="the agent sees its control plane gone",
+        )
         async with running_fleet(sessions, coord, fast_settings(grpc_port=port)) as second:
             await asyncio.wait_for(agent.agent.connected.wait(), 15)
             snap, _ = await wait_snapshot(
