@@ -34,7 +34,7 @@ DEADLINE_MARGIN_MS = 2.0  # kept back from the budget passed on, for the answer'
 SILENT_LOSSES = 2  # hedges lost in a row, silent, that put a worker on probation
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Call:
     """What every attempt of one request shares."""
 
@@ -50,6 +50,7 @@ class Call:
     gen: Generation | None
     started: float
     client_deadline: bool = False  # the client set one: each attempt passes on what is left
+    deadline_ran_out: bool = False  # an attempt ended for want of the client's time left
 
 
 async def _discard(result: Response | StreamResponse | str) -> None:
@@ -111,6 +112,7 @@ class Attempts:
             passed_ms = left * 1000.0 - DEADLINE_MARGIN_MS - core.pool.network_ms(host, port)
             if left <= 0 or (call.client_deadline and passed_ms <= 0):
                 core.observed.abandoned(name)
+                call.deadline_ran_out = call.client_deadline
                 return f"region {name}: deadline passed before the request was sent"
             timeout = min(s.attempt_timeout_s, left)
             headers = call.headers
@@ -157,6 +159,7 @@ class Attempts:
                 # the client's deadline, not the region, ran out: a long wait, not an error
                 core.observed.success(name, (now - sent) * 1000.0, (now - sent) * 1000.0, now)
                 core.counters["deadline_timeouts"] += 1
+                call.deadline_ran_out = True
                 return f"region {name}: no answer within the request's deadline"
             core.observed.error(name, now)
             core.counters["upstream_failures"] += 1

@@ -397,7 +397,7 @@ class RouterCore:
             now = time.monotonic()
             self.probes.start_due(snap, model, path + query, req.method, headers, req.body, now)
         tried = [(b"x-meridian-attempts", str(attempts).encode())]
-        if time.monotonic() >= deadline:
+        if time.monotonic() >= deadline or call.deadline_ran_out:
             if budget_ms is not None and started + budget_ms / 1000.0 <= deadline:
                 self.counters["deadline_expired"] += 1
                 return error(504, f"the request's deadline of {budget_ms:g} ms passed after "
