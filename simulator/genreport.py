@@ -10,6 +10,7 @@ import numpy as np
 
 from simulator.genmetrics import GenResult
 from simulator.genscenarios import GenScenario
+from simulator.report import scenario_json
 
 __all__ = ["gen_ratios", "gen_table", "gen_to_json", "plot_gen"]
 
@@ -47,14 +48,7 @@ def gen_ratios(results: Mapping[str, GenResult]) -> dict[str, float]:
 
 
 def gen_to_json(scenario: GenScenario, results: Mapping[str, GenResult]) -> dict[str, Any]:
-    return {
-        "scenario": scenario.name,
-        "description": scenario.description,
-        "rate_rps": scenario.rate_rps,
-        "duration_s": scenario.duration_s,
-        "policies": {n: r.summary() for n, r in results.items()},
-        "ratios": gen_ratios(results),
-    }
+    return scenario_json(scenario, results, gen_ratios(results))
 
 
 def plot_gen(results: Mapping[str, GenResult], title: str, path: Path) -> None:

@@ -61,13 +61,21 @@ def ratios(results: Mapping[str, PolicyResult]) -> dict[str, float]:
 
 
 def to_json(scenario: Scenario, results: Mapping[str, PolicyResult]) -> dict[str, Any]:
+    return scenario_json(scenario, results, ratios(results))
+
+
+def scenario_json(
+    scenario: Any, results: Mapping[str, Any], figures: Mapping[str, float]
+) -> dict[str, Any]:
+    """One scenario's report: what it was, each policy's summary, the headline ratios
+    (one-shot and generative scenarios alike)."""
     return {
         "scenario": scenario.name,
         "description": scenario.description,
         "rate_rps": scenario.rate_rps,
         "duration_s": scenario.duration_s,
         "policies": {n: r.summary() for n, r in results.items()},
-        "ratios": ratios(results),
+        "ratios": dict(figures),
     }
 
 
