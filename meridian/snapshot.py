@@ -9,6 +9,7 @@ the last good one on disk. It is plain data with a stable JSON form.
 from __future__ import annotations
 
 import enum
+import functools
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
@@ -178,5 +179,10 @@ def _known(kind: type, data: dict[str, Any]) -> dict[str, Any]:
     """The fields of ``data`` that ``kind`` has: a router reads snapshots from a newer
     control plane during a rolling upgrade, and a field it does not know yet is not an
     error."""
-    names = {f.name for f in fields(kind)}
+    names = _field_names(kind)
     return {k: v for k, v in data.items() if k in names}
+
+
+@functools.cache
+def _field_names(kind: type) -> frozenset[str]:
+    return frozenset(f.name for f in fields(kind))
