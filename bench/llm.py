@@ -14,6 +14,7 @@ also set against the bare forward pass at the same batch size.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import json
@@ -244,6 +245,9 @@ def setup_text(model_dir: Path, results: Sequence[DeviceResult], plan: Plan) -> 
     defaults = GenerationSettings()
     config = json.loads((model_dir / "config.json").read_text())
     r = results[0]
+    threads = ""
+    if any(x.device == "cpu" for x in results):
+        threads = f"on CPU {CPU_THREADS} intra-op thread(s), the other core left to the loop; "
     multiples = ", ".join(f"{m:g}" for m in plan.rate_multiples)
     return (
         f"Model: GPT-2, {config['n_layer']} layers, width {config['n_embd']}, vocabulary "
@@ -254,9 +258,9 @@ def setup_text(model_dir: Path, results: Sequence[DeviceResult], plan: Plan) -> 
         f"{defaults.prefill_chunk} (its defaults); "
         f"continuous and static batching with up to {MAX_SEQS} sequences, the naive server "
         f"with 1; prefix caching off except in the prefix runs; greedy decoding, EOS "
-        f"ignored so every answer is as long as the trace says; on CPU {CPU_THREADS} "
-        "intra-op thread(s), the other core left to the event loop that runs the load "
-        "generator and streams the tokens (all in one process).\n\n"
+        f"ignored so every answer is as long as the trace says; {threads}the load "
+        "generator and the token streams run on the engine's event loop (all in one "
+        "process).\n\n"
         f"Workload: {plan.requests} requests drawn at random from the Azure LLM inference "
         'trace 2023, conversation part (Patel et al., "Splitwise", ISCA 2024; CC-BY 4.0), '
         f"lengths scaled so the trace's 99th percentiles land on {MAX_PROMPT} prompt and "
@@ -275,7 +279,14 @@ def setup_text(model_dir: Path, results: Sequence[DeviceResult], plan: Plan) -> 
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(__doc__.splitlines()[0], argv)
+    def devices_option(p: argparse.ArgumentParser) -> None:
+        p.add_argument(
+            "--device", choices=("all", "cpu", "cuda"), default="all",
+            help="all: the CPU, then CUDA where there is one (section bench:llm); cuda: "
+            "CUDA alone, written to its own section (bench:llm_cuda)",
+        )  # fmt: skip
+
+    args = parse_args(__doc__.splitlines()[0], argv, devices_option)
     plan = plan_for(args.quick)
     started = time.monotonic()
     load_before = os.getloadavg()[0]
@@ -289,7 +300,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     model_dir = ensure_tiny_lm()
     log(f"model {model_dir}")
-    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    cuda = torch.cuda.is_available()
+    if args.device == "cuda" and not cuda:
+        print("--device cuda: torch.cuda.is_available() is false on this machine")
+        return 2
+    devices = {"all": ["cpu"] + (["cuda"] if cuda else []), "cpu": ["cpu"], "cuda": ["cuda"]}[
+        args.device
+    ]
     results: list[DeviceResult] = []
     for device in devices:
         r = asyncio.run(bench_device(engine_opener(model_dir, device), device, plan, log))
@@ -306,15 +323,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         figs.update(headline(r, CONT, STATIC, NAIVE, "llm" if r.device == "cpu" else "llm_cuda"))
         parts += [findings(r, CONT, STATIC, NAIVE), ""]
     if "cuda" not in devices:
-        parts.append("CUDA: skipped, `torch.cuda.is_available()` is false on this machine.")
+        why = "not asked for" if cuda else "`torch.cuda.is_available()` is false on this machine"
+        parts.append(f"CUDA: skipped here, {why}; `--device cuda` writes bench:llm_cuda.")
         figs["llm_cuda"] = "skipped"
+    if torch.cuda.is_available() and "cuda" in devices:
+        parts.append(f"GPU: {torch.cuda.get_device_name(0)}, torch {torch.__version__}.")
     parts.append(
         f"The machine is shared: load average (1 min) {load_before:.1f} at the start and "
         f"{os.getloadavg()[0]:.1f} at the end; figures move between runs."
     )
+    alone = devices == ["cuda"]
     record(
-        "llm",
-        "Generative serving: continuous vs static batching vs one at a time",
+        "llm_cuda" if alone else "llm",
+        "Generative serving: continuous vs static batching vs one at a time"
+        + (", on CUDA" if alone else ""),
         "\n".join(parts),
         figs,
         quick=args.quick,

@@ -13,18 +13,25 @@ import datetime as dt
 import os
 import platform
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
 HEADER = "# Benchmarks\n\nEach section is written by `python -m bench.NAME`; rerun it to refresh.\n"
 
 
-def parse_args(description: str, argv: Sequence[str] | None = None) -> argparse.Namespace:
-    """The common command line: ``--quick`` (finishes within a minute) and ``--no-write``."""
+def parse_args(
+    description: str,
+    argv: Sequence[str] | None = None,
+    extra: Callable[[argparse.ArgumentParser], object] | None = None,
+) -> argparse.Namespace:
+    """The common command line: ``--quick`` (finishes within a minute) and ``--no-write``,
+    and whatever ``extra`` adds for one benchmark."""
     p = argparse.ArgumentParser(description=description)
     p.add_argument("--quick", action="store_true", help="short run, finishes within a minute")
     p.add_argument("--no-write", action="store_true", help="do not update docs/benchmarks.md")
+    if extra is not None:
+        extra(p)
     return p.parse_args(argv)
 
 

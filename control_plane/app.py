@@ -8,11 +8,13 @@ from contextlib import asynccontextmanager
 
 import anyio
 from fastapi import FastAPI
+from fastapi.staticfiles import StaticFiles
 
 import meridian
 from control_plane.api import api_router
 from control_plane.api.errors import error_responses, install_error_handlers
 from control_plane.autoscale.controller import Autoscaler
+from control_plane.console.routes import STATIC_DIR, console_router
 from control_plane.db import migrate
 from control_plane.fleet.nudge import RegistryWriteNudge
 from control_plane.registry import Registry
@@ -97,7 +99,13 @@ def create_app(
         # every fleet route needs a token with a scope, and validates its inputs
         app.include_router(fleet.routes, responses=error_responses(401, 403, 422))
         # demand hints from routers (up to one a second per model) change nothing there
-        app.add_middleware(RegistryWriteNudge, nudge=fleet.nudge, skip_prefixes=("/v1/demand/",))
+        # and neither do routers' traffic reports and figures, nor console sign-ins
+        skip = ("/v1/demand/", "/v1/traffic", "/v1/figures", "/ui/")
+        app.add_middleware(RegistryWriteNudge, nudge=fleet.nudge, skip_prefixes=skip)
+        # the operator's console: the page at /ui, fed by the fleet plane's event stream
+        app.include_router(console_router(fleet.console))
+        app.state.console = fleet.console
+        app.mount("/ui/static", StaticFiles(directory=STATIC_DIR), name="console-static")
 
     @app.get("/healthz", tags=["health"])
     def healthz() -> dict[str, str]:

@@ -105,6 +105,20 @@ def admin_tls_files(settings: Any) -> dict[str, Any]:
     return {"ssl_certfile": str(files.cert), "ssl_keyfile": str(files.key)}
 
 
+def _server(config: Any, console: Any) -> Any:
+    """uvicorn's server, which also ends the consoles' event streams when told to stop
+    (it would otherwise wait for those open responses to finish)."""
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            if console is not None:
+                console.end_streams_soon()
+            super().handle_exit(sig, frame)
+
+    return Server(config)
+
+
 def main(args: argparse.Namespace) -> int:
     import uvicorn
 
@@ -119,6 +133,8 @@ def main(args: argparse.Namespace) -> int:
         scheme = "https" if ssl else "http"
         url = f"{scheme}://{settings.http_host}:{settings.http_port}"
         print(f"Meridian control plane: {url}  (admin API under {url}/v1, docs at {url}/docs)")
+        if settings.fleet_enabled:
+            print(f"operator console: {url}/ui (sign in with an admin or read token)")
         print(f"database: {settings.resolved_database_url}")
         if settings.fleet_enabled:
             print(f"region agents connect to {settings.grpc_host}:{settings.grpc_port} (gRPC)")
@@ -133,13 +149,14 @@ def main(args: argparse.Namespace) -> int:
             print(f"  try: curl -H 'Authorization: Bearer {created.token}' {url}/v1/models")
         print("", flush=True)
         app = create_app(settings, registry=registry)
-        uvicorn.run(
+        config = uvicorn.Config(
             app,
             host=settings.http_host,
             port=settings.http_port,
             log_level=args.log_level,
             **ssl,
         )
+        _server(config, getattr(app.state, "console", None)).run()
     finally:
         registry.close()
     return 0

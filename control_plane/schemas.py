@@ -359,6 +359,11 @@ class DeploymentCreate(_Strict):
     min_replicas: Replicas = 1
     max_replicas: Replicas = 1
     traffic_weight: float = Field(default=1.0, ge=0, le=1_000_000)
+    degrade_to: VariantName | None = Field(
+        default=None,
+        description="a variant of this version (e.g. int8) that serves the region's overflow "
+        "while it is saturated; its accuracy against the base is on the variant's record",
+    )
 
     @model_validator(mode="after")
     def _replicas(self) -> DeploymentCreate:
@@ -375,6 +380,7 @@ class DeploymentUpdate(_Strict):
     # pin: no autoscaling, run ``pinned_replicas`` workers (required when pinning)
     autoscale_pinned: bool | None = None
     pinned_replicas: Replicas | None = None
+    degrade_to: VariantName | None = None  # null: no brownout
 
 
 class DeploymentPublic(BaseModel):
@@ -388,6 +394,7 @@ class DeploymentPublic(BaseModel):
     traffic_weight: float
     autoscale_pinned: bool = False
     pinned_replicas: int | None = None
+    degrade_to: str | None = None
     created_at: dt.datetime
     updated_at: dt.datetime
     row_version: int
@@ -432,6 +439,54 @@ class DemandCreate(_Strict):
 class DemandAccepted(BaseModel):
     model: str
     deployments: int  # how many deployments of the model could take the demand
+
+
+# a count a router sends (a JSON number with an integral value, 3.0 too)
+Count = Annotated[int, Field(ge=0, le=10**9), BeforeValidator(_integral)]
+
+
+class TrafficFlow(_Strict):
+    """Requests a router served from one client area (its grid cell) in one region."""
+
+    lat: float = Field(ge=-90, le=90)
+    lon: float = Field(ge=-180, le=180)
+    region: RegionName
+    requests: Count
+
+
+class RegionStreams(_Strict):
+    """Streamed generations a router relayed from a region, and their mean time to first
+    token (from arrival at the router)."""
+
+    region: RegionName
+    streams: Count
+    ttft_ms: float = Field(ge=0, le=3_600_000)
+
+
+class BrownoutTransition(_Strict):
+    """A region that entered (or left) brownout for a model in a router's view: its overflow
+    went to (or no longer goes to) the deployment's ``degrade_to`` variant."""
+
+    region: RegionName
+    model: ModelName
+    variant: VariantName
+    entered: bool
+    load: float = Field(ge=0, le=1_000_000)  # the region's load when it happened
+
+
+class TrafficReportCreate(_Strict):
+    """What a router served over its last ``interval_s`` seconds, for the console's map."""
+
+    router: str = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]*$")
+    interval_s: float = Field(gt=0, le=600)
+    flows: list[TrafficFlow] = Field(default_factory=list, max_length=10_000)
+    regions: list[RegionStreams] = Field(default_factory=list, max_length=1_000)
+    brownout: list[BrownoutTransition] = Field(default_factory=list, max_length=1_000)
+
+
+class TrafficAccepted(BaseModel):
+    router: str
+    flows: int
 
 
 # --- tokens and audit -------------------------------------------------------
@@ -492,6 +547,17 @@ KeyName = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0
 RatePerSecond = Annotated[float, Field(gt=0, le=1_000_000, allow_inf_nan=False)]
 Burst = Annotated[float, Field(ge=1, le=10_000_000, allow_inf_nan=False)]
 TokensPerMinute = Annotated[float, Field(ge=1, le=1e12, allow_inf_nan=False)]
+# as the x-meridian-deadline-ms header allows (meridian.deadline.MAX_DEADLINE_MS)
+DeadlineMs = Annotated[float, Field(gt=0, le=86_400_000, allow_inf_nan=False)]
+KeyPriority = Literal["interactive", "batch"]
+PRIORITY_HELP = (
+    "request class under overload: 'batch' is refused (503, Retry-After) while the fleet "
+    "still admits 'interactive'"
+)
+DEADLINE_HELP = (
+    "deadline in milliseconds of a request that carries no x-meridian-deadline-ms "
+    "header; null: none"
+)
 
 
 class ApiKeyCreate(_Strict):
@@ -510,6 +576,8 @@ class ApiKeyCreate(_Strict):
     tokens_per_minute: TokensPerMinute | None = Field(
         default=None, description="generation tokens (prompt + completion) per minute; null: none"
     )
+    priority: KeyPriority = Field(default="interactive", description=PRIORITY_HELP)
+    deadline_ms: DeadlineMs | None = Field(default=None, description=DEADLINE_HELP)
 
     @field_validator("models")
     @classmethod
@@ -522,6 +590,8 @@ class ApiKeyUpdate(_Strict):
     burst: Burst | None = None
     models: list[ModelName] | None = Field(default=None, max_length=256)
     tokens_per_minute: TokensPerMinute | None = None
+    priority: KeyPriority | None = Field(default=None, description=PRIORITY_HELP)
+    deadline_ms: DeadlineMs | None = Field(default=None, description=DEADLINE_HELP)
 
     @field_validator("models")
     @classmethod
@@ -536,6 +606,8 @@ class ApiKeyPublic(BaseModel):
     burst: float
     models: list[str]
     tokens_per_minute: float | None = None
+    priority: KeyPriority = "interactive"
+    deadline_ms: float | None = None
     created_at: dt.datetime
     created_by: str
     revoked_at: dt.datetime | None

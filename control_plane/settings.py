@@ -62,6 +62,8 @@ class ControlPlaneSettings(BaseSettings):
     autoscale_stable_window_s: float = Field(default=60.0, gt=0)
     autoscale_panic_window_s: float = Field(default=6.0, gt=0)
     autoscale_scale_down_delay_s: float = Field(default=30.0, ge=0)
+    # the leader moves progressive rollouts along this often (control_plane.rollouts)
+    rollout_interval_s: float = Field(default=0.5, gt=0)
     # GPUs per GPU type across all regions, e.g. {"H100": 64}; a type not named is unlimited
     gpu_budget: dict[str, int] = Field(default_factory=dict)
     # the routers' Redis (redis://host:port/db): API keys' token usage is read from it

@@ -22,6 +22,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="plaintext on every wire instead of TLS from the demo's own CA (logs a warning)",
     )
+    p.add_argument(
+        "--linger",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="keep the fleet running this long after the traffic, to look around the console",
+    )
     p.add_argument("--json", type=Path, help="write the results here (default WORKDIR/result.json)")
 
 
@@ -43,5 +50,6 @@ def main(args: argparse.Namespace) -> int:
             chat_rate=args.chat_rate,
             chat_tokens=args.chat_tokens,
             insecure=args.insecure,
+            linger_s=args.linger,
         )
     )

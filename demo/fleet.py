@@ -6,7 +6,8 @@ told to), and routers, each a ``meridian`` child process with its own log.
 With ``ca_dir`` the fleet makes (or reuses) a fleet CA there and uses it on every wire:
 the admin API serves HTTPS, agents enroll and stream over mutual TLS and start their
 workers with certificates, and routers reach workers with a client certificate and serve
-HTTPS themselves. Without it every wire is plaintext (the e2e tests' default).
+HTTPS themselves (the demo's and the end-to-end tests' way). Without it every wire is
+plaintext, each process warning so (``meridian demo --insecure``).
 """
 
 from __future__ import annotations
@@ -59,6 +60,7 @@ class LocalFleet:
     # the fleet CA's directory: TLS on every wire (None: plaintext, each process warning)
     ca_dir: Path | None = None
     router_files: ServerFiles | None = field(default=None, init=False)
+    _trust: ssl.SSLContext | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.children = Children(self.workdir / "logs", self.env)
@@ -76,9 +78,14 @@ class LocalFleet:
 
     @property
     def verify(self) -> ssl.SSLContext | bool:
-        """What an httpx client of this fleet verifies servers with."""
+        """What an httpx client of this fleet verifies servers with (one context, made once:
+        loading the CA for every request would cost each of them)."""
         ca = self.ca_file
-        return ssl.create_default_context(cafile=str(ca)) if ca else True
+        if ca is None:
+            return True
+        if self._trust is None:
+            self._trust = ssl.create_default_context(cafile=str(ca))
+        return self._trust
 
     @property
     def control_plane(self) -> Child | None:
@@ -100,13 +107,31 @@ class LocalFleet:
 
     def start_control_plane(self, env: dict[str, str] | None = None) -> Admin:
         """Start a control-plane replica (call again for more, sharing database and etcd)."""
-        http_port, grpc_port = free_port(), free_port()
         name = "control-plane" if not self.replicas else f"control-plane-{len(self.replicas) + 1}"
+        enroll_port = free_port() if self.tls else 0
+        replica = self._start_replica(name, free_port(), free_port(), enroll_port, env)
+        self.replicas.append(replica)
+        self.wait_http(f"{replica.url}/healthz", replica.child, name)
+        admin = Admin(replica.url, self.admin_token, verify=self.verify)
+        if not self.read_token:
+            self.read_token = admin.token("routers", ["read"])
+        return admin
+
+    def restart_replica(self, index: int, name: str, env: dict[str, str] | None = None) -> Replica:
+        """Start replica ``index`` again on its ports (with its TLS, when the fleet has it),
+        in place of its dead process; it may not answer yet (``wait_http`` its healthz)."""
+        old = self.replicas[index]
+        replica = self._start_replica(name, old.http_port, old.grpc_port, old.enroll_port, env)
+        self.replicas[index] = replica
+        return replica
+
+    def _start_replica(
+        self, name: str, http_port: int, grpc_port: int, enroll_port: int,
+        env: dict[str, str] | None,
+    ) -> Replica:  # fmt: skip
         args = ["control-plane", "--port", str(http_port), "--grpc-port", str(grpc_port)]
         extra: dict[str, str] = {}
-        enroll_port = 0
         if self.ca_dir is not None:
-            enroll_port = free_port()
             args += ["--tls-dir", str(self.ca_dir)]
             extra["MERIDIAN_AGENT_ENROLL_PORT"] = str(enroll_port)
         else:
@@ -122,13 +147,7 @@ class LocalFleet:
             },
         )
         scheme = "https" if self.tls else "http"
-        replica = Replica(child, http_port, grpc_port, enroll_port, scheme)
-        self.replicas.append(replica)
-        self.wait_http(f"{replica.url}/healthz", child, name)
-        admin = Admin(replica.url, self.admin_token, verify=self.verify)
-        if not self.read_token:
-            self.read_token = admin.token("routers", ["read"])
-        return admin
+        return Replica(child, http_port, grpc_port, enroll_port, scheme)
 
     # --- regions -----------------------------------------------------------------------------
 
@@ -150,13 +169,14 @@ class LocalFleet:
                 "--region", site.name, "--credential-file", str(cred_file),
                 "--simulate-gpus", str(site.gpus), "--gpu-type", site.gpu_type,
                 "--state-dir", str(self.workdir / f"agent-{site.name}"),
-                *self._agent_tls_args(),
+                *self.agent_tls_args(),
             ],
         )  # fmt: skip
         self.agents[site.name] = agent
         return agent
 
-    def _agent_tls_args(self) -> list[str]:
+    def agent_tls_args(self) -> list[str]:
+        """An agent's arguments for this fleet's wire: the fleet CA and where to enroll."""
         if self.ca_file is None:
             return ["--insecure"]
         enroll = ",".join(f"127.0.0.1:{r.enroll_port}" for r in self.replicas)
@@ -201,6 +221,10 @@ class LocalFleet:
         self.routers.append(router)
         self.router_specs[name] = (args, dict(env or {}))
         return router, port
+
+    def router_url(self, port: int) -> str:
+        """Where clients reach the router on ``port`` (HTTPS from the fleet CA, with one)."""
+        return f"{'https' if self.router_files is not None else 'http'}://127.0.0.1:{port}"
 
     def start_successor_router(self, name: str, new_name: str) -> Child:
         """Start a router exactly as ``name`` was (same port, same state directory): it takes

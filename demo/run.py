@@ -55,6 +55,7 @@ class DemoOptions:
     chat_rate: float = 0.4  # chat streams/s started per city (0: no chat traffic)
     chat_tokens: int = 48  # tokens per chat answer
     insecure: bool = False  # plaintext on every wire instead of TLS from the demo's CA
+    linger_s: float = 0.0  # keep the fleet up this long after the traffic (for the console)
 
 
 @dataclass
@@ -93,6 +94,11 @@ def run_demo(opts: DemoOptions) -> int:
         _say(f"2/5 control plane on {fleet.base_url} (agents: gRPC :{fleet.grpc_port}, {wire})")
         if fleet.ca_file is not None:
             _say(f"    fleet CA: {fleet.ca_file} (trust it: curl --cacert {fleet.ca_file} ...)")
+        _say(f"    console: {fleet.base_url}/ui (the map; watch the failover there)")
+        _say(f"      sign in with the read token {fleet.read_token}")
+        _say(f"      or, to drain regions too, the admin token {fleet.admin_token}")
+        if fleet.ca_file is not None:
+            _say("      (browsers warn of the demo's own CA: trust it, or run with --insecure)")
         admin.register_model(
             MODEL, "1", model.fp32, int8=model.int8, int8_error=model.int8_max_abs_error
         )
@@ -127,6 +133,10 @@ def run_demo(opts: DemoOptions) -> int:
         out = opts.json_out or (opts.workdir / "result.json")
         out.write_text(json.dumps(result, indent=2))
         _say(f"\nresults written to {out}")
+        if opts.linger_s > 0:
+            _say(f"the fleet stays up {opts.linger_s:g}s more for the console at "
+                 f"{fleet.base_url}/ui (Ctrl-C stops it)")  # fmt: skip
+            time.sleep(opts.linger_s)
         return 0 if result["failed_requests"] == 0 and result["broken_streams"] == 0 else 1
     except KeyboardInterrupt:
         _say("\ninterrupted: stopping every process")

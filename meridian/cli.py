@@ -20,6 +20,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "regions": ("control_plane.regions_cli", "register or deregister a region (idempotent)"),
     "artifacts": ("control_plane.artifacts_cli", "upload a model's artifact to the registry"),
     "status": ("control_plane.status_cli", "the fleet at a glance: regions, health, traffic"),
+    "rollout": ("control_plane.rollouts_cli", "create, follow, pause, resume or abort a rollout"),
     "router": ("router.cli", "run the router (the end-user HTTPS endpoint)"),
     "simulate": ("simulator.cli", "simulate the fleet: every routing policy on real traffic"),
     "worker": ("worker.cli", "serve models over OIP v2 REST and gRPC with dynamic batching"),

@@ -10,11 +10,15 @@ changes: keys change rarely and may be many. Only sha256 digests travel, never k
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, Literal
 
 import orjson
 
-__all__ = ["ApiKeyGrant", "ApiKeyring"]
+__all__ = ["PRIORITIES", "ApiKeyGrant", "ApiKeyring", "Priority"]
+
+Priority = Literal["interactive", "batch"]
+# request classes, first the one admitted longest under overload
+PRIORITIES: tuple[Priority, ...] = ("interactive", "batch")
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,6 +32,10 @@ class ApiKeyGrant:
     models: tuple[str, ...] = ()  # empty: every model
     # generation tokens (prompt + completion) per minute; None: no token budget
     tokens_per_minute: float | None = None
+    # the request class under overload: ``batch`` is refused first
+    priority: Priority = "interactive"
+    # the deadline of a request that carries none (x-meridian-deadline-ms); None: no deadline
+    deadline_ms: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +66,8 @@ class ApiKeyring:
                         if k.get("tokens_per_minute") is None
                         else float(k["tokens_per_minute"])
                     ),
+                    priority=_priority(k.get("priority")),
+                    deadline_ms=None if k.get("deadline_ms") is None else float(k["deadline_ms"]),
                 )
                 for k in data.get("keys", ())
             ),
@@ -66,3 +76,8 @@ class ApiKeyring:
     @classmethod
     def from_json(cls, raw: bytes | str) -> ApiKeyring:
         return cls.from_dict(orjson.loads(raw))
+
+
+def _priority(value: object) -> Priority:
+    """A key's class; one this router does not know (a newer control plane) is interactive."""
+    return "batch" if value == "batch" else "interactive"

@@ -45,13 +45,14 @@ class WorkerView:
     worker_id: str
     endpoint: str  # base URL of the worker's OIP v2 REST server, e.g. http://127.0.0.1:8101
     state: HealthState
-    models: tuple[
-        str, ...
-    ]  # loaded model keys "name:version" (variant-free: the router routes by model)
+    # loaded model keys "name:version"; a brownout reserve worker (a deployment's
+    # ``degrade_to`` variant) reports "name:version:variant" and takes only overflow
+    models: tuple[str, ...]
     queue_depth: int = 0
     in_flight: int = 0
     throughput_rps: float = 0.0  # recent served requests per second
     latency_p50_ms: float = 0.0
+    capacity_rps: float = 0.0  # sustainable requests/s as the worker measured it (0: unknown)
     grpc_endpoint: str = ""  # host:port of the worker's OIP v2 gRPC server, if any
     # generative models (zero for others): sequences, KV cache, token rates
     running_seqs: int = 0
@@ -108,6 +109,13 @@ class DeploymentRoute:
     region: str
     weight: float = 1.0
     variant: str = ""
+    # a rollout comparing outputs: the share of the other versions' answered requests in
+    # this region that routers also send here (replies compared, then discarded), and how
+    # replies are compared ("cosine" for embeddings, "disagreement" for classifiers)
+    mirror: float = 0.0
+    compare: str = ""
+    # the quantized variant that takes the region's overflow while it is saturated ("": none)
+    degrade_to: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,6 +126,9 @@ class RoutingSnapshot:
     generated_at: float  # wall-clock seconds since the epoch (for age across hosts)
     regions: tuple[RegionView, ...] = ()
     deployments: tuple[DeploymentRoute, ...] = ()
+    # router replicas that reported to the control plane lately (0: unknown): a router
+    # that has not yet measured its share of the fleet's traffic assumes 1 / routers
+    routers: int = 0
     _by_name: dict[str, RegionView] = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -168,6 +179,7 @@ class RoutingSnapshot:
             generated_at=float(data["generated_at"]),
             regions=regions,
             deployments=deployments,
+            routers=int(data.get("routers", 0)),
         )
 
     @classmethod

@@ -162,17 +162,19 @@ class Directives(_message.Message):
     def __init__(self, generation: _Optional[int] = ..., report_interval_s: _Optional[float] = ..., workers: _Optional[_Iterable[_Union[DesiredWorker, _Mapping]]] = ..., config: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class DesiredWorker(_message.Message):
-    __slots__ = ("model", "version", "variant", "artifact_url", "artifact_sha256", "replicas")
+    __slots__ = ("model", "version", "variant", "artifact_url", "artifact_sha256", "replicas", "reserve")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     VARIANT_FIELD_NUMBER: _ClassVar[int]
     ARTIFACT_URL_FIELD_NUMBER: _ClassVar[int]
     ARTIFACT_SHA256_FIELD_NUMBER: _ClassVar[int]
     REPLICAS_FIELD_NUMBER: _ClassVar[int]
+    RESERVE_FIELD_NUMBER: _ClassVar[int]
     model: str
     version: str
     variant: str
     artifact_url: str
     artifact_sha256: str
     replicas: int
-    def __init__(self, model: _Optional[str] = ..., version: _Optional[str] = ..., variant: _Optional[str] = ..., artifact_url: _Optional[str] = ..., artifact_sha256: _Optional[str] = ..., replicas: _Optional[int] = ...) -> None: ...
+    reserve: bool
+    def __init__(self, model: _Optional[str] = ..., version: _Optional[str] = ..., variant: _Optional[str] = ..., artifact_url: _Optional[str] = ..., artifact_sha256: _Optional[str] = ..., replicas: _Optional[int] = ..., reserve: _Optional[bool] = ...) -> None: ...

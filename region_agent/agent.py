@@ -235,6 +235,7 @@ class RegionAgent:
                 artifact_url=w.artifact_url,
                 artifact_sha256=w.artifact_sha256,
                 replicas=w.replicas,
+                reserve=w.reserve,
             )
             for w in directives.workers
         ]

@@ -71,6 +71,16 @@ class WorkerSpec:
     artifact_url: str = ""
     artifact_sha256: str = ""
     replicas: int = 1
+    # a brownout reserve (a deployment's degrade_to variant): labelled
+    # "model:version:variant" so that routers send it only a saturated region's overflow
+    reserve: bool = False
+
+    @property
+    def label(self) -> str:
+        """The model key the worker is reported under."""
+        if self.reserve and self.variant:
+            return f"{self.model}:{self.version}:{self.variant}"
+        return f"{self.model}:{self.version}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -238,6 +248,8 @@ class LocalProcessSupervisor:
         wanted: dict[str, WorkerSpec] = {}
         for spec in desired:
             base = f"{self._id_prefix}{spec.model}-{spec.version}-{spec.variant or 'base'}"
+            if spec.reserve:
+                base += "-reserve"
             for i in range(spec.replicas):
                 wanted[f"{base}-{i}"] = spec
         now = time.monotonic()
@@ -511,7 +523,7 @@ class LocalProcessSupervisor:
             endpoint=self._endpoint(slot),
             grpc_endpoint=f"{self._host}:{slot.grpc_port}",
             gpu_indices=slot.gpus,
-            models=(f"{slot.spec.model}:{slot.spec.version}",),
+            models=(slot.spec.label,),
             error=slot.error,
         )
         try:
@@ -530,7 +542,10 @@ class LocalProcessSupervisor:
             base,
             error=slot.error,
             ready=ready,
-            models=tuple(str(m) for m in data.get("models", base.models)),
+            # a reserve's label says it is one, whatever the worker calls its model
+            models=base.models
+            if slot.spec.reserve
+            else tuple(str(m) for m in data.get("models", base.models)),
             queue_depth=_int(data.get("queue_depth")),
             in_flight=_int(data.get("in_flight")),
             throughput_rps=_float(data.get("throughput_rps")),

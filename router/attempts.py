@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 from meridian.deadline import DEADLINE_HEADER
 from meridian.snapshot import RegionView, RoutingSnapshot, WorkerView
 from router.continuation import Generation
+from router.figures import served_version
 from router.http11 import Response, StreamResponse
 from router.policies import RouteRequest, choose_worker
 from router.replies import EVENT_STREAM, header_value
@@ -79,15 +80,36 @@ class Attempts:
         target_path: str | None,
     ) -> str:
         """The worker path to call in ``region`` (a weighted version pick for ``infer``)."""
+        return self.place(snap, model, version, rest, region, target_path)[0]
+
+    def place(
+        self,
+        snap: RoutingSnapshot,
+        model: str,
+        version: str | None,
+        rest: str,
+        region: str,
+        target_path: str | None,
+    ) -> tuple[str, str | None]:
+        """The worker path to call in ``region`` and the version it names (the client's, or
+        one picked by the deployments' traffic weights for ``infer``; None: any)."""
         core = self.core
         chosen = version
         if chosen is None and rest == "infer":
             dep = core.version_picker(snap).pick(model, region, core.rng)
             chosen = dep.version if dep is not None else None
         if target_path is not None:
-            return target_path
+            return target_path, chosen
         tail = ("/" + rest) if rest else ""
-        return f"/v2/models/{model}" + (f"/versions/{chosen}" if chosen else "") + tail
+        path = f"/v2/models/{model}" + (f"/versions/{chosen}" if chosen else "") + tail
+        return path, chosen
+
+    @staticmethod
+    def unversioned(model: str, rest: str, target_path: str | None) -> str:
+        """The path naming no version (the worker answers with the one it has)."""
+        if target_path is not None:
+            return target_path
+        return f"/v2/models/{model}" + (("/" + rest) if rest else "")
 
     async def attempt(
         self, call: Call, region: RegionView, worker: WorkerView, target: str, attempts: int
@@ -97,6 +119,7 @@ class Attempts:
         s = core.settings
         name, wid = region.name, worker.worker_id
         host, port = core.endpoint(worker.endpoint)
+        figures = core.figures.of(call.model, served_version(target, worker, call.model), name)
         now = time.monotonic()
         core.observed.dispatch(name, now)
         core.outstanding[wid] += 1
@@ -133,6 +156,8 @@ class Attempts:
                                  - worker.latency_p50_ms)  # fmt: skip
                     core.observed.success(name, took_ms, excess_ms, first)
                     core.hedging.observe(call.model, True, took_ms)
+                    figures.answered(took_ms)
+                    figures.first_token(took_ms)
                     core.counters["served"] += 1
                     core.counters["streamed"] += 1
                     relay = core.openai.relay(opened, call.gen, name, wid, call.route)
@@ -150,6 +175,7 @@ class Attempts:
                 )
                 upstream, body = response, response.body
         except UpstreamConnectError as exc:
+            figures.failed()
             core.refused(call.snap, region, call.model, worker, time.monotonic())
             core.counters["upstream_failures"] += 1
             return f"region {name}: {exc}"
@@ -163,13 +189,18 @@ class Attempts:
                 return f"region {name}: no answer within the request's deadline"
             core.observed.error(name, now)
             core.counters["upstream_failures"] += 1
+            figures.failed()
             return f"region {name}: timed out"
         except UpstreamError as exc:
+            figures.failed()
             core.observed.error(name, time.monotonic())
             core.counters["upstream_failures"] += 1
             return f"region {name}: {exc or 'timed out'}"
         except asyncio.CancelledError:
             core.observed.abandoned(name)  # its hedge answered first, or the client left
+            # for the version's figures it took at least this long (a hedge must not hide
+            # a slow version from its latency gate)
+            figures.answered((time.monotonic() - sent) * 1000.0)
             raise
         finally:
             if held:
@@ -183,6 +214,7 @@ class Attempts:
             core.counters["deadline_dropped_upstream"] += 1
             return Response(504, body, core.out_headers(upstream.headers, name, attempts))
         if upstream.status >= 500:
+            figures.failed()
             core.observed.error(name, done)
             core.counters["upstream_5xx"] += 1
             return f"region {name} answered {upstream.status}"
@@ -190,6 +222,19 @@ class Attempts:
         excess_ms = took_ms - core.pool.network_ms(host, port) - worker.latency_p50_ms
         core.observed.success(name, took_ms, excess_ms, done)
         core.hedging.observe(call.model, False, took_ms)
+        figures.answered(took_ms)
+        if upstream.status == 200 and target.endswith("/infer") and not call.stream:
+            core.mirrors.after_answer(
+                call.snap,
+                region,
+                call.model,
+                served_version(target, worker, call.model),
+                call.method,
+                call.query,
+                call.headers,
+                call.body,
+                body,
+            )
         core.outliers.observe(wid, excess_ms, done)
         self.silent_losses.pop(wid, None)
         if not core.outliers.quiet:
@@ -231,18 +276,23 @@ class Attempts:
         version: str | None,
         rest: str,
         target_path: str | None,
+        primary_target: str | None = None,
+        chosen: str | None = None,
     ) -> tuple[RegionView, WorkerView, str] | None:
         """Where a hedge of an attempt on ``worker`` goes: another usable worker of its
-        region, else one passed over as slow but not ejected (slow beats silent), else
-        the best worker of the next region in the ranking."""
+        region (for the same path: the same version), else one passed over as slow but
+        not ejected (slow beats silent), else the best worker of the next region in the
+        ranking."""
         core = self.core
         others = [w for w in serving if w.worker_id != worker.worker_id]
         if not others:
-            others = [w for w in core.workers(call.snap, region, call.model)
+            others = [w for w in core.workers(call.snap, region, call.model, chosen)
                       if w.worker_id != worker.worker_id
                       and not core.outliers.is_ejected(w.worker_id)]  # fmt: skip
         other = choose_worker(others, core.rng, core.outstanding)
         if other is not None:
+            if primary_target is not None:
+                return region, other, primary_target
             return region, other, self.target(call.snap, call.model, version, rest,
                                                region.name, target_path)  # fmt: skip
         now = time.monotonic()
@@ -250,12 +300,15 @@ class Attempts:
             nxt = call.snap.region(name)
             if nxt is None:
                 continue
-            workers: Sequence[WorkerView] = core.workers(call.snap, nxt, call.model)
+            target, picked = self.place(call.snap, call.model, version, rest, name, target_path)
+            workers: Sequence[WorkerView] = core.workers(call.snap, nxt, call.model, picked)
+            if picked and not workers and version is None:
+                target = self.unversioned(call.model, rest, target_path)
+                workers = core.workers(call.snap, nxt, call.model)
             if not core.outliers.quiet:
                 workers = core.outliers.usable(workers, now)
             other = choose_worker(workers, core.rng, core.outstanding)
             if other is not None:
-                target = self.target(call.snap, call.model, version, rest, name, target_path)
                 return nxt, other, target
         return None
 

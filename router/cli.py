@@ -52,6 +52,40 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="refuse model requests without an API key issued through /v1/api-keys",
     )
     p.add_argument(
+        "--admit-interactive-load",
+        type=float,
+        metavar="X",
+        help="refuse interactive requests (503, Retry-After) while the fleet holds X times "
+        "what it serves without queueing (default 0: never)",
+    )
+    p.add_argument(
+        "--admit-batch-load",
+        type=float,
+        metavar="X",
+        help="the same for batch requests (default 1: refused once every worker is busy)",
+    )
+    p.add_argument(
+        "--hold-batch",
+        type=int,
+        metavar="N",
+        help="hold up to N batch requests over the batch ceiling (but under the interactive "
+        "one) in a per-key fair queue until the load falls (default 0: refuse them)",
+    )
+    p.add_argument(
+        "--spread-ms",
+        type=float,
+        metavar="MS",
+        help="choose at random among regions within MS of the best, weighted by free servers "
+        "(default 0: always the best; 20 when several router replicas share the traffic)",
+    )
+    p.add_argument(
+        "--brownout-load",
+        type=float,
+        metavar="X",
+        help="serve a saturated region's overflow from its deployments' degrade_to variant "
+        "once its base workers hold X times what they serve without queueing (default 0: off)",
+    )
+    p.add_argument(
         "--policy",
         default="meridian",
         help="routing policy: meridian, nearest, waterfall, round-robin",
@@ -66,6 +100,16 @@ def main(args: argparse.Namespace) -> int:
         value = getattr(args, field)
         if value is not None:
             overrides[field] = value
+    if args.admit_interactive_load is not None:
+        overrides["admit_interactive_max_load"] = args.admit_interactive_load
+    if args.admit_batch_load is not None:
+        overrides["admit_batch_max_load"] = args.admit_batch_load
+    if args.hold_batch is not None:
+        overrides["hold_batch_max"] = args.hold_batch
+    if args.spread_ms is not None:
+        overrides["spread_ms"] = args.spread_ms
+    if args.brownout_load is not None:
+        overrides["brownout_max_load"] = args.brownout_load
     if args.worker_cert is not None:
         overrides["worker_tls_cert"] = args.worker_cert
     if args.worker_key is not None:
@@ -106,7 +150,7 @@ async def _serve(settings: object, policy: str) -> int:
     from router.settings import RouterSettings
 
     assert isinstance(settings, RouterSettings)
-    server = RouterServer(settings, make_policy(policy))
+    server = RouterServer(settings, make_policy(policy, settings.spread_ms))
     port = await server.start()
     # Libraries, the policy's tables and the snapshot live as long as the process: keep
     # them out of the cyclic collector's passes (shorter pauses, fewer slow requests).

@@ -24,17 +24,38 @@ import orjson
 
 from meridian.deadline import DEADLINE_HEADER, parse_deadline_ms
 from meridian.eventwait import wait_event
-from meridian.keyring import ApiKeyGrant, ApiKeyring
+from meridian.keyring import ApiKeyGrant, ApiKeyring, Priority
 from meridian.snapshot import RegionView, RoutingSnapshot, WorkerView
+from router.admission import (
+    ADMIT,
+    OPENAI_TIMEOUT_HEADER,
+    PRIORITY_HEADER,
+    Admission,
+    AdmissionConfig,
+    AdmissionCounts,
+    Decision,
+    implied_deadline_ms,
+    request_priority,
+)
 from router.attempts import Attempts, Call
+from router.brownout import (
+    VARIANT_HEADER,
+    BrownoutConfig,
+    BrownoutLedger,
+    BrownoutPolicy,
+    Overflow,
+)
 from router.continuation import TOKEN_IDS_HEADER, Generation
 from router.demand import DemandNotifier, nearest_deployment_region
+from router.figures import FigureBook
 from router.hedging import Hedging
+from router.hold import HoldQueue
 from router.http11 import HOP_BY_HOP, Request, Response, StreamResponse
 from router.keys import ApiKeys
 from router.locate import EDGE_HEADER, ClientLocator
 from router.metrics import CONTENT_TYPE as METRICS_TYPE
 from router.metrics import GenerationMetrics, RouterMetrics
+from router.mirror import Mirrors
 from router.observations import Observations
 from router.openai_routes import OpenAIRoutes
 from router.outliers import WorkerOutliers
@@ -56,6 +77,7 @@ from router.resilience import LastGoodView, RetryBudget
 from router.settings import RouterSettings
 from router.snapshot_store import KeyringStore, SnapshotStore
 from router.token_budget import LocalTokenBudget, TokenBudget
+from router.traffic import TrafficReporter
 from router.unmonitored import UnmonitoredRegions
 from router.upstream import (
     UpstreamPool,
@@ -126,7 +148,7 @@ class RouterCore:
         self._versions: tuple[RoutingSnapshot | None, VersionPicker | None] = (None, None)
         # per-request lookups kept between requests: workers serving (region, model) in
         # ``_serving_snap``, worker endpoints as (host, port), route requests by location
-        self._serving: dict[tuple[str, str], tuple[WorkerView, ...]] = {}
+        self._serving: dict[tuple[str, str, str], tuple[WorkerView, ...]] = {}
         self._serving_snap: RoutingSnapshot | None = None
         self._endpoints: dict[str, tuple[str, int]] = {}
         self._routes: dict[tuple[str, float, float], RouteRequest] = {}
@@ -142,12 +164,46 @@ class RouterCore:
         self.openai = OpenAIRoutes(self)
         self.attempts = Attempts(self)
         self.hedging = Hedging()
+        self.admission = Admission(
+            AdmissionConfig(
+                interactive_max_load=settings.admit_interactive_max_load,
+                batch_max_load=settings.admit_batch_max_load,
+                interactive_deadline_share=settings.admit_interactive_deadline_share,
+                batch_deadline_share=settings.admit_batch_deadline_share,
+                hold_batch=settings.hold_batch_max > 0,
+            )
+        )
+        self.hold = HoldQueue(
+            settings.hold_batch_max, self._batch_has_room,
+            max_per_key=settings.hold_batch_max_per_key,
+        )  # fmt: skip
+        self.admission_counts = AdmissionCounts()
+        self.brownout = BrownoutPolicy(
+            BrownoutConfig(max_load=settings.brownout_max_load, hold_s=settings.brownout_hold_s)
+        )
+        self.brownout_ledger = BrownoutLedger(settings.brownout_hold_s)
         self.generation = GenerationMetrics()
         self.metrics = RouterMetrics(self)
+        # per version and region outcomes and latencies (rollout gates), and mirrored requests
+        self.figures = FigureBook()
+        self.mirrors = Mirrors(pool, self.figures, self.endpoint, self.rng,
+                               timeout_s=settings.attempt_timeout_s)  # fmt: skip
+        # the console's map: requests per client area and region (set by the server)
+        self.traffic: TrafficReporter | None = None
 
     # --- entry point ---------------------------------------------------------------------
 
     async def handle(self, req: Request) -> Response | StreamResponse:
+        """The answer to ``req``; a whole answer says in ``Server-Timing`` how long the
+        router held it (``router;dur=`` in ms, from the parsed request to the answer)."""
+        started = time.monotonic()
+        response = await self._answer(req)
+        if isinstance(response, Response):
+            took = f"router;dur={(time.monotonic() - started) * 1000.0:.3f}".encode()
+            response.headers = [*response.headers, (b"server-timing", took)]  # never shared
+        return response
+
+    async def _answer(self, req: Request) -> Response | StreamResponse:
         path = req.path
         if path == "/v2/health/live":
             return Response(200, b'{"live":true}', JSON)
@@ -162,10 +218,10 @@ class RouterCore:
         target = _model_path(path)
         if target is None:
             return error(404, f"no route for {req.method} {path}")
-        denied, _ = await self.admit(req, target[0])
+        denied, grant = await self.admit(req, target[0])
         if denied is not None:
             return denied
-        return await self.forward(req, *target, stream=target[2] in STREAMED_REST)
+        return await self.forward(req, *target, stream=target[2] in STREAMED_REST, grant=grant)
 
     # --- OpenAI paths ----------------------------------------------------------------------
 
@@ -214,9 +270,11 @@ class RouterCore:
 
     def rank(self, snap: RoutingSnapshot, route: RouteRequest, now: float) -> list[str]:
         """The policy's ranking, reused for clients within about 25 km during one refresh
-        period of the policy (it would give the same answer); errors invalidate at once."""
+        period of the policy (it would give the same answer); errors invalidate at once.
+        Not reused when the policy draws among near-best regions (``spread_ms``)."""
         refresh = getattr(self.policy, "refresh_s", 0.0)
-        if refresh <= 0:
+        if refresh <= 0 or getattr(self.policy, "spread_ms", 0.0) > 0:
+            # a randomised choice is drawn per request (the policy caches its costs itself)
             return self.policy.rank(snap, self.stats, route, now)
         key = (
             snap.version, route.model, int(route.lat * 4), int(route.lon * 4),
@@ -237,16 +295,17 @@ class RouterCore:
         return picker
 
     def workers(
-        self, snap: RoutingSnapshot, region: RegionView, model: str
+        self, snap: RoutingSnapshot, region: RegionView, model: str, version: str | None = None
     ) -> tuple[WorkerView, ...]:
-        """``serving_workers`` of the region, computed once per snapshot."""
+        """``serving_workers`` of the region (of ``version`` when given), computed once per
+        snapshot."""
         if snap is not self._serving_snap:
             self._serving = {}
             self._serving_snap = snap
-        key = (region.name, model)
+        key = (region.name, model, version or "")
         workers = self._serving.get(key)
         if workers is None:
-            workers = self._serving[key] = serving_workers(region, model)
+            workers = self._serving[key] = serving_workers(region, model, version)
         return workers
 
     def endpoint(self, endpoint: str) -> tuple[str, int]:
@@ -292,6 +351,30 @@ class RouterCore:
         stream: bool = False,
         gen: Generation | None = None,
         generative: GenerativeRequest | None = None,
+        grant: ApiKeyGrant | None = None,
+    ) -> Response | StreamResponse:
+        """Route ``req`` (admission, choice, attempts, failover); as it finishes, a held
+        batch request may take the room it leaves."""
+        try:
+            return await self._forward(req, model, version, rest, target_path=target_path,
+                                       stream=stream, gen=gen, generative=generative,
+                                       grant=grant)  # fmt: skip
+        finally:
+            if self.hold.held:
+                self.hold.pump()
+
+    async def _forward(
+        self,
+        req: Request,
+        model: str,
+        version: str | None,
+        rest: str,
+        *,
+        target_path: str | None = None,
+        stream: bool = False,
+        gen: Generation | None = None,
+        generative: GenerativeRequest | None = None,
+        grant: ApiKeyGrant | None = None,
     ) -> Response | StreamResponse:
         snap = self.store.current
         if snap is None:
@@ -303,6 +386,10 @@ class RouterCore:
             budget_ms = parse_deadline_ms(req.header(DEADLINE_HEADER))
         except ValueError as exc:
             return error(400, str(exc))
+        if budget_ms is None:
+            openai_timeout = None if stream else req.header(OPENAI_TIMEOUT_HEADER)
+            budget_ms = implied_deadline_ms(grant, openai_timeout)
+        priority = request_priority(grant, req.header(PRIORITY_HEADER))
         deadline = started + s.total_timeout_s
         if budget_ms is not None:
             deadline = min(deadline, started + budget_ms / 1000.0)
@@ -331,10 +418,30 @@ class RouterCore:
         if not ranked:
             return error(503, f"no healthy region serves model '{model}'",
                           [(b"retry-after", b"1")])  # fmt: skip
-        if budget_ms is not None:
-            refusal = self._admit_deadline(snap, route, ranked[0], budget_ms, started)
-            if refusal is not None:
-                return refusal
+        best = ranked[0]
+
+        def expected(view: RoutingSnapshot = snap) -> float | None:
+            return self.policy.expected_ms(view, self.stats, route, best, started)
+
+        decision = self.admission.decide(snap, self.stats, model, priority, started,
+                                         deadline_ms=budget_ms, expected_ms=expected,
+                                         best=best)  # fmt: skip
+        if decision.verdict == "hold":
+            key = "key:" + grant.name if grant is not None else "ip:" + req.client_host
+            wait_s = min(s.hold_batch_max_wait_s, deadline - time.monotonic())
+            expected_ms = expected()
+            if expected_ms is not None:  # released later than this, it could not finish
+                wait_s -= expected_ms / 1000.0
+            decision = await self._held(key, model, wait_s, decision)
+            if decision.verdict == "admit":
+                snap, ranked, decision = self._released(snap, route, ranked, priority,
+                                                        started, budget_ms)  # fmt: skip
+        self.admission_counts.count(decision, priority)
+        if decision.verdict != "admit":
+            if decision.reason == "deadline":
+                self.counters["deadline_refused"] += 1
+            retry = str(decision.retry_after_s).encode()
+            return error(503, decision.message, [(b"retry-after", retry)])
         picks: dict[str, WorkerView] = {}
         if generative is not None:
             ranked, picks = self.openai.order(snap, route, generative, ranked)
@@ -355,8 +462,11 @@ class RouterCore:
             region = snap.region(name)
             if region is None:
                 continue
-            target = self.attempts.target(snap, model, version, rest, name, target_path)
-            serving: Sequence[WorkerView] = self.workers(snap, region, model)
+            target, chosen = self.attempts.place(snap, model, version, rest, name, target_path)
+            serving: Sequence[WorkerView] = self.workers(snap, region, model, chosen)
+            if chosen and not serving and version is None:  # no worker of the picked version
+                target = self.attempts.unversioned(model, rest, target_path)
+                serving = self.workers(snap, region, model)
             if outliers:
                 serving = self.outliers.usable(serving, now)
             pick = picks.get(name)
@@ -367,6 +477,10 @@ class RouterCore:
             )
             if worker is None:
                 continue
+            overflow = None if generative else self._overflow(snap, region, model, version,
+                                                               serving, now)  # fmt: skip
+            if overflow is not None:
+                worker = overflow.worker
             if attempts > 0 and not self.budget.try_retry(now):
                 last_error = "retry budget exhausted"
                 break
@@ -382,14 +496,20 @@ class RouterCore:
                     worker: WorkerView = worker,
                     later: Sequence[str] = ranked[i + 1 :],
                     usable: Sequence[WorkerView] = serving,
+                    primary: str = target,
+                    picked: str | None = chosen,
                 ) -> tuple[RegionView, WorkerView, str] | None:
                     return self.attempts.hedge_choice(call, region, worker, later, usable, version,
-                                              rest, target_path)  # fmt: skip
+                                              rest, target_path, primary, picked)  # fmt: skip
 
                 outcome = await self.attempts.hedged(call, first, worker, backup, delay, attempts)
             if isinstance(outcome, str):
                 last_error = outcome
                 continue
+            if self.traffic is not None:
+                self.traffic.note_answer(client.lat, client.lon, outcome.headers)
+            if overflow is not None:
+                outcome.headers.append((VARIANT_HEADER, overflow.variant.encode()))
             return outcome
         self.counters["failed"] += 1
         if not self.outliers.quiet:  # keep probing the ejected: nothing else will readmit them
@@ -406,22 +526,28 @@ class RouterCore:
                           tried)  # fmt: skip
         return error(502, f"all regions failed after {attempts} attempts: {last_error}", tried)
 
-    def _admit_deadline(
-        self, snap: RoutingSnapshot, route: RouteRequest, best: str, budget_ms: float, now: float
-    ) -> Response | None:
-        """Refuse at once (503, ``Retry-After``) a request whose deadline the best region's
-        expected completion time already exceeds, rather than queue it to time out later."""
-        expected = self.policy.expected_ms(snap, self.stats, route, best, now)
-        if expected is None or expected <= budget_ms:
+    # --- brownout: a saturated region's overflow to its degrade_to variant ------------------
+
+    def _overflow(
+        self,
+        snap: RoutingSnapshot,
+        region: RegionView,
+        model: str,
+        version: str | None,
+        base: Sequence[WorkerView],
+        now: float,
+    ) -> Overflow | None:
+        """The variant worker to serve this request on, or None to stay on the base workers
+        (``router.brownout``)."""
+        if not self.brownout.config.enabled:
             return None
-        self.counters["deadline_refused"] += 1
-        retry = str(max(1, int((expected - budget_ms) / 1000.0 + 0.999))).encode()
-        return error(
-            503,
-            f"deadline of {budget_ms:g} ms cannot be met: the best region ({best}) is "
-            f"expected to take {expected:.0f} ms for model '{route.model}'",
-            [(b"retry-after", retry)],
+        observed_ms = self.stats.region(region.name, now).service_ms
+        overflow = self.brownout.decide(
+            snap, region, model, version, base, self.outstanding, self.rng, observed_ms
         )
+        if overflow is not None:
+            self.brownout_ledger.overflowed(region.name, model, overflow, now)
+        return overflow
 
     # --- outliers: ejection on refusal, probation of slow workers ----------------------------
 
@@ -450,8 +576,63 @@ class RouterCore:
         return False
 
     async def close(self) -> None:
-        """Cancel the probes in flight."""
+        """Refuse the held requests, cancel the probes and mirrored requests in flight."""
+        await self.hold.close()
         await self.probes.close()
+        await self.mirrors.close()
+
+    # --- the hold verdict: batch requests waiting for the load to fall ------------------------
+
+    def _batch_has_room(self, model: str) -> bool:
+        snap = self.store.current
+        if snap is None:
+            return False
+        load = self.admission.load(snap, self.stats, model, time.monotonic())
+        return not load >= self.admission.config.batch_max_load  # below, or unknown
+
+    def _released(
+        self,
+        snap: RoutingSnapshot,
+        route: RouteRequest,
+        ranked: list[str],
+        priority: Priority,
+        started: float,
+        budget_ms: float | None,
+    ) -> tuple[RoutingSnapshot, list[str], Decision]:
+        """A released request: ranked on what the router knows now, and refused after all
+        when what is left of its deadline no longer covers the best region's time."""
+        now = time.monotonic()
+        model = route.model
+        fresh = self.store.current
+        if fresh is not None:
+            snap = self.unmonitored.view(self.last_good.view(fresh, model))
+            ranked = self.rank(snap, route, now) or ranked
+        if budget_ms is None:
+            return snap, ranked, ADMIT
+        left_ms = (started - now) * 1000.0 + budget_ms
+        best = ranked[0]
+        late = self.policy.expected_ms(snap, self.stats, route, best, now)
+        return snap, ranked, self.admission.by_deadline(late, left_ms, priority, model, best)
+
+    async def _held(self, key: str, model: str, wait_s: float, held: Decision) -> Decision:
+        """Hold a batch request in its key's queue: admitted once released, else refused."""
+        outcome = await self.hold.hold(key, model, wait_s)
+        if outcome == "released":
+            return ADMIT
+        retry = held.retry_after_s
+        if outcome == "full":
+            message = (
+                f"{held.message}, and the {self.hold.max_held} places to wait (or "
+                f"this key's {self.hold.max_per_key}) are taken; retry after {retry} s"
+            )
+            return Decision("refuse", "capacity", message, retry, held.load)
+        if outcome == "expired":
+            message = (
+                f"{held.message}; it did not fall in the time this request's deadline "
+                f"(or the hold limit) leaves; retry after {retry} s"
+            )
+            return Decision("refuse", "deadline", message, retry, held.load)
+        return Decision("refuse", "shutdown", "the router is shutting down; retry", 1, held.load)
 
     @staticmethod
     def out_headers(

@@ -9,21 +9,15 @@ autoscaler starts a worker there. At most one call per model per
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import logging
 import time
-from collections.abc import Coroutine
-from typing import Any, Protocol
+from typing import Protocol
 
-import httpx
-
+from meridian.background import BackgroundTasks
 from meridian.snapshot import RoutingSnapshot
 from router.latency import great_circle_km
+from router.reports import ControlPlaneClient
 
 __all__ = ["DemandNotifier", "DemandSink", "HttpDemandSink", "nearest_deployment_region"]
-
-log = logging.getLogger(__name__)
 
 
 class DemandSink(Protocol):
@@ -48,40 +42,14 @@ def nearest_deployment_region(
 
 
 class HttpDemandSink:
-    """``POST {base}/v1/demand/{model}`` to the first control plane that answers."""
+    """``POST /v1/demand/{model}`` through the router's :class:`ControlPlaneClient`."""
 
-    def __init__(
-        self,
-        base_urls: list[str],
-        token: str,
-        transport: httpx.AsyncBaseTransport | None = None,
-    ) -> None:
-        self._urls = [u.rstrip("/") for u in base_urls]
-        self._client = httpx.AsyncClient(
-            headers={"authorization": f"Bearer {token}"},
-            timeout=httpx.Timeout(2.0, connect=1.0),
-            transport=transport,
-        )
+    def __init__(self, client: ControlPlaneClient) -> None:
+        self._client = client
 
     async def send(self, model: str, region: str | None) -> None:
         body = {"region": region} if region else None
-        last: Exception | None = None
-        for url in self._urls:
-            try:
-                response = await self._client.post(f"{url}/v1/demand/{model}", json=body)
-            except httpx.HTTPError as exc:
-                last = exc
-                continue
-            if response.status_code < 500:
-                if response.status_code >= 400:
-                    log.warning("demand for %s refused: %s", model, response.text[:200])
-                return
-            last = RuntimeError(f"{url} answered {response.status_code}")
-        if last is not None:
-            log.warning("could not report demand for %s: %s", model, last)
-
-    async def close(self) -> None:
-        await self._client.aclose()
+        await self._client.post(f"/v1/demand/{model}", body, f"demand for {model}")
 
 
 class DemandNotifier:
@@ -89,7 +57,7 @@ class DemandNotifier:
         self._sink = sink
         self._interval = min_interval_s
         self._last: dict[str, float] = {}
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks = BackgroundTasks("demand", "reporting demand failed")
         self.sent = 0
 
     def notify(self, model: str, region: str | None) -> bool:
@@ -99,25 +67,11 @@ class DemandNotifier:
             return False
         self._last[model] = now
         self.sent += 1
-        self._spawn(self._sink.send(model, region))
+        self._tasks.spawn(self._sink.send(model, region))
         return True
 
-    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
-        task = asyncio.get_running_loop().create_task(coro, name="demand")
-        self._tasks.add(task)
-        task.add_done_callback(self._done)
-
-    def _done(self, task: asyncio.Task[None]) -> None:
-        self._tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.warning("reporting demand failed", exc_info=task.exception())
-
     async def close(self) -> None:
-        for task in list(self._tasks):
-            task.cancel()
-        for task in list(self._tasks):
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        await self._tasks.close()
         close = getattr(self._sink, "close", None)
         if close is not None:
             await close()

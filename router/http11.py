@@ -12,14 +12,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
+import logging
+import math
 import socket
 import ssl
+import weakref
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import cast
+from typing import Any, cast
 
 import httptools
+
+log = logging.getLogger(__name__)
 
 __all__ = ["HttpServer", "Request", "Response", "StreamResponse", "start_server"]
 
@@ -135,17 +141,22 @@ class Limits:
     max_body_bytes: int = 64 * 1024 * 1024
     max_header_bytes: int = 64 * 1024
     max_headers: int = 100
+    # a TLS client that has not finished its handshake by then is dropped
+    tls_handshake_timeout_s: float = 10.0
 
 
 class _Connection(asyncio.Protocol):
     """One client connection: parses requests and answers them in order."""
+
+    # made with the connection (``connection_made``): until then nothing refers back to the
+    # object, so a TLS connection whose handshake fails is freed (HttpServer.handshaking)
+    _parser: httptools.HttpRequestParser
 
     def __init__(self, server: HttpServer) -> None:
         self._server = server
         self._limits = server.limits
         self._max_header_bytes = server.limits.max_header_bytes
         self._max_headers = server.limits.max_headers
-        self._parser = httptools.HttpRequestParser(self)
         self._transport: asyncio.Transport | None = None
         self._client_host = ""
         self._url = b""
@@ -170,6 +181,8 @@ class _Connection(asyncio.Protocol):
         self._transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
         peer = transport.get_extra_info("peername")
         self._client_host = peer[0] if peer else ""
+        self._parser = httptools.HttpRequestParser(self)
+        self._server.handshaking.pop(self, None)
         self._server.connections.add(self)
         self._writer = asyncio.get_running_loop().create_task(self._answer_in_order())
 
@@ -293,6 +306,7 @@ class _Connection(asyncio.Protocol):
                     response = await handler(req)
                 except Exception:  # a bug in the handler must not kill the connection silently
                     self._server.errors += 1
+                    log.exception("answering %s %s failed", req.method, req.path)
                     response = _text(500, "internal router error")
             transport = self._transport
             if transport is None or transport.is_closing():
@@ -366,6 +380,14 @@ class HttpServer:
         self.handler = handler
         self.limits = limits or Limits()
         self.connections: set[_Connection] = set()
+        # accepted TLS connections whose handshake is in flight, with when each was accepted
+        # (oldest first): asyncio makes a protocol's connection only once the handshake is
+        # done, and says nothing of a handshake that failed (a load balancer's TCP check, a
+        # port scan). Weak keys: such a connection leaves when it is freed; and any is
+        # forgotten once its handshake must have ended, one way or the other
+        self.handshaking: weakref.WeakKeyDictionary[_Connection, float] = (
+            weakref.WeakKeyDictionary()
+        )
         self.errors = 0
         self.draining = False
         self._server: asyncio.Server | None = None
@@ -380,16 +402,32 @@ class HttpServer:
         """Listen on ``host:port`` (``SO_REUSEPORT``), or on ``sock``, a listening socket
         taken over from another process."""
         loop = asyncio.get_running_loop()
+        factory = self._accept_tls if ssl_context is not None else lambda: _Connection(self)
+        tls: dict[str, Any] = {}
+        if ssl_context is not None:
+            tls = {"ssl": ssl_context, "ssl_handshake_timeout": self.limits.tls_handshake_timeout_s}
         if sock is not None:
-            self._server = await loop.create_server(
-                lambda: _Connection(self), sock=sock, ssl=ssl_context, backlog=2048
-            )
+            self._server = await loop.create_server(factory, sock=sock, backlog=2048, **tls)
         else:
             self._server = await loop.create_server(
-                lambda: _Connection(self), host, port, ssl=ssl_context, backlog=2048,
-                reuse_address=True, reuse_port=True,
-            )  # fmt: skip
+                factory, host, port, backlog=2048, reuse_address=True, reuse_port=True, **tls
+            )
         return int(self.listener.getsockname()[1])
+
+    def _accept_tls(self) -> _Connection:
+        conn = _Connection(self)
+        self._handshakes_in_flight()  # forgets the ended ones
+        self.handshaking[conn] = asyncio.get_running_loop().time()
+        return conn
+
+    def _handshakes_in_flight(self) -> int:
+        ended = asyncio.get_running_loop().time() - self.limits.tls_handshake_timeout_s - 1.0
+        while self.handshaking:
+            oldest, since = next(iter(self.handshaking.items()))
+            if since > ended:
+                break
+            del self.handshaking[oldest]
+        return len(self.handshaking)
 
     @property
     def listener(self) -> socket.socket:
@@ -398,18 +436,28 @@ class HttpServer:
 
     async def drain(self, timeout_s: float) -> int:
         """Stop accepting, answer what was asked (each answer closing its connection), close
-        idle connections; after ``timeout_s`` close the rest. Returns how many were left."""
+        idle connections; after ``timeout_s`` close the rest. A connection accepted with its
+        TLS handshake still in flight is waited for too: its request is on the way. Returns
+        how many were left."""
         self.draining = True
         if self._server is not None:
             self._server.close()  # the listening socket lives on in a successor, if any
         for conn in list(self.connections):
             conn.close_if_idle()
-        deadline = asyncio.get_running_loop().time() + timeout_s
-        while self.connections and asyncio.get_running_loop().time() < deadline:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        collected = -math.inf
+        while (self.connections or self._handshakes_in_flight()) and loop.time() < deadline:
+            if self.handshaking and loop.time() - collected >= 0.25:
+                # a failed handshake's connection leaves once freed: at once under uvloop,
+                # at a collection under asyncio's own loop (its TLS objects form a cycle)
+                gc.collect()
+                collected = loop.time()
+                continue
             await asyncio.sleep(0.02)
             for conn in list(self.connections):
                 conn.close_if_idle()
-        left = len(self.connections)
+        left = len(self.connections) + self._handshakes_in_flight()
         await self.stop()
         return left
 

@@ -173,7 +173,73 @@ class _Collector(Collector):
                 value=age if age is not None else -1.0,
             )
         yield from core.generation.collect()
+        yield from self._admission()
+        yield from core.brownout_ledger.families(time.monotonic())
         yield from self._regions()
+
+    def _admission(self) -> Iterator[Metric]:
+        core = self._core
+        counts = core.admission_counts
+        refused = CounterMetricFamily(
+            "meridian_router_admission_refused",
+            "Requests refused at once (503, Retry-After) by reason (capacity: the fleet's load "
+            "for the model is at the class's ceiling, or no place to hold it; deadline: the best "
+            "region cannot meet it, or it ran out while held; shutdown: held when the router "
+            "stopped) and request class",
+            labels=["reason", "priority"],
+        )
+        for (reason, priority), value in sorted(counts.refused.items()):
+            refused.add_metric([reason, priority], value)
+        yield refused
+        admitted = CounterMetricFamily(
+            "meridian_router_admission_admitted",
+            "Requests admitted by request class",
+            labels=["priority"],
+        )
+        for priority, value in counts.admitted.items():
+            admitted.add_metric([priority], value)
+        yield admitted
+        hold = core.hold
+        yield GaugeMetricFamily(
+            "meridian_router_hold_held",
+            "Batch requests held now, waiting for the load to fall below the batch ceiling",
+            value=hold.held,
+        )
+        yield CounterMetricFamily(
+            "meridian_router_hold_released",
+            "Held batch requests released (routed) as the load fell",
+            value=hold.counts["released"],
+        )
+        yield CounterMetricFamily(
+            "meridian_router_hold_expired",
+            "Held batch requests refused (503) because their deadline or the hold limit came first",
+            value=hold.counts["expired"],
+        )
+        refused_held = CounterMetricFamily(
+            "meridian_router_hold_refused",
+            "Batch requests refused (503) instead of held: the queue or the key's share was "
+            "full, or the router was stopping",
+            labels=["reason"],
+        )
+        for reason in ("full", "closed"):
+            refused_held.add_metric([reason], hold.counts[reason])
+        yield refused_held
+        load = GaugeMetricFamily(
+            "meridian_router_model_load",
+            "Requests the fleet holds for the model over those it serves without queueing "
+            "(1: every worker busy)",
+            labels=["model"],
+        )
+        snap = core.store.current
+        if snap is not None:
+            now = time.monotonic()
+            served = {m.partition(":")[0] for r in snap.regions for w in r.workers
+                      for m in w.models}  # fmt: skip
+            for model in sorted(served):
+                fleet_load = core.admission.load(snap, core.stats, model, now)
+                if fleet_load == fleet_load:  # not NaN
+                    load.add_metric([model], fleet_load)
+        yield load
 
     def _regions(self) -> Iterator[Metric]:
         core = self._core

@@ -92,7 +92,15 @@ class OpenAIRoutes:
         try:
             greq = generative_request(model, body) if path in GENERATIONS else None
             response = await core.forward(
-                req, model, None, "", target_path=path, stream=stream, gen=gen, generative=greq
+                req,
+                model,
+                None,
+                "",
+                target_path=path,
+                stream=stream,
+                gen=gen,
+                generative=greq,
+                grant=grant,
             )
         except BaseException:
             if grant is not None:

@@ -10,7 +10,7 @@ from router.policies import (
     WaterfallPolicy,
 )
 
-__all__ = ["POLICIES", "make_policy"]
+__all__ = ["POLICIES", "REPLICA_SPREAD_MS", "make_policy"]
 
 POLICIES: dict[str, type[RoutingPolicy]] = {
     "meridian": MeridianPolicy,
@@ -25,9 +25,19 @@ POLICIES: dict[str, type[RoutingPolicy]] = {
 ROUTER_REFRESH_S = 0.005
 
 
-def make_policy(name: str) -> RoutingPolicy:
+# What a router running as one of several replicas should use for ``spread_ms`` (the
+# simulator's figure): requests go to regions up to 20 ms worse than the best, weighted
+# by free servers, so replicas acting on the same snapshot split a burst.
+REPLICA_SPREAD_MS = 20.0
+
+
+def make_policy(name: str, spread_ms: float = 0.0) -> RoutingPolicy:
+    """The named policy; ``spread_ms`` (Meridian's only): choose at random among the regions
+    within that many ms of the best, weighted by free servers (0: always the best)."""
+    if spread_ms < 0:
+        raise ValueError("spread_ms cannot be negative")
     if name == "meridian":
-        return MeridianPolicy(refresh_s=ROUTER_REFRESH_S)
+        return MeridianPolicy(refresh_s=ROUTER_REFRESH_S, spread_ms=spread_ms)
     try:
         return POLICIES[name]()
     except KeyError:

@@ -5,17 +5,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Coroutine
 from typing import Any
 
 from meridian.coordination import Coordination
 from router.core import RouterCore
 from router.demand import DemandNotifier, HttpDemandSink
+from router.figures import FigureReporter
 from router.handoff import HandoffServer, take_listener
 from router.http11 import HttpServer, Limits
 from router.locate import ClientLocator
 from router.policies import RoutingPolicy
 from router.ratelimit import LocalRateLimiter, RateLimiter, RedisRateLimiter
+from router.reports import ControlPlaneClient
 from router.settings import RouterSettings
 from router.snapshot_store import (
     CoordinationFollower,
@@ -26,6 +29,7 @@ from router.snapshot_store import (
 )
 from router.tls import control_plane_transport, server_context, worker_context
 from router.token_budget import LocalTokenBudget, RedisTokenBudget, TokenBudget
+from router.traffic import HttpTrafficSink, TrafficReporter, default_router_id
 from router.upstream import UpstreamPool
 
 __all__ = ["RouterServer"]
@@ -62,13 +66,15 @@ class RouterServer:
             RedisTokenBudget(settings.redis_url) if settings.redis_url else LocalTokenBudget()
         )
         demand = None
+        reports: ControlPlaneClient | None = None  # demand, figures and traffic share it
         if settings.control_plane_urls:
-            sink = HttpDemandSink(
+            reports = ControlPlaneClient(
                 settings.control_plane_urls,
                 settings.control_plane_token,
                 transport=control_plane_transport(settings.fleet_ca),  # router.tls
             )
-            demand = DemandNotifier(sink)
+            demand = DemandNotifier(HttpDemandSink(reports))
+        self._reports = reports
         self.core = RouterCore(
             settings,
             self.store,
@@ -84,12 +90,34 @@ class RouterServer:
             keyring=self.keyring,
             token_budget=budget,
         )
+        self.reporter: FigureReporter | None = None
+        if reports is not None:
+            self.reporter = FigureReporter(
+                self.core.figures,
+                reports,
+                router_id=settings.name or default_router_id(settings.port),
+                interval_s=settings.figures_interval_s,
+            )
+        self.traffic: TrafficReporter | None = None
+        if reports is not None and settings.traffic_report_s > 0:
+            self.traffic = TrafficReporter(
+                HttpTrafficSink(reports),
+                settings.name or default_router_id(settings.port),
+                interval_s=settings.traffic_report_s,
+                ttft=self.core.generation.ttft,
+                brownout=self._brownout_transitions,
+            )
+            self.core.traffic = self.traffic
         self._http = HttpServer(self.core.handle, Limits(max_body_bytes=settings.max_body_bytes))
         self._tasks: set[asyncio.Task[None]] = set()
         self._coord: Coordination | None = None
         self._handoff: HandoffServer | None = None
         self.took_over = False  # the listening socket came from a router serving before
         self.port = 0
+
+    def _brownout_transitions(self) -> list[dict[str, Any]]:
+        """Regions that entered or left brownout since the last traffic report."""
+        return [t.to_dict() for t in self.core.brownout_ledger.transitions(time.monotonic())]
 
     def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
         task = asyncio.get_running_loop().create_task(coro, name=name)
@@ -122,6 +150,10 @@ class RouterServer:
                     transport=control_plane_transport(s.fleet_ca),  # router.tls
                 )  # fmt: skip
                 self._spawn(poller.run(), f"poll {route}")
+        if self.reporter is not None:
+            self._spawn(self.reporter.run(), "figures")
+        if self.traffic is not None:
+            self._spawn(self.traffic.run(), "traffic report")
         ssl_ctx = server_context(s.tls_cert, s.tls_key) if s.tls_cert and s.tls_key else None
         listener = None
         if s.port:
@@ -160,6 +192,7 @@ class RouterServer:
         if self._handoff is not None:
             await self._handoff.close()
             self._handoff = None
+        await self.core.hold.close()  # held requests are refused now, not left to wait
         left = await self._http.drain(self.settings.drain_timeout_s)
         if left:
             log.warning("closed %d connections still busy after the drain timeout", left)
@@ -178,6 +211,10 @@ class RouterServer:
         await self.core.close()
         if self.core.demand is not None:
             await self.core.demand.close()
+        if self.traffic is not None:
+            await self.traffic.close()
+        if self._reports is not None:  # after every reporter that posts through it
+            await self._reports.close()
         if self._coord is not None:
             await self._coord.close()
         self.core.pool.close()

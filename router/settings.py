@@ -25,6 +25,10 @@ class RouterSettings(BaseSettings):
     # where the routing snapshot comes from
     control_plane_urls: list[str] = Field(default_factory=list)
     control_plane_token: str = ""
+    # how often this router reports its requests per client area and region to the control
+    # plane (the console's map; 0: never), and under which name (default: host and port)
+    traffic_report_s: float = Field(default=2.0, ge=0)
+    name: str = Field(default="", max_length=128, pattern=r"^([A-Za-z0-9][A-Za-z0-9_.:-]*)?$")
     # etcd://host:port to watch the snapshot key (with the control plane's long-poll as well
     # or instead); memory:// only makes sense inside one process (tests)
     coordination_url: str = ""
@@ -69,6 +73,30 @@ class RouterSettings(BaseSettings):
     handoff_path: Path | None = None
     takeover_ready_timeout_s: float = 30.0
     drain_timeout_s: float = 10.0
+    # per version and region figures (rollout gates) go to the control plane this often
+    figures_interval_s: float = 1.0
+    # admission under overload (router.admission): a request class is refused at once (503,
+    # Retry-After) while the fleet's load for the model (requests held over those its
+    # regions serve without queueing) is at or above its ceiling; 0: never for that class
+    admit_interactive_max_load: float = Field(default=0.0, ge=0.0)
+    admit_batch_max_load: float = Field(default=1.0, ge=0.0)
+    # ... and refused when the best region's expected completion time exceeds this share of
+    # the request's deadline (1: the whole deadline; lower leaves room for the spread)
+    admit_interactive_deadline_share: float = Field(default=1.0, gt=0.0, le=1.0)
+    admit_batch_deadline_share: float = Field(default=1.0, gt=0.0, le=1.0)
+    # batch requests over their ceiling but under the interactive one wait in a bounded
+    # per-key fair queue (router.hold) for the load to fall, up to this many (0: refused)
+    hold_batch_max: int = Field(default=0, ge=0)
+    hold_batch_max_wait_s: float = Field(default=10.0, gt=0.0)  # the longest any one waits
+    hold_batch_max_per_key: int = Field(default=0, ge=0)  # of one key at once (0: the max)
+    # Meridian's choice: a region drawn among those within this many ms of the best,
+    # weighted by free servers (0: always the best); several router replicas: 20
+    spread_ms: float = Field(default=0.0, ge=0.0)
+    # brownout (router.brownout): a region whose base workers hold this many times what they
+    # serve without queueing sends its overflow to a deployment's degrade_to variant (0: off);
+    # it counts as in brownout until brownout_hold_s passes without an overflow
+    brownout_max_load: float = Field(default=0.0, ge=0.0)
+    brownout_hold_s: float = Field(default=5.0, gt=0.0)
     # demo only: delay each attempt by the modelled client-region RTT (all sockets are loopback)
     emulate_wan: bool = False
 

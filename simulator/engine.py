@@ -8,6 +8,14 @@ outcomes are written into rings keyed by the time the router will see them; as
 simulated time passes those observations feed the router's ``RouterStats``.
 The health plane publishes a routing snapshot every ``snapshot_interval_s`` and
 at once when it detects a region failure, ``detection_s`` after it happened.
+
+``routers`` > 1 runs that many router replicas: every request goes to one at random,
+each has its own policy object and ``RouterStats`` fed only its own requests'
+outcomes, and all of them act on the same (stale) snapshot. A region whose
+``FleetSpec.report_factor`` is not 1 reports that multiple of its real GPUs and
+capacity. With ``admission`` set, a router refuses a new request at once (answered
+at arrival, never placed) when the router's ``Admission`` says so; every request carries a
+deadline (``deadline_ms``) and a class drawn from ``class_shares`` (0 = highest).
 """
 
 from __future__ import annotations
@@ -15,13 +23,14 @@ from __future__ import annotations
 import heapq
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 import numpy.typing as npt
 
 from meridian.snapshot import HealthState, RegionView, RoutingSnapshot, WorkerView
+from router.admission import ADMITTED, Admission
 from router.latency import FITTED, LatencyModel
 from router.policies import FleetTable, RouterStats, RoutingPolicy, StatsConfig
 from simulator.metrics import PolicyResult
@@ -52,6 +61,7 @@ class FleetSpec:
     lon: FloatArray
     gpus: IntArray
     events: tuple[FleetEvent, ...] = ()
+    report_factor: FloatArray | None = None  # reported GPUs and capacity / real ones
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,15 +77,32 @@ class SimConfig:
     horizon_s: float = 200.0
     stats: StatsConfig = field(default_factory=StatsConfig)
     latency: LatencyModel = FITTED
+    routers: int = 1  # router replicas, each with its own stats, on the same snapshots
+    deadline_ms: float = 1000.0  # every request's end-to-end deadline (goodput counts these)
+    class_shares: tuple[float, ...] = (1.0,)  # share of requests per class, 0 = highest
+    admission: Admission | None = None  # the router's; None: every request is routed
+    seed: int = 7  # router assignment and classes
 
 
 class Simulation:
     """One policy over one fleet and one workload."""
 
     def __init__(
-        self, policy: RoutingPolicy, fleet: FleetSpec, workload: Workload, config: SimConfig
+        self,
+        policy: RoutingPolicy | Sequence[RoutingPolicy],
+        fleet: FleetSpec,
+        workload: Workload,
+        config: SimConfig,
     ) -> None:
-        self.policy = policy
+        """``policy``: one object per router replica (a single one for one router)."""
+        policies = [policy] if isinstance(policy, RoutingPolicy) else list(policy)
+        if not policies:
+            raise ValueError("at least one router's policy is needed")
+        if len(policies) > 1 and any(p.sequential for p in policies):
+            raise ValueError("a sequential policy (the oracle) runs as one router only")
+        self.policies = policies
+        self.policy = policies[0]
+        self.R = len(policies)
         self.fleet = fleet
         self.workload = workload
         self.cfg = config
@@ -98,21 +125,32 @@ class Simulation:
         self._capacity_events.sort(key=lambda e: e.at_s)
         self._recovered = np.zeros(n, dtype=bool)
         self.mean_service_ms = workload.mean_service_ms
-        self.stats = RouterStats(config.stats)
+        self.router_stats = [RouterStats(config.stats) for _ in policies]
+        self.stats = self.router_stats[0]
         self.sidx = self.stats.indices(fleet.names)
+        for st in self.router_stats[1:]:
+            st.indices(fleet.names)
+        self.report_factor = (
+            np.ones(n) if fleet.report_factor is None else np.asarray(fleet.report_factor)
+        )
+        self.rng = np.random.default_rng(config.seed)
+        shares = np.asarray(config.class_shares, dtype=np.float64)
+        self.class_cum = np.cumsum(shares / shares.sum())
         self.all_idx = np.arange(n)
         # observation rings: what the router learns at a given time
         self.L = int(config.horizon_s * 1000.0 / config.ring_ms)
-        self.ring_ok = np.zeros((self.L, n))
-        self.ring_fail = np.zeros((self.L, n))
-        self.ring_wait = np.zeros((self.L, n))
-        self.ring_svc = np.zeros((self.L, n))
+        # per router: what each learns from its own requests
+        self.ring_ok = np.zeros((self.L, self.R, n))
+        self.ring_fail = np.zeros((self.L, self.R, n))
+        self.ring_wait = np.zeros((self.L, self.R, n))
+        self.ring_svc = np.zeros((self.L, self.R, n))
         self.ring_done = np.zeros((self.L, n))  # region-side completions (queue accounting)
         self.next_slot = 0
         self.admitted = np.zeros(n)
         self.completed = np.zeros(n)
-        # retries waiting for their time: columns t, client, svc, origin, attempt, exclude
-        self.pending = np.zeros((0, 6))
+        # retries waiting for their time: columns t, client, svc, origin, attempt, exclude,
+        # router, class
+        self.pending = np.zeros((0, 8))
         self.free0 = np.zeros(n)  # earliest server-free time per region (the oracle's truth)
         # called at the start of every slice (e.g. an autoscaler changing ``servers``)
         self.on_slice: Callable[[Simulation, float], None] | None = None
@@ -128,13 +166,17 @@ class Simulation:
         self.rtt_city = probe.rtt_matrix(workload.places.lat, workload.places.lon)
         seconds = math.ceil(config.duration_s) + 1
         self.result = PolicyResult(
-            policy=policy.name,
+            policy=self.policy.name,
             regions=fleet.names,
             served=np.zeros(n),
             busy_ms=np.zeros(n),
             server_ms=np.zeros(n),
             flows=np.zeros((len(workload.places.names), n)),
             timeline=np.zeros((seconds, n)),
+            deadline_ms=config.deadline_ms,
+            duration_s=config.duration_s,
+            fleet_capacity_rps=float(fleet.gpus.sum()) * 1000.0 / workload.mean_service_ms,
+            refused_by_class=np.zeros(len(config.class_shares)),
         )
 
     # --- health plane ---------------------------------------------------------------------
@@ -150,6 +192,7 @@ class Simulation:
         regions = []
         for i, name in enumerate(f.names):
             servers = int(self.servers[i])
+            reported = max(round(servers * float(self.report_factor[i])), 1)
             busy = sum(1 for x in self.heaps[i] if x > t_ms)
             in_system = int(self.admitted[i] - self.completed[i])
             state = self.region_state(i, t_ms)
@@ -161,15 +204,18 @@ class Simulation:
                     state=state,
                     lat=float(f.lat[i]),
                     lon=float(f.lon[i]),
-                    gpu_count=servers,
-                    healthy_gpus=servers,
-                    capacity_rps=servers * 1000.0 / mean_svc,
+                    gpu_count=reported,
+                    healthy_gpus=reported,
+                    capacity_rps=reported * 1000.0 / mean_svc,
                     in_flight=busy,
                     queue_depth=max(0, in_system - busy),
                     workers=(worker,),
                 )
             )
-        return RoutingSnapshot(version=version, generated_at=t_ms / 1000.0, regions=tuple(regions))
+        # the control plane counts the routers that report to it
+        return RoutingSnapshot(
+            version=version, generated_at=t_ms / 1000.0, regions=tuple(regions), routers=self.R
+        )
 
     def _maybe_publish(self, t_ms: float) -> None:
         due = t_ms >= self.next_snapshot_ms
@@ -221,13 +267,16 @@ class Simulation:
             sl = self.workload.slice(t0, cfg.dt_ms)
             m_new = len(sl.t_ms)
             res.requests += m_new
-            batch = np.empty((m_new, 6))
+            batch = np.empty((m_new, 8))
             batch[:, 0] = sl.t_ms
             batch[:, 1] = sl.client
             batch[:, 2] = sl.service_ms
             batch[:, 3] = sl.t_ms
             batch[:, 4] = 0
             batch[:, 5] = -1
+            batch[:, 6] = self.rng.integers(0, self.R, m_new) if self.R > 1 else 0
+            batch[:, 7] = np.searchsorted(self.class_cum, self.rng.random(m_new), side="right")
+            np.minimum(batch[:, 7], len(self.class_cum) - 1, out=batch[:, 7])
             if len(self.pending):
                 due = self.pending[:, 0] < t0 + cfg.dt_ms
                 if due.any():
@@ -240,27 +289,71 @@ class Simulation:
         res.failed += len(self.pending)  # still waiting for a retry at the end: not completed
         return res
 
-    def _route(self, batch: FloatArray, t0: float) -> None:
+    def _decide(
+        self, batch: FloatArray, rtt: FloatArray, t0: float
+    ) -> tuple[IntArray, FloatArray | None, npt.NDArray[np.bool_]]:
+        """Each router's choices for its requests: (region or -1, start times when the
+        policy placed them itself, refused)."""
         cfg = self.cfg
         assert self.snapshot is not None
-        table = self.policy.table(self.snapshot, cfg.model)
+        m = len(batch)
+        t = batch[:, 0]
+        exclude = batch[:, 5].astype(np.int64)
+        now_s = t0 / 1000.0
+        refused = np.zeros(m, dtype=bool)
+        if self.policy.sequential:
+            table = self.policy.table(self.snapshot, cfg.model)
+            choice, start = self._place_sequential(table, t, rtt, batch[:, 2], exclude)
+            return choice, start, refused
+        choice = np.full(m, -1, dtype=np.int64)
+        owner = batch[:, 6].astype(np.int64)
+        for r, policy in enumerate(self.policies):
+            sel = np.flatnonzero(owner == r) if self.R > 1 else np.arange(m)
+            if not len(sel):
+                continue
+            stats = self.router_stats[r]
+            table = policy.table(self.snapshot, cfg.model)
+            ch = policy.choose_batch(table, stats, rtt[sel], now_s, exclude[sel])
+            adm = cfg.admission
+            if adm is not None:
+                fresh = (batch[sel, 4] == 0) & (ch >= 0)
+                if fresh.any():
+                    rows = sel[fresh]
+                    expected = policy.best_expected_batch(table, stats, rtt[rows], now_s)
+                    load, servers = policy.fleet_load(table, stats, now_s)
+                    verdict = adm.decide_batch(
+                        expected,
+                        np.full(len(rows), cfg.deadline_ms),
+                        batch[rows, 7].astype(np.int64),
+                        load / servers if servers > 0 else None,
+                    )
+                    no = np.flatnonzero(fresh)[verdict != ADMITTED]
+                    ch[no] = -1
+                    refused[sel[no]] = True
+            choice[sel] = ch
+        return choice, None, refused
+
+    def _route(self, batch: FloatArray, t0: float) -> None:
+        cfg = self.cfg
         t = batch[:, 0]
         client = batch[:, 1].astype(np.int64)
         svc = batch[:, 2]
         attempt = batch[:, 4]
-        exclude = batch[:, 5].astype(np.int64)
+        owner = batch[:, 6].astype(np.int64)
         rtt = self.rtt_city[client]
         now_s = t0 / 1000.0
-        if self.policy.sequential:
-            choice, start = self._place_sequential(table, t, rtt, svc, exclude)
-        else:
-            choice = self.policy.choose_batch(table, self.stats, rtt, now_s, exclude)
-            start = None
+        choice, start, refused = self._decide(batch, rtt, t0)
         m = len(t)
         res = self.result
         routed = choice >= 0
+        # refused at the router: answered (503) at arrival, never placed
+        if refused.any():
+            res.refused += int(refused.sum())
+            res.refused_by_class += np.bincount(
+                batch[refused, 7].astype(np.int64), minlength=len(res.refused_by_class)
+            )
         # nobody could take it: the request fails outright
-        res.failed += int((~routed).sum())
+        res.failed += int((~routed & ~refused).sum())
         res.retried += int((attempt[routed] > 0).sum())
         ci = np.where(routed, choice, 0)
         half = rtt[np.arange(m), ci] / 2.0
@@ -273,15 +366,27 @@ class Simulation:
         lost = placed & (complete > self.fail_at[ci]) & (arrive < self.fail_at[ci])
         ok = placed & ~lost
         sent = np.bincount(ci[routed], minlength=self.n).astype(np.float64)
-        rtt_sum = np.bincount(ci[routed], weights=2 * half[routed], minlength=self.n).astype(float)
-        self.stats.record_dispatches(self.sidx, sent, now_s, rtt_sum)
+        if self.R == 1:
+            rtt_sum = np.bincount(ci[routed], weights=2 * half[routed], minlength=self.n)
+            self.stats.record_dispatches(self.sidx, sent, now_s, rtt_sum.astype(float))
+        else:
+            flat = owner[routed] * self.n + ci[routed]
+            size = self.R * self.n
+            by = np.bincount(flat, minlength=size).reshape(self.R, self.n).astype(float)
+            wsum = np.bincount(flat, weights=2 * half[routed], minlength=size)
+            wsum = wsum.reshape(self.R, self.n)
+            for k, st in enumerate(self.router_stats):
+                if by[k].any():
+                    st.record_dispatches(self.sidx, by[k], now_s, wsum[k])
         sec = min(int(t0 // 1000.0), len(res.timeline) - 1)
         res.timeline[sec] += sent
         # failures the router sees: connect errors after one RTT; in-flight loss at the failure
         err_time = np.where(down, t + 2 * half, self.fail_at[ci] + half)
         err = down | lost
         if err.any():
-            self._ring_add(self.ring_fail, err_time[err], ci[err], np.ones(int(err.sum())))
+            self._ring_add(
+                self.ring_fail, err_time[err], ci[err], np.ones(int(err.sum())), owner[err]
+            )
             again = err & (attempt + 1 < cfg.max_attempts)
             res.failed += int((err & ~again).sum())
             if again.any():
@@ -296,11 +401,13 @@ class Simulation:
             seen = complete[ok] + half[ok]
             wait = start[ok] - arrive[ok]
             s = svc[ok]
-            self._ring_add(self.ring_ok, seen, r, np.ones(len(r)))
-            self._ring_add(self.ring_wait, seen, r, wait)
-            self._ring_add(self.ring_svc, seen, r, s)
+            who = owner[ok]
+            self._ring_add(self.ring_ok, seen, r, np.ones(len(r)), who)
+            self._ring_add(self.ring_wait, seen, r, wait, who)
+            self._ring_add(self.ring_svc, seen, r, s, who)
             self._ring_add(self.ring_done, complete[ok], r, np.ones(len(r)))
             latency = seen - batch[ok, 3]
+            res.within_deadline += int((latency <= cfg.deadline_ms).sum())
             overhead = latency - s
             res.latency.add(latency)
             res.overhead.add(overhead)
@@ -364,11 +471,19 @@ class Simulation:
     # --- what the router learns over time -------------------------------------------------
 
     def _ring_add(
-        self, ring: FloatArray, when_ms: FloatArray, region: IntArray, values: FloatArray
+        self,
+        ring: FloatArray,
+        when_ms: FloatArray,
+        region: IntArray,
+        values: FloatArray,
+        router: IntArray | None = None,
     ) -> None:
         slot = (when_ms / self.cfg.ring_ms).astype(np.int64)
         slot = np.minimum(np.maximum(slot, self.next_slot), self.next_slot + self.L - 1)
-        np.add.at(ring, (slot % self.L, region), values)
+        if router is None:
+            np.add.at(ring, (slot % self.L, region), values)
+        else:
+            np.add.at(ring, (slot % self.L, router, region), values)
 
     def _observe(self, t_ms: float) -> None:
         """Hand the router every observation whose time slot has fully passed."""
@@ -376,17 +491,15 @@ class Simulation:
         if end <= self.next_slot:
             return
         rows = np.arange(self.next_slot, end) % self.L
-        ok = self.ring_ok[rows].sum(axis=0)
-        fail = self.ring_fail[rows].sum(axis=0)
-        if ok.any() or fail.any():
-            self.stats.record_results(
-                self.sidx,
-                ok,
-                fail,
-                self.ring_wait[rows].sum(axis=0),
-                self.ring_svc[rows].sum(axis=0),
-                t_ms / 1000.0,
-            )
+        ok_all = self.ring_ok[rows].sum(axis=0)
+        fail_all = self.ring_fail[rows].sum(axis=0)
+        if ok_all.any() or fail_all.any():
+            wait_all = self.ring_wait[rows].sum(axis=0)
+            svc_all = self.ring_svc[rows].sum(axis=0)
+            for r, st in enumerate(self.router_stats):
+                ok, fail = ok_all[r], fail_all[r]
+                if ok.any() or fail.any():
+                    st.record_results(self.sidx, ok, fail, wait_all[r], svc_all[r], t_ms / 1000.0)
         self.completed += self.ring_done[rows].sum(axis=0)
         for ring in (self.ring_ok, self.ring_fail, self.ring_wait, self.ring_svc, self.ring_done):
             ring[rows] = 0.0

@@ -14,6 +14,10 @@ at a time in arrival order. The health plane publishes a routing snapshot every
 ``snapshot_interval_s`` (worker loads as reported then) and at once ``detection_s``
 after a region fails; until then, requests sent there get a connection error one RTT
 later and are retried elsewhere, and sequences running there when it fails are broken.
+
+A router with admission (:mod:`simulator.genadmission`) may refuse a request instead of
+placing it (``REFUSED_FULL``, ``REFUSED_LATE``): answered at once, counted as refused,
+neither failed nor good.
 """
 
 from __future__ import annotations
@@ -29,16 +33,27 @@ import numpy as np
 import numpy.typing as npt
 
 from meridian.snapshot import HealthState, RegionView, RoutingSnapshot, WorkerView
+from router.admission import sequence_load
 from router.latency import FITTED, LatencyModel
 from router.policies import FleetTable, RouterStats, choose_worker
 from simulator.genmetrics import GenResult
 from simulator.genworkload import GenWorkload
 
-__all__ = ["GenConfig", "GenFleet", "GenSimulation", "Router", "ServiceModel"]
+__all__ = [
+    "REFUSED_FULL",
+    "REFUSED_LATE",
+    "GenConfig",
+    "GenFleet",
+    "GenSimulation",
+    "Router",
+    "ServiceModel",
+]
 
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
 INF = math.inf
+# what ``Router.choose`` answers instead of a worker: no worker (failed), or refused
+NO_WORKER, REFUSED_LATE, REFUSED_FULL = -1, -2, -3
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,6 +120,8 @@ class Router:
     region_level = False  # True: ``choose_regions`` picks regions for a whole slice
 
     def choose(self, sim: GenSimulation, req: tuple[int, int, int, list[int], int]) -> int:
+        """A worker, ``NO_WORKER``, or a refusal (``REFUSED_FULL``/``REFUSED_LATE``);
+        ``sim.budget_ms`` is what is left of the request's TTFT target."""
         raise NotImplementedError
 
     def choose_regions(self, sim: GenSimulation, client: IntArray, exclude: IntArray) -> IntArray:
@@ -137,6 +154,7 @@ class GenSimulation:
             k += c
         nw = k
         self.nw = nw
+        self.region_size = counts
         self.worker_ids = [f"{fleet.names[r]}-{i}" for i, r in enumerate(self.w_region)]
         self.w_name = [fleet.names[r] for r in self.w_region]
         self.w_str = [str(w) for w in range(nw)]  # the policies' worker ids
@@ -156,6 +174,7 @@ class GenSimulation:
         self.fail_list = self.fail_at.tolist()
         # the router's view: loads reported in the last snapshot + sent since
         self.seen = [0.0] * nw
+        self.seen_sum = [0.0] * n  # per region: the sum of ``seen`` over its workers
         # per region, a heap of (seen load, worker); a stored load may lag the worker's
         # (loads only grow between snapshots) and is refreshed when it reaches the top
         self.least_heaps: list[list[tuple[float, int]]] = [[] for _ in range(n)]
@@ -168,6 +187,11 @@ class GenSimulation:
         self.routable = [True] * n
         self.version = 0
         self.now = 0.0  # send time of the request being routed (ms)
+        self.budget_ms = config.ttft_slo_ms  # what is left of its TTFT target
+        # the model's sequences held (as reported, plus sent since) and slots, over the
+        # routable regions: what the router's capacity admission reads
+        self.held = 0.0
+        self.slots_total = 0.0
         self.capacity_rps = self.svc.capacity_rps(workload.mean_prompt, workload.mean_output, 0.3)
         probe = FleetTable.build(self._snapshot(0.0), config.model, config.latency)
         self.rtt_city = probe.rtt_matrix(workload.places.lat, workload.places.lon)
@@ -243,8 +267,12 @@ class GenSimulation:
         self.snapshot = self._snapshot(t_ms)
         self.table = FleetTable.build(self.snapshot, self.cfg.model, self.cfg.latency)
         self.routable = self.table.routable.tolist()
+        self.held, self.slots_total = sequence_load(
+            self.snapshot, self.cfg.model, self.svc.max_seqs
+        )
         self.seen = [float(w.in_flight + w.queue_depth) for views in self.views for w in views]
         seen = self.seen
+        self.seen_sum = [sum(seen[w] for w in ws) for ws in self.region_workers]
         self.least_heaps = []
         for ws in self.region_workers:
             h = [(seen[w], w) for w in ws]
@@ -272,6 +300,8 @@ class GenSimulation:
     def sent(self, w: int) -> None:
         """One more request sent to ``w`` since the last snapshot."""
         self.seen[w] += 1.0
+        self.seen_sum[self.w_region[w]] += 1.0
+        self.held += 1.0
 
     def candidates(self, client: int, exclude: int) -> list[int]:
         """The nearest ``candidate_regions`` routable regions, nearest first."""
@@ -299,6 +329,7 @@ class GenSimulation:
         cfg = self.cfg
         res = self.result
         wall0 = time.perf_counter()
+        cpu0 = time.process_time()
         n_slices = math.ceil(cfg.duration_s * 1000.0 / cfg.dt_ms)
         next_snap = 0.0
         fail_marks = sorted(
@@ -337,6 +368,7 @@ class GenSimulation:
                 pending.extend(self._route(batch, t0))
         res.failed += len(pending)
         res.wall_s = time.perf_counter() - wall0
+        res.cpu_s = time.process_time() - cpu0
         return res
 
     def _route(
@@ -364,6 +396,7 @@ class GenSimulation:
             t, client, tenant, record, prompt, output, first, attempt, exclude = req
             chain = wl.chain(tenant, record, prompt)
             self.now = t
+            self.budget_ms = cfg.ttft_slo_ms - (t - first)
             if regions is not None:
                 r = regions[j]
                 if r < 0:
@@ -373,7 +406,12 @@ class GenSimulation:
             else:
                 w = router.choose(self, (client, prompt, output, chain, exclude))
                 if w < 0:
-                    res.failed += 1
+                    if w == REFUSED_LATE:
+                        res.refused_late += 1
+                    elif w == REFUSED_FULL:
+                        res.refused_full += 1
+                    else:
+                        res.failed += 1
                     continue
                 r = self.w_region[w]
             self.sent(w)

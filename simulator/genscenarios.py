@@ -147,7 +147,7 @@ def run_gen(
         results[name] = res = sim.run()
         if progress is not None:
             progress(
-                f"{scenario.name}/{name}: {res.requests:,} requests in {res.wall_s:.1f} s wall"
-                f" ({res.requests / max(res.wall_s, 1e-9):,.0f}/s)"
+                f"{scenario.name}/{name}: {res.requests:,} requests in {res.wall_s:.1f} s wall,"
+                f" {res.cpu_s:.1f} s CPU ({res.requests / max(res.wall_s, 1e-9):,.0f}/s)"
             )
     return results

@@ -123,7 +123,8 @@ class GenWorkload:
             return []
         k = -(-nb // len(ids))  # our blocks per Mooncake block
         base = tenant << 32
-        return [base | (h << 8) | j for h in ids for j in range(k)][:nb]
+        used = ids[: -(-nb // k)]
+        return [base | (h << 8) | j for h in used for j in range(k)][:nb]
 
     def slice(self, t0_ms: float, dt_ms: float) -> GenSlice:
         a = self.arrivals

@@ -78,6 +78,20 @@ class PolicyResult:
     flows: FloatArray = field(default_factory=lambda: np.zeros(0))  # (clients, regions)
     timeline: FloatArray = field(default_factory=lambda: np.zeros(0))  # (seconds, regions) sent
     wall_s: float = 0.0
+    refused: int = 0  # refused at the router on arrival (503), never placed
+    refused_by_class: FloatArray = field(default_factory=lambda: np.zeros(0))
+    within_deadline: int = 0  # completed within ``deadline_ms`` of the client's first send
+    deadline_ms: float = 0.0
+    duration_s: float = 0.0
+    fleet_capacity_rps: float = 0.0  # the fleet's GPUs at the mean service time
+
+    def goodput_rps(self) -> float:
+        """Requests completed within their deadline per second of the run."""
+        return self.within_deadline / self.duration_s if self.duration_s > 0 else 0.0
+
+    def within_share(self) -> float:
+        """Share of all requests (refused ones included) completed within the deadline."""
+        return self.within_deadline / max(self.requests, 1)
 
     def utilization(self) -> FloatArray:
         out: FloatArray = self.busy_ms / np.maximum(self.server_ms, 1e-9)
@@ -99,6 +113,13 @@ class PolicyResult:
             "overhead_p50_ms": round(ovh.quantile(0.50), 2),
             "overhead_p99_ms": round(ovh.quantile(0.99), 2),
             "slo_attainment": round(self.slo_met / max(self.requests, 1), 5),
+            "refused": self.refused,
+            "deadline_ms": self.deadline_ms,
+            "within_deadline": round(self.within_share(), 5),
+            "goodput_rps": round(self.goodput_rps(), 1),
+            "goodput_over_capacity": round(
+                self.goodput_rps() / max(self.fleet_capacity_rps, 1e-9), 4
+            ),
             "utilization": {
                 n: round(float(u), 3) for n, u in zip(self.regions, self.utilization(), strict=True)
             },

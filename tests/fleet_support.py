@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import ssl
 import sys
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session, sessionmaker
@@ -26,15 +28,43 @@ from control_plane.db.models import (
 from control_plane.fleet.service import FleetRuntime, FleetSettings
 from control_plane.fleet.store import credential_hash
 from meridian.coordination import Coordination
+from meridian.pki import CertificateAuthority
+from meridian.pki.ca import CA_CERT_FILE
 from meridian.snapshot import RoutingSnapshot
 from region_agent.agent import RegionAgent
 from region_agent.gpus import SimulatedGpuSource
 from region_agent.supervisor import WorkerSpec, WorkerStat
+from region_agent.tls import AgentTLS
 
 # an admin token in every ``make_registry`` database (replicas started by ``replica_command``
 # accept it; stored up front, as concurrent replicas must not each add one)
 REPLICA_TOKEN = "replica-test-admin-token"
 REPLICA_AUTH = {"authorization": f"Bearer {REPLICA_TOKEN}"}
+
+
+@dataclass(frozen=True)
+class FleetTLS:
+    """A fleet CA for replica processes (``--tls-dir``: the admin API on HTTPS, agents on
+    mutual TLS after enrolling) and for the clients and in-process agents of the test."""
+
+    ca_dir: Path
+
+    @classmethod
+    def create(cls, directory: Path) -> FleetTLS:
+        CertificateAuthority.create("test fleet CA").save(directory)
+        return cls(directory)
+
+    @property
+    def ca_file(self) -> Path:
+        return self.ca_dir / CA_CERT_FILE
+
+    def trust(self) -> ssl.SSLContext:
+        """What an HTTPS client of a replica verifies it with."""
+        return ssl.create_default_context(cafile=str(self.ca_file))
+
+    def agent(self, enroll_ports: Sequence[int]) -> AgentTLS:
+        """An agent's TLS: the fleet CA and the replicas' enrollment ports."""
+        return AgentTLS(self.ca_file.read_bytes(), [f"127.0.0.1:{p}" for p in enroll_ports])
 
 
 def replica_command(
@@ -45,13 +75,18 @@ def replica_command(
     grpc_port: int,
     data_dir: str,
     options: Sequence[str] = (),
+    tls: FleetTLS | None = None,
+    enroll_port: int = 0,
 ) -> tuple[list[str], dict[str, str]]:
     """``meridian control-plane`` as one HA replica on ``db`` (made by ``make_registry``) and
-    etcd: its argv and environment (the schema and ``REPLICA_TOKEN`` are there already)."""
+    etcd: its argv and environment (the schema and ``REPLICA_TOKEN`` are there already).
+    With ``tls``, HTTPS and mutual-TLS agents enrolling on ``enroll_port``; without,
+    plaintext, said explicitly (``--insecure``)."""
     argv = [
         sys.executable, "-m", "meridian", "control-plane", "--database-url", db,
         "--coordination", f"etcd://{etcd}", "--port", str(http_port),
         "--grpc-port", str(grpc_port), "--data-dir", data_dir, "--log-level", "warning",
+        *(["--tls-dir", str(tls.ca_dir)] if tls is not None else ["--insecure"]),
         *options,
     ]  # fmt: skip
     env = {
@@ -59,6 +94,8 @@ def replica_command(
         "PYTHONUNBUFFERED": "1",
         "MERIDIAN_MIGRATE_ON_START": "false",
     }
+    if tls is not None:
+        env["MERIDIAN_AGENT_ENROLL_PORT"] = str(enroll_port)
     return argv, env
 
 
@@ -189,7 +226,12 @@ class RunningAgent:
 
 
 def start_agent(
-    addresses: Sequence[str], region: str, *, gpus: int = 4, credential: str | None = None
+    addresses: Sequence[str],
+    region: str,
+    *,
+    gpus: int = 4,
+    credential: str | None = None,
+    tls: AgentTLS | None = None,
 ) -> RunningAgent:
     source = SimulatedGpuSource(gpus, "H100", seed=hash(region) & 0xFFFF)
     supervisor = StaticSupervisor(gpus)
@@ -202,6 +244,7 @@ def start_agent(
         report_interval_s=0.2,
         backoff_base_s=0.05,
         backoff_cap_s=0.5,
+        tls=tls,
     )
     return RunningAgent(agent, source, supervisor, asyncio.create_task(agent.run()))
 

@@ -9,6 +9,7 @@ input the same way.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncGenerator, Sequence
 from pathlib import Path
 
@@ -116,6 +117,10 @@ class Queued:
         return InferenceResponse(self.model.name, self.model.version, outputs, self.request_id)
 
 
+# a gRPC request is dropped this long before its deadline, while its client still listens
+GRPC_MARGIN_S = 0.002
+
+
 class DataPlane:
     def __init__(
         self,
@@ -208,7 +213,13 @@ class DataPlane:
 
     # -- inference -----------------------------------------------------------------
     async def infer(self, request: InferenceRequest) -> InferenceResponse:
-        queued = self.submit(request)
+        """Queue and wait; a request with ``timeout_s`` (a gRPC deadline) that is still
+        queued when it runs out is dropped unrun, as a REST request past its deadline (a
+        moment before the client gives up, so it hears why)."""
+        deadline = None
+        if request.timeout_s is not None:
+            deadline = time.monotonic() + max(0.0, request.timeout_s - GRPC_MARGIN_S)
+        queued = self.submit(request, deadline)
         await queued.model.batcher.wait(queued.future, request.timeout_s)
         return queued.response()
 
@@ -246,10 +257,12 @@ class DataPlane:
         prompt_ids: Sequence[int],
         params: SamplingParams,
         request_id: str,
+        deadline: float | None = None,
     ) -> AsyncGenerator[TokenEvent, None]:
         """Check the request, then its token events as the engine makes them.
-        Close the iterator (``aclose``) to abort the sequence."""
-        return start_stream(model, prompt_ids, params, request_id, self.metrics)
+        Close the iterator (``aclose``) to abort the sequence. One not started by
+        ``deadline`` (``time.monotonic()``) is dropped before its prefill (504)."""
+        return start_stream(model, prompt_ids, params, request_id, self.metrics, deadline)
 
     # -- repository ----------------------------------------------------------------
     async def load(self, name: str, request: LoadRequest) -> Served:

@@ -25,6 +25,7 @@ from meridian.errors import InvalidInput, MeridianError
 from worker.dataplane import DataPlane
 from worker.generation.types import TokenEvent
 from worker.generative import TEXT_INPUT, TEXT_OUTPUT, GenerativeModel, sampling_params
+from worker.rest_infer import request_deadline
 
 __all__ = ["build_generate_router", "unless_disconnected"]
 
@@ -137,7 +138,8 @@ def build_generate_router() -> APIRouter:
         model = dp.generative_model(name, version)
         sampling = sampling_params(params)
         ids = model.engine.encode(text)
-        events = dp.generate(model, ids, sampling, request_id or uuid.uuid4().hex)
+        deadline = request_deadline(request.headers.raw)
+        events = dp.generate(model, ids, sampling, request_id or uuid.uuid4().hex, deadline)
         return model, request_id, events
 
     @router.post("/v2/models/{name}/generate")

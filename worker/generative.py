@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from meridian.errors import InvalidInput
+from meridian.errors import InvalidInput, UpstreamTimeout
 from worker.generation.types import GenerationEngine, SamplingParams, TokenEvent
 from worker.metrics import GenerationTally, WorkerMetrics
 from worker.settings import WorkerSettings
@@ -174,12 +174,15 @@ def start_stream(
     params: SamplingParams,
     request_id: str,
     metrics: WorkerMetrics,
+    deadline: float | None = None,
 ) -> AsyncGenerator[TokenEvent, None]:
-    """Check the request, then the measured stream of its token events."""
+    """Check the request, then the measured stream of its token events. One still
+    queued at ``deadline`` (``time.monotonic()``) is dropped before its prefill (504,
+    counted in ``meridian_worker_deadline_dropped_total``)."""
     check_request(model, prompt_ids, params)
     start = time.monotonic()
     # The engine checks the request when called, so its refusals come before any token.
-    events = model.engine.generate(list(prompt_ids), params, request_id)
+    events = model.engine.generate(list(prompt_ids), params, request_id, deadline)
     return _measured(model, events, start, metrics)
 
 
@@ -203,6 +206,10 @@ async def _measured(
             if event.finish_reason is not None:
                 finish = event.finish_reason
             yield event
+    except UpstreamTimeout:
+        if first is None:  # dropped in the queue: it never ran
+            metrics.deadline_dropped.labels(label).inc()
+        raise
     finally:
         aclose = getattr(events, "aclose", None)
         if aclose is not None:

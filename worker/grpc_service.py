@@ -18,6 +18,7 @@ import asyncio
 import functools
 import logging
 import math
+import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import aclosing
@@ -120,7 +121,12 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     ) -> pb.ModelInferResponse:
         model = self._dp.repository.find(request.model_name, request.model_version or None)
         if isinstance(model, GenerativeModel):  # the whole text in one response
-            responses = [r async for r in self._generate(request, force_whole=True)]
+            responses = [
+                r
+                async for r in self._generate(
+                    request, force_whole=True, timeout_s=context.time_remaining()
+                )
+            ]
             if not responses:
                 raise MeridianError("the engine ended the sequence without a token")
             return responses[-1].infer_response
@@ -179,13 +185,20 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         yield pb.ModelStreamInferResponse(infer_response=encode_infer(answer))
 
     async def _generate(
-        self, request: pb.ModelInferRequest, *, force_whole: bool = False
+        self,
+        request: pb.ModelInferRequest,
+        *,
+        force_whole: bool = False,
+        timeout_s: float | None = None,
     ) -> AsyncIterator[pb.ModelStreamInferResponse]:
+        """A generation's responses; with ``timeout_s`` (the call's gRPC deadline) one
+        still queued when it runs out is dropped before its prefill."""
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
         call = decode_generate(request)
         model = self._dp.generative_model(request.model_name, request.model_version or None)
         params = sampling_params(call.parameters)
         ids = model.engine.encode(call.text)
-        events = self._dp.generate(model, ids, params, request.id or uuid.uuid4().hex)
+        events = self._dp.generate(model, ids, params, request.id or uuid.uuid4().hex, deadline)
         name, version, rid = model.name, model.version, request.id
         parts: list[str] = []
         async with aclosing(events) as stream:

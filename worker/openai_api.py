@@ -32,6 +32,7 @@ from worker.dataplane import DataPlane
 from worker.generate_api import unless_disconnected
 from worker.generation.types import SamplingParams, TokenEvent
 from worker.generative import GenerativeModel, stop_strings
+from worker.rest_infer import request_deadline
 from worker.tensors import InferenceRequest, InputTensor
 
 __all__ = ["build_openai_router", "openai_error"]
@@ -451,7 +452,8 @@ async def _start(
     chat: bool,
 ) -> Response:
     try:
-        events = dp.generate(model, ids, req.sampling(max_tokens), uuid.uuid4().hex)
+        deadline = request_deadline(request.headers.raw)
+        events = dp.generate(model, ids, req.sampling(max_tokens), uuid.uuid4().hex, deadline)
     except ParamError:
         raise
     except InvalidInput as exc:

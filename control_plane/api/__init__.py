@@ -12,6 +12,7 @@ from . import (
     deployments,
     models,
     regions,
+    rollouts,
     tokens,
     variants,
     versions,
@@ -30,6 +31,7 @@ def api_router() -> APIRouter:
         responses=error_responses(*COMMON),
     )
     for module in (models, versions, variants, artifacts, regions, deployments, demand, tokens,
-                   api_keys, audit):  # fmt: skip
+                   api_keys, audit, rollouts):  # fmt: skip
         router.include_router(module.router)
+    router.include_router(rollouts.figures_router)
     return router

@@ -27,6 +27,7 @@ __all__ = [
     "Region",
     "RegionHealth",
     "RegionStatus",
+    "Rollout",
     "utcnow",
 ]
 
@@ -192,9 +193,38 @@ class Deployment(_Versioned, Base):
     # operators may pin a deployment: no autoscaling, ``pinned_replicas`` workers
     autoscale_pinned: Mapped[bool] = mapped_column(default=False, server_default=sa.false())
     pinned_replicas: Mapped[int | None] = mapped_column(default=None)
+    # brownout: the variant of this version that serves the region's overflow while it is
+    # saturated (run as a reserve worker beside the deployment's own)
+    degrade_to: Mapped[str | None] = mapped_column(sa.String(32), default=None)
 
     model_version: Mapped[ModelVersion] = relationship(back_populates="deployments")
     region: Mapped[Region] = relationship(back_populates="deployments")
+
+
+class Rollout(_Versioned, Base):
+    """A new model version moving region by region, wave by wave, step by step (its
+    position and state are what a new leader resumes from)."""
+
+    __tablename__ = "rollouts"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    model: Mapped[str] = mapped_column(sa.String(128), index=True)
+    from_version: Mapped[str] = mapped_column(sa.String(64))
+    to_version: Mapped[str] = mapped_column(sa.String(64))
+    variant: Mapped[str | None] = mapped_column(sa.String(32), default=None)
+    waves: Mapped[list[Any]] = mapped_column(default=list)  # [[region, ...], ...]
+    steps: Mapped[list[Any]] = mapped_column(default=list)  # canary shares, last 1.0
+    bake_s: Mapped[float] = mapped_column(default=300.0)
+    gates: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    # running | paused | completed | rolled_back | aborted
+    state: Mapped[str] = mapped_column(sa.String(16), default="running", index=True)
+    wave: Mapped[int] = mapped_column(default=0)
+    step: Mapped[int] = mapped_column(default=-1)  # -1: the wave's workers are starting
+    step_started_at: Mapped[dt.datetime | None] = mapped_column(default=None)
+    reason: Mapped[str] = mapped_column(sa.String(1024), default="")
+    figures: Mapped[dict[str, Any]] = mapped_column(default=dict)  # the last gate figures
+    created_by: Mapped[str] = mapped_column(sa.String(128), default="")
+    finished_at: Mapped[dt.datetime | None] = mapped_column(default=None)
 
 
 class ApiToken(Base):
@@ -222,6 +252,8 @@ class ApiKey(_Versioned, Base):
     __table_args__ = (
         sa.CheckConstraint("rate_per_s > 0", name="rate_positive"),
         sa.CheckConstraint("burst >= 1", name="burst_at_least_one"),
+        sa.CheckConstraint("priority IN ('interactive', 'batch')", name="known_priority"),
+        sa.CheckConstraint("deadline_ms IS NULL OR deadline_ms > 0", name="deadline_positive"),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -234,6 +266,12 @@ class ApiKey(_Versioned, Base):
     models: Mapped[list[Any]] = mapped_column(default=list)
     # generation tokens (prompt + completion) per minute; None: no token budget
     tokens_per_minute: Mapped[float | None] = mapped_column(default=None)
+    # request class under overload (interactive | batch) and the deadline of requests that
+    # carry none, in milliseconds (None: no deadline)
+    priority: Mapped[str] = mapped_column(
+        sa.String(16), default="interactive", server_default="interactive"
+    )
+    deadline_ms: Mapped[float | None] = mapped_column(default=None)
     created_by: Mapped[str] = mapped_column(sa.String(128), default="")
     revoked_at: Mapped[dt.datetime | None] = mapped_column(default=None)
 

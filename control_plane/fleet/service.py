@@ -59,6 +59,9 @@ from control_plane.health.snapshots import (
     build_snapshot,
 )
 from control_plane.health.summary import RegionSummary
+from control_plane.rollouts.controller import RolloutController
+from control_plane.rollouts.ops import RolloutOps
+from control_plane.rollouts.window import RouterReport, parse_report
 from meridian.coordination import Coordination, EventKind
 from meridian.errors import Unavailable
 from meridian.eventwait import wait_event
@@ -113,6 +116,12 @@ class FleetSettings:
     scaling: ScalingConfig = field(default_factory=ScalingConfig)
     gpu_budget: dict[str, int] = field(default_factory=dict)  # GPUs per type, all regions
     tls: AgentTLS | None = None  # mutual TLS for agents + enrollment port; None: plaintext
+    rollout_interval_s: float = 0.5  # how often the leader moves rollouts along
+    figures_ttl_s: float = 600.0  # a router's figures not renewed this long are dropped
+    # routers whose figures came within this count as live (the snapshot's ``routers``),
+    # recounted every routers_interval_s
+    routers_live_s: float = 30.0
+    routers_interval_s: float = 5.0
 
     def key(self, path: str) -> str:
         return f"{self.namespace.rstrip('/')}/{path}"
@@ -145,6 +154,7 @@ class FleetRuntime:
         check_credential: CredentialCheck,
         health_sink: HealthSink | None = None,
         set_draining: Callable[[str, bool, str], Awaitable[str]] | None = None,
+        rollouts: RolloutOps | None = None,
     ) -> None:
         self.settings = settings
         self.coord = coord
@@ -224,6 +234,19 @@ class FleetRuntime:
                 on_demand=self._autoscale_wake.set,
             )
         self.replicas: dict[tuple[str, str, str], int] = {}  # the autoscaler's last decisions
+        # (leader) progressive rollouts, and the deployments routers mirror requests to
+        self.mirrors: dict[tuple[str, str, str], tuple[float, str]] = {}
+        self.routers = 0  # live router replicas, as their figures reports show
+        self.rollouts: RolloutController | None = None
+        if rollouts is not None:
+            self.rollouts = RolloutController(
+                rollouts,
+                reports=self._figure_reports,
+                snapshot=lambda: self.publisher.last_published,
+                on_change=self._registry_changed.set,
+                set_mirrors=self._set_mirrors,
+                interval_s=settings.rollout_interval_s,
+            )
 
     @classmethod
     def with_sql(
@@ -313,6 +336,8 @@ class FleetRuntime:
             self.fleet_view.summaries(),
             generated_at=time.time(),
             carried=self.publisher.grace.carried(time.monotonic()),
+            mirrors=self.mirrors,
+            routers=self.routers,
         )
 
     async def _lead(self) -> None:
@@ -328,6 +353,9 @@ class FleetRuntime:
             if self.autoscaler is not None:
                 group.create_task(self._autoscale(self.autoscaler), name="autoscaler")
                 group.create_task(self._watch_demand(self.autoscaler), name="demand")
+            if self.rollouts is not None:
+                group.create_task(self.rollouts.run(), name="rollouts")
+            group.create_task(self._count_routers(), name="router-count")
 
     def _health_rows(self) -> dict[str, HealthRow]:
         snapshot = self.publisher.last_published
@@ -350,6 +378,44 @@ class FleetRuntime:
         """A router holds a request for ``model`` (any replica): tell the leader's autoscaler."""
         value = orjson.dumps({"region": region, "at": time.time()})
         await self.coord.put(self.settings.key(f"fleet/demand/{model}"), value)
+
+    async def note_figures(self, router: str, raw: bytes) -> None:
+        """A router's figures (any replica): kept where the leader's rollouts read them."""
+        await self.coord.put(self.settings.key(f"rollouts/figures/{router}"), raw)
+
+    async def _figure_reports(self) -> list[RouterReport]:
+        """Every router's latest figures; those of a router silent for longer than
+        ``figures_ttl_s`` (gone, or renamed by a restart) are deleted."""
+        found, _ = await self.coord.get_prefix(self.settings.key("rollouts/figures/"))
+        now = time.time()
+        reports = []
+        for kv in found:
+            report = parse_report(kv.value)
+            if report is None or now - report.at > self.settings.figures_ttl_s:
+                await self.coord.delete(kv.key)
+                continue
+            reports.append(report)
+        return reports
+
+    async def _count_routers(self) -> None:
+        """Leader only: how many routers report (their figures, posted every second while
+        they serve), published in the snapshot when it changes."""
+        while True:
+            try:
+                reports = await self._figure_reports()
+                now = time.time()
+                live = sum(1 for r in reports if now - r.at <= self.settings.routers_live_s)
+                if live != self.routers:
+                    self.routers = live
+                    self.publisher.mark()
+            except Exception as exc:  # the backend is away: count again next time
+                log.warning("counting the routers failed: %s", exc)
+            await asyncio.sleep(self.settings.routers_interval_s)
+
+    def _set_mirrors(self, mirrors: dict[tuple[str, str, str], tuple[float, str]]) -> None:
+        if mirrors != self.mirrors:
+            self.mirrors = mirrors
+            self.publisher.mark()
 
     async def _watch_demand(self, autoscaler: Autoscaler) -> None:
         prefix = self.settings.key("fleet/demand/")

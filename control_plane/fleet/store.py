@@ -87,6 +87,16 @@ class FleetStore:
                         path += f"/variants/{dep.variant}"
                 if self._artifact_base and url:
                     url = f"{self._artifact_base}{path}/artifact"
+                degrade_url = degrade_sha = ""
+                reserve = variants.get((version.id, dep.degrade_to or ""))
+                if reserve is not None:
+                    degrade_url = reserve.artifact_uri or ""
+                    degrade_sha = reserve.artifact_sha256 or ""
+                    if self._artifact_base and degrade_url:
+                        degrade_url = (
+                            f"{self._artifact_base}/v1/models/{model_name}/versions/"
+                            f"{version.version}/variants/{reserve.name}/artifact"
+                        )
                 deployments.append(
                     DeploymentRecord(
                         model=model_name,
@@ -101,6 +111,9 @@ class FleetStore:
                         id=dep.id,
                         autoscale_pinned=dep.autoscale_pinned,
                         pinned_replicas=dep.pinned_replicas,
+                        degrade_to=reserve.name if reserve is not None else "",
+                        degrade_url=degrade_url,
+                        degrade_sha256=degrade_sha,
                     )
                 )
             keys = tuple(
@@ -111,6 +124,8 @@ class FleetStore:
                     k.burst,
                     tuple(k.models),
                     k.tokens_per_minute,
+                    priority="batch" if k.priority == "batch" else "interactive",
+                    deadline_ms=k.deadline_ms,
                 )
                 for k in session.scalars(
                     sa.select(ApiKey).where(ApiKey.revoked_at.is_(None)).order_by(ApiKey.name)
@@ -145,6 +160,28 @@ class FleetStore:
             return AgentIdentity(region=row.name)
 
     # --- operator drain --------------------------------------------------------------------
+
+    async def record_brownout(self, router: str, transitions: list[dict[str, object]]) -> None:
+        """An audit entry per region that entered or left brownout in ``router``'s view."""
+        if transitions:
+            await asyncio.to_thread(self._record_brownout, router, transitions)
+
+    def _record_brownout(self, router: str, transitions: list[dict[str, object]]) -> None:
+        with self._sessions.begin() as session:
+            actor = f"router:{router}"[:128]  # the column's width; the detail has it all
+            for t in transitions:
+                detail = {k: v for k, v in t.items() if k not in ("region", "entered")}
+                detail["router"] = router
+                session.add(
+                    AuditEntry(
+                        actor=actor,
+                        action="brownout_enter" if t["entered"] else "brownout_leave",
+                        entity="region",
+                        entity_key=str(t["region"]),
+                        detail=detail,
+                    )
+                )
+            self.writes += 1
 
     async def set_draining(self, region: str, draining: bool, *, actor: str) -> str:
         """Set the region's status to draining (or back to active); returns the new status."""

@@ -35,7 +35,7 @@ def directives_for(
 ) -> pb.Directives:
     """The desired workers of ``region``: one entry per deployment, with the autoscaler's
     ``replicas`` (by model, version, region) where it decided, else ``min_replicas`` (at
-    least one)."""
+    least one); and one reserve worker of each deployment's ``degrade_to`` variant."""
     message = pb.Directives(report_interval_s=report_interval_s, config=dict(config or {}))
     record = registry.region(region)
     if record is not None and record.status != "disabled":
@@ -50,6 +50,19 @@ def directives_for(
                     replicas=_replicas(d, replicas),
                 )
             )
+            if d.degrade_to and d.max_replicas > 0:
+                # one reserve worker of the variant: it takes the overflow, in brownout only
+                message.workers.append(
+                    pb.DesiredWorker(
+                        model=d.model,
+                        version=d.version,
+                        variant=d.degrade_to,
+                        artifact_url=d.degrade_url,
+                        artifact_sha256=d.degrade_sha256,
+                        replicas=1,
+                        reserve=True,
+                    )
+                )
     body = message.SerializeToString(deterministic=True)
     message.generation = int.from_bytes(hashlib.sha256(body).digest()[:7], "big") or 1
     return message

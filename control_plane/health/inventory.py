@@ -40,6 +40,11 @@ class DeploymentRecord:
     id: int = 0  # the registry's deployment id
     autoscale_pinned: bool = False
     pinned_replicas: int | None = None
+    # brownout: the variant that takes the region's overflow while it is saturated, run as
+    # one reserve worker beside the deployment's own (its artifact as above for the base)
+    degrade_to: str = ""
+    degrade_url: str = ""
+    degrade_sha256: str = ""
 
     @property
     def key(self) -> tuple[str, str, str]:

@@ -198,6 +198,9 @@ class HealthLedger:
                         temperature_c=round(g.temperature_c, 1),
                         memory_used_bytes=g.memory_used_bytes,
                         memory_total_bytes=g.memory_total_bytes,
+                        ecc_corrected=getattr(g, "ecc_corrected", 0),
+                        ecc_uncorrected=g.ecc_uncorrected,
+                        xids=tuple(sorted({*g.recent_xids, *(x.code for x in g.xid_events)})),
                     )
                 )
             for w in report.workers:

@@ -54,12 +54,16 @@ def build_snapshot(
     *,
     generated_at: float,
     carried: Mapping[str, RegionView] | None = None,
+    mirrors: Mapping[tuple[str, str, str], tuple[float, str]] | None = None,
+    routers: int = 0,
 ) -> RoutingSnapshot:
     """``carried``: views to keep for regions with no summary, or one from an agent that
     has registered but not reported yet (a leader's reconnect grace,
     ``control_plane.health.grace``); without one, such a region is down, marked
     ``unmonitored_since`` (unless drained or disabled): it is down for want of reports, not on
-    evidence, and routers may keep routing to it on their own observations."""
+    evidence, and routers may keep routing to it on their own observations. ``mirrors``:
+    (model, version, region) → (share, comparison) of the deployments a rollout mirrors
+    requests to."""
     regions: list[RegionView] = []
     for record in registry.regions:
         summary = summaries.get(record.name)
@@ -111,6 +115,9 @@ def build_snapshot(
             region=d.region,
             weight=d.traffic_weight,
             variant=d.variant,
+            mirror=(mirrors or {}).get(d.key, (0.0, ""))[0],
+            compare=(mirrors or {}).get(d.key, (0.0, ""))[1],
+            degrade_to=d.degrade_to,
         )
         for d in registry.deployments
     )
@@ -119,6 +126,7 @@ def build_snapshot(
         generated_at=generated_at,
         regions=tuple(regions),
         deployments=deployments,
+        routers=routers,
     )
 
 
@@ -231,7 +239,7 @@ class SnapshotPublisher:
 
     async def _publish(self) -> None:
         candidate = _keep_unmonitored_since(self._build(self.version + 1), self.last_published)
-        content = (candidate.regions, candidate.deployments)
+        content = (candidate.regions, candidate.deployments, candidate.routers)
         if content == self._last_content and not self._refresh_due():
             return
         await self._coord.put(self.key, candidate.to_json())

@@ -8,7 +8,7 @@ back. It carries only what routing and operators need, never the raw report.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 import orjson
@@ -27,6 +27,9 @@ class GpuSummary:
     temperature_c: float = 0.0
     memory_used_bytes: int = 0
     memory_total_bytes: int = 0
+    ecc_corrected: int = 0  # volatile counts since the driver loaded
+    ecc_uncorrected: int = 0
+    xids: tuple[int, ...] = ()  # distinct XID codes seen since the agent started
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +66,7 @@ class WorkerSummary:
             in_flight=self.in_flight,
             throughput_rps=self.throughput_rps,
             latency_p50_ms=self.latency_p50_ms,
+            capacity_rps=self.capacity_rps,
             grpc_endpoint=self.grpc_endpoint,
             running_seqs=self.running_seqs,
             waiting_seqs=self.waiting_seqs,
@@ -116,12 +120,26 @@ class RegionSummary:
             agent_version=d.get("agent_version", ""),
             connected=bool(d.get("connected", True)),
             last_report_at=float(d.get("last_report_at", 0.0)),
-            gpus=tuple(GpuSummary(**g) for g in d.get("gpus", ())),
+            gpus=tuple(
+                GpuSummary(**{**_known(GpuSummary, g), "xids": tuple(g.get("xids", ()))})
+                for g in d.get("gpus", ())
+            ),
             workers=tuple(
                 WorkerSummary(
-                    **{**w, "state": HealthState(w["state"]), "models": tuple(w["models"])}
+                    **{
+                        **_known(WorkerSummary, w),
+                        "state": HealthState(w["state"]),
+                        "models": tuple(w["models"]),
+                    }
                 )
                 for w in d.get("workers", ())
             ),
             extra=d.get("extra", {}),
         )
+
+
+def _known(kind: type, data: dict[str, Any]) -> dict[str, Any]:
+    """The fields of ``data`` that ``kind`` has: replicas of another version share these
+    summaries during a rolling upgrade, and a field one does not know yet is no error."""
+    names = {f.name for f in fields(kind)}
+    return {k: v for k, v in data.items() if k in names}

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from control_plane.artifacts import ArtifactStore, LocalArtifactStore
 from control_plane.db.session import Database, create_database
+from control_plane.rollouts.ops import RolloutOps
 
 from .access import SCOPES, AccessOps, Principal
 from .catalog import ArtifactInfo, CatalogOps
@@ -20,9 +21,9 @@ from .keys import KeyOps
 __all__ = ["SCOPES", "ArtifactInfo", "Principal", "Registry"]
 
 
-class Registry(CatalogOps, FleetOps, AccessOps, KeyOps):
+class Registry(CatalogOps, FleetOps, AccessOps, KeyOps, RolloutOps):
     """Models, versions, variants, artifacts, regions, deployments, tokens, end users' API
-    keys, audit."""
+    keys, rollouts, audit."""
 
     @classmethod
     def open(

@@ -216,6 +216,7 @@ def deployment_public(row: m.Deployment) -> schemas.DeploymentPublic:
         traffic_weight=row.traffic_weight,
         autoscale_pinned=row.autoscale_pinned,
         pinned_replicas=row.pinned_replicas,
+        degrade_to=row.degrade_to,
         created_at=utc(row.created_at),
         updated_at=utc(row.updated_at),
         row_version=row.row_version,

@@ -258,14 +258,15 @@ class CatalogOps(RegistryBase):
                 .join(m.Deployment)
                 .where(
                     m.Deployment.model_version_id == row.model_version_id,
-                    m.Deployment.variant == variant,
+                    sa.or_(m.Deployment.variant == variant, m.Deployment.degrade_to == variant),
                 )
                 .order_by(m.Region.name)
             ).all()
             if users:
                 raise Conflict(
                     f"variant {_ref(model, version, variant)} is deployed in "
-                    f"{', '.join(users)}; change or delete those deployments first"
+                    f"{', '.join(users)} (served, or as degrade_to); change or delete those "
+                    "deployments first"
                 )
             uris = [row.artifact_uri] if row.artifact_uri else []
             s.delete(row)

@@ -158,6 +158,17 @@ class FleetOps(RegistryBase):
                 return
         raise NotFound(f"variant {variant!r} of {ref} not found")
 
+    @classmethod
+    def _check_degrade_to(cls, mv: m.ModelVersion, variant: str | None, degrade_to: str) -> None:
+        """``degrade_to`` names a variant of the version, with its artifact, other than the
+        one the deployment serves."""
+        if degrade_to == (variant or ""):
+            raise InvalidInput(
+                f"degrade_to {degrade_to!r} is what the deployment serves already; name "
+                "another variant"
+            )
+        cls._check_variant(mv, degrade_to)
+
     def create_deployment(
         self, data: schemas.DeploymentCreate, *, actor: str
     ) -> schemas.DeploymentPublic:
@@ -167,6 +178,8 @@ class FleetOps(RegistryBase):
             if region.status == m.RegionStatus.DISABLED:
                 raise Conflict(f"region {data.region!r} is disabled; enable it to deploy there")
             self._check_variant(mv, data.variant)
+            if data.degrade_to is not None:
+                self._check_degrade_to(mv, data.variant, data.degrade_to)
             duplicate = s.scalar(
                 sa.select(m.Deployment.id).where(
                     m.Deployment.model_version_id == mv.id, m.Deployment.region_id == region.id
@@ -184,6 +197,7 @@ class FleetOps(RegistryBase):
                 min_replicas=data.min_replicas,
                 max_replicas=data.max_replicas,
                 traffic_weight=data.traffic_weight,
+                degrade_to=data.degrade_to,
             )
             s.add(row)
             s.flush()
@@ -236,7 +250,13 @@ class FleetOps(RegistryBase):
             patch = data.model_dump(exclude_unset=True)
             if "variant" in patch:
                 self._check_variant(row.model_version, patch["variant"])
-            changed = self._changes(row, patch, nullable=frozenset({"variant", "pinned_replicas"}))
+            degrade_to = patch.get("degrade_to", row.degrade_to)
+            if degrade_to is not None and ("degrade_to" in patch or "variant" in patch):
+                variant = patch.get("variant", row.variant)
+                self._check_degrade_to(row.model_version, variant, degrade_to)
+            changed = self._changes(
+                row, patch, nullable=frozenset({"variant", "pinned_replicas", "degrade_to"})
+            )
             if row.max_replicas < row.min_replicas:
                 raise InvalidInput(
                     f"max_replicas ({row.max_replicas}) must be >= min_replicas "

@@ -24,6 +24,8 @@ def api_key_public(row: m.ApiKey) -> schemas.ApiKeyPublic:
         burst=row.burst,
         models=list(row.models),
         tokens_per_minute=row.tokens_per_minute,
+        priority="batch" if row.priority == "batch" else "interactive",
+        deadline_ms=row.deadline_ms,
         created_at=utc(row.created_at),
         created_by=row.created_by,
         revoked_at=utc(row.revoked_at) if row.revoked_at else None,
@@ -55,6 +57,8 @@ class KeyOps(RegistryBase):
                 burst=data.burst,
                 models=data.models,
                 tokens_per_minute=data.tokens_per_minute,
+                priority=data.priority,
+                deadline_ms=data.deadline_ms,
                 created_by=actor,
             )
             s.add(row)
@@ -87,9 +91,8 @@ class KeyOps(RegistryBase):
             self._check_etag(row, expected_version, f"API key {name!r}")
             if row.revoked_at is not None:
                 raise Conflict(f"API key {name!r} was revoked; issue a new one")
-            changed = self._changes(
-                row, data.model_dump(exclude_unset=True), frozenset({"tokens_per_minute"})
-            )
+            patch = data.model_dump(exclude_unset=True)
+            changed = self._changes(row, patch, frozenset({"tokens_per_minute", "deadline_ms"}))
             if changed:
                 s.flush()
                 self._audit(s, actor, "update", "api_key", name, changed)

@@ -52,6 +52,8 @@ class FleetTable:
     reported_load: FloatArray  # queue_depth + in_flight from the region's last report
     routable: BoolArray  # region healthy/degraded and serving the model
     latency: LatencyModel
+    in_flight: FloatArray = field(default_factory=lambda: np.zeros(0))  # as reported
+    queue_depth: FloatArray = field(default_factory=lambda: np.zeros(0))  # as reported
     index: dict[str, int] = field(default_factory=dict)
     _rtt_rows: dict[tuple[int, int], FloatArray] = field(default_factory=dict)
     # the policy's per-region cost (everything but RTT) for one stats state, reused per request
@@ -75,6 +77,8 @@ class FleetTable:
                 dtype=bool,
             ),
             latency=latency,
+            in_flight=np.array([r.in_flight for r in regions], dtype=np.float64),
+            queue_depth=np.array([r.queue_depth for r in regions], dtype=np.float64),
             index={r.name: i for i, r in enumerate(regions)},
         )
 
@@ -195,6 +199,26 @@ class RoutingPolicy:
         if self.rtt_additive:
             return float(rtt[i] + self._cached_base(table, stats, now)[i])
         return float(self.region_costs(table, stats, rtt, now)[i])
+
+    def best_expected_batch(
+        self, table: FleetTable, stats: RouterStats, rtt_ms: FloatArray, now: float
+    ) -> FloatArray | None:
+        """Per row of ``rtt_ms`` (m, R), the best candidate region's expected completion
+        time in ms (``inf`` where none), or None when this policy's costs are not times."""
+        if not self.cost_is_time:
+            return None
+        allowed = self.candidates(table, stats, now)
+        if self.rtt_additive:
+            costs = rtt_ms + np.where(allowed, self.region_base(table, stats, now), INF)
+        else:
+            costs = np.where(allowed, self.region_costs(table, stats, rtt_ms, now), INF)
+        out: FloatArray = costs.min(axis=1) if costs.shape[1] else np.full(len(costs), INF)
+        return out
+
+    def fleet_load(self, table: FleetTable, stats: RouterStats, now: float) -> tuple[float, float]:
+        """(estimated requests in, servers of) the candidate regions; (0, 0) when the
+        policy does not model queues."""
+        return 0.0, 0.0
 
     def _cached_base(self, table: FleetTable, stats: RouterStats, now: float) -> FloatArray:
         if self.refresh_s > 0:

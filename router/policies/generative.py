@@ -2,11 +2,15 @@
 
 For each candidate worker ``w`` in region ``R``::
 
-    cost(R, w) = rtt(C, R) + wait_for_slot(w) + backlog(w) + prefill(prompt not cached at w)
-                 + decode(max_tokens)
+    cost(R, w) = rtt(C, R) + wait_for_slot(w) + backlog(w)
+                 + prefill(prompt not cached at w) / (1 - busy(w)) + decode(max_tokens)
 
 ``backlog`` is the prefill work of sequences already at ``w`` that delays this one's first
-token (continuous batching interleaves prefills, so it grows with the load).
+token (continuous batching interleaves prefills, so it grows with the load). The prefill
+this request adds is charged with the delay it causes the prefills queued behind it
+(``busy``: the share of ``w``'s time spent prefilling, from its load), so a cached prefix
+is worth more on a busy worker; ``decode`` prices the load by the step time's growth with
+the batch (``tpot_ms`` alone, ``tpot_load_factor`` more at a full batch).
 
 The router cannot tokenize, so a prompt's *prefix key* is a chain of hashes over
 fixed-size character blocks of its text (:func:`prefix_key`); block ``i``'s hash covers
@@ -25,7 +29,7 @@ from __future__ import annotations
 import hashlib
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 __all__ = [
     "GenerativeCosts",
@@ -92,6 +96,8 @@ class PrefixAffinity:
                     self._table.popitem(last=False)
                 continue
             self._table.move_to_end(h)
+            if holders and holders[-1] == worker_id:
+                continue
             if worker_id in holders:
                 holders.remove(worker_id)
             holders.append(worker_id)
@@ -119,17 +125,26 @@ class PrefixAffinity:
                 holders.remove(worker_id)
 
     def matched_blocks(self, key: Sequence[bytes]) -> dict[str, int]:
-        """Per worker, how many leading blocks of ``key`` it was sent (and so may cache)."""
+        """Per worker, how many leading blocks of ``key`` it was sent (and so may cache).
+
+        Hashes are chained, so a worker listed at block ``i`` was sent every block before
+        it too, even where the ``ways`` bound has since dropped it from a hot leading
+        block (a shared system prompt is sent to many workers). Where ``worker_blocks``
+        models the workers' own caches, a worker counts only up to its first block that
+        it must have evicted: an engine reuses a cached prefix only from the start.
+        """
         out: dict[str, int] = {}
-        alive: set[str] | None = None
+        per_worker = self._per_worker if self.worker_blocks is not None else None
         for i, h in enumerate(key):
             holders = self._table.get(h)
             if not holders:
                 break
-            alive = set(holders) if alive is None else alive & set(holders)
-            if not alive:
-                break
-            for w in alive:
+            for w in holders:
+                have = out.get(w, 0)
+                if per_worker is not None and have != i:
+                    lru = per_worker.get(w)
+                    if lru is None or any(k not in lru for k in key[have:i]):
+                        continue
                 out[w] = i + 1
         return out
 
@@ -170,7 +185,8 @@ class GenerativeCosts:
     prompt throughput. ``tpot_ms``: time per output token alone, growing by
     ``tpot_load_factor`` at a full batch. ``mean_output_tokens``: to estimate when a slot
     frees; with ``mean_prompt_tokens``, the prefill backlog of the sequences ahead.
-    ``epsilon``/``load_slack``: the bounded-load cap on cache affinity.
+    ``epsilon``/``load_slack``: the bounded-load cap on cache affinity. ``max_prefill_busy``:
+    the most the prefill a request adds is stretched by the queue behind it (``1 / (1 - x)``).
     """
 
     block_chars: int = DEFAULT_BLOCK_CHARS
@@ -183,6 +199,40 @@ class GenerativeCosts:
     mean_prompt_tokens: float = 512.0
     epsilon: float = 0.25
     load_slack: float = 2.0
+    max_prefill_busy: float = 0.9
+    _share: float = field(init=False, repr=False, compare=False, default=0.0)
+    _saturated: float = field(init=False, repr=False, compare=False, default=1.0)
+
+    def __post_init__(self) -> None:
+        prefill = 1000.0 * self.mean_prompt_tokens / self.prefill_tokens_per_s
+        decode = self.mean_output_tokens * self.tpot_ms
+        share = prefill / (prefill + decode) if prefill + decode > 0 else 0.0
+        object.__setattr__(self, "_share", share)
+        # Little's law: a worker whose prefill never idles takes one sequence per mean
+        # prefill, and each stays for it and its decode at a full batch's TPOT
+        full = self.mean_output_tokens * self.tpot_at(self.max_seqs)
+        saturated = (prefill + full) / prefill if prefill > 0 else 1.0
+        object.__setattr__(self, "_saturated", max(1.0, saturated))
+
+    def prefill_share(self) -> float:
+        """The share of a mean sequence's lifetime at a worker spent prefilling."""
+        return self._share
+
+    def saturated_load(self) -> float:
+        """The sequences a worker holds when its prefill runs all the time."""
+        return self._saturated
+
+    def prefill_busy(self, load: int) -> float:
+        """The share of the time the worker's prefill is busy, from its load against
+        :meth:`saturated_load`, at most ``max_prefill_busy``."""
+        return min(self.max_prefill_busy, load / self._saturated)
+
+    def added_prefill_ms(self, uncached_chars: int, load: int) -> float:
+        """What prefilling ``uncached_chars`` at a worker with ``load`` sequences costs:
+        its own prefill, plus the delay it adds to the prefills queued behind it there
+        (a queue busy ``u`` of the time stretches added work by ``1 / (1 - u)``). This is
+        where a cached prefix pays: the tokens it saves are saved for everyone after it."""
+        return self.prefill_ms(uncached_chars) / (1.0 - self.prefill_busy(load))
 
     def tokens(self, chars: int) -> float:
         return chars / self.chars_per_token
@@ -205,9 +255,7 @@ class GenerativeCosts:
         one's first token: each is prefilling with the probability that a sequence's
         lifetime is prefill, and then has half a mean prompt left on average."""
         prefill = 1000.0 * self.mean_prompt_tokens / self.prefill_tokens_per_s
-        decode = self.mean_output_tokens * self.tpot_ms
-        share = prefill / (prefill + decode) if prefill + decode > 0 else 0.0
-        return min(load, self.max_seqs) * share * prefill / 2
+        return min(load, self.max_seqs) * self.prefill_share() * prefill / 2
 
     def prefill_ms(self, uncached_chars: int) -> float:
         return 1000.0 * self.tokens(uncached_chars) / self.prefill_tokens_per_s
@@ -237,33 +285,59 @@ class KvAwarePolicy:
     ) -> None:
         self.costs = costs or GenerativeCosts()
         self.affinity = affinity or PrefixAffinity()
+        self._per_load: dict[int, tuple[float, float, float]] = {}
 
-    def load_cap(self, candidates: Sequence[WorkerCandidate]) -> float:
-        """The load at and above which a worker gets no cache credit."""
-        mean = (sum(c.load for c in candidates) + 1) / max(1, len(candidates))
-        return (1.0 + self.costs.epsilon) * mean + self.costs.load_slack
+    def load_cap(
+        self, candidates: Sequence[WorkerCandidate], mean_load: float | None = None
+    ) -> float:
+        """The load at and above which a worker gets no cache credit. ``mean_load``: the
+        mean over every worker that could take the request (this one counted), where the
+        caller prices only some of them; else the candidates' mean."""
+        if mean_load is None:
+            mean_load = (sum(c.load for c in candidates) + 1) / max(1, len(candidates))
+        return (1.0 + self.costs.epsilon) * mean_load + self.costs.load_slack
 
     def price(self, request: GenerativeRequest, c: WorkerCandidate, cached_blocks: int) -> float:
-        costs = self.costs
-        uncached = max(0, request.prompt_chars - cached_blocks * costs.block_chars)
-        return (
-            c.rtt_ms
-            + costs.slot_wait_ms(c.load)
-            + costs.backlog_ms(c.load)
-            + costs.prefill_ms(uncached)
-            + request.max_tokens * costs.tpot_at(c.load + 1)
-        )
+        """``rtt + slot_wait(load) + backlog(load) + added_prefill(uncached, load)
+        + max_tokens x tpot_at(load + 1)`` (the terms that depend on the load alone are
+        kept per load: they are the same for every request)."""
+        waits, per_char, tpot = self._terms(c.load)
+        uncached = max(0, request.prompt_chars - cached_blocks * self.costs.block_chars)
+        return c.rtt_ms + waits + uncached * per_char + request.max_tokens * tpot
+
+    def first_token_ms(
+        self, request: GenerativeRequest, c: WorkerCandidate, cached_blocks: int
+    ) -> float:
+        """The part of :meth:`price` until the first token reaches the client: ``rtt +
+        slot_wait(load) + backlog(load) + added_prefill(uncached, load)`` (what a
+        time-to-first-token deadline is checked against)."""
+        waits, per_char, _ = self._terms(c.load)
+        uncached = max(0, request.prompt_chars - cached_blocks * self.costs.block_chars)
+        return c.rtt_ms + waits + uncached * per_char
+
+    def _terms(self, load: int) -> tuple[float, float, float]:
+        """Per load: (slot wait + backlog, added prefill per uncached character, TPOT)."""
+        terms = self._per_load.get(load)
+        if terms is None:
+            costs = self.costs
+            terms = self._per_load[load] = (
+                costs.slot_wait_ms(load) + costs.backlog_ms(load),
+                costs.added_prefill_ms(1000, load) / 1000,
+                costs.tpot_at(load + 1),
+            )
+        return terms
 
     def rank(
         self,
         request: GenerativeRequest,
         candidates: Sequence[WorkerCandidate],
         cached: Mapping[str, int] | None = None,
+        mean_load: float | None = None,
     ) -> list[WorkerChoice]:
         if not candidates:
             return []
         matched = self.affinity.matched_blocks(request.key) if cached is None else cached
-        cap = self.load_cap(candidates)
+        cap = self.load_cap(candidates, mean_load)
         out: list[WorkerChoice] = []
         for c in candidates:
             blocks = matched.get(c.worker_id, 0)
@@ -280,8 +354,9 @@ class KvAwarePolicy:
         request: GenerativeRequest,
         candidates: Sequence[WorkerCandidate],
         cached: Mapping[str, int] | None = None,
+        mean_load: float | None = None,
     ) -> WorkerChoice | None:
-        ranked = self.rank(request, candidates, cached)
+        ranked = self.rank(request, candidates, cached, mean_load)
         return ranked[0] if ranked else None
 
     def record(self, request: GenerativeRequest, worker_id: str) -> None:

@@ -23,11 +23,18 @@ __all__ = [
 
 def _serves(worker: WorkerView, model: str) -> bool:
     prefix = model + ":"
-    return any(m == model or m.startswith(prefix) for m in worker.models)
+    # "name:version:variant" is a brownout reserve (router.brownout): overflow only
+    return any(m == model or (m.startswith(prefix) and m.count(":") == 1) for m in worker.models)
 
 
-def serving_workers(region: RegionView, model: str) -> tuple[WorkerView, ...]:
-    """The routable workers of ``region`` that have any version of ``model`` loaded."""
+def serving_workers(
+    region: RegionView, model: str, version: str | None = None
+) -> tuple[WorkerView, ...]:
+    """The routable workers of ``region`` that have ``model`` loaded: any version of it, or
+    ``version`` when given (its brownout reserves apart)."""
+    if version:
+        key = f"{model}:{version}"
+        return tuple(w for w in region.workers if w.state.routable and key in w.models)
     return tuple(w for w in region.workers if w.state.routable and _serves(w, model))
 
 

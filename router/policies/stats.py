@@ -28,6 +28,9 @@ class StatsConfig:
     wait_decay_s: float = 2.0  # an unrefreshed wait estimate fades with this time constant
     circuit_errors: int = 5  # consecutive errors that open a region's circuit
     circuit_open_s: float = 5.0  # how long an open circuit keeps the region out
+    scale_alpha: float = 0.3  # weight of one snapshot in the estimate of this router's share
+    scale_min_own: float = 4.0  # own requests in regions needed before a share is estimated
+    scale_max: float = 256.0  # at most this many routers' worth of traffic per own request
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +64,15 @@ class RouterStats:
         self.consecutive_errors = np.zeros(0)
         self.errors = np.zeros(0)
         self.circuit_open_until = np.zeros(0)
+        # what the snapshots showed: own outstanding when the current one arrived, and the
+        # concurrency each region was seen to sustain (0: nothing learned, trust the report)
+        self.snap_outstanding = np.zeros(0)
+        self.learned_servers = np.zeros(0)
+        self.learned_version = 0
+        # fleet-wide load per own request in the regions (about the number of routers)
+        self.replica_scale = 1.0
+        self.scale_known = False
+        self.snapshot_token: object = None
         self._rate_at = 0.0
 
     # --- layout -----------------------------------------------------------------------------
@@ -106,6 +118,8 @@ class RouterStats:
             "consecutive_errors",
             "errors",
             "circuit_open_until",
+            "snap_outstanding",
+            "learned_servers",
         ):
             old = getattr(self, attr)
             grown = np.zeros(size)
@@ -170,6 +184,71 @@ class RouterStats:
         if dt > 0:
             self.rate_rps *= math.exp(-dt / self.config.rate_tau_s)
             self._rate_at = now
+
+    def observe_snapshot(
+        self,
+        token: object,
+        idx: IntArray | slice,
+        reported_load: FloatArray,
+        reported_servers: FloatArray,
+        in_flight: FloatArray,
+        queue_depth: FloatArray,
+        now: float,
+        idle_wait_ms: float = 5.0,
+        routers: int = 0,
+    ) -> bool:
+        """A snapshot arrived (``token`` names it; a second call with it does nothing).
+
+        Remembers this router's outstanding requests at that moment (what it sends from
+        now on is the part of the load the snapshot cannot show); estimates the fleet's
+        load per request of its own in the regions (``replica_scale``: about the number
+        of routers sharing the traffic); and learns each region's real concurrency from
+        what the region does rather than what it reports: a region with a queue runs
+        exactly ``in_flight`` requests at once, and one running more than it reports
+        while this router's own requests there find no queue (their recent wait under
+        ``idle_wait_ms``) has at least that many servers. Until this router has enough
+        requests of its own out to measure its share, it assumes an equal one among the
+        ``routers`` the snapshot counts (0: unknown, assume none other). Returns True when
+        the snapshot was new.
+        """
+        if token is self.snapshot_token:
+            return False
+        self.snapshot_token = token
+        cfg = self.config
+        self.snap_outstanding[idx] = self.outstanding[idx]
+        own = float(self.in_region(idx, now).sum())
+        if own >= cfg.scale_min_own:
+            ratio = min(max(float(reported_load.sum()) / own, 1.0), cfg.scale_max)
+            a = cfg.scale_alpha if self.scale_known else 1.0  # the first estimate stands alone
+            self.replica_scale += a * (ratio - self.replica_scale)
+            self.scale_known = True
+        elif not self.scale_known and routers > 0:
+            self.replica_scale = min(float(routers), cfg.scale_max)
+        learned = self.learned_servers[idx]
+        busy = in_flight > 0
+        queued = busy & (queue_depth > 0)
+        age = now - self.observed_at[idx]
+        idle = (self.observed_at[idx] > 0) & (age < cfg.wait_decay_s)
+        idle &= self.wait_ms[idx] < idle_wait_ms
+        more = busy & ~queued & idle & (in_flight > np.maximum(learned, reported_servers))
+        new = np.where(queued, in_flight, learned)
+        new = np.where(more, in_flight, new)
+        if not np.array_equal(new, learned):
+            self.learned_servers[idx] = new
+            self.learned_version += 1
+        self.version += 1
+        return True
+
+    def effective_servers(self, idx: IntArray | slice, reported: FloatArray) -> FloatArray:
+        """Concurrency per region: the learned one where a region showed it, else the report."""
+        learned = self.learned_servers[idx]
+        out: FloatArray = np.where(learned > 0, learned, reported)
+        return out
+
+    def since_snapshot(self, idx: IntArray | slice) -> FloatArray:
+        """Own outstanding requests gained (or lost) since the current snapshot arrived."""
+        out: FloatArray = self.outstanding[idx] - self.snap_outstanding[idx]
+        return out
 
     # --- per-request updates (the router) -----------------------------------------------------
 

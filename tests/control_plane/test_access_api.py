@@ -13,6 +13,8 @@ DUMMY_PARAMS = {
     "variant": "int8",
     "deployment_id": "1",
     "token_id": "1",
+    "rollout_id": "1",
+    "action": "pause",
 }
 READ_METHODS = {"get", "head"}
 
@@ -49,8 +51,9 @@ def test_wrong_scope_is_a_403_on_every_write(api: Api) -> None:
     writes = [(m, p) for m, p in _routes(api) if m.lower() not in READ_METHODS]
     assert any(m == "PUT" for m, _ in writes) and any(m == "DELETE" for m, _ in writes)
     for method, path in writes:
-        # routers (read tokens) report demand for a model; agents may not
-        tokens = (agent,) if path.startswith("/v1/demand/") else (read, agent)
+        # routers (read tokens) report demand, traffic and figures; agents may not
+        reports = ("/v1/demand/", "/v1/traffic", "/v1/figures")
+        tokens = (agent,) if path.startswith(reports) else (read, agent)
         for token in tokens:
             r = api.client.request(method, path, headers=api.headers(token))
             assert r.status_code == 403, (method, path, r.status_code, r.text)

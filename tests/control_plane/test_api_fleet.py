@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Annotated
 
 import httpx
+import orjson
 import pytest
 import sqlalchemy as sa
 from fastapi import FastAPI, Header, HTTPException
@@ -177,3 +178,30 @@ async def test_region_health_and_drain_undrain(env: Env) -> None:
         assert disabled.status_code == 403
     finally:
         await agent.stop()
+
+
+async def test_the_snapshot_counts_the_routers_that_report(tmp_path: Path) -> None:
+    """Routers post their figures to any replica; the leader counts those heard from
+    lately and publishes the count, so a router that has not measured its share of the
+    traffic yet can assume an equal one."""
+    sessions = make_registry(f"sqlite:///{tmp_path / 'registry.db'}")
+    coord = InProcessCoordination()
+    settings = fast_settings(routers_interval_s=0.05, routers_live_s=30.0)
+    try:
+        async with running_fleet(sessions, coord, settings) as runtime:
+            await wait_until_async(
+                lambda: runtime.feed.current is not None, timeout=5, what="first snapshot"
+            )
+            assert runtime.feed.current is not None and runtime.feed.current.routers == 0
+            for name, at in (("r1", time.time()), ("r2", time.time()), ("gone", 1.0)):
+                body = {"router": name, "boot": "b", "figures": [], "at": at}
+                await runtime.note_figures(name, orjson.dumps(body))
+            await wait_until_async(
+                lambda: runtime.feed.current is not None and runtime.feed.current.routers == 2,
+                timeout=5,
+                what="a snapshot counting the two live routers",
+            )
+            raw = runtime.feed.current.to_json()  # type: ignore[union-attr]
+            assert RoutingSnapshot.from_json(raw).routers == 2
+    finally:
+        await coord.close()

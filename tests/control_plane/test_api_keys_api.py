@@ -128,6 +128,8 @@ def test_issued_changed_and_revoked_keys_reach_the_keyring(api: Api) -> None:
     assert grant == {
         "name": name, "sha256": digest, "rate_per_s": 5.0, "burst": 10.0, "models": ["mlp"],
         "tokens_per_minute": None,
+        "priority": "interactive",
+        "deadline_ms": None,
     }  # fmt: skip
     etag = api.client.get(f"/v1/api-keys/{name}", headers=api.admin).headers["ETag"]
     api.ok("PATCH", f"/v1/api-keys/{name}", json={"burst": 99},
@@ -178,3 +180,36 @@ def test_a_token_budget_reaches_the_keyring_and_usage_is_read_from_redis(api: Ap
     assert usage == {"name": name, "requests": 2, "prompt_tokens": 10,
                      "completion_tokens": 50, "total_tokens": 60}  # fmt: skip
     assert api.client.get("/v1/api-keys/never-issued/usage", headers=api.admin).status_code == 404
+
+
+def test_a_key_class_and_default_deadline_reach_the_keyring(api: Api) -> None:
+    plain = _issue(api)
+    assert (plain["priority"], plain["deadline_ms"]) == ("interactive", None)
+    created = _issue(api, priority="batch", deadline_ms=30000)
+    name = created["name"]
+    assert (created["priority"], created["deadline_ms"]) == ("batch", 30000)
+    wait_until(
+        lambda: (
+            _keyring(api).get(name, {}).get("priority") == "batch"
+            and _keyring(api)[name].get("deadline_ms") == 30000.0
+        ),
+        timeout=10,
+        what="class and deadline in the keyring",
+    )
+    for bad in ({"priority": "urgent"}, {"deadline_ms": 0}, {"deadline_ms": 1e9}):
+        r = api.client.post("/v1/api-keys", json={**_body(), **bad}, headers=api.admin)
+        assert r.status_code == 422 and next(iter(bad)) in r.text
+    url = f"/v1/api-keys/{name}"
+    etag = api.client.get(url, headers=api.admin).headers["ETag"]
+    changed = api.ok("PATCH", url, json={"priority": "interactive", "deadline_ms": None},
+                     headers=api.headers(**{"If-Match": etag}))  # fmt: skip
+    assert (changed["priority"], changed["deadline_ms"]) == ("interactive", None)
+    etag = api.client.get(url, headers=api.admin).headers["ETag"]
+    r = api.client.patch(url, json={"priority": None},
+                         headers=api.headers(**{"If-Match": etag}))  # fmt: skip
+    assert r.status_code in (400, 422) and "priority" in r.text
+    wait_until(
+        lambda: _keyring(api).get(name, {}).get("priority") == "interactive",
+        timeout=10,
+        what="the change in the keyring",
+    )

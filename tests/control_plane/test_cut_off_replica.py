@@ -1,10 +1,11 @@
-"""A replica cut off from etcd, with a real process: a router long-polling it sees its
-snapshot age grow instead of having it reset by every "nothing newer"."""
+"""A replica cut off from etcd, with a real process: a router long-polling it (over HTTPS)
+sees its snapshot age grow instead of having it reset by every "nothing newer"."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ssl
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -15,7 +16,13 @@ import pytest
 from meridian.net import free_port
 from meridian.waiting import wait_until_async
 from router.snapshot_store import HttpFollower, SnapshotStore
-from tests.fleet_support import REPLICA_AUTH, REPLICA_TOKEN, make_registry, replica_command
+from tests.fleet_support import (
+    REPLICA_AUTH,
+    REPLICA_TOKEN,
+    FleetTLS,
+    make_registry,
+    replica_command,
+)
 
 pytestmark = [pytest.mark.slow, pytest.mark.etcd, pytest.mark.postgres]
 ROOT = Path(__file__).resolve().parents[2]
@@ -65,15 +72,16 @@ class Cable:
 @pytest.fixture
 async def replica(
     postgres_url: str, etcd_endpoint: str, tmp_path: Path
-) -> AsyncIterator[tuple[str, Cable]]:
+) -> AsyncIterator[tuple[str, Cable, ssl.SSLContext]]:
     make_registry(postgres_url).kw["bind"].dispose()
     host, port = etcd_endpoint.rsplit(":", 1)
     cable = Cable((host, int(port)))
     await cable.start()
     http_port = free_port()
+    tls = FleetTLS.create(tmp_path / "ca")
     argv, env = replica_command(
         postgres_url, f"127.0.0.1:{cable.port}", http_port=http_port, grpc_port=free_port(),
-        data_dir=str(tmp_path / "replica"),
+        data_dir=str(tmp_path / "replica"), tls=tls, enroll_port=free_port(),
         options=["--fleet-namespace", f"/test/cut-{uuid.uuid4().hex[:8]}"],
     )  # fmt: skip
     log = (tmp_path / "replica.log").open("wb")
@@ -82,7 +90,7 @@ async def replica(
         env=env,
     )  # fmt: skip
     try:
-        yield f"http://127.0.0.1:{http_port}", cable
+        yield f"https://127.0.0.1:{http_port}", cable, tls.trust()
     finally:
         proc.terminate()
         try:
@@ -96,11 +104,13 @@ async def replica(
 
 
 async def test_a_replica_cut_off_from_etcd_does_not_keep_the_snapshot_young(
-    replica: tuple[str, Cable],
+    replica: tuple[str, Cable, ssl.SSLContext],
 ) -> None:
-    url, cable = replica
+    url, cable, trust = replica
     store = SnapshotStore()
-    follower = HttpFollower(store, [url], REPLICA_TOKEN, wait_s=1.0)  # long-polls of 1 s
+    follower = HttpFollower(  # long-polls of 1 s
+        store, [url], REPLICA_TOKEN, wait_s=1.0, transport=httpx.AsyncHTTPTransport(verify=trust)
+    )
     task = asyncio.create_task(follower.run())
     try:
         await wait_until_async(lambda: store.current is not None, timeout=30, what="a snapshot")
@@ -115,7 +125,7 @@ async def test_a_replica_cut_off_from_etcd_does_not_keep_the_snapshot_young(
         )
         held = store.current
         assert held is not None
-        async with httpx.AsyncClient() as client:
+        async with httpx.AsyncClient(verify=trust) as client:
             poll = {**REPLICA_AUTH, "if-none-match": f'"{held.version}"'}
             r = await client.get(f"{url}/v1/routing/snapshot", params={"wait": 0}, headers=poll)
         assert r.status_code == 503

@@ -27,6 +27,16 @@ def test_generation_follows_content() -> None:
     assert list(directives_for(disabled, "eu", report_interval_s=1.0).workers) == []
 
 
+def test_a_degrade_to_variant_runs_one_reserve_worker() -> None:
+    dep = DeploymentRecord("resnet", "1", "eu", min_replicas=2, max_replicas=3, artifact_url="u",
+                           degrade_to="int8", degrade_url="v", degrade_sha256="cd")  # fmt: skip
+    workers = directives_for(RegistryView((EU,), (dep,)), "eu", report_interval_s=1.0).workers
+    assert [(w.variant, w.replicas, w.artifact_url, w.reserve) for w in workers] == [
+        ("", 2, "u", False),
+        ("int8", 1, "v", True),
+    ]
+
+
 async def test_reconciler_writes_changes_only_and_board_delivers_them() -> None:
     coord = InProcessCoordination()
     board = DirectiveBoard(coord, report_interval_s=1.0)

@@ -1,4 +1,5 @@
-"""High availability with real processes: two replicas on PostgreSQL + etcd; kill the leader."""
+"""High availability with real processes: two replicas on PostgreSQL + etcd; kill the leader.
+The replicas serve HTTPS and the agent streams over mutual TLS, from a fleet CA."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from meridian.waiting import wait_until, wait_until_async
 from region_agent.gpus import Fault
 from tests.fleet_support import (
     REPLICA_AUTH,
+    FleetTLS,
     make_registry,
     replica_command,
     start_agent,
@@ -32,15 +34,19 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 class Replica:
-    def __init__(self, name: str, db: str, etcd: str, namespace: str, log: Path) -> None:
+    def __init__(
+        self, name: str, db: str, etcd: str, namespace: str, log: Path, tls: FleetTLS
+    ) -> None:
         self.name = name
         self.grpc_port = free_port()
         self.http_port = free_port()
+        self.enroll_port = free_port()
         self.log = log
         self._out = log.open("wb")
+        self._trust = tls.trust()
         argv, env = replica_command(
             db, etcd, http_port=self.http_port, grpc_port=self.grpc_port,
-            data_dir=str(log.parent / name),
+            data_dir=str(log.parent / name), tls=tls, enroll_port=self.enroll_port,
             options=[
                 "--fleet-namespace", namespace, "--replica-id", name, "--report-interval", "0.2",
                 "--leader-ttl", "2", "--summary-ttl", "2",
@@ -53,9 +59,10 @@ class Replica:
     def status(self) -> dict[str, object] | None:
         try:
             r = httpx.get(
-                f"http://127.0.0.1:{self.http_port}/v1/fleet/status",
+                f"https://127.0.0.1:{self.http_port}/v1/fleet/status",
                 headers=REPLICA_AUTH,
                 timeout=0.5,
+                verify=self._trust,
             )
             return dict(r.json()) if r.status_code == 200 else None
         except httpx.HTTPError:
@@ -78,8 +85,13 @@ class Replica:
 
 
 @pytest.fixture
+def tls(tmp_path: Path) -> FleetTLS:
+    return FleetTLS.create(tmp_path / "ca")
+
+
+@pytest.fixture
 def replicas(
-    postgres_url: str, etcd_endpoint: str, tmp_path: Path
+    postgres_url: str, etcd_endpoint: str, tmp_path: Path, tls: FleetTLS
 ) -> Iterator[tuple[list[Replica], str]]:
     make_registry(postgres_url).kw["bind"].dispose()
     namespace = f"/test/failover-{uuid.uuid4().hex[:8]}"
@@ -87,7 +99,7 @@ def replicas(
     try:
         for name in ("cp-a", "cp-b"):  # both start at once; whichever wins the election leads
             log = tmp_path / f"{name}.log"
-            started.append(Replica(name, postgres_url, etcd_endpoint, namespace, log))
+            started.append(Replica(name, postgres_url, etcd_endpoint, namespace, log, tls))
         wait_until(
             lambda: all(r.status() is not None for r in started), timeout=30, what="both serve"
         )
@@ -112,7 +124,11 @@ def replicas(
     ids=["crash", "orderly-stop"],
 )
 async def test_leader_process_killed_follower_takes_over_within_seconds(
-    replicas: tuple[list[Replica], str], etcd_endpoint: str, how: signal.Signals, within: float
+    replicas: tuple[list[Replica], str],
+    etcd_endpoint: str,
+    tls: FleetTLS,
+    how: signal.Signals,
+    within: float,
 ) -> None:
     (leader, follower), namespace = replicas
     assert (follower.status() or {}).get("leader") is False
@@ -120,10 +136,13 @@ async def test_leader_process_killed_follower_takes_over_within_seconds(
     feed = SnapshotFeed(coord, key=f"{namespace}/routing/snapshot")
     follow = asyncio.create_task(feed.run())
     # the agent talks to the follower: its reports reach the leader through etcd
-    agent = start_agent([f"127.0.0.1:{follower.grpc_port}"], "eu-west")
+    agent = start_agent(
+        [f"127.0.0.1:{follower.grpc_port}"], "eu-west", tls=tls.agent([follower.enroll_port])
+    )
     try:
         healthy = lambda s: s.region("eu-west").state == HealthState.HEALTHY  # noqa: E731
         await wait_snapshot(lambda: feed.current, healthy, timeout=10)
+        assert agent.agent.certificate is not None  # enrolled: its stream is mutual TLS
         before = feed.version
 
         killed = time.monotonic()

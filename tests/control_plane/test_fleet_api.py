@@ -206,3 +206,35 @@ def test_deployment_rules(api: Api) -> None:
     history = api.ok("GET", f"/v1/audit?entity=deployment&entity_key={dep['id']}")["items"]
     assert [e["action"] for e in history] == ["delete", "update", "update", "create"]
     assert history[0]["detail"] == {"model": model, "version": "1", "region": region}
+
+
+def test_degrade_to_names_another_variant_of_the_version(api: Api) -> None:
+    model, version = api.deployable()
+    region = api.region()["name"]
+    body = {"model": model, "version": version, "region": region}
+    r = api.client.post("/v1/deployments", json={**body, "degrade_to": "int8"}, headers=api.admin)
+    assert r.status_code == 404 and "int8" in r.json()["detail"], r.text
+    api.ok("POST", f"/v1/models/{model}/versions/1/variants", 201, json={"name": "int8"})
+    r = api.client.post("/v1/deployments", json={**body, "degrade_to": "int8"}, headers=api.admin)
+    assert r.status_code == 409 and "artifact" in r.json()["detail"], r.text
+    api.upload(f"/v1/models/{model}/versions/1/variants/int8/artifact", b"int8 weights")
+    r = api.client.post(
+        "/v1/deployments", json={**body, "degrade_to": "bad name!"}, headers=api.admin
+    )
+    assert r.status_code == 422, r.text
+
+    created = api.client.post(
+        "/v1/deployments", json={**body, "degrade_to": "int8"}, headers=api.admin
+    )
+    assert created.status_code == 201 and created.json()["degrade_to"] == "int8", created.text
+    url = f"/v1/deployments/{created.json()['id']}"
+    # serving the variant it degrades to degrades nothing
+    r = api.client.patch(url, json={"variant": "int8"}, headers=api.headers(**{"If-Match": "*"}))
+    assert r.status_code == 400 and "degrade_to" in r.json()["detail"], r.text
+    # the variant cannot be deleted from under it
+    r = api.client.delete(f"/v1/models/{model}/versions/1/variants/int8", headers=api.admin)
+    assert r.status_code == 409 and "degrade_to" in r.json()["detail"], r.text
+    r = api.client.patch(url, json={"degrade_to": None}, headers=api.headers(**{"If-Match": "*"}))
+    assert r.status_code == 200 and r.json()["degrade_to"] is None, r.text
+    audit = api.ok("GET", f"/v1/audit?entity=deployment&entity_key={created.json()['id']}")
+    assert any(e["detail"].get("degrade_to") == "int8" for e in audit["items"]), audit

@@ -42,6 +42,9 @@ async def test_registry_view_with_variant_artifacts(sessions: sessionmaker[Sessi
         )
         ap = s.scalar(sa.select(Region).where(Region.name == "ap-south"))
         s.add(Deployment(model_version=version, region=ap, variant="int8", traffic_weight=0.5))
+        eu_row = s.scalar(sa.select(Deployment).join(Region).where(Region.name == "eu-west"))
+        assert eu_row is not None
+        eu_row.degrade_to = "int8"
     view = await FleetStore(sessions).load()
     assert [r.name for r in view.regions] == ["ap-south", "eu-west", "old-dc", "us-east"]
     assert view.region("old-dc").status == "disabled"  # type: ignore[union-attr]
@@ -54,6 +57,13 @@ async def test_registry_view_with_variant_artifacts(sessions: sessionmaker[Sessi
     eu_dep = view.deployments_in("eu-west")[0]
     assert (eu_dep.model, eu_dep.version, eu_dep.min_replicas) == ("resnet", "1", 2)
     assert eu_dep.artifact_sha256 == "ab" * 32
+    # its brownout reserve: the int8 variant's artifact beside the base's
+    assert (eu_dep.degrade_to, eu_dep.degrade_url, eu_dep.degrade_sha256) == (
+        "int8",
+        "http://a/int8.onnx",
+        "cd" * 32,
+    )
+    assert ap_dep.degrade_to == ""
 
 
 async def test_credentials(sessions: sessionmaker[Session]) -> None:

@@ -24,6 +24,7 @@ TABLES = {
     "deployments",
     "api_tokens",
     "audit_log",
+    "rollouts",
 }
 
 
@@ -56,7 +57,7 @@ def _diff(url: str) -> list[object]:
 def test_upgrade_downgrade_upgrade(database_url: str) -> None:
     assert migrate.current_revision(database_url) is None
     migrate.upgrade(database_url)
-    assert migrate.current_revision(database_url) == "0007_token_expiry"
+    assert migrate.current_revision(database_url) == "0010_degrade_to"
     assert _tables(database_url) == TABLES
     migrate.downgrade(database_url)
     assert migrate.current_revision(database_url) is None

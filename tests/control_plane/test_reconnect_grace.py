@@ -29,9 +29,11 @@ from meridian.snapshot import HealthState, RoutingSnapshot
 from meridian.waiting import wait_until, wait_until_async
 from region_agent.agent import RegionAgent
 from region_agent.gpus import SimulatedGpuSource
+from region_agent.tls import AgentTLS
 from tests.fleet_support import (
     REGIONS,
     REPLICA_AUTH,
+    FleetTLS,
     StaticSupervisor,
     make_registry,
     replica_command,
@@ -121,17 +123,22 @@ async def test_a_new_leader_publishes_no_region_down_before_the_grace_ends() -> 
 
 
 class Replica:
-    """``meridian control-plane`` on fixed ports, so agents find it again after a restart."""
+    """``meridian control-plane`` on fixed ports, so agents find it again after a restart;
+    HTTPS and mutual-TLS agents from the fleet CA ``tls``."""
 
-    def __init__(self, name: str, db: str, etcd: str, namespace: str, log: Path) -> None:
+    def __init__(
+        self, name: str, db: str, etcd: str, namespace: str, log: Path, tls: FleetTLS
+    ) -> None:
         self.name, self.db, self.etcd, self.namespace, self.log = name, db, etcd, namespace, log
-        self.grpc_port, self.http_port = free_port(), free_port()
+        self.grpc_port, self.http_port, self.enroll_port = free_port(), free_port(), free_port()
+        self.tls, self._trust = tls, tls.trust()
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
         argv, env = replica_command(
             self.db, self.etcd, http_port=self.http_port, grpc_port=self.grpc_port,
-            data_dir=str(self.log.parent / self.name),
+            data_dir=str(self.log.parent / self.name), tls=self.tls,
+            enroll_port=self.enroll_port,
             options=[
                 "--fleet-namespace", self.namespace, "--replica-id", self.name,
                 "--report-interval", "0.2", "--leader-ttl", "2", "--summary-ttl", "1",
@@ -145,8 +152,9 @@ class Replica:
 
     def serving(self) -> bool:
         try:
-            url = f"http://127.0.0.1:{self.http_port}/v1/fleet/status"
-            return httpx.get(url, headers=REPLICA_AUTH, timeout=0.5).status_code == 200
+            url = f"https://127.0.0.1:{self.http_port}/v1/fleet/status"
+            r = httpx.get(url, headers=REPLICA_AUTH, timeout=0.5, verify=self._trust)
+            return r.status_code == 200
         except httpx.HTTPError:
             return False
 
@@ -164,8 +172,9 @@ class Replica:
 def replicas(postgres_url: str, etcd_endpoint: str, tmp_path: Path) -> Iterator[list[Replica]]:
     make_registry(postgres_url).kw["bind"].dispose()
     namespace = f"/test/grace-{uuid.uuid4().hex[:8]}"
+    tls = FleetTLS.create(tmp_path / "ca")
     started = [
-        Replica(name, postgres_url, etcd_endpoint, namespace, tmp_path / f"{name}.log")
+        Replica(name, postgres_url, etcd_endpoint, namespace, tmp_path / f"{name}.log", tls)
         for name in ("cp-a", "cp-b")
     ]
     try:
@@ -178,11 +187,13 @@ def replicas(postgres_url: str, etcd_endpoint: str, tmp_path: Path) -> Iterator[
             r.stop()
 
 
-def _agent(addresses: list[str], region: str) -> tuple[RegionAgent, asyncio.Task[None]]:
+def _agent(
+    addresses: list[str], region: str, tls: AgentTLS
+) -> tuple[RegionAgent, asyncio.Task[None]]:
     agent = RegionAgent(
         addresses, region=region, credential=REGIONS[region][2],
         gpus=SimulatedGpuSource(2, "H100", seed=1), supervisor=StaticSupervisor(2),
-        report_interval_s=0.2, backoff_base_s=0.2, backoff_cap_s=1.5,
+        report_interval_s=0.2, backoff_base_s=0.2, backoff_cap_s=1.5, tls=tls,
     )  # fmt: skip
     return agent, asyncio.create_task(agent.run())
 
@@ -212,11 +223,13 @@ async def test_a_control_plane_restarted_after_an_outage_never_publishes_the_fle
         return view is not None and view.state.routable
 
     addresses = [f"127.0.0.1:{r.grpc_port}" for r in replicas]
-    agents = [_agent(addresses, region) for region in ("eu-west", "us-east")]
+    tls = replicas[0].tls.agent([r.enroll_port for r in replicas])
+    agents = [_agent(addresses, region, tls) for region in ("eu-west", "us-east")]
     try:
         async with running(record()):
             both = lambda: bool(seen) and all(routable(seen[-1], n) for n in ("eu-west", "us-east"))  # noqa: E731
             await wait_until_async(both, timeout=20, what="both regions healthy")
+            assert all(a.certificate is not None for a, _ in agents)  # streams on mutual TLS
             for r in replicas:
                 r.stop(signal.SIGKILL)  # the whole control plane is gone
             before = seen[-1].version

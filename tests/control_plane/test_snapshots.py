@@ -73,7 +73,7 @@ def test_build_snapshot_applies_registry_status() -> None:
             RegionRecord("ap", 19.1, 72.9),
             RegionRecord("old", 0, 0, status="disabled"),
         ),
-        (DeploymentRecord("m", "1", "eu", traffic_weight=0.9),
+        (DeploymentRecord("m", "1", "eu", traffic_weight=0.9, degrade_to="int8"),
          DeploymentRecord("m", "2", "eu", traffic_weight=0.1, variant="int8")),
     )  # fmt: skip
     summaries = {
@@ -92,10 +92,11 @@ def test_build_snapshot_applies_registry_status() -> None:
     eu = snap.region("eu")
     assert eu is not None and eu.capacity_rps == 40.0 and eu.queue_depth == 4
     assert eu.lat == 53.3 and eu.gpu_type == "H100"
-    assert [(d.version, d.weight, d.variant) for d in snap.deployments] == [
-        ("1", 0.9, ""),
-        ("2", 0.1, "int8"),
+    assert [(d.version, d.weight, d.variant, d.degrade_to) for d in snap.deployments] == [
+        ("1", 0.9, "", "int8"),
+        ("2", 0.1, "int8", ""),
     ]
+    assert [w.capacity_rps for w in eu.workers] == [20.0, 20.0]  # each worker's, for brownout
     # the JSON form the routers receive and keep on disk carries the same
     assert RoutingSnapshot.from_json(snap.to_json()) == snap
 

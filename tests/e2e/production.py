@@ -1,8 +1,10 @@
 """The production-mode fleet the end-to-end tests share, and the traffic they run through it.
 
 Two control-plane replicas on PostgreSQL + etcd, two regions (agents and real workers), a
-router following etcd and both replicas (its rate limits in Redis when given). Test modules
-build their module-scoped fixture with :func:`production_fleet`.
+router following etcd and both replicas (its rate limits in Redis when given). Every wire
+is encrypted with the fleet's own CA: the admin API and the router serve HTTPS, agents
+stream over mutual TLS, workers answer the router's certificate only. Test modules build
+their module-scoped fixture with :func:`production_fleet`.
 """
 
 from __future__ import annotations
@@ -24,12 +26,17 @@ from demo.admin import Admin
 from demo.fleet import LocalFleet
 from demo.geography import REGIONS
 from meridian.waiting import wait_until
+from region_agent.tls import AgentCertificate, AgentTLS
 from tests import services
 from tests.worker.text_model import DIM, build_text_model
 
 SITES = (REGIONS[0], REGIONS[1])  # us-east-1, eu-central-1
 NEW_YORK = "40.7,-74.0"
 TEXT = "fast inference across regions"
+
+
+def infer_body() -> dict[str, object]:
+    return {"inputs": [{"name": "text", "datatype": "BYTES", "shape": [1], "data": [TEXT]}]}
 
 
 @dataclass
@@ -43,15 +50,19 @@ class Production:
     cp_env: dict[str, str] = field(default_factory=dict)
     models_written: list[str] = field(default_factory=list)
 
+    @property
+    def router_url(self) -> str:
+        return self.fleet.router_url(self.router_port)
+
     def infer(
         self, location: str = NEW_YORK, api_key: str | None = None, timeout: float = 30
     ) -> httpx.Response:
-        body = {"inputs": [{"name": "text", "datatype": "BYTES", "shape": [1], "data": [TEXT]}]}
         return httpx.post(
-            f"http://127.0.0.1:{self.router_port}/v2/models/tiny/infer",
-            json=body,
+            f"{self.router_url}/v2/models/tiny/infer",
+            json=infer_body(),
             headers={"x-meridian-client-location": location, "x-api-key": api_key or self.api_key},
             timeout=timeout,
+            verify=self.fleet.verify,
         )
 
     def status(self, url: str) -> dict[str, object] | None:
@@ -60,6 +71,7 @@ class Production:
                 f"{url}/v1/fleet/status",
                 headers={"authorization": f"Bearer {self.fleet.read_token}"},
                 timeout=2,
+                verify=self.fleet.verify,
             )
         except httpx.HTTPError:
             return None
@@ -73,10 +85,14 @@ class Production:
                     return replica.url
         return None
 
+    def admin(self) -> Admin:
+        """An admin client of the first live replica (close it after use)."""
+        return Admin(self.fleet.base_url, self.fleet.admin_token, verify=self.fleet.verify)
+
     def admin_write(self) -> None:
         """Create a model through any live replica; remember it once acknowledged."""
         name = f"m{uuid.uuid4().hex[:8]}"
-        admin = Admin(self.fleet.base_url, self.fleet.admin_token)
+        admin = self.admin()
         try:
             admin._ok(admin._http.post("/models", json={"name": name}))
         finally:
@@ -93,6 +109,7 @@ class Production:
                 json={"name": name},
                 headers={"authorization": f"Bearer {self.fleet.admin_token}"},
                 timeout=timeout,
+                verify=self.fleet.verify,
             )
         except httpx.TimeoutException:
             raise AssertionError(f"an admin write was not answered within {timeout} s") from None
@@ -110,6 +127,7 @@ class Production:
             params={"limit": 500},
             headers={"authorization": f"Bearer {self.fleet.admin_token}"},
             timeout=10,
+            verify=self.fleet.verify,
         )
         r.raise_for_status()
         return {m["name"] for m in r.json()["items"]}
@@ -208,21 +226,52 @@ def workers_on(ports: list[int]) -> list[int]:
     ]
 
 
-def reported_ports(fleet: LocalFleet, region: str) -> list[int]:
+def reported_endpoints(fleet: LocalFleet, region: str) -> list[str]:
+    """The HTTP endpoints (scheme, host, port) of ``region``'s workers, as its agent reports."""
     snap = fleet.snapshot()
     workers = next(r["workers"] for r in snap["regions"] if r["name"] == region)
-    return [int(w["endpoint"].rsplit(":", 1)[1]) for w in workers]
+    return [str(w["endpoint"]) for w in workers]
+
+
+def reported_ports(fleet: LocalFleet, region: str) -> list[int]:
+    return [int(e.rsplit(":", 1)[1]) for e in reported_endpoints(fleet, region)]
+
+
+def credential_of(fleet: LocalFleet, region: str) -> str:
+    """The agent credential ``region`` was registered with (the fleet keeps it on file)."""
+    return (fleet.workdir / f"{region}.credential").read_text().strip()
+
+
+async def enrolled_agent(fleet: LocalFleet, region: str) -> AgentCertificate:
+    """A genuine agent certificate for ``region``, enrolled with its credential as its agent
+    would (beside the running agent's own, which it does not disturb)."""
+    assert fleet.ca_file is not None, "the fleet runs without TLS"
+    enroll = [f"127.0.0.1:{r.enroll_port}" for r in fleet.replicas if r.child.alive()]
+    tls = AgentTLS(fleet.ca_file.read_bytes(), enroll)
+    certificate = AgentCertificate(tls, region, credential_of(fleet, region))
+    await certificate.enroll()
+    return certificate
+
+
+def write_pair(directory: Path, name: str, cert_pem: bytes, key_pem: bytes) -> tuple[str, str]:
+    """``cert_pem`` and ``key_pem`` as files (the key 0600): their paths."""
+    cert, key = directory / f"{name}.pem", directory / f"{name}-key.pem"
+    cert.write_bytes(cert_pem)
+    key.touch(mode=0o600)
+    key.write_bytes(key_pem)
+    return str(cert), str(key)
 
 
 @contextmanager
 def production_fleet(
     work: Path, *, etcd: str, label: str, redis_url: str | None = None
 ) -> Iterator[Production]:
-    """Start the whole fleet in ``work`` on a fresh PostgreSQL database; stop it after."""
+    """Start the whole fleet in ``work`` on a fresh PostgreSQL database, with its CA in
+    ``work/ca``; stop it after."""
     table = build_text_model(work / "tiny.onnx")
     namespace = f"/e2e-{label}-{uuid.uuid4().hex[:8]}"
     with services.fresh_postgres_database() as db_url:
-        fleet = LocalFleet(work, env={"MERIDIAN_REPORT_INTERVAL_S": "0.5"})
+        fleet = LocalFleet(work, env={"MERIDIAN_REPORT_INTERVAL_S": "0.5"}, ca_dir=work / "ca")
         cp_env = {
             "MERIDIAN_DATABASE_URL": db_url,
             "MERIDIAN_COORDINATION_URL": f"etcd://{etcd}",

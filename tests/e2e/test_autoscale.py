@@ -5,7 +5,8 @@ request fails on the way. A model scaled to zero: the router holds its first req
 while the control plane starts a worker, then serves it.
 
 The workers are stand-ins (``bench/busy_worker.py``: 100 ms per request,
-exact in-flight counts) so that a worker starts in well under a second.
+exact in-flight counts) so that a worker starts in well under a second. Every wire has
+TLS from the fleet's CA, the stand-ins' too (with the certificate their agent gives them).
 """
 
 from __future__ import annotations
@@ -42,8 +43,9 @@ ENV = {
 class Load:
     """``clients`` threads sending requests through the router, changeable while running."""
 
-    def __init__(self, port: int) -> None:
-        self.url = f"http://127.0.0.1:{port}/v2/models/m/infer"
+    def __init__(self, local: LocalFleet, port: int) -> None:
+        self.url = f"{local.router_url(port)}/v2/models/m/infer"
+        self.verify = local.verify
         self.wanted = 0
         self.stop = threading.Event()
         self.served_by: Counter[int] = Counter()  # worker pid -> requests
@@ -51,7 +53,7 @@ class Load:
         self.lock = threading.Lock()
 
     def client(self, index: int) -> None:
-        with httpx.Client(timeout=30) as http:
+        with httpx.Client(timeout=30, verify=self.verify) as http:
             while not self.stop.is_set():
                 if index >= self.wanted:
                     time.sleep(0.02)  # an idle client (this is load shaping, not a wait)
@@ -85,11 +87,10 @@ def routable(local: LocalFleet, model: str = "m") -> int:
 
 def scaling(local: LocalFleet, model: str) -> dict[str, Any]:
     auth = {"authorization": f"Bearer {local.read_token}"}
-    body = httpx.get(f"{local.base_url}/v1/deployments", params={"model": model}, headers=auth)
-    dep_id = body.json()["items"][0]["id"]
-    found: dict[str, Any] = httpx.get(
-        f"{local.base_url}/v1/deployments/{dep_id}/scaling", headers=auth
-    ).json()
+    with httpx.Client(base_url=local.base_url, headers=auth, verify=local.verify) as http:
+        body = http.get("/v1/deployments", params={"model": model})
+        dep_id = body.json()["items"][0]["id"]
+        found: dict[str, Any] = http.get(f"/v1/deployments/{dep_id}/scaling").json()
     return found
 
 
@@ -98,11 +99,11 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LocalFleet
     work = tmp_path_factory.mktemp("elastic")
     artifact = work / "m.onnx"
     artifact.write_bytes(b"stand-in workers do not read it")
-    local = LocalFleet(work, env=ENV)
+    local = LocalFleet(work, env=ENV, ca_dir=work / "ca")
     try:
         admin = local.start_control_plane()
         credential = admin.add_region(SITE)
-        http = httpx.Client(base_url=local.base_url + "/v1", timeout=10,
+        http = httpx.Client(base_url=local.base_url + "/v1", timeout=10, verify=local.verify,
                             headers={"authorization": f"Bearer {local.admin_token}"})  # fmt: skip
         # m: 1 to 4 workers; z: 0 to 2 (scale to zero)
         for model, low, high in (("m", 1, 4), ("z", 0, 2)):
@@ -121,11 +122,11 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LocalFleet
             "agent",
             ["agent", "--control-plane", f"127.0.0.1:{local.grpc_port}", "--region", SITE.name,
              "--credential-file", str(cred), "--simulate-gpus", "4", "--report-interval", "0.5",
-             "--worker-command", command],
+             "--worker-command", command, *local.agent_tls_args()],
         )  # fmt: skip
         router, port = local.start_router()
         local.wait_serving({SITE.name}, timeout=60)
-        local.wait_http(f"http://127.0.0.1:{port}/v2/health/ready", router, "router ready")
+        local.wait_http(f"{local.router_url(port)}/v2/health/ready", router, "router ready")
         yield local, port
     finally:
         local.stop()
@@ -135,7 +136,7 @@ def test_load_up_adds_workers_that_serve_and_load_down_drains_them_without_a_fai
     fleet: tuple[LocalFleet, int],
 ) -> None:
     local, port = fleet
-    load = Load(port)
+    load = Load(local, port)
     with cf.ThreadPoolExecutor(8) as pool:
         futures = [pool.submit(load.client, i) for i in range(8)]
         try:
@@ -146,6 +147,8 @@ def test_load_up_adds_workers_that_serve_and_load_down_drains_them_without_a_fai
             load.wanted = 8  # ~8 in flight against a target of 2 per worker
             wait_until(lambda: routable(local) >= 3, timeout=30, what="new workers ready")
             scaled_s = time.monotonic() - step
+            endpoints = [w["endpoint"] for w in workers(local)]
+            assert all(e.startswith("https://") for e in endpoints), endpoints
             before = load.snapshot()
             wait_until(lambda: len(load.pids_since(before)) >= 3, timeout=30,
                        what="the new workers take traffic")  # fmt: skip
@@ -176,11 +179,13 @@ def test_a_model_scaled_to_zero_is_started_by_its_first_request(
     wait_until(lambda: not workers(local, "z"), timeout=60, what="z scaled to zero")
     assert scaling(local, "z")["desired_replicas"] == 0
     started = time.monotonic()
-    r = httpx.post(f"http://127.0.0.1:{port}/v2/models/z/infer", json={"inputs": []}, timeout=60)
+    router = local.router_url(port)
+    r = httpx.post(f"{router}/v2/models/z/infer", json={"inputs": []}, timeout=60,
+                   verify=local.verify)  # fmt: skip
     held_s = time.monotonic() - started
     assert r.status_code == 200, r.text  # held while a worker started, then served
     assert held_s < 30
-    ready = httpx.get(f"http://127.0.0.1:{port}/v2/health/ready").json()
+    ready = httpx.get(f"{router}/v2/health/ready", verify=local.verify).json()
     assert ready["cold_start_last_ms"] is not None and ready["cold_start_last_ms"] > 0
     # the autoscaler samples the snapshot once a period: it sees the worker shortly after
     wait_until(lambda: scaling(local, "z")["ready_replicas"] == 1, timeout=10, what="z ready")

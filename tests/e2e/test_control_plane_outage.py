@@ -20,7 +20,6 @@ from dataclasses import dataclass
 import httpx
 import pytest
 
-from demo.fleet import Replica
 from meridian.coordination import open_coordination
 from meridian.snapshot import RoutingSnapshot
 from meridian.waiting import wait_until
@@ -65,19 +64,17 @@ class Outage:
 
     def restart_control_plane(self, env: dict[str, str]) -> None:
         fleet = self.prod.fleet
-        for i, old in enumerate(list(fleet.replicas)):
-            child = fleet.children.start(
-                f"control-plane-restarted-{i + 1}",
-                ["control-plane", "--port", str(old.http_port), "--grpc-port", str(old.grpc_port)],
-                env={"MERIDIAN_DATA_DIR": str(fleet.workdir / "cp"),
-                     "MERIDIAN_BOOTSTRAP_ADMIN_TOKEN": fleet.admin_token, **self.cp_env, **env},
-            )  # fmt: skip
-            fleet.replicas[i] = Replica(child, old.http_port, old.grpc_port)
-        for replica in fleet.replicas:
+        restarted = [  # same ports, same TLS
+            fleet.restart_replica(i, f"control-plane-restarted-{i + 1}", {**self.cp_env, **env})
+            for i in range(len(fleet.replicas))
+        ]
+        for replica in restarted:
             fleet.wait_http(f"{replica.url}/healthz", replica.child, replica.child.name)
 
     def router_metric(self, name: str) -> float:
-        text = httpx.get(f"http://127.0.0.1:{self.prod.router_port}/metrics", timeout=5).text
+        text = httpx.get(
+            f"{self.prod.router_url}/metrics", timeout=5, verify=self.prod.fleet.verify
+        ).text
         for line in text.splitlines():
             if line.startswith(name + " "):
                 return float(line.split()[1])

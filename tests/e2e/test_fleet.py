@@ -1,5 +1,6 @@
 """The whole system as real processes: control plane, three regions (agents + workers),
-routers that require API keys issued through the admin API. Infer through the router
+routers that require API keys issued through the admin API, every wire with TLS from the
+fleet's CA. Infer through the router
 with tritonclient, issue and revoke keys, fail a region mid-traffic, stop the control
 plane, restart a router with no control plane: every request is answered.
 """
@@ -7,11 +8,9 @@ plane, restart a router with no control plane: every request is answered.
 from __future__ import annotations
 
 import concurrent.futures as cf
-import ssl
 import time
 from collections import Counter
 from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import numpy as np
@@ -31,21 +30,22 @@ TEXT = "fast inference across regions"
 
 class Fleet:
     def __init__(
-        self, local: LocalFleet, router_port: int, table: np.ndarray, tls: Path, api_key: str
+        self, local: LocalFleet, router_port: int, table: np.ndarray, api_key: str
     ) -> None:
         self.local = local
         self.api_key = api_key
         self.router_port = router_port
         self.table = table
-        self.tls = tls
-        self.ssl_context = ssl.create_default_context(cafile=str(tls / "router.crt"))
+        assert local.ca_file is not None
+        self.ca_file = local.ca_file
+        self.ssl_context = local.verify
 
     def infer(
         self, location: str, port: int | None = None, api_key: str | None = None
     ) -> httpx.Response:
         body = {"inputs": [{"name": "text", "datatype": "BYTES", "shape": [1], "data": [TEXT]}]}
         return httpx.post(
-            f"https://127.0.0.1:{port or self.router_port}/v2/models/tiny/infer",
+            f"{self.local.router_url(port or self.router_port)}/v2/models/tiny/infer",
             json=body,
             headers={"x-meridian-client-location": location, "x-api-key": api_key or self.api_key},
             verify=self.ssl_context,
@@ -57,7 +57,7 @@ class Fleet:
 def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
     work = tmp_path_factory.mktemp("fleet")
     table = build_text_model(work / "tiny.onnx")
-    local = LocalFleet(work, env={"MERIDIAN_REPORT_INTERVAL_S": "0.5"})
+    local = LocalFleet(work, env={"MERIDIAN_REPORT_INTERVAL_S": "0.5"}, ca_dir=work / "ca")
     try:
         admin = local.start_control_plane()
         admin.register_model("tiny", "1", work / "tiny.onnx", dim=DIM)
@@ -65,11 +65,11 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
             local.add_region(admin, site, [("tiny", "1", None)])
         api_key = admin.api_key("e2e-clients", rate_per_s=1000, burst=1000)
         admin.close()
-        _, port = local.start_router(tls_dir=work / "tls", require_api_key=True)
+        _, port = local.start_router(require_api_key=True)
         local.wait_serving({s.name for s in SITES}, timeout=180)
         router = local.routers[0]
-        local.wait_http(f"https://127.0.0.1:{port}/v2/health/ready", router, "router ready")
-        yield Fleet(local, port, table, work / "tls", api_key)
+        local.wait_http(f"{local.router_url(port)}/v2/health/ready", router, "router ready")
+        yield Fleet(local, port, table, api_key)
     finally:
         local.stop()
 
@@ -80,7 +80,7 @@ def test_tritonclient_infers_through_the_router_over_https(fleet: Fleet) -> None
     client = http.InferenceServerClient(
         f"127.0.0.1:{fleet.router_port}",
         ssl=True,
-        ssl_options={"ca_certs": str(fleet.tls / "router.crt")},
+        ssl_options={"ca_certs": str(fleet.ca_file)},
     )
     inp = http.InferInput("text", [1], "BYTES")
     inp.set_data_from_numpy(np.array([TEXT.encode()], dtype=np.object_))
@@ -103,7 +103,7 @@ def test_api_keys_issued_and_revoked_through_the_admin_api(fleet: Fleet) -> None
 
     assert fleet.infer(FRANKFURT, api_key="mrk_not-issued").status_code == 401
     local = fleet.local
-    admin = Admin(local.base_url, local.admin_token)
+    admin = Admin(local.base_url, local.admin_token, verify=local.verify)
     try:
         key = admin.api_key("short-lived", rate_per_s=100, burst=100)
         # reaches the router through the routing snapshot
@@ -179,7 +179,7 @@ def test_traffic_goes_on_without_the_control_plane(fleet: Fleet) -> None:
         r = fleet.infer(location)
         assert r.status_code == 200, r.text
     ready = httpx.get(
-        f"https://127.0.0.1:{fleet.router_port}/v2/health/ready",
+        f"{fleet.local.router_url(fleet.router_port)}/v2/health/ready",
         verify=fleet.ssl_context,
     ).json()
     assert ready["ready"] is True and ready["snapshot_version"] >= 1
@@ -195,7 +195,7 @@ def test_a_router_started_with_no_control_plane_serves_from_its_saved_snapshot(
     shutil.copyfile(saved, local.workdir / "second-snapshot.json")
     keyring = local.workdir / "router-snapshot.api-keys.json"
     shutil.copyfile(keyring, local.workdir / "second-snapshot.api-keys.json")
-    router, port = local.start_router(tls_dir=fleet.tls, name="second", require_api_key=True)
-    local.wait_http(f"https://127.0.0.1:{port}/v2/health/ready", router, "second router")
+    router, port = local.start_router(name="second", require_api_key=True)
+    local.wait_http(f"{local.router_url(port)}/v2/health/ready", router, "second router")
     r = fleet.infer("35.7,139.7", port=port)
     assert r.status_code == 200 and r.headers["x-meridian-region"] == "ap-northeast-1"

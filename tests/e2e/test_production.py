@@ -1,5 +1,7 @@
 """Production mode end to end: two control-plane replicas on PostgreSQL + etcd, a router
-following etcd and both replicas with its rate limits in Redis, two regions.
+following etcd and both replicas with its rate limits in Redis, two regions, every wire
+encrypted with the fleet CA (a worker refuses a client without the router's certificate,
+the control plane an agent with another region's).
 
 With traffic flowing: kill the control-plane leader, restart PostgreSQL, kill a region.
 After each, every request was answered and every acknowledged admin write is still there.
@@ -13,15 +15,28 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import grpc
 import httpx
 import numpy as np
 import pytest
 
-from demo.admin import Admin
 from meridian.waiting import wait_until
 from tests import services
-from tests.e2e.production import TEXT, Production, production_fleet, steady
+from tests.control_plane.test_agent_mtls import refusal
+from tests.e2e.production import (
+    SITES,
+    TEXT,
+    Production,
+    credential_of,
+    enrolled_agent,
+    infer_body,
+    production_fleet,
+    reported_endpoints,
+    steady,
+    write_pair,
+)
 from tests.worker.text_model import reference
+from worker.access import client_context
 
 pytestmark = pytest.mark.slow
 
@@ -37,7 +52,12 @@ def production(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Production]
 def test_tritonclient_through_the_router(production: Production) -> None:
     import tritonclient.http as http
 
-    client = http.InferenceServerClient(f"127.0.0.1:{production.router_port}")
+    assert production.fleet.ca_file is not None
+    client = http.InferenceServerClient(
+        f"127.0.0.1:{production.router_port}",
+        ssl=True,
+        ssl_options={"ca_certs": str(production.fleet.ca_file)},
+    )
     inp = http.InferInput("text", [1], "BYTES")
     inp.set_data_from_numpy(np.array([TEXT.encode()], dtype=np.object_))
     out = client.infer("tiny", [inp], headers={"x-api-key": production.api_key}).as_numpy(
@@ -45,6 +65,67 @@ def test_tritonclient_through_the_router(production: Production) -> None:
     )
     np.testing.assert_allclose(out[0], reference(production.table, TEXT), rtol=1e-5, atol=1e-6)
     production.admin_write()
+
+
+def test_every_wire_is_encrypted(production: Production) -> None:
+    fleet = production.fleet
+    assert production.router_url.startswith("https://")
+    assert all(r.url.startswith("https://") for r in fleet.replicas)
+    endpoints = [w["endpoint"] for r in fleet.snapshot()["regions"] for w in r["workers"]]
+    assert endpoints and all(e.startswith("https://") for e in endpoints), endpoints
+    plain = [f"http://127.0.0.1:{production.router_port}/v2/health/ready"]
+    plain += [f"http://127.0.0.1:{r.http_port}/healthz" for r in fleet.replicas]
+    for url in plain:
+        with pytest.raises(httpx.TransportError):  # no plaintext answer on a TLS port
+            httpx.get(url, timeout=3)
+    warned = [c.name for c in fleet.live() if "PLAINTEXT" in c.log_path.read_text()]
+    assert warned == [], f"these say a wire is plaintext: {warned}"
+
+
+async def test_a_worker_answers_the_routers_certificate_only(
+    production: Production, tmp_path: Path
+) -> None:
+    fleet = production.fleet
+    assert fleet.router_files is not None and fleet.ca_file is not None
+    worker = reported_endpoints(fleet, SITES[0].name)[0]
+    url, body = f"{worker}/v2/models/tiny/infer", infer_body()
+    # the fleet CA trusted, but no client certificate: the handshake refuses it
+    async with httpx.AsyncClient(verify=fleet.verify, timeout=10) as anonymous:
+        with pytest.raises(httpx.TransportError):
+            await anonymous.post(url, json=body)
+    # the region's agent certificate: a fleet certificate, not the router's
+    agent = await enrolled_agent(fleet, SITES[0].name)
+    agent_files = write_pair(tmp_path, "agent", agent.cert_pem, agent.key_pem)
+    async with httpx.AsyncClient(verify=client_context(*agent_files, str(fleet.ca_file))) as c:
+        refused = await c.post(url, json=body)
+    assert refused.status_code == 403 and "router only" in refused.json()["error"]
+    router = fleet.router_files
+    async with httpx.AsyncClient(
+        verify=client_context(str(router.cert), str(router.key), str(router.ca)), timeout=10
+    ) as c:
+        answered = await c.post(url, json=body)
+    assert answered.status_code == 200, answered.text
+
+
+async def test_an_agent_with_another_regions_certificate_is_refused(
+    production: Production,
+) -> None:
+    fleet = production.fleet
+    us, eu = SITES[0].name, SITES[1].name
+    us_cert = await enrolled_agent(fleet, us)  # a genuine certificate, for us-east-1
+    for replica in fleet.replicas:
+        error = await refusal(
+            replica.grpc_port, us_cert.channel_credentials(), eu, credential_of(fleet, eu)
+        )
+        assert error.code() == grpc.StatusCode.PERMISSION_DENIED, error
+        assert f"names region {us!r}, not {eu!r}" in (error.details() or "")
+    # no client certificate at all: refused too, and the real agents stream on
+    assert fleet.ca_file is not None
+    anonymous = grpc.ssl_channel_credentials(fleet.ca_file.read_bytes())
+    error = await refusal(fleet.grpc_port, anonymous, eu, credential_of(fleet, eu))
+    assert error.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.UNAUTHENTICATED), error
+    assert {us, eu} <= fleet.serving_regions()
+    assert production.infer().status_code == 200
 
 
 def test_killing_the_control_plane_leader(production: Production) -> None:
@@ -131,7 +212,7 @@ def test_killing_a_region(production: Production) -> None:
 
 def test_keys_issued_and_revoked_after_the_leader_changed(production: Production) -> None:
     # by now the first leader was killed: the keyring's versions continue on the new one
-    admin = Admin(production.fleet.base_url, production.fleet.admin_token)
+    admin = production.admin()
     try:
         key = admin.api_key("late-client", rate_per_s=100, burst=100)
         wait_until(lambda: production.infer(api_key=key).status_code == 200,

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 
 import httpx
 import pytest
@@ -91,6 +92,17 @@ def _unmonitored_since(fleet: LocalFleet, region: str) -> float:
     return float(view.get("unmonitored_since", 0.0)) if view["state"] == "down" else 0.0
 
 
+def _settle(traffic: Traffic, region: str, what: str, timeout: float = 60.0) -> None:
+    """Until 18 of 20 answers in a row come from ``region``."""
+    shares: list[float] = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        shares.append(_share(traffic, region, 20, what))
+        if shares[-1] >= 0.9:
+            return
+    raise AssertionError(f"{what}: its share of each 20 answers stayed under 90%: {shares}")
+
+
 def _share(traffic: Traffic, region: str, n: int, what: str) -> float:
     """The share of the next ``n`` answered requests that ``region`` served."""
     before, total = traffic.served[region], traffic.total()
@@ -106,6 +118,9 @@ def test_losing_only_the_agent_keeps_the_region_in_routing(production: Productio
     ports = reported_ports(fleet, region)
     traffic = Traffic(production)
     try:
+        # the tests before this one restarted the region's agent and the router: wait for
+        # New York's traffic to settle on its nearest region before taking it away
+        _settle(traffic, region, f"New York's traffic settling on {region}")
         before = _share(traffic, region, 40, "traffic before the agent's loss")
         assert before >= 0.9, f"New York is served by {region}: {traffic.served}"
         agent = fleet.agents[region]
@@ -117,7 +132,10 @@ def test_losing_only_the_agent_keeps_the_region_in_routing(production: Productio
             what=f"{region} published unmonitored",
         )
         unmonitored = _share(traffic, region, 100, "traffic while the region is unmonitored")
-        assert unmonitored >= 0.9 * before, (unmonitored, before)
+        # still routed: its share stays near what it was (dropped, it would be 0). The router
+        # still weighs its own observations of the region's waits, so on a loaded machine a
+        # slow answer or two moves some requests (87% once in CI against 100% before)
+        assert unmonitored >= 0.75 * before, (unmonitored, before)
         for pid in workers_on(ports):  # now the region is really gone
             os.kill(pid, signal.SIGKILL)
         traffic.wait_more(20, "traffic past the workers' death")

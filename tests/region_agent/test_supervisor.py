@@ -82,6 +82,28 @@ async def test_directives_start_scrape_and_stop_workers(supervisor: LocalProcess
     await wait_until_async(lambda: supervisor.statuses() == [], timeout=10, what="all stopped")
 
 
+async def test_a_reserve_worker_is_labelled_with_its_variant(
+    supervisor: LocalProcessSupervisor,
+) -> None:
+    """A deployment's degrade_to variant runs beside the base, reported as
+    ``model:version:variant`` (routers send it only a saturated region's overflow)."""
+    await supervisor.apply(
+        [WorkerSpec("resnet", "1"), WorkerSpec("resnet", "1", "int8", reserve=True)]
+    )
+    await wait_until_async(
+        lambda: ready_ids(supervisor) == {"resnet-1-base-0", "resnet-1-int8-reserve-0"},
+        timeout=10,
+        what="the base and its reserve",
+    )
+    models = {s.worker_id: s.models for s in supervisor.statuses()}
+    assert models == {
+        "resnet-1-base-0": ("resnet:1",),
+        "resnet-1-int8-reserve-0": ("resnet:1:int8",),
+    }
+    report = build_report(1, [], supervisor.statuses())
+    assert sorted(tuple(w.models) for w in report.workers) == [("resnet:1",), ("resnet:1:int8",)]
+
+
 async def test_crashed_worker_is_restarted(supervisor: LocalProcessSupervisor) -> None:
     await supervisor.apply([WorkerSpec("bert", "1")])
     await wait_until_async(lambda: ready_ids(supervisor), timeout=10, what="a ready worker")
@@ -146,5 +168,56 @@ async def test_a_refused_model_reaches_the_report(tmp_path: Path) -> None:
         report = build_report(1, [], sup.statuses())
         assert report.workers[0].error == error
         assert report.workers[0].worker_id == "wide-1-int8-0"
+    finally:
+        await sup.close()
+
+
+async def test_real_workers_serve_the_base_and_its_int8_reserve(tmp_path: Path) -> None:
+    """``meridian worker`` processes: the base model and, as a reserve, its int8 variant
+    (checked against fp32 on its probes at start); the reserve reports ``wide:1:int8``
+    and answers inference on the base's path."""
+    import httpx
+
+    from tests.worker.models import build
+    from worker.quantize import build_variant
+
+    base = build(tmp_path).wide_onnx
+    variant = tmp_path / "wide.int8.onnx"
+    build_variant(base, variant, tolerance=0.1, samples=32)
+    command = [
+        sys.executable, "-m", "meridian", "worker", "--http-port", "{port}", "--grpc-port", "-1",
+        "--engine-threads", "1", "--model", "{model}:{version}:{variant}={artifact_url}",
+    ]  # fmt: skip
+    sup = LocalProcessSupervisor(
+        command=command, scrape_interval_s=0.1, env={"PYTHONPATH": str(ROOT)}
+    )
+    await sup.start()
+    try:
+        await sup.apply(
+            [
+                WorkerSpec("wide", "1", artifact_url=str(base)),
+                WorkerSpec("wide", "1", "int8", artifact_url=str(variant), reserve=True),
+            ]
+        )
+        await wait_until_async(
+            lambda: ready_ids(sup) == {"wide-1-base-0", "wide-1-int8-reserve-0"},
+            timeout=60,
+            what="both workers ready",
+        )
+        stats = {s.worker_id: s for s in sup.statuses()}
+        assert stats["wide-1-base-0"].models == ("wide:1",)
+        assert stats["wide-1-int8-reserve-0"].models == ("wide:1:int8",)
+        body = {"inputs": [{"name": "input", "shape": [1, 16], "datatype": "FP32",
+                            "data": [0.5] * 16}]}  # fmt: skip
+        outputs = {}
+        async with httpx.AsyncClient(timeout=10) as client:
+            for wid, stat in stats.items():
+                r = await client.post(f"{stat.endpoint}/v2/models/wide/versions/1/infer", json=body)
+                assert r.status_code == 200, r.text
+                outputs[wid] = r.json()["outputs"][0]["data"]
+        # the variant's answer is close to the base's, not identical (it is quantized)
+        a, b = outputs["wide-1-base-0"], outputs["wide-1-int8-reserve-0"]
+        assert a != b
+        assert max(abs(x - y) for x, y in zip(a, b, strict=True)) < 0.1 * max(map(abs, a))
     finally:
         await sup.close()

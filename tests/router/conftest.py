@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import ssl
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -24,6 +25,8 @@ class StandInWorker:
     seen: list[Request] = field(default_factory=list)
     server: HttpServer | None = None
     port: int = 0
+    # TLS with a fleet client certificate required (worker.access.server_context); None: plain
+    tls: ssl.SSLContext | None = None
 
     async def handle(self, req: Request) -> Response:
         self.seen.append(req)
@@ -35,7 +38,7 @@ class StandInWorker:
     async def start(self) -> None:
         """Listen on a free port, or on the port it had before (a restarted worker)."""
         self.server = HttpServer(self.handle)
-        self.port = await self.server.start("127.0.0.1", self.port)
+        self.port = await self.server.start("127.0.0.1", self.port, ssl_context=self.tls)
 
     async def stop(self) -> None:
         assert self.server is not None
@@ -43,7 +46,7 @@ class StandInWorker:
 
     @property
     def endpoint(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}"
 
 
 def snapshot_for(

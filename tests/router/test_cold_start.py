@@ -15,6 +15,7 @@ from meridian.snapshot import DeploymentRoute, RoutingSnapshot
 from meridian.waiting import wait_until_async
 from router.demand import DemandNotifier, HttpDemandSink, nearest_deployment_region
 from router.policies import NearestPolicy
+from router.reports import ControlPlaneClient
 from router.server import RouterServer
 from router.settings import RouterSettings
 from tests.router.conftest import StandInWorker, snapshot_for
@@ -130,13 +131,13 @@ async def test_http_demand_sink_posts_with_the_token_and_fails_over() -> None:
             return httpx.Response(503)
         return httpx.Response(202, json={"model": "mlp", "deployments": 1})
 
-    sink = HttpDemandSink(
+    client = ControlPlaneClient(
         ["http://cp1/", "http://cp2"], "tok", transport=httpx.MockTransport(handler)
     )
     try:
-        await sink.send("mlp", "eu-west-1")
+        await HttpDemandSink(client).send("mlp", "eu-west-1")
     finally:
-        await sink.close()
+        await client.close()
     assert [str(r.url) for r in seen] == ["http://cp1/v1/demand/mlp", "http://cp2/v1/demand/mlp"]
     assert seen[1].headers["authorization"] == "Bearer tok"
     assert json.loads(seen[1].content) == {"region": "eu-west-1"}

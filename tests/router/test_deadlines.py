@@ -225,12 +225,17 @@ async def test_a_slow_worker_with_short_deadlines_answers_every_request_in_time(
                 await wait_until_async(engine.running.is_set, timeout=10, what="engine busy")
                 runs_before = len(engine.batches)
 
+                router_ms: list[float] = []  # the router's own time (Server-Timing)
+
                 async def one(budget_ms: int, delay: float) -> tuple[int, float, str, str]:
                     await asyncio.sleep(delay)
                     sent = time.monotonic()
                     r = await client.post("/v2/models/gate/infer", content=_body(2),
                                           headers={DEADLINE: str(budget_ms)})  # fmt: skip
                     took = (time.monotonic() - sent) * 1000.0
+                    timing = r.headers.get("server-timing", "")
+                    if timing.startswith("router;dur="):
+                        router_ms.append(float(timing.removeprefix("router;dur=")))
                     return r.status_code, took, r.headers.get("retry-after", ""), r.text
 
                 # open the client's connections first: the clock below is the router's work
@@ -239,12 +244,18 @@ async def test_a_slow_worker_with_short_deadlines_answers_every_request_in_time(
                 queued = await asyncio.gather(*(one(300, rng.uniform(0, 0.1)) for _ in range(20)))
                 statuses = [s for s, _, _, _ in queued]
                 took = np.array([t for _, t, _, _ in queued])
-                print(f"300 ms deadlines: statuses {sorted(set(statuses))}, "
-                      f"answered within {took.max():.0f} ms at most")  # fmt: skip
+                print(f"300 ms deadlines: statuses {sorted(set(statuses))}, answered within "
+                      f"{took.max():.0f} ms at most ({max(router_ms, default=0):.0f} ms in the "
+                      "router)")  # fmt: skip
                 assert len(queued) == 20  # 0 unanswered
                 assert set(statuses) <= {503, 504}
                 assert 504 in statuses  # some were admitted, queued and expired
-                assert took.max() < 300 + 150  # every one answered by its deadline + margin
+                # the router answered each one by its deadline on its own clock, with a margin
+                # for the one event loop that 20 clients, the router and the worker share in
+                # this test process; the clients, on the same loop, see more on a busy machine
+                assert len(router_ms) == statuses.count(504)
+                assert max(router_ms) < 300 + 150
+                assert took.max() < 300 + 1000
                 expired = [text for s, _, _, text in queued if s == 504]
                 assert all("deadline" in text for text in expired)
                 metrics = (await direct.get("/metrics")).text

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import ssl
 import time
 from collections import Counter
 from collections.abc import AsyncIterator
@@ -44,12 +45,16 @@ async def fleet(tmp_path: Path) -> AsyncIterator[tuple[RouterServer, dict[str, S
 Result = tuple[float, str, int, int]
 
 
-async def _load(port: int, seconds: float, rate: float) -> list[Result]:
-    """Open-loop load from Paris: (sent at, region, status, attempts) of each request."""
+async def _load(
+    port: int, seconds: float, rate: float, verify: ssl.SSLContext | None = None
+) -> list[Result]:
+    """Open-loop load from Paris: (sent at, region, status, attempts) of each request
+    (over HTTPS, trusting ``verify``, when given)."""
     out: list[Result] = []
     async with httpx.AsyncClient(
-        base_url=f"http://127.0.0.1:{port}", headers={EDGE: "48.86,2.35"}, timeout=10.0,
-        limits=httpx.Limits(max_connections=200),
+        base_url=f"{'https' if verify else 'http'}://127.0.0.1:{port}",
+        headers={EDGE: "48.86,2.35"}, timeout=10.0, limits=httpx.Limits(max_connections=200),
+        verify=verify or True,
     ) as client:  # fmt: skip
 
         async def one(at: float) -> None:

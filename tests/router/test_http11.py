@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import ssl
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from router.http11 import HttpServer, Limits, Request, Response
 from router.policies import NearestPolicy
 from router.server import RouterServer
 from router.settings import RouterSettings
+from router.tls import self_signed_pair, server_context
 from router.upstream import UpstreamError, UpstreamPool
 from tests.router.conftest import StandInWorker, snapshot_for
 
@@ -102,6 +104,63 @@ async def test_handler_bug_answers_500_and_keeps_serving() -> None:
         assert server.errors == 1
     finally:
         await server.stop()
+
+
+@pytest.fixture
+async def tls_echo(tmp_path: Path) -> AsyncIterator[tuple[HttpServer, int, Path]]:
+    """(server, port, its certificate): the echo server over TLS."""
+    cert, key = self_signed_pair(tmp_path)
+    server = HttpServer(_echo_path)
+    port = await server.start("127.0.0.1", 0, server_context(cert, key))
+    try:
+        yield server, port, cert
+    finally:
+        await server.stop()
+
+
+async def _accepted(
+    server: HttpServer, port: int
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A TCP connection the server has accepted, its TLS handshake not begun."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    await wait_until_async(lambda: bool(server.handshaking), timeout=10, what="the accept")
+    return reader, writer
+
+
+async def test_a_drain_waits_for_a_connection_whose_tls_handshake_is_in_flight(
+    tls_echo: tuple[HttpServer, int, Path],
+) -> None:
+    # asyncio hands a TLS connection to its protocol only after the handshake; a router that
+    # drained without waiting for such a one would exit under a client it had accepted
+    server, port, cert = tls_echo
+    reader, writer = await _accepted(server, port)
+    try:
+        drain = asyncio.create_task(server.drain(timeout_s=10))
+        await writer.start_tls(ssl.create_default_context(cafile=str(cert)))
+        assert not drain.done()  # the handshake took many turns of the loop: still waiting
+        writer.write(b"GET /late HTTP/1.1\r\nhost: t\r\n\r\n")
+        async with asyncio.timeout(10):
+            answer = await reader.read(-1)
+            left = await drain
+        assert answer.startswith(b"HTTP/1.1 200 OK\r\n") and b"/late?|" in answer
+        assert b"connection: close" in answer.lower()  # answered, then closed: it is draining
+        assert left == 0 and not server.handshaking
+    finally:
+        writer.close()
+
+
+async def test_a_connection_that_never_starts_its_tls_handshake_does_not_hold_a_drain(
+    tls_echo: tuple[HttpServer, int, Path],
+) -> None:
+    # a load balancer's TCP check or a port scan: connect, then close without a handshake
+    server, port, _ = tls_echo
+    _, writer = await _accepted(server, port)
+    writer.close()
+    await writer.wait_closed()
+    started = asyncio.get_running_loop().time()
+    left = await server.drain(timeout_s=10)
+    assert left == 0 and not server.handshaking
+    assert asyncio.get_running_loop().time() - started < 2.0  # not the drain's timeout
 
 
 class _Hanging:

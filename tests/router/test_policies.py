@@ -281,3 +281,21 @@ def test_scalar_and_bulk_stats_updates_agree() -> None:
     for name in ("a", "b"):
         assert astuple(scalar.region(name, 1.0)) == pytest.approx(astuple(bulk.region(name, 1.0)))
     assert scalar.rtt_ms[0] == pytest.approx(bulk.rtt_ms[0])
+
+
+def test_serving_workers_of_one_version() -> None:
+    from router.policies import serving_workers
+
+    def worker(wid: str, *models: str) -> WorkerView:
+        return WorkerView(wid, f"http://127.0.0.1:1/{wid}", HealthState.HEALTHY, models)
+
+    workers = (
+        worker("a", "m:1"),
+        worker("b", "m:2"),
+        worker("c", "m:1", "m:2"),
+        worker("d", "x:1"),
+    )
+    region = RegionView("r", HealthState.HEALTHY, 0.0, 0.0, workers=workers)
+    assert [w.worker_id for w in serving_workers(region, "m")] == ["a", "b", "c"]
+    assert [w.worker_id for w in serving_workers(region, "m", "2")] == ["b", "c"]
+    assert serving_workers(region, "m", "3") == ()

@@ -31,6 +31,7 @@ class FakeEngine:
         self.finished: list[str] = []
         self.params: list[SamplingParams] = []
         self.prompts: list[list[int]] = []
+        self.deadlines: list[float | None] = []
 
     async def start(self) -> None:
         self.started = True
@@ -50,12 +51,17 @@ class FakeEngine:
         return self.encode(text)
 
     def generate(
-        self, prompt_token_ids: Sequence[int], params: SamplingParams, request_id: str
+        self,
+        prompt_token_ids: Sequence[int],
+        params: SamplingParams,
+        request_id: str,
+        deadline: float | None = None,
     ) -> AsyncIterator[TokenEvent]:
         if any(t < 0 for t in prompt_token_ids):
             raise InvalidInput("negative token id")
         self.params.append(params)
         self.prompts.append(list(prompt_token_ids))
+        self.deadlines.append(deadline)
         return self._stream(list(prompt_token_ids), params, request_id)
 
     async def _stream(

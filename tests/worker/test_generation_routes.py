@@ -315,3 +315,29 @@ async def test_config_stats_and_metrics(served: tuple[LiveWorker, FakeEngine]) -
         'meridian_worker_generations_total{finish_reason="length",model="chat:1"} 1.0',
     ):
         assert series in metrics, series
+
+
+async def test_the_deadline_header_reaches_the_engine(
+    served: tuple[LiveWorker, FakeEngine],
+) -> None:
+    import time
+
+    worker, engine = served
+    async with httpx.AsyncClient(base_url=worker.url, timeout=30) as http:
+        body = {"model": "chat", "prompt": "Say hi", "max_tokens": 3}
+        before = time.monotonic()
+        r = await http.post("/v1/completions", json=body,
+                            headers={"x-meridian-deadline-ms": "5000"})  # fmt: skip
+        assert r.status_code == 200
+        deadline = engine.deadlines[-1]
+        assert deadline is not None and before + 4.0 < deadline <= time.monotonic() + 5.0
+        r = await http.post("/v2/models/chat/generate", json={"text_input": "hi"},
+                            headers={"x-meridian-deadline-ms": "2000"})  # fmt: skip
+        assert r.status_code == 200
+        deadline = engine.deadlines[-1]
+        assert deadline is not None and deadline <= time.monotonic() + 2.0
+        await http.post("/v1/completions", json=body)
+        assert engine.deadlines[-1] is None  # none sent: none invented
+        bad = await http.post("/v1/completions", json=body,
+                              headers={"x-meridian-deadline-ms": "soon"})  # fmt: skip
+        assert bad.status_code == 400 and "x-meridian-deadline-ms" in bad.text

@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator, Callable
 from collections.abc import Sequence as Seq
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 
-from meridian.errors import InvalidInput, Unavailable
+from meridian.errors import InvalidInput, Unavailable, UpstreamTimeout
+from meridian.eventwait import wait_event
 from worker.generation.runner import ModelRunner, StepInput
 from worker.generation.sampling import make_generator, sample_token
 from worker.generation.scheduler import Scheduler, SchedulerCounters
@@ -120,9 +122,15 @@ class Engine:
         return self._tokenizer.chat(messages)
 
     def generate(
-        self, prompt_token_ids: Seq[int], params: SamplingParams, request_id: str
+        self,
+        prompt_token_ids: Seq[int],
+        params: SamplingParams,
+        request_id: str,
+        deadline: float | None = None,
     ) -> AsyncIterator[TokenEvent]:
-        """Token events of one sequence; raises :class:`InvalidInput` at once for bad input."""
+        """Token events of one sequence; raises :class:`InvalidInput` at once for bad input.
+        A sequence still waiting at ``deadline`` (``time.monotonic()``) is dropped before
+        its prefill: the iterator raises :class:`UpstreamTimeout` (504)."""
         prompt = [int(t) for t in prompt_token_ids]
         self._validate(prompt, params)
         seq = Sequence(
@@ -133,6 +141,7 @@ class Engine:
             max_len=min(self.max_model_len, len(prompt) + params.max_tokens),
             generator=make_generator(params.seed),
             text=IncrementalText(self._tokenizer.decode, params.stop),
+            deadline=deadline,
         )
         return self._stream(seq)
 
@@ -214,10 +223,15 @@ class Engine:
                 self._fail_all(exc)
                 continue
             if events is None:
-                # nothing could run (no arrivals can be admitted): wait for news
+                # nothing could run (no arrivals can be admitted): wait for news, or
+                # for the next waiting sequence's deadline to drop it
                 self._wake.clear()
                 if not (self._inbox or self._aborts):
-                    await self._wake.wait()
+                    due = self._scheduler.next_deadline()
+                    if due is None:
+                        await self._wake.wait()
+                    else:
+                        await wait_event(self._wake, max(0.0, due - time.monotonic()) + 0.001)
                 continue
             for seq, event in events:
                 seq.queue.put_nowait(event)
@@ -230,7 +244,7 @@ class Engine:
 
     def _step(
         self, adds: list[Sequence], aborts: list[Sequence]
-    ) -> list[tuple[Sequence, TokenEvent]] | None:
+    ) -> list[tuple[Sequence, TokenEvent | BaseException]] | None:
         """One scheduler step, in the engine's thread; ``None`` if nothing could run."""
         sched = self._scheduler
         for seq in adds:
@@ -238,9 +252,14 @@ class Engine:
         for seq in aborts:  # after the adds: a consumer may leave before its first step
             sched.remove(seq)
         scheduled = sched.schedule()
+        events: list[tuple[Sequence, TokenEvent | BaseException]] = [
+            (seq, self._expired(seq)) for seq in sched.take_expired()
+        ]
         if not scheduled:
             # waiting sequences that cannot start while nothing runs need news
             # (an abort or arrival); anything else resolves at the next step
+            if events:
+                return events
             return None if sched.waiting and not sched.running else []
         inputs = [
             StepInput(
@@ -254,13 +273,19 @@ class Engine:
         logits = self._runner.forward(inputs)
         sampling = [s.seq for s in scheduled if s.wants_logits]
         sched.commit(scheduled)
-        events = []
         for row, seq in zip(logits, sampling, strict=True):
             token = sample_token(row, seq.params, seq.generator)
             events.append((seq, self._advance(seq, token)))
             if seq.finish_reason is not None:
                 sched.remove(seq)
         return events
+
+    def _expired(self, seq: Sequence) -> UpstreamTimeout:
+        late_ms = (time.monotonic() - (seq.deadline or 0.0)) * 1000.0
+        return UpstreamTimeout(
+            f"the request's deadline passed {late_ms:.0f} ms ago while it waited for model "
+            f"'{self.name}': dropped before its prefill"
+        )
 
     def _advance(self, seq: Sequence, token: int) -> TokenEvent:
         seq.tokens.append(token)

@@ -7,11 +7,18 @@ prompts are prefilled ``prefill_chunk`` tokens at a time so decodes keep moving.
 When a running sequence needs a block and none is free, the most recently
 admitted running sequence is preempted: its blocks are freed and it waits, at
 the head of the queue, to be recomputed (mostly from the prefix cache).
+
+A waiting sequence whose deadline passed before it was ever admitted is dropped
+before its prefill (``take_expired``): computing an answer nobody waits for would
+only delay the sequences behind it. A preempted sequence has started streaming and
+is never dropped.
 """
 
 from __future__ import annotations
 
+import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -96,6 +103,8 @@ class SchedulerCounters:
     steps: int = 0
     # steps that carried decodes and prefill chunks together
     mixed_steps: int = 0
+    # waiting sequences dropped before their prefill: their deadline had passed
+    deadline_dropped: int = 0
 
 
 class Scheduler:
@@ -108,8 +117,10 @@ class Scheduler:
         max_batched_tokens: int,
         prefill_chunk: int,
         policy: SchedulingPolicy,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.pool = pool
+        self.clock = clock
         self.block_size = block_size
         # every running sequence must be able to decode in each step
         self.max_num_seqs = min(max_num_seqs, max_batched_tokens)
@@ -119,12 +130,43 @@ class Scheduler:
         self.waiting: deque[Sequence] = deque()
         self.running: list[Sequence] = []  # in admission order
         self.counters = SchedulerCounters()
+        self._expired: list[Sequence] = []
+        self._with_deadline = 0  # waiting sequences that carry a deadline (0: no sweep)
 
     def has_work(self) -> bool:
         return bool(self.waiting or self.running)
 
     def add(self, seq: Sequence) -> None:
         self.waiting.append(seq)
+        if seq.deadline is not None:
+            self._with_deadline += 1
+
+    def take_expired(self) -> list[Sequence]:
+        """The sequences dropped for their deadline since the last call."""
+        expired, self._expired = self._expired, []
+        return expired
+
+    def next_deadline(self) -> float | None:
+        """The earliest deadline of a waiting sequence not started yet (None: none)."""
+        if not self._with_deadline:
+            return None
+        deadlines = [s.deadline for s in self.waiting if s.deadline is not None and not s.admitted]
+        return min(deadlines) if deadlines else None
+
+    def _drop_expired(self) -> None:
+        if not self._with_deadline:
+            return
+        now = self.clock()
+        kept: deque[Sequence] = deque()
+        for seq in self.waiting:
+            if seq.deadline is not None and not seq.admitted and seq.deadline <= now:
+                self._free(seq)
+                self._expired.append(seq)
+                self._with_deadline -= 1
+                self.counters.deadline_dropped += 1
+            else:
+                kept.append(seq)
+        self.waiting = kept
 
     def remove(self, seq: Sequence) -> bool:
         """Take ``seq`` out (finished or aborted) and free its blocks."""
@@ -132,12 +174,15 @@ class Scheduler:
             self.running.remove(seq)
         elif seq in self.waiting:
             self.waiting.remove(seq)
+            if seq.deadline is not None and not seq.admitted:
+                self._with_deadline -= 1
         else:
             return False
         self._free(seq)
         return True
 
     def schedule(self) -> list[Scheduled]:
+        self._drop_expired()
         budget = self.max_batched_tokens
         chosen: dict[Sequence, int] = {}
         preempted = False
@@ -179,6 +224,8 @@ class Scheduler:
             self.running.append(seq)
             if not seq.admitted:
                 seq.admitted = True
+                if seq.deadline is not None:
+                    self._with_deadline -= 1
                 if self.pool.prefix_caching:
                     seq.cached_tokens = min(seq.num_computed, seq.prompt_len)
                     self.counters.prefix_queries += seq.prompt_len

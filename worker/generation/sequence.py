@@ -94,6 +94,8 @@ class Sequence:
     num_registered: int = 0  # leading blocks offered to the prefix cache
     cached_tokens: int = 0  # prompt tokens found in the prefix cache at first admission
     admitted: bool = False
+    # time.monotonic() past which the sequence is dropped if it has not started (None: never)
+    deadline: float | None = None
     finish_reason: FinishReason | None = None
 
     @property

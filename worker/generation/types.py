@@ -92,7 +92,14 @@ class GenerationEngine(Protocol):
         ...
 
     def generate(
-        self, prompt_token_ids: Sequence[int], params: SamplingParams, request_id: str
-    ) -> AsyncIterator[TokenEvent]: ...
+        self,
+        prompt_token_ids: Sequence[int],
+        params: SamplingParams,
+        request_id: str,
+        deadline: float | None = None,
+    ) -> AsyncIterator[TokenEvent]:
+        """Token events of one sequence; one that has not started by ``deadline``
+        (``time.monotonic()``) ends with :class:`~meridian.errors.UpstreamTimeout`."""
+        ...
 
     def stats(self) -> EngineStats: ...

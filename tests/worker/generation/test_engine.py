@@ -232,3 +232,33 @@ async def test_a_failed_step_fails_its_sequences_and_the_engine_goes_on(
             await events_of(engine, [1, 2, 3], GREEDY)
         assert engine.stats().kv_blocks_used == 0
         assert len(await events_of(engine, [1, 2, 3], GREEDY)) == 12
+
+
+async def test_a_queued_sequence_past_its_deadline_is_dropped_before_its_prefill(
+    engine_factory: EngineFactory,
+) -> None:
+    import time
+
+    from meridian.errors import UpstreamTimeout
+
+    async with engine_factory(max_num_seqs=1) as engine:
+        prompt = engine.encode("The quick brown fox")
+        long = SamplingParams(max_tokens=400, temperature=0.0, ignore_eos=True)
+        busy = engine.generate(prompt, long, "busy")
+        first = await anext(busy)  # it runs: the one slot is taken
+        assert first.token_id is not None
+        prefilled = engine.counters().prefill_tokens
+        other = engine.encode("A different prompt, never computed")
+        started = time.monotonic()
+        late = engine.generate(other, GREEDY, "late", time.monotonic() + 0.05)
+        with pytest.raises(UpstreamTimeout, match="dropped before its prefill"):
+            await anext(late)
+        waited = time.monotonic() - started
+        assert 0.05 <= waited < 2.0  # dropped at the next step after its deadline
+        assert engine.counters().deadline_dropped == 1
+        assert engine.counters().prefill_tokens == prefilled  # its prompt never ran
+        # a deadline it can meet: served once the slot is free
+        await busy.aclose()
+        served = [e async for e in engine.generate(other, GREEDY, "ok", time.monotonic() + 30)]
+        assert served[-1].finish_reason == "length"
+        assert engine.counters().deadline_dropped == 1

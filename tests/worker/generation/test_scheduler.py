@@ -176,3 +176,38 @@ def test_settings_refuse_what_cannot_work() -> None:
         GenerationSettings(kv_cache_tokens=8, block_size=16)
     with pytest.raises(pydantic.ValidationError, match="policy"):
         GenerationSettings(policy="fifo")  # type: ignore[arg-type]
+
+
+def test_a_waiting_sequence_past_its_deadline_is_dropped_before_its_prefill() -> None:
+    now = [100.0]
+    s = Scheduler(
+        BlockPool(64, prefix_caching=True), block_size=BS, max_num_seqs=1,
+        max_batched_tokens=64, prefill_chunk=16, policy=ContinuousPolicy(),
+        clock=lambda: now[0],
+    )  # fmt: skip
+    first, late, patient, timely = (seq(n, [1, 2, 3, 4, 5]) for n in "abcd")
+    late.deadline = 100.5
+    timely.deadline = 200.0
+    for x in (first, late, patient, timely):
+        s.add(x)
+    assert s.next_deadline() == 100.5
+    assert [i.seq for i in run(s)] == [first]  # one at a time: the others wait
+    assert s.take_expired() == []
+    now[0] = 101.0  # late's deadline passes while it waits
+    run(s)
+    assert s.take_expired() == [late]
+    assert late not in s.waiting and late.block_table == [] and not late.admitted
+    assert s.counters.deadline_dropped == 1
+    assert s.next_deadline() == 200.0
+    # the running one is never dropped; finishing it lets the next in line start
+    s.remove(first)
+    assert [i.seq for i in run(s)] == [patient]
+    s.remove(patient)
+    now[0] = 150.0
+    assert [i.seq for i in run(s)] == [timely]  # started before its deadline
+    assert s.next_deadline() is None
+    now[0] = 300.0  # a started sequence is never dropped, even preempted to the queue
+    s._preempt(timely)
+    run(s)
+    assert s.take_expired() == [] and s.counters.deadline_dropped == 1
+    assert s.next_deadline() is None
