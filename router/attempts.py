@@ -125,6 +125,7 @@ class Attempts:
         core.outstanding[wid] += 1
         held = True  # released here, or by a stream when it ends
         sent = now
+        stall_from = core.lag.stalled_ms()
         try:
             if s.emulate_wan:
                 await core.wan_delay(call.snap, call.route, name)
@@ -151,9 +152,8 @@ class Attempts:
                     opened.headers, b"content-type"
                 ):
                     first = time.monotonic()
-                    took_ms = (first - sent) * 1000.0
-                    excess_ms = (took_ms - core.pool.network_ms(host, port)
-                                 - worker.latency_p50_ms)  # fmt: skip
+                    took_ms = core.took_ms(sent, stall_from, first)
+                    excess_ms = core.excess_ms(took_ms, host, port, worker)
                     core.observed.success(name, took_ms, excess_ms, first)
                     core.hedging.observe(call.model, True, took_ms)
                     figures.answered(took_ms)
@@ -183,7 +183,8 @@ class Attempts:
             now = time.monotonic()
             if call.client_deadline and now >= call.deadline - 0.001:
                 # the client's deadline, not the region, ran out: a long wait, not an error
-                core.observed.success(name, (now - sent) * 1000.0, (now - sent) * 1000.0, now)
+                waited_ms = core.took_ms(sent, stall_from, now)
+                core.observed.success(name, waited_ms, waited_ms, now)
                 core.counters["deadline_timeouts"] += 1
                 call.deadline_ran_out = True
                 return f"region {name}: no answer within the request's deadline"
@@ -209,7 +210,7 @@ class Attempts:
         if upstream.status == 504 and call.client_deadline:
             # the worker dropped it, its deadline passed in the queue: answer that, retrying
             # is hopeless; the region was slow, not broken
-            waited_ms = (done - sent) * 1000.0
+            waited_ms = core.took_ms(sent, stall_from, done)
             core.observed.success(name, waited_ms, waited_ms, done)
             core.counters["deadline_dropped_upstream"] += 1
             return Response(504, body, core.out_headers(upstream.headers, name, attempts))
@@ -218,8 +219,8 @@ class Attempts:
             core.observed.error(name, done)
             core.counters["upstream_5xx"] += 1
             return f"region {name} answered {upstream.status}"
-        took_ms = (done - sent) * 1000.0
-        excess_ms = took_ms - core.pool.network_ms(host, port) - worker.latency_p50_ms
+        took_ms = core.took_ms(sent, stall_from, done)
+        excess_ms = core.excess_ms(took_ms, host, port, worker)
         core.observed.success(name, took_ms, excess_ms, done)
         core.hedging.observe(call.model, False, took_ms)
         figures.answered(took_ms)

@@ -53,6 +53,7 @@ from router.hold import HoldQueue
 from router.http11 import HOP_BY_HOP, Request, Response, StreamResponse
 from router.keys import ApiKeys
 from router.locate import EDGE_HEADER, ClientLocator
+from router.loop_lag import LoopLag
 from router.metrics import CONTENT_TYPE as METRICS_TYPE
 from router.metrics import GenerationMetrics, RouterMetrics
 from router.mirror import Mirrors
@@ -138,6 +139,7 @@ class RouterCore:
             )
         )
         self.observed = Observations(self.stats)
+        self.lag = LoopLag()  # started by the server: the router's own stalls, not the regions'
         self.outliers = WorkerOutliers()
         self.last_good = LastGoodView()
         self.unmonitored = UnmonitoredRegions(settings.unmonitored_grace_s)
@@ -155,7 +157,7 @@ class RouterCore:
         self.budget = RetryBudget(ratio=settings.retry_ratio)
         self.counters: dict[str, int] = defaultdict(int)
         self.probes = OutlierProbes(
-            pool, self.outliers, self.stats, self.counters, self.endpoint,
+            pool, self.outliers, self.stats, self.counters, self.endpoint, self.lag,
             timeout_s=settings.attempt_timeout_s,
         )  # fmt: skip
         self.demand = demand
@@ -580,6 +582,20 @@ class RouterCore:
         await self.hold.close()
         await self.probes.close()
         await self.mirrors.close()
+        await self.lag.close()
+
+    def took_ms(self, sent: float, stall_from: float, done: float) -> float:
+        """What an attempt sent at ``sent`` (``time.monotonic()``) and answered at ``done``
+        took, less the time this router's own loop was stalled meanwhile (``stall_from``
+        is ``lag.stalled_ms()`` read when it was sent): the answer's lateness that was
+        the router's, not the region's."""
+        stalled = self.lag.stalled_ms() - stall_from
+        return max((done - sent) * 1000.0 - stalled, 0.0)
+
+    def excess_ms(self, took_ms: float, host: str, port: int, worker: WorkerView) -> float:
+        """What an attempt took beyond one network round trip and the worker's own latency:
+        the region's unexplained wait."""
+        return took_ms - self.pool.network_ms(host, port) - worker.latency_p50_ms
 
     # --- the hold verdict: batch requests waiting for the load to fall ------------------------
 

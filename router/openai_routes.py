@@ -252,6 +252,7 @@ class OpenAIRoutes:
             tried.add(worker.worker_id)
             host, port = core.endpoint(worker.endpoint)
             now = time.monotonic()
+            stall_from = core.lag.stalled_ms()
             try:
                 opened = await core.pool.stream(
                     host, port, "POST", "/v1/completions", headers, body, s.attempt_timeout_s
@@ -265,8 +266,8 @@ class OpenAIRoutes:
                 opened.close()
                 core.observed.error(name, time.monotonic())
                 continue
-            took_ms = (time.monotonic() - now) * 1000.0
-            excess_ms = took_ms - core.pool.network_ms(host, port) - worker.latency_p50_ms
+            took_ms = core.took_ms(now, stall_from, time.monotonic())
+            excess_ms = core.excess_ms(took_ms, host, port, worker)
             core.observed.success(name, took_ms, excess_ms, time.monotonic())
             core.counters["stream_continued"] += 1
             return opened, name, worker.worker_id

@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable, MutableMapping
 
 from meridian.snapshot import RoutingSnapshot, WorkerView
+from router.loop_lag import LoopLag
 from router.outliers import WorkerOutliers
 from router.policies import RouterStats
 from router.upstream import UpstreamConnectError, UpstreamError, UpstreamPool
@@ -37,6 +38,7 @@ class OutlierProbes:
         stats: RouterStats,
         counters: MutableMapping[str, int],
         endpoint: Callable[[str], tuple[str, int]],
+        lag: LoopLag,
         *,
         timeout_s: float,
         max_in_flight: int = 16,
@@ -46,6 +48,7 @@ class OutlierProbes:
         self.stats = stats
         self.counters = counters
         self._endpoint = endpoint
+        self.lag = lag
         self.timeout_s = timeout_s
         self.max_in_flight = max_in_flight
         self._tasks: set[asyncio.Task[None]] = set()
@@ -114,6 +117,7 @@ class OutlierProbes:
         host, port = self._endpoint(worker.endpoint)
         timeout = self.timeout_s
         sent = time.monotonic()
+        stall_from = self.lag.stalled_ms()
         try:
             upstream = await self.pool.request(host, port, method, target, headers, body, timeout)
         except UpstreamConnectError:
@@ -128,7 +132,8 @@ class OutlierProbes:
         self.counters["shadow_probes"] += 1
         if upstream is not None and upstream.status >= 500:
             return
-        took_ms = (done - sent) * 1000.0
+        stalled_ms = self.lag.stalled_ms() - stall_from  # the router's own, not the worker's
+        took_ms = (done - sent) * 1000.0 - stalled_ms
         excess_ms = took_ms - self.pool.network_ms(host, port) - worker.latency_p50_ms
         self.outliers.observe(worker.worker_id, excess_ms, done)
         if self.stats.region(region, done).wait_ms > self.outliers.config.slow_ms:

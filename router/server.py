@@ -162,6 +162,7 @@ class RouterServer:
                 await self._wait_ready(s.takeover_ready_timeout_s)
                 listener = await asyncio.to_thread(take_listener, path)
         self.took_over = listener is not None
+        self.core.lag.start()
         self.port = await self._http.start(s.host, s.port, ssl_ctx, sock=listener)
         if s.port:
             self._handoff = HandoffServer(s.resolved_handoff_path, self._http.listener)

@@ -193,6 +193,10 @@ class DynamicBatcher:
             async with asyncio.timeout(timeout_s):
                 return await future
         except TimeoutError:
+            # On a stalled loop the queue's own deadline (a little earlier) and this
+            # timer fire in one turn: the future then holds the answer that says why
+            if future.done() and not future.cancelled():
+                return future.result()
             raise self.timeout_error(timeout_s) from None
 
     def timeout_error(self, timeout_s: float) -> UpstreamTimeout:

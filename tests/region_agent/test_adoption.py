@@ -39,7 +39,11 @@ async def test_a_new_life_adopts_the_wanted_workers_and_stops_the_rest(tmp_path:
         assert gone is not None
         await wait_until_async(lambda: not alive(gone), timeout=10, what="the unwanted stopped")
         assert second.pid("resnet-1-base-0") == pids["resnet-1-base-0"]  # kept, not replaced
-        assert ready_ids(second) == {"resnet-1-base-0"}
+        # an adopted worker is not this process's child: its exit is seen at the next scrape
+        await wait_until_async(
+            lambda: ready_ids(second) == {"resnet-1-base-0"}, timeout=10, what="one reported"
+        )
+        assert second.pid("resnet-1-base-0") == pids["resnet-1-base-0"]
     finally:
         await second.close()
     left = [p for p in pids.values() if p is not None]

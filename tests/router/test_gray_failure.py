@@ -12,6 +12,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from meridian.waiting import wait_until_async
+from router.policies import RegionStats
 from router.ranking import make_policy
 from router.server import RouterServer
 from router.settings import RouterSettings
@@ -68,6 +70,9 @@ async def _load(
         while (now := time.monotonic()) - start < seconds:
             tasks.append(asyncio.create_task(one(now - start)))
             n += 1
+            # a client stalled with the loop skips the sends it missed: a burst of them
+            # would fill the region's queue and rightly spill to the next region
+            n = max(n, int((time.monotonic() - start) * rate))
             await asyncio.sleep(max(0.0, start + n / rate - time.monotonic()))
         await asyncio.gather(*tasks)
     return out
@@ -93,6 +98,30 @@ async def test_a_slow_region_loses_its_traffic_and_regains_it(fleet) -> None:
     workers["eu"].delay_s = 0.0  # recovered: the shadow probes see it
     back = await _load(server.port, 4.0, rate=50)
     assert _share(back, "eu", 3.0, 4.0) >= 0.9
+
+
+async def test_the_routers_own_stall_is_not_blamed_on_the_region(fleet) -> None:
+    # the router's process is starved (a collection, a noisy neighbour) while requests are
+    # in flight: their answers are read late, but the region was not slow
+    server, workers = fleet
+    workers["eu"].delay_s = 0.02  # so that requests are in flight when the loop stalls
+
+    core = server.core
+
+    async def stall() -> RegionStats:
+        await wait_until_async(lambda: core.outstanding["eu-w1"] >= 1, timeout=10, what="sent")
+        served = core.counters["served"] + core.outstanding["eu-w1"]
+        time.sleep(0.4)  # noqa: ASYNC251  (blocks the loop: a stall, not a wait)
+        await wait_until_async(lambda: core.counters["served"] >= served, timeout=10, what="read")
+        core.observed.flush(time.monotonic())
+        return core.stats.region("eu", time.monotonic())  # what it learned from those answers
+
+    stalling = asyncio.create_task(stall())
+    results = await _load(server.port, 1.5, rate=50)
+    eu = await stalling
+    assert core.lag.stalled_ms() >= 400.0
+    assert eu.service_ms < 100.0 and eu.wait_ms < 50.0, eu  # 20 ms answers, read 400 ms late
+    assert _share(results, "eu", 0.0, 1.5) == 1.0
 
 
 async def test_a_dead_region_is_ejected_on_its_first_refusal(fleet) -> None:

@@ -132,3 +132,22 @@ async def test_a_request_whose_deadline_passes_in_the_queue_is_dropped_before_ru
     assert batcher.stats.in_flight == 0
     assert batcher.stats.deadline_dropped == 1
     await batcher.stop()
+
+
+async def test_on_a_stalled_loop_the_queue_deadline_still_says_why(engine: GateEngine) -> None:
+    # the queue's deadline and the caller's timeout (a gRPC call's, a little later) come
+    # due in one turn of a loop that was blocked past both: the answer is the queue's
+    batcher = _batcher(engine, max_queue_delay_s=0.0, max_batch_size=1)
+    engine.gate.clear()
+    busy = batcher.submit(_row(0))
+    await wait_until_async(engine.running.is_set, timeout=10, what="engine busy")
+    late = batcher.submit(_row(1), deadline=time.monotonic() + 0.05)
+    waiting = asyncio.create_task(batcher.wait(late, 0.06))
+    await asyncio.sleep(0)  # the caller waits on both timers
+    time.sleep(0.2)  # noqa: ASYNC251  (the loop is blocked past both: a stall)
+    with pytest.raises(UpstreamTimeout, match=r"deadline passed after"):
+        await waiting
+    assert batcher.stats.deadline_dropped == 1
+    engine.gate.set()
+    await busy
+    await batcher.stop()
