@@ -84,8 +84,8 @@ def create_app(
         finally:
             if fleet is not None:
                 await fleet.stop()
-            if owned:
-                reg.close()
+            if owned:  # on a thread: it waits for queries still finishing (Database.dispose)
+                await anyio.to_thread.run_sync(reg.close)
 
     app = FastAPI(
         title="Meridian control plane",

@@ -10,6 +10,7 @@ psycopg 3 (``postgresql+psycopg://``).
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -82,7 +83,15 @@ class Database:
     def backend(self) -> str:
         return self.engine.dialect.name
 
-    def dispose(self) -> None:
+    def dispose(self, wait_s: float = 5.0) -> None:
+        """Close the pool's connections. One still checked out (a query finishing on a
+        worker thread whose task was cancelled at shutdown) is waited for, up to
+        ``wait_s``: the pool closes only the connections it holds, and one returned
+        later would be left open for the garbage collector."""
+        checked_out = getattr(self.engine.pool, "checkedout", None)
+        deadline = time.monotonic() + wait_s
+        while checked_out is not None and checked_out() > 0 and time.monotonic() < deadline:
+            time.sleep(0.01)
         self.engine.dispose()
 
 

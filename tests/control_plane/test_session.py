@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import sqlite3
 import threading
+import time
 from pathlib import Path
 
+import pytest
 import sqlalchemy as sa
 
 from control_plane.db.session import create_database, normalize_url
@@ -62,3 +65,25 @@ def test_sqlite_write_transactions_take_the_lock_up_front(tmp_path: Path) -> Non
 def test_plain_postgresql_urls_use_psycopg_3() -> None:
     assert normalize_url("postgresql://u:p%40ss@h/db") == "postgresql+psycopg://u:p%40ss@h/db"
     assert normalize_url("sqlite:///x.sqlite") == "sqlite:///x.sqlite"
+
+
+def test_dispose_waits_for_a_connection_still_in_use_and_closes_it(tmp_path: Path) -> None:
+    # a query finishing on a worker thread while the control plane shuts down: its
+    # connection comes back after dispose began, and must not be left open
+    db = create_database(f"sqlite:///{tmp_path / 'x.sqlite'}")
+    taken, raw = threading.Event(), []
+
+    def query() -> None:
+        with db.engine.connect() as conn:
+            raw.append(conn.connection.dbapi_connection)
+            taken.set()
+            time.sleep(0.3)  # the query's own time, on its thread
+            conn.execute(sa.text("SELECT 1"))
+
+    worker = threading.Thread(target=query)
+    worker.start()
+    assert taken.wait(10)
+    db.dispose()
+    worker.join(10)
+    with pytest.raises(sqlite3.ProgrammingError, match="closed"):
+        raw[0].execute("SELECT 1")
