@@ -14,7 +14,7 @@ import asyncio
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from meridian.deadline import DEADLINE_HEADER
 from meridian.snapshot import RegionView, RoutingSnapshot, WorkerView
@@ -52,6 +52,27 @@ class Call:
     started: float
     client_deadline: bool = False  # the client set one: each attempt passes on what is left
     deadline_ran_out: bool = False  # an attempt ended for want of the client's time left
+
+
+async def _answered_within(task: asyncio.Future[Any], delay: float) -> bool:
+    """Whether ``task`` is done within ``delay`` seconds (it is left running if not): what
+    ``asyncio.wait`` with a timeout does, for one task, without its sets and extra future
+    (this runs for every request once the model has a p95)."""
+    loop = asyncio.get_running_loop()
+    waiter: asyncio.Future[None] = loop.create_future()
+
+    def wake(_: object = None) -> None:
+        if not waiter.done():
+            waiter.set_result(None)
+
+    timer = loop.call_later(delay, wake)
+    task.add_done_callback(wake)
+    try:
+        await waiter
+    finally:
+        timer.cancel()
+        task.remove_done_callback(wake)
+    return task.done()
 
 
 async def _discard(result: Response | StreamResponse | str) -> None:
@@ -339,8 +360,7 @@ class Attempts:
         primary = asyncio.ensure_future(first)
         tasks = [primary]
         try:
-            done, _ = await asyncio.wait(tasks, timeout=delay)
-            if done:
+            if await _answered_within(primary, delay):
                 return primary.result()
             now = time.monotonic()
             choice = backup()
