@@ -12,6 +12,14 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 
+async def cancel_and_wait(task: asyncio.Task[Any] | None) -> None:
+    """Cancel ``task`` (if any) and wait until it has ended."""
+    if task is not None:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
 class BackgroundTasks:
     def __init__(self, name: str, failure: str) -> None:
         self._name = name  # each task's name

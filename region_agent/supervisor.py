@@ -35,6 +35,7 @@ from typing import Any, Protocol
 
 import httpx
 
+from meridian.background import cancel_and_wait
 from meridian.eventwait import wait_event
 from meridian.net import free_port
 from region_agent.worker_record import (
@@ -210,11 +211,8 @@ class LocalProcessSupervisor:
 
     async def close(self) -> None:
         """Stop supervising and stop every worker process."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel_and_wait(self._task)
+        self._task = None
         await asyncio.gather(*(self._stop(slot) for slot in self._slots.values()))
         self._slots.clear()
         self._save()

@@ -19,6 +19,8 @@ import socket
 import struct
 from pathlib import Path
 
+from meridian.background import cancel_and_wait
+
 __all__ = ["HandoffServer", "handoff_path", "take_listener"]
 
 log = logging.getLogger(__name__)
@@ -102,11 +104,8 @@ class HandoffServer:
                     log.warning("listener hand-off failed: %s", exc)
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel_and_wait(self._task)
+        self._task = None
         if self._sock is not None:
             self._sock.close()
             self._sock = None

@@ -11,7 +11,8 @@ router, not the upstream, was busy, and the attempt's unexplained wait leaves it
 from __future__ import annotations
 
 import asyncio
-import contextlib
+
+from meridian.background import cancel_and_wait
 
 __all__ = ["LoopLag"]
 
@@ -28,11 +29,8 @@ class LoopLag:
             self._task = asyncio.get_running_loop().create_task(self._tick(), name="loop lag")
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel_and_wait(self._task)
+        self._task = None
 
     def stalled_ms(self) -> float:
         """The loop's stall so far, in ms, including the one under way (a tick overdue):

@@ -28,6 +28,7 @@ from typing import Any
 import orjson
 
 from control_plane.console.state import region_sample, split_details
+from meridian.background import cancel_and_wait
 
 __all__ = ["ConsoleHub", "Subscriber", "sse_frame"]
 
@@ -205,11 +206,8 @@ class ConsoleHub:
     async def close(self) -> None:
         """Stop publishing and end every subscriber's stream."""
         self.end_streams()
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel_and_wait(self._task)
+        self._task = None
 
 
 def _offer(sub: Subscriber, message: bytes) -> None:
