@@ -77,13 +77,19 @@ def test_the_registry_gives_active_rollouts_and_those_finished_since(api: Api) -
     finished = api.ok("POST", "/v1/rollouts", 201, json={**body, "model": model})
     api.ok("POST", f"/v1/rollouts/{finished['id']}/abort", headers=api.headers(**{"If-Match": "*"}))
     active = api.ok("POST", "/v1/rollouts", 201, json={**body, "model": other})
-    now = dt.datetime.now(dt.UTC)
-    hour = dt.timedelta(hours=1)
-    mine = {active["id"], finished["id"]}  # the registry is shared with other tests
-    ids = [r.id for r in api.registry.recent_rollouts(now - hour) if r.id in mine]
-    assert ids == [active["id"], finished["id"]]  # newest first
-    later = [r.id for r in api.registry.recent_rollouts(now + hour) if r.id in mine]
-    assert later == [active["id"]]
+    try:
+        now = dt.datetime.now(dt.UTC)
+        hour = dt.timedelta(hours=1)
+        mine = {active["id"], finished["id"]}  # the registry is shared with other tests
+        ids = [r.id for r in api.registry.recent_rollouts(now - hour) if r.id in mine]
+        assert ids == [active["id"], finished["id"]]  # newest first
+        later = [r.id for r in api.registry.recent_rollouts(now + hour) if r.id in mine]
+        assert later == [active["id"]]
+    finally:
+        # left running, the leader's controller would place its waves (new deployments)
+        # under the other tests that share this control plane
+        api.ok("POST", f"/v1/rollouts/{active['id']}/abort",
+               headers=api.headers(**{"If-Match": "*"}))  # fmt: skip
 
 
 def _state(events: httpx.Response, accept: Any) -> dict[str, Any]:
