@@ -96,24 +96,20 @@ def main(args: argparse.Namespace) -> int:
     from router.settings import RouterSettings
 
     overrides: dict[str, object] = {}
-    for field in ("host", "port", "snapshot_path", "tls_cert", "tls_key", "fleet_ca"):
-        value = getattr(args, field)
+    # command-line option -> setting, for the options given
+    for option, setting in (
+        *((f, f) for f in ("host", "port", "snapshot_path", "tls_cert", "tls_key", "fleet_ca")),
+        ("admit_interactive_load", "admit_interactive_max_load"),
+        ("admit_batch_load", "admit_batch_max_load"),
+        ("hold_batch", "hold_batch_max"),
+        ("spread_ms", "spread_ms"),
+        ("brownout_load", "brownout_max_load"),
+        ("worker_cert", "worker_tls_cert"),
+        ("worker_key", "worker_tls_key"),
+    ):
+        value = getattr(args, option)
         if value is not None:
-            overrides[field] = value
-    if args.admit_interactive_load is not None:
-        overrides["admit_interactive_max_load"] = args.admit_interactive_load
-    if args.admit_batch_load is not None:
-        overrides["admit_batch_max_load"] = args.admit_batch_load
-    if args.hold_batch is not None:
-        overrides["hold_batch_max"] = args.hold_batch
-    if args.spread_ms is not None:
-        overrides["spread_ms"] = args.spread_ms
-    if args.brownout_load is not None:
-        overrides["brownout_max_load"] = args.brownout_load
-    if args.worker_cert is not None:
-        overrides["worker_tls_cert"] = args.worker_cert
-    if args.worker_key is not None:
-        overrides["worker_tls_key"] = args.worker_key
+            overrides[setting] = value
     if args.emulate_wan:
         overrides["emulate_wan"] = True
     if args.require_api_key:
